@@ -1,0 +1,1 @@
+"""Rules engine and notification routing."""

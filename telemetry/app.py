@@ -1,0 +1,78 @@
+"""Composition root: turns a validated deployment into a running pipeline.
+
+The only module that imports concrete drivers, sinks and alert stages together;
+``cli`` and ``demo`` call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry
+
+from alerts.notify import Notifier
+from alerts.rules import RulesEngine
+from drivers import DRIVERS
+from telemetry import config, sinks
+from telemetry import metrics as metrics_mod
+from telemetry.errors import SinkError
+from telemetry.metrics import Metrics
+from telemetry.outbox import Outbox
+from telemetry.pipeline import Observer, Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def load(path: str, environ: Mapping[str, str] | None = None) -> config.Deployment:
+    """Load and validate a deployment file against the registered drivers."""
+    return config.load(path, {kind: d.config_class for kind, d in DRIVERS.items()}, environ)
+
+
+def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = None) -> Pipeline:
+    cfg = dep.config
+    drivers = [DRIVERS[d.kind](d, metrics) for d in dep.devices]  # type: ignore[arg-type]
+    return Pipeline(
+        outbox=Outbox(cfg.outbox.path, synchronous=cfg.outbox.synchronous),
+        drivers=drivers,
+        sinks=[sinks.build(s) for s in cfg.influxdb],
+        rules=RulesEngine(cfg.rules),
+        notifier=Notifier(cfg.notify.routes, metrics, {s.id: s.timezone for s in cfg.sites}),
+        metrics=metrics,
+        commit_max=cfg.outbox.commit_max,
+        observer=observer,
+    )
+
+
+async def serve(
+    dep: config.Deployment,
+    stop: asyncio.Event,
+    observer: Observer | None = None,
+    registry: CollectorRegistry | None = None,
+    pipeline_ready: asyncio.Future[Pipeline] | None = None,
+) -> None:
+    """Run the daemon until ``stop`` is set."""
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    stop_http = None
+    if dep.config.metrics.enabled:
+        _, stop_http = metrics_mod.serve(metrics, dep.config.metrics.listen)
+        log.info("metrics on http://%s/metrics", dep.config.metrics.listen)
+    try:
+        pipeline = build(dep, metrics, observer)
+        for delivery in pipeline.deliveries:
+            await asyncio.to_thread(_check_sink, delivery.sink)
+        if pipeline_ready is not None:
+            pipeline_ready.set_result(pipeline)
+        await pipeline.run(stop)
+    finally:
+        if stop_http is not None:
+            stop_http()
+
+
+def _check_sink(sink: sinks.Sink) -> None:
+    try:
+        sink.healthcheck()
+        log.info("sink %s: reachable", sink.name)
+    except SinkError as err:
+        log.warning("sink %s: not reachable (%s); readings wait in the outbox", sink.name, err)

@@ -1,0 +1,138 @@
+"""Drains the outbox into one sink through that sink's own cursor.
+
+Guarantee: a batch's cursor advances only after the server accepted every line
+of it, or refused a line as invalid (that line goes to the quarantine table
+with the server's message, and only that line). Network errors, 5xx and 429 are
+retried with back-off for as long as it takes; nothing is dropped. A slow or
+dead sink holds only its own cursor: drivers and other sinks carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from telemetry.errors import SinkError
+from telemetry.lineproto import line
+from telemetry.metrics import Metrics
+from telemetry.outbox import Batch, Outbox
+from telemetry.sinks import Sink
+from telemetry.timing import Backoff, wait_event
+
+log = logging.getLogger(__name__)
+
+DbCall = Callable[..., Awaitable[Any]]
+"""Runs an outbox method on the outbox's own thread: ``await db(outbox.begin, name, n)``."""
+
+
+class Delivery:
+    def __init__(
+        self,
+        sink: Sink,
+        outbox: Outbox,
+        db: DbCall,
+        metrics: Metrics,
+        wake: asyncio.Event,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.sink = sink
+        self.consumer = f"influx:{sink.name}"
+        self._outbox = outbox
+        self._db = db
+        self._metrics = metrics
+        self._wake = wake
+        self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
+        self._failing = False
+        self._delay = 1.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            batch: Batch = await self._db(self._outbox.begin, self.consumer, self.sink.batch_size)
+            if not batch:
+                await _wait_any(self._wake, stop, 5.0)
+                continue
+            if len(batch) < self.sink.batch_size and not stop.is_set():
+                # Let a batch fill for up to flush_interval: fewer, larger requests.
+                await wait_event(stop, self.sink.flush_interval)
+                batch = await self._db(self._outbox.begin, self.consumer, self.sink.batch_size)
+            if not await self.deliver(batch):
+                await wait_event(stop, self._delay)
+        await self._final_flush()
+
+    async def _final_flush(self, budget: float = 10.0) -> None:
+        """At shutdown, send what is still pending while the sink accepts it, for a bounded time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        while not self._failing and loop.time() < deadline:
+            batch = await self._db(self._outbox.begin, self.consumer, self.sink.batch_size)
+            if not batch or not await self.deliver(batch):
+                return
+
+    async def deliver(self, batch: Batch) -> bool:
+        """Write one batch and advance the cursor; False if it must be retried later."""
+        try:
+            await asyncio.to_thread(self._write, batch)
+        except SinkError as err:
+            self._metrics.sink_errors.labels(self.sink.name, err.reason).inc()
+            self._delay = self._backoff.next(err.retry_after)
+            if not self._failing:
+                log.error(
+                    "sink %s: write failed, keeping %d records in the outbox and retrying: %s",
+                    self.sink.name,
+                    len(batch),
+                    err,
+                )
+                self._failing = True
+            else:
+                log.debug("sink %s: still failing: %s", self.sink.name, err)
+            return False
+        await self._db(self._outbox.end, batch)
+        accepted = len(batch) - len(batch.rejected)
+        self._metrics.sink_written.labels(self.sink.name).inc(accepted)
+        self._metrics.sink_last_success.labels(self.sink.name).set(time.time())
+        if batch.rejected:
+            self._metrics.sink_rejected.labels(self.sink.name).inc(len(batch.rejected))
+        if self._failing:
+            log.info(
+                "sink %s: writing again after %d failed attempts", self.sink.name, self._backoff.attempts
+            )
+            self._failing = False
+        self._backoff.reset()
+        return True
+
+    def _write(self, batch: Batch) -> None:
+        lines = [(rid, line(rec)) for rid, rec in batch.items]
+        batch.rejected = []
+        self._write_isolating(lines, batch.rejected)
+
+    def _write_isolating(self, lines: list[tuple[int, str]], rejected: list[tuple[int, str]]) -> None:
+        """Write ``lines``; on a bad-data or too-large refusal, halve until the bad lines stand alone."""
+        try:
+            self.sink.write([text for _, text in lines])
+        except SinkError as err:
+            if err.retryable:
+                raise
+            if len(lines) == 1:
+                rid, text = lines[0]
+                log.warning(
+                    "sink %s: server refused a point, quarantined: %s | %s", self.sink.name, err, text[:200]
+                )
+                rejected.append((rid, str(err)))
+                return
+            half = len(lines) // 2
+            self._write_isolating(lines[:half], rejected)
+            self._write_isolating(lines[half:], rejected)
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    tasks = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

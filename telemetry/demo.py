@@ -1,0 +1,183 @@
+"""``telemetry demo``: the simulated plant and the daemon together on loopback.
+
+Starts the Diaoyushan analyzers (pymodbus server), the Chenxing weighbridge on
+MQTT when a broker answers, and a local receiver standing in for the
+supervisors' chat robot; runs the daemon on ``config/demo.yaml``; prints the
+latest values every few seconds and every alert and notification as it happens.
+With no InfluxDB reachable, everything stays in the local outbox, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from telemetry import app
+from telemetry.config import Deployment, InfluxV1, InfluxV2
+from telemetry.errors import ConfigError
+from telemetry.model import AlertEvent, AlertState, Reading
+from telemetry.pipeline import Pipeline
+from telemetry.receiver import NotificationReceiver
+from telemetry.simulator import LeachateStation, ModbusAnalyzer, MqttPublisher
+from telemetry.timing import wait_event
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+REFRESH_S = 10.0
+
+
+def _reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _say(text: str) -> None:
+    print(f"{datetime.now():%H:%M:%S}  {text}", flush=True)
+
+
+class LiveView:
+    """Latest value per site and quantity, alert transitions as they happen."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, dict[str, Reading]] = {}
+        self.readings = 0
+
+    def observe(self, readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
+        for r in readings:
+            self.latest.setdefault(r.site, {})[r.quantity] = r
+        self.readings += len(readings)
+        for e in events:
+            word = "ALERT FIRING " if e.state is AlertState.FIRING else "ALERT RESOLVED"
+            _say(f"*** {word} {e.site} {e.rule} [{e.severity}]: {e.message}")
+
+    def render(self, pipeline: Pipeline | None, influx_note: str) -> None:
+        _say(f"readings committed: {self.readings}")
+        for site, values in sorted(self.latest.items()):
+            row = "  ".join(f"{q} {r.value:.2f} {r.unit}".rstrip() for q, r in sorted(values.items()))
+            print(f"          {site:<11} {row}", flush=True)
+        if pipeline is not None:
+            waiting = ", ".join(f"{c}: {n}" for c, n in sorted(pipeline.outbox.backlog().items()))
+            print(f"          outbox      {waiting or 'no sink'} waiting  ({influx_note})", flush=True)
+
+
+def main(config_path: str | None, minutes: float | None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("telemetry.pipeline").setLevel(logging.ERROR)  # the live view shows alerts
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    path = config_path or os.environ.get("DEMO_CONFIG") or str(DEFAULT_CONFIG)
+    receiver = None
+    if "ALERT_URL" not in os.environ:
+        try:
+            receiver = NotificationReceiver(port=18099).start()
+        except OSError as err:
+            print(f"cannot start the local notification receiver on 127.0.0.1:18099: {err}", file=sys.stderr)
+            return 1
+    try:
+        dep = app.load(path)
+    except ConfigError as err:
+        print("\n".join(err.problems), file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(dep, minutes, receiver))
+    finally:
+        if receiver is not None:
+            receiver.stop()
+
+
+async def _run(dep: Deployment, minutes: float | None, receiver: NotificationReceiver | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    view = LiveView()
+    station = LeachateStation()
+    modbus = next(d for d in dep.devices if d.kind == "modbus")
+    analyzer = ModbusAnalyzer(station, getattr(modbus, "host", "127.0.0.1"), getattr(modbus, "port", 15020))
+    try:
+        await analyzer.start()
+    except (OSError, RuntimeError) as err:
+        print(f"cannot start the simulated analyzers: {err}", file=sys.stderr)
+        return 1
+    _say(
+        f"simulated Diaoyushan analyzers on modbus tcp {analyzer.host}:{analyzer.port}"
+        f" (COD excursion above 100 mg/L in ~{station.excursion_at:.0f}s)"
+    )
+
+    tasks: list[asyncio.Task[None]] = []
+    mqtt = next((d for d in dep.devices if d.kind == "mqtt"), None)
+    if mqtt is not None:
+        host, port = getattr(mqtt, "host", "127.0.0.1"), getattr(mqtt, "port", 1883)
+        if _reachable(host, port):
+            tasks.append(asyncio.create_task(MqttPublisher(host, port).run(stop)))
+            _say(f"simulated Chenxing weighbridge publishing to mqtt {host}:{port}")
+        else:
+            dep.devices = [d for d in dep.devices if d.kind != "mqtt"]
+            _say(f"no MQTT broker at {host}:{port}: the Chenxing weighbridge part of the demo is off")
+
+    influx_note = "no InfluxDB configured"
+    for sink in dep.config.influxdb:
+        if isinstance(sink, InfluxV1 | InfluxV2):
+            url = urlsplit(sink.url)
+            if _reachable(url.hostname or "127.0.0.1", url.port or 8086):
+                influx_note = f"writing to InfluxDB at {sink.url}"
+            else:
+                influx_note = f"InfluxDB at {sink.url} not reachable: buffering in {dep.config.outbox.path}"
+    _say(influx_note)
+    if receiver is not None:
+        _say(f"alert notifications go to a local receiver at {receiver.url}")
+    _say("press Ctrl-C to stop" + (f"; stopping after {minutes:g} min" if minutes else ""))
+
+    ready: asyncio.Future[Pipeline] = loop.create_future()
+    daemon = asyncio.create_task(app.serve(dep, stop, observer=view.observe, pipeline_ready=ready))
+    tasks.append(asyncio.create_task(_printer(view, ready, influx_note, receiver, stop)))
+    if minutes:
+        tasks.append(asyncio.create_task(_stop_after(stop, minutes * 60)))
+    try:
+        await daemon
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await analyzer.stop()
+    _say("demo stopped; readings not yet in InfluxDB stay in the outbox for the next run")
+    return 0
+
+
+async def _stop_after(stop: asyncio.Event, seconds: float) -> None:
+    await wait_event(stop, seconds)
+    stop.set()
+
+
+async def _printer(
+    view: LiveView,
+    ready: asyncio.Future[Pipeline],
+    influx_note: str,
+    receiver: NotificationReceiver | None,
+    stop: asyncio.Event,
+) -> None:
+    pipeline: Pipeline | None = None
+    seen = 0
+    next_render = time.monotonic() + 3.0
+    while not stop.is_set():
+        if pipeline is None and ready.done():
+            with contextlib.suppress(Exception):
+                pipeline = ready.result()
+        if receiver is not None and len(receiver.messages) > seen:
+            for msg in receiver.messages[seen:]:
+                _say(f"--> notification received by the supervisors' robot: {msg.get('title', '')}")
+            seen = len(receiver.messages)
+        if time.monotonic() >= next_render:
+            view.render(pipeline, influx_note)
+            next_render = time.monotonic() + REFRESH_S
+        await wait_event(stop, 0.5)

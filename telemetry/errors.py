@@ -1,0 +1,50 @@
+"""One exception hierarchy for the daemon; every error names what it concerns."""
+
+from __future__ import annotations
+
+
+class TelemetryError(Exception):
+    """Base of every error the daemon raises on purpose."""
+
+
+class ConfigError(TelemetryError):
+    """The configuration is invalid; ``problems`` holds one line per mistake."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class DriverError(TelemetryError):
+    """A device could not be read; names the device."""
+
+    def __init__(self, device: str, message: str) -> None:
+        self.device = device
+        super().__init__(f"{device}: {message}")
+
+
+class SinkError(TelemetryError):
+    """A sink refused or failed a write.
+
+    ``retryable`` says whether the same batch may succeed later; ``reason`` is a
+    bounded error type for metrics; ``retry_after`` is the server's hint in seconds.
+    """
+
+    def __init__(
+        self,
+        sink: str,
+        message: str,
+        *,
+        retryable: bool,
+        reason: str = "other",
+        retry_after: float | None = None,
+    ) -> None:
+        self.sink = sink
+        self.retryable = retryable
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"{sink}: {message}")
+
+
+class OutboxError(TelemetryError):
+    """The durable outbox could not be written or read."""

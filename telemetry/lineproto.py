@@ -1,0 +1,47 @@
+"""InfluxDB line protocol for the schema of DESIGN.md.
+
+Escaping is a security matter: tag values come from MQTT topics and payloads
+that others control. Identifiers with control characters or backslashes never
+get here (``Reading.check`` refuses them); commas, equals signs and spaces are
+escaped; string fields escape quotes and backslashes.
+"""
+
+from __future__ import annotations
+
+from telemetry.model import AlertEvent, Reading, Record
+
+_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+
+
+def tag(value: str) -> str:
+    return value.translate(_TAG)
+
+
+def string_field(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def number(value: float) -> str:
+    return repr(float(value))
+
+
+def reading_line(r: Reading) -> str:
+    tags = f"telemetry,device={tag(r.device)},quantity={tag(r.quantity)},site={tag(r.site)}"
+    if r.unit:
+        tags += f",unit={tag(r.unit)}"
+    return f"{tags} flag={string_field(r.flag.value)},value={number(r.value)} {r.ts}"
+
+
+def alert_line(e: AlertEvent) -> str:
+    tags = (
+        f"alerts,rule={tag(e.rule)},severity={tag(e.severity)},site={tag(e.site)},state={tag(e.state.value)}"
+    )
+    fields = f"limit={number(e.limit)},message={string_field(e.message)},value={number(e.value)}"
+    return f"{tags} {fields} {e.ts}"
+
+
+def line(record: Record) -> str:
+    if isinstance(record, Reading):
+        return reading_line(record)
+    return alert_line(record)

@@ -1,0 +1,127 @@
+"""Every Prometheus metric of the daemon, on an injected registry.
+
+Tests build ``Metrics(CollectorRegistry())`` and read values with
+``registry.get_sample_value``; the daemon serves its registry over HTTP.
+Error counters carry a bounded ``error_type`` (never a free-form message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.readings = Counter(
+            "telemetry_readings_total",
+            "Readings committed to the outbox",
+            ["site", "device"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "telemetry_readings_rejected_total",
+            "Inputs that could not become readings (bad payload, bad value), by source and reason",
+            ["device", "error_type"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "telemetry_errors_total",
+            "Errors by component, stage and bounded error type",
+            ["component", "stage", "error_type"],
+            registry=registry,
+        )
+        self.device_up = Gauge(
+            "telemetry_device_up",
+            "1 while the last poll or connection of a device succeeded",
+            ["device"],
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "telemetry_outbox_commit_seconds",
+            "Time to commit one batch to the outbox, fsync included",
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.sink_written = Counter(
+            "telemetry_sink_points_written_total",
+            "Points a sink's server accepted",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_errors = Counter(
+            "telemetry_sink_write_errors_total",
+            "Failed sink writes by bounded error type",
+            ["sink", "error_type"],
+            registry=registry,
+        )
+        self.sink_rejected = Counter(
+            "telemetry_sink_points_rejected_total",
+            "Points a sink's server refused as invalid (moved to quarantine)",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_last_success = Gauge(
+            "telemetry_sink_last_success_timestamp_seconds",
+            "Unix time of the last accepted write per sink",
+            ["sink"],
+            registry=registry,
+        )
+        self.alerts_firing = Gauge(
+            "telemetry_alerts_firing",
+            "Alerts currently firing",
+            ["site", "rule"],
+            registry=registry,
+        )
+        self.alert_events = Counter(
+            "telemetry_alert_events_total",
+            "Alert transitions",
+            ["rule", "state"],
+            registry=registry,
+        )
+        self.notifications = Counter(
+            "telemetry_notifications_total",
+            "Notification attempts per route by result (sent, failed)",
+            ["route", "result"],
+            registry=registry,
+        )
+
+    def watch_outbox(self, backlog: Callable[[], Mapping[str, int]]) -> None:
+        """Report each consumer's backlog, read at scrape time."""
+        self.registry.register(_BacklogCollector(backlog))
+
+
+class _BacklogCollector(Collector):
+    def __init__(self, backlog: Callable[[], Mapping[str, int]]) -> None:
+        self._backlog = backlog
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "telemetry_outbox_backlog",
+            "Records committed to the outbox that a consumer has not yet taken",
+            labels=["consumer"],
+        )
+        for consumer, count in sorted(self._backlog().items()):
+            family.add_metric([consumer], count)
+        yield family
+
+
+def serve(metrics: Metrics, listen: str) -> tuple[WSGIServer, Callable[[], None]]:
+    """Start the /metrics endpoint; returns the server and a function that stops it."""
+    host, _, port = listen.rpartition(":")
+    server, thread = start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return server, stop

@@ -1,0 +1,170 @@
+"""The records that travel through the daemon: readings and alert events.
+
+Stdlib only: drivers, sinks, rules and the uplink all import this module, and it
+imports none of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Flag(StrEnum):
+    """HJ 212 data flag of a value. Only ``N`` values count towards valid averages."""
+
+    N = "N"  # normal
+    F = "F"  # analyzer stopped
+    M = "M"  # maintenance
+    S = "S"  # manually entered value
+    D = "D"  # analyzer fault
+    C = "C"  # calibration
+    T = "T"  # above measuring range
+    B = "B"  # communication error with the analyzer
+
+
+FLAG_MEANING: dict[Flag, str] = {
+    Flag.N: "normal",
+    Flag.F: "stopped",
+    Flag.M: "maintenance",
+    Flag.S: "manual value",
+    Flag.D: "fault",
+    Flag.C: "calibration",
+    Flag.T: "above measuring range",
+    Flag.B: "communication error",
+}
+
+MAX_IDENTIFIER = 128
+
+
+def now_ns() -> int:
+    """Wall-clock time in integer nanoseconds since the epoch (UTC)."""
+    return time.time_ns()
+
+
+def identifier_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a site, device, quantity or unit name, or None.
+
+    Identifiers become InfluxDB tag values and come from MQTT topics that others
+    control; line protocol cannot carry control characters at all, and a
+    backslash can swallow the separator after it, so both are refused here
+    rather than mangled in the sink.
+    """
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_IDENTIFIER:
+        return f"longer than {MAX_IDENTIFIER} characters"
+    if "\\" in value:
+        return "contains a backslash"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return "contains a control character"
+    return None
+
+
+class InvalidReading(ValueError):
+    """A reading that cannot be stored; the message says which part and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measured value. ``ts`` is UTC in integer nanoseconds.
+
+    (site, device, quantity, ts) identifies the point: InfluxDB overwrites on the
+    same key, so replaying a reading after a crash never duplicates it.
+    """
+
+    ts: int
+    site: str
+    device: str
+    quantity: str
+    value: float
+    unit: str = ""
+    flag: Flag = Flag.N
+
+    def check(self) -> Reading:
+        """Return self, or raise InvalidReading naming the bad part."""
+        for name in ("site", "device", "quantity"):
+            problem = identifier_problem(getattr(self, name))
+            if problem:
+                raise InvalidReading(f"{name} {getattr(self, name)!r} {problem}")
+        if self.unit and (problem := identifier_problem(self.unit)):
+            raise InvalidReading(f"unit {self.unit!r} {problem}")
+        if not math.isfinite(self.value):
+            raise InvalidReading(f"value {self.value!r} is not a finite number")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "site": self.site,
+            "device": self.device,
+            "quantity": self.quantity,
+            "value": self.value,
+            "unit": self.unit,
+            "flag": self.flag.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Reading:
+        return cls(
+            ts=int(data["ts"]),
+            site=data["site"],
+            device=data["device"],
+            quantity=data["quantity"],
+            value=float(data["value"]),
+            unit=data.get("unit", ""),
+            flag=Flag(data.get("flag", "N")),
+        )
+
+
+class AlertState(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """A transition of one alert (rule + series) to firing or resolved."""
+
+    ts: int
+    site: str
+    rule: str
+    severity: str
+    state: AlertState
+    message: str
+    value: float
+    limit: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "site": self.site,
+            "rule": self.rule,
+            "severity": self.severity,
+            "state": self.state.value,
+            "message": self.message,
+            "value": self.value,
+            "limit": self.limit,
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlertEvent:
+        return cls(
+            ts=int(data["ts"]),
+            site=data["site"],
+            rule=data["rule"],
+            severity=data["severity"],
+            state=AlertState(data["state"]),
+            message=data["message"],
+            value=float(data["value"]),
+            limit=float(data["limit"]),
+            labels=dict(data.get("labels", {})),
+        )
+
+
+Record = Reading | AlertEvent

@@ -1,0 +1,173 @@
+"""The durable hand-off between sources and consumers (SQLite in WAL mode).
+
+Guarantee: ``append()`` returns only after the records are committed (with
+``synchronous=FULL`` the commit survives power loss as well as ``kill -9``).
+Each consumer reads through its own cursor; ``end()`` advances it only for a
+batch the consumer has finished (accepted, or rejected into quarantine), so
+delivery is at-least-once. Consumers make that idempotent (InfluxDB overwrites
+a point with the same series and timestamp).
+
+Not thread-safe by design: the pipeline calls it from one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from telemetry.errors import OutboxError
+from telemetry.model import AlertEvent, Reading, Record
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a cursor never skips
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    consumer TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    consumer TEXT NOT NULL,
+    record_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    at_ns INTEGER NOT NULL
+);
+"""
+
+_KINDS: dict[type, str] = {Reading: "reading", AlertEvent: "alert"}
+
+
+def encode(record: Record) -> tuple[str, bytes]:
+    return _KINDS[type(record)], orjson.dumps(record.to_dict())
+
+
+def decode(kind: str, body: bytes) -> Record:
+    data = orjson.loads(body)
+    if kind == "reading":
+        return Reading.from_dict(data)
+    if kind == "alert":
+        return AlertEvent.from_dict(data)
+    raise OutboxError(f"unknown record kind {kind!r} in outbox")
+
+
+@dataclass
+class Batch:
+    """Records handed to one consumer; ``last_id`` is where its cursor moves on ``end``."""
+
+    consumer: str
+    items: list[tuple[int, Record]]
+    last_id: int
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Outbox:
+    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()
+            seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        except sqlite3.Error as err:
+            raise OutboxError(f"cannot open outbox {path}: {err}") from err
+        self._last_id = max(int(row[0]), int(seq[0]) if seq else 0)
+        self._cursors: dict[str, int] = {}
+
+    def register(self, consumer: str) -> int:
+        """Make ``consumer`` known; returns its cursor (resumed after a restart)."""
+        row = self._db.execute("SELECT last_id FROM cursors WHERE consumer = ?", (consumer,)).fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO cursors (consumer, last_id) VALUES (?, 0)", (consumer,))
+            cursor = 0
+        else:
+            cursor = int(row[0])
+        self._cursors[consumer] = cursor
+        return cursor
+
+    def append(self, records: Sequence[Record]) -> int:
+        """Commit ``records`` in one transaction; returns the id of the last one."""
+        if not records:
+            return self._last_id
+        rows = [encode(r) for r in records]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
+            last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise OutboxError(f"cannot append to outbox {self.path}: {err}") from err
+        self._last_id = int(last)
+        return self._last_id
+
+    def begin(self, consumer: str, limit: int) -> Batch:
+        """Up to ``limit`` records after ``consumer``'s cursor, oldest first."""
+        cursor = self._cursors[consumer]
+        rows = self._db.execute(
+            "SELECT id, kind, body FROM records WHERE id > ? ORDER BY id LIMIT ?",
+            (cursor, limit),
+        ).fetchall()
+        items = [(int(rid), decode(kind, body)) for rid, kind, body in rows]
+        return Batch(consumer, items, items[-1][0] if items else cursor)
+
+    def end(self, batch: Batch) -> None:
+        """Finish ``batch``: quarantine its rejected records and advance the cursor."""
+        bodies = {rid: encode(rec) for rid, rec in batch.items}
+        now = time.time_ns()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO quarantine (consumer, record_id, kind, body, reason, at_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(batch.consumer, rid, *bodies[rid], reason, now) for rid, reason in batch.rejected],
+            )
+            self._db.execute(
+                "UPDATE cursors SET last_id = ? WHERE consumer = ?", (batch.last_id, batch.consumer)
+            )
+            floor = min(batch.last_id if c == batch.consumer else v for c, v in self._cursors.items())
+            self._db.execute("DELETE FROM records WHERE id <= ?", (floor,))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise OutboxError(f"cannot advance {batch.consumer} in outbox {self.path}: {err}") from err
+        self._cursors[batch.consumer] = batch.last_id
+
+    def backlog(self) -> dict[str, int]:
+        """Records each consumer has not taken yet (ids are never reused, so a difference)."""
+        return {c: max(0, self._last_id - v) for c, v in self._cursors.items()}
+
+    def quarantined(self, consumer: str | None = None) -> list[tuple[str, Record, str]]:
+        query = "SELECT consumer, kind, body, reason FROM quarantine"
+        args: Iterable[str] = ()
+        if consumer is not None:
+            query += " WHERE consumer = ?"
+            args = (consumer,)
+        return [(c, decode(k, b), r) for c, k, b, r in self._db.execute(query + " ORDER BY id", tuple(args))]
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # nothing open: the failure came before BEGIN
+            self._db.execute("ROLLBACK")

@@ -1,0 +1,189 @@
+"""Where a reading goes: driver → emit → outbox commit → (sinks, rules → alerts).
+
+``emit`` returns once the readings are committed. Commits are grouped: while one
+commit is on disk, new readings queue, and the next commit takes them all (up to
+``commit_max``), so the fsync cost is shared at high rates and latency stays low
+at low rates. After each commit the sinks are woken and the rules engine sees
+the readings; alert events it produces are committed too (for the ``alerts``
+measurement) and handed to the notifier.
+
+Shutdown order: drivers stop (their last emit completes), the committer drains
+its queue, sinks make a last attempt, the notifier sends what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from alerts.notify import Notifier
+from alerts.rules import RulesEngine
+from telemetry.delivery import Delivery
+from telemetry.errors import OutboxError
+from telemetry.metrics import Metrics
+from telemetry.model import AlertEvent, AlertState, Reading, Record
+from telemetry.outbox import Outbox
+from telemetry.protocols import Driver
+from telemetry.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    records: Sequence[Record]
+    future: asyncio.Future[None] | None
+
+
+Observer = Callable[[Sequence[Reading], Sequence[AlertEvent]], None]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        outbox: Outbox,
+        drivers: Sequence[Driver],
+        sinks: Sequence[Sink],
+        rules: RulesEngine,
+        notifier: Notifier,
+        metrics: Metrics,
+        commit_max: int = 5000,
+        observer: Observer | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.drivers = list(drivers)
+        self.rules = rules
+        self.notifier = notifier
+        self.metrics = metrics
+        self.commit_max = commit_max
+        self.observer = observer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._wakes: list[asyncio.Event] = []
+        self.deliveries: list[Delivery] = []
+        for sink in sinks:
+            wake = asyncio.Event()
+            self._wakes.append(wake)
+            self.deliveries.append(Delivery(sink, outbox, self.db, metrics, wake))
+        self.started = asyncio.Event()
+
+    async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run an outbox method on the outbox's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    async def emit(self, readings: Sequence[Reading]) -> None:
+        """Hand readings over; returns once they are committed to the outbox."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(readings, future))
+        await future
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for delivery in self.deliveries:
+            await self.db(self.outbox.register, delivery.consumer)
+        self.metrics.watch_outbox(self.outbox.backlog)
+        driver_stop = asyncio.Event()
+        sink_stop = asyncio.Event()
+        committer = asyncio.create_task(self._commit_loop(), name="committer")
+        drivers = [
+            asyncio.create_task(d.run(self.emit, driver_stop), name=f"driver:{d.name}") for d in self.drivers
+        ]
+        sinks = [asyncio.create_task(d.run(sink_stop), name=f"sink:{d.sink.name}") for d in self.deliveries]
+        notifier = asyncio.create_task(self.notifier.run(sink_stop), name="notifier")
+        self.started.set()
+        try:
+            await self._until_stopped(stop, [committer, *drivers, *sinks, notifier])
+        finally:
+            driver_stop.set()
+            await _settle(drivers, "driver")
+            self._queue.put_nowait(None)
+            await _settle([committer], "committer")
+            sink_stop.set()
+            for wake in self._wakes:
+                wake.set()
+            await _settle([*sinks, notifier], "sink")
+            for delivery in self.deliveries:
+                await asyncio.to_thread(delivery.sink.close)
+            await self.db(self.outbox.close)
+            self._executor.shutdown(wait=True)
+
+    async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for ``stop``; a task that dies on its own is logged and stops the daemon."""
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for task in done:
+            if task is not stopper:
+                err = task.exception() if not task.cancelled() else None
+                log.critical("%s stopped unexpectedly: %r; shutting down", task.get_name(), err)
+
+    async def _commit_loop(self) -> None:
+        closing = False
+        while not (closing and self._queue.empty()):
+            first = await self._queue.get()
+            items: list[_Item] = []
+            count = 0
+            item = first
+            while True:
+                if item is None:
+                    closing = True
+                else:
+                    items.append(item)
+                    count += len(item.records)
+                if count >= self.commit_max or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if items:
+                await self._commit(items)
+
+    async def _commit(self, items: list[_Item]) -> None:
+        records = [r for item in items for r in item.records]
+        try:
+            with self.metrics.commit_seconds.time():
+                await self.db(self.outbox.append, records)
+        except OutboxError as err:
+            log.error("outbox commit of %d records failed: %s", len(records), err)
+            self.metrics.errors.labels("outbox", "commit", "sqlite").inc()
+            for item in items:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(err)
+            return
+        for item in items:
+            if item.future is not None and not item.future.done():
+                item.future.set_result(None)
+        for wake in self._wakes:
+            wake.set()
+        readings = [r for r in records if isinstance(r, Reading)]
+        for r in readings:
+            self.metrics.readings.labels(r.site, r.device).inc()
+        events = self.rules.feed(readings)
+        for event in events:
+            self._record_event(event)
+        if self.observer is not None:
+            self.observer(readings, events)
+
+    def _record_event(self, event: AlertEvent) -> None:
+        log.warning("alert %s %s at %s: %s", event.rule, event.state.value, event.site, event.message)
+        self.metrics.alert_events.labels(event.rule, event.state.value).inc()
+        self.metrics.alerts_firing.labels(event.site, event.rule).inc(
+            1 if event.state is AlertState.FIRING else -1
+        )
+        self._queue.put_nowait(_Item([event], None))
+        self.notifier.submit(event)
+
+
+async def _settle(tasks: list[asyncio.Task[None]], what: str, timeout: float = 15.0) -> None:
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        log.warning("%s %s did not stop within %.0fs; cancelling", what, task.get_name(), timeout)
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s %s failed: %r", what, task.get_name(), task.exception())

@@ -1,0 +1,64 @@
+"""A local HTTP receiver for apprise ``json://`` notifications.
+
+Stands in for a DingTalk/WeCom robot in the demo and in the tests: it stores
+every JSON body it receives and lets a caller wait for a number of them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class NotificationReceiver:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, status: int = 200) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.status = status
+        self._cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {"raw": raw.decode(errors="replace")}
+                body["_path"] = self.path
+                if receiver.status < 300:
+                    with receiver._cond:
+                        receiver.messages.append(body)
+                        receiver._cond.notify_all()
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="receiver", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.port}/alerts"
+
+    def start(self) -> NotificationReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def wait_for(self, count: int, timeout: float) -> list[dict[str, Any]]:
+        """Block until at least ``count`` messages arrived (or ``timeout``); returns them all."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.messages) >= count, timeout)
+            return list(self.messages)
