@@ -1,11 +1,28 @@
-"""Sources of readings, keyed by the ``kind`` of a ``devices`` entry in the config."""
+"""Sources of readings, keyed by the ``kind`` of a ``devices`` entry in the config.
+
+A new driver is one module with its config class next to it, and one entry here.
+"""
 
 from __future__ import annotations
 
-from drivers.modbus import ModbusDriver
-from drivers.mqtt import MqttDriver
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-DRIVERS: dict[str, type[ModbusDriver] | type[MqttDriver]] = {
-    "modbus": ModbusDriver,
-    "mqtt": MqttDriver,
+from drivers.modbus import ModbusConfig, ModbusDriver
+from drivers.mqtt import MqttConfig, MqttDriver
+from telemetry.config import DeviceConfig
+from telemetry.metrics import Metrics
+from telemetry.protocols import Driver
+
+
+@dataclass(frozen=True)
+class DriverKind:
+    config: type[DeviceConfig]
+    build: Callable[[Any, Metrics], Driver]
+
+
+DRIVERS: dict[str, DriverKind] = {
+    "modbus": DriverKind(ModbusConfig, ModbusDriver),
+    "mqtt": DriverKind(MqttConfig, MqttDriver),
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -27,15 +27,15 @@ from telemetry.timing import wait_event
 
 log = logging.getLogger(__name__)
 
-DataType = AsyncModbusTcpClient.DATATYPE
+_DT = AsyncModbusTcpClient.DATATYPE
 
 # Register type -> (pymodbus data type, registers it spans).
-TYPES: dict[str, tuple[DataType, int]] = {
-    "int16": (DataType.INT16, 1),
-    "uint16": (DataType.UINT16, 1),
-    "int32": (DataType.INT32, 2),
-    "uint32": (DataType.UINT32, 2),
-    "float32": (DataType.FLOAT32, 2),
+TYPES: dict[str, tuple[Any, int]] = {
+    "int16": (_DT.INT16, 1),
+    "uint16": (_DT.UINT16, 1),
+    "int32": (_DT.INT32, 2),
+    "uint32": (_DT.UINT32, 2),
+    "float32": (_DT.FLOAT32, 2),
 }
 
 
@@ -76,8 +76,6 @@ class ModbusConfig(DeviceConfig):
 
 
 class ModbusDriver:
-    config_class = ModbusConfig
-
     def __init__(self, cfg: ModbusConfig, metrics: Metrics) -> None:
         self.cfg = cfg
         self.name = cfg.id

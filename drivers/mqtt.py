@@ -21,6 +21,7 @@ import time
 from typing import Annotated, Any, Literal
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -93,8 +94,6 @@ class MqttConfig(DeviceConfig):
 
 
 class MqttDriver:
-    config_class = MqttConfig
-
     def __init__(self, cfg: MqttConfig, metrics: Metrics) -> None:
         self.cfg = cfg
         self.name = cfg.id
@@ -106,7 +105,7 @@ class MqttDriver:
         self._last_logged: dict[str, float] = {}
         client_id = cfg.client_id or f"telemetry-{cfg.id}"
         self._client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=False,
             protocol=paho.MQTTv311,
@@ -178,7 +177,7 @@ class MqttDriver:
         if sub is None:
             return []
         try:
-            decoded = decode(msg.payload, time.time_ns())
+            decoded = decode(bytes(msg.payload), time.time_ns())
             tags = sub.tags(msg.topic)
             return [
                 Reading(
@@ -216,7 +215,8 @@ class MqttDriver:
                 log.error("%s: broker refused the connection: %s", self.where, reason)
                 self._was_down = True
             return
-        client.subscribe([(s.filter, s.qos) for s in self.cfg.subscriptions])
+        topics: list[tuple[str, int]] = [(s.filter, s.qos) for s in self.cfg.subscriptions]
+        client.subscribe(topics)
         self._metrics.device_up.labels(self.cfg.id).set(1)
         if self._was_down:
             log.info("%s: connected again", self.where)

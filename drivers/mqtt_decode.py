@@ -83,14 +83,11 @@ def _timestamp(raw: Any, received_ns: int) -> int:
         raise PayloadError("bad_ts", "'ts' must be epoch seconds/ms/ns or ISO 8601")
     if isinstance(raw, int | float):
         magnitude = abs(raw)
-        if magnitude < 1e11:
-            ns = int(raw * 1e9)
-        elif magnitude < 1e14:
-            ns = int(raw * 1e6)
-        elif magnitude < 1e17:
-            ns = int(raw * 1e3)
-        else:
-            ns = int(raw)
+        factor = (
+            10**9 if magnitude < 1e11 else 10**6 if magnitude < 1e14 else 10**3 if magnitude < 1e17 else 1
+        )
+        # Integers stay exact; a float carries its fraction through round(), not truncation.
+        ns = raw * factor if isinstance(raw, int) else round(raw * factor)
     elif isinstance(raw, str):
         try:
             stamp = datetime.fromisoformat(raw)

@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 
 def load(path: str, environ: Mapping[str, str] | None = None) -> config.Deployment:
     """Load and validate a deployment file against the registered drivers."""
-    return config.load(path, {kind: d.config_class for kind, d in DRIVERS.items()}, environ)
+    return config.load(path, {kind: d.config for kind, d in DRIVERS.items()}, environ)
 
 
 def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = None) -> Pipeline:
     cfg = dep.config
-    drivers = [DRIVERS[d.kind](d, metrics) for d in dep.devices]  # type: ignore[arg-type]
+    drivers = [DRIVERS[d.kind].build(d, metrics) for d in dep.devices]
     return Pipeline(
         outbox=Outbox(cfg.outbox.path, synchronous=cfg.outbox.synchronous),
         drivers=drivers,

@@ -281,7 +281,7 @@ def _device(
         problems.append(_at(src, path, f"expected a mapping, found {_kind(raw)}"))
         return None
     kind = raw.get("kind")
-    if kind not in drivers:
+    if not isinstance(kind, str) or kind not in drivers:
         where = (*path, "kind") if "kind" in raw else path
         found = f"found {kind!r}" if "kind" in raw else "found no 'kind'"
         problems.append(_at(src, where, f"expected kind one of: {', '.join(sorted(drivers))}, {found}"))

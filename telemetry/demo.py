@@ -5,6 +5,9 @@ MQTT when a broker answers, and a local receiver standing in for the
 supervisors' chat robot; runs the daemon on ``config/demo.yaml``; prints the
 latest values every few seconds and every alert and notification as it happens.
 With no InfluxDB reachable, everything stays in the local outbox, and says so.
+
+Environment knobs (besides the ``${VAR}`` of the demo YAML): DEMO_EXCURSION_AT
+(seconds until the COD excursion, default 60), DEMO_RECEIVER_PORT (18099).
 """
 
 from __future__ import annotations
@@ -80,9 +83,9 @@ def main(config_path: str | None, minutes: float | None) -> int:
     receiver = None
     if "ALERT_URL" not in os.environ:
         try:
-            receiver = NotificationReceiver(port=18099).start()
+            receiver = NotificationReceiver(port=int(os.environ.get("DEMO_RECEIVER_PORT", "18099"))).start()
         except OSError as err:
-            print(f"cannot start the local notification receiver on 127.0.0.1:18099: {err}", file=sys.stderr)
+            print(f"cannot start the local notification receiver: {err}", file=sys.stderr)
             return 1
     try:
         dep = app.load(path)
@@ -102,7 +105,7 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     view = LiveView()
-    station = LeachateStation()
+    station = LeachateStation(excursion_at=float(os.environ.get("DEMO_EXCURSION_AT", "60")))
     modbus = next(d for d in dep.devices if d.kind == "modbus")
     analyzer = ModbusAnalyzer(station, getattr(modbus, "host", "127.0.0.1"), getattr(modbus, "port", 15020))
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Protocol
 
 from telemetry.model import Reading
 
@@ -15,7 +15,6 @@ Emit = Callable[[Sequence[Reading]], Awaitable[None]]
 class Driver(Protocol):
     """A source of readings. ``run`` returns when ``stop`` is set."""
 
-    config_class: ClassVar[type[Any]]
     name: str
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None: ...

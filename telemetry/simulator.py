@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import orjson
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -83,11 +84,11 @@ class LeachateStation:
         return out
 
     def _excursion(self, since_start: float) -> float:
-        """A trapezoid up to +60 mg/L: 20 s rise, hold, 20 s fall."""
+        """A trapezoid up to +70 mg/L (a membrane breakthrough): 10 s rise, hold, 10 s fall."""
         x = since_start - self.excursion_at
         if x < 0 or x > self.excursion_for:
             return 0.0
-        return 60.0 * min(1.0, x / 20, (self.excursion_for - x) / 20)
+        return 70.0 * min(1.0, x / 10, (self.excursion_for - x) / 10)
 
 
 class ModbusAnalyzer:
@@ -119,7 +120,7 @@ class ModbusAnalyzer:
         await self._server.serve_forever(background=True)
 
     async def stop(self) -> None:
-        await self._server.shutdown()
+        await self._server.shutdown()  # type: ignore[no-untyped-call]
 
 
 @dataclass
@@ -157,7 +158,7 @@ class MqttPublisher:
         self.site, self.device, self.interval = site, device, interval
         self.scale = scale or IncineratorScale()
         self._clock = clock
-        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sim-{site}-{device}")
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{site}-{device}")
         self._host, self._port = host, port
 
     async def run(self, stop: asyncio.Event) -> None:

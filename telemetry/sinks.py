@@ -20,7 +20,7 @@ from typing import Protocol
 from urllib.parse import urlencode
 
 import urllib3
-from influxdb_client import InfluxDBClient
+from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
@@ -146,7 +146,7 @@ class InfluxV2Sink:
         try:
             self._write.write(bucket=self._cfg.bucket, org=self._cfg.org or "-", record="\n".join(lines))
         except ApiException as err:
-            headers = err.headers or {}
+            headers: dict[str, str] = dict(err.headers or {})
             raise classify(
                 self.name, int(err.status or 0), str(err.body or err.reason), headers.get("Retry-After")
             ) from None
@@ -164,8 +164,8 @@ class InfluxV2Sink:
             raise classify(self.name, resp.status, resp.data.decode(errors="replace"), None)
 
     def close(self) -> None:
-        self._write.close()
-        self._client.close()
+        self._write.close()  # type: ignore[no-untyped-call]
+        self._client.close()  # type: ignore[no-untyped-call]
 
 
 def _network(err: Exception) -> str:

@@ -35,7 +35,7 @@ class Backoff:
     def next(self, hint: float | None = None) -> float:
         base = min(self.maximum, self.initial * (2 ** min(self.attempts, 30)))
         self.attempts += 1
-        delay = base * (0.5 + self._rng() / 2)
+        delay: float = base * (0.5 + self._rng() / 2)
         return max(delay, min(hint, self.maximum * 5)) if hint else delay
 
     def reset(self) -> None:

@@ -18,7 +18,8 @@ import yaml
 
 Path = tuple[str | int, ...]
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A default may itself hold ${...}: the innermost expands first.
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^${}]*))?\}")
 
 
 @dataclass
@@ -137,4 +138,9 @@ def _expand(value: str, path: Path, src: Source, env: Mapping[str, str]) -> str:
         )
         return ""
 
-    return _ENV.sub(one, value)
+    for _ in range(4):
+        expanded = _ENV.sub(one, value)
+        if expanded == value:
+            break
+        value = expanded
+    return value

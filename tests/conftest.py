@@ -1,0 +1,57 @@
+"""Session fixtures for real services; see tests/services.py.
+
+Under CI (the ``CI`` variable set), a missing service binary fails the test
+instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from telemetry.receiver import NotificationReceiver
+from tests import services
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Mosquitto]:
+    with services.mosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def influx1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Influx1]:
+    with services.influxd(tmp_path_factory.mktemp("influxd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Victoria]:
+    with services.victoria(tmp_path_factory.mktemp("victoria")) as server:
+        yield server
+
+
+@pytest.fixture
+def receiver() -> Iterator[NotificationReceiver]:
+    server = NotificationReceiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A run-unique name, so tests sharing a service never see each other's data."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path

@@ -1,0 +1,194 @@
+"""Real services for the tests, each on a free loopback port in a temp dir.
+
+A missing binary skips the test locally and fails it when ``CI`` is set: CI must
+never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary) or next(
+        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
+    )
+    if path is None:
+        message = f"{binary} is not installed (run .ci/setup)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; under CI a missing service fails the test")
+        pytest.skip(message)
+    return path
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll an external service until ``probe`` returns something truthy.
+
+    Only for state inside a real server (a database, a broker) that offers no
+    notification; in-process events are awaited directly.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _process(cmd: list[str], log: Path, port: int, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        eventually(
+            lambda: _port_open(port) or (proc.poll() is not None and _died(proc, log, name)),
+            30,
+            f"{name} to listen on {port}",
+        )
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _died(proc: subprocess.Popen[bytes], log: Path, name: str) -> bool:
+    raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class Mosquitto:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def mosquitto(tmp: Path) -> Iterator[Mosquitto]:
+    binary = require("mosquitto")
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {tmp}/\nmax_queued_messages 100000\n"
+    )
+    with _process([binary, "-c", str(conf)], tmp / "mosquitto.log", port, "mosquitto") as proc:
+        yield Mosquitto("127.0.0.1", port, proc)
+
+
+@dataclass
+class Influx1:
+    url: str
+
+    def query(self, db: str, q: str) -> list[dict[str, Any]]:
+        """Rows of the first series of an InfluxQL query, as dicts."""
+        params = urllib.parse.urlencode({"db": db, "q": q, "epoch": "ns"})
+        with urllib.request.urlopen(f"{self.url}/query?{params}", timeout=10) as resp:  # noqa: S310
+            body = json.load(resp)
+        rows: list[dict[str, Any]] = []
+        for result in body.get("results", []):
+            if "error" in result:
+                if result["error"].startswith("database not found"):
+                    return []  # not created yet: nothing written so far
+                raise AssertionError(result["error"])
+            for series in result.get("series", []):
+                tags = series.get("tags", {})
+                rows += [
+                    dict(zip(series["columns"], values, strict=True)) | tags for values in series["values"]
+                ]
+        return rows
+
+    def create(self, db: str) -> None:
+        data = urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}).encode()
+        urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10).close()  # noqa: S310
+
+
+@contextmanager
+def influxd(tmp: Path) -> Iterator[Influx1]:
+    binary = require("influxd")
+    port, rpc = free_port(), free_port()
+    conf = tmp / "influxdb.conf"
+    conf.write_text(
+        f"""reporting-disabled = true
+bind-address = "127.0.0.1:{rpc}"
+[meta]
+  dir = "{tmp}/meta"
+[data]
+  dir = "{tmp}/data"
+  wal-dir = "{tmp}/wal"
+  query-log-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+"""
+    )
+    with _process([binary, "-config", str(conf)], tmp / "influxd.log", port, "influxd"):
+        yield Influx1(f"http://127.0.0.1:{port}")
+
+
+@dataclass
+class Victoria:
+    url: str
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Raw samples of every series matching ``match`` (flushes first, so nothing hides)."""
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).close()  # noqa: S310
+        params = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{params}", timeout=10) as resp:  # noqa: S310
+            return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+
+
+@contextmanager
+def victoria(tmp: Path) -> Iterator[Victoria]:
+    binary = require("victoria-metrics")
+    port = free_port()
+    cmd = [
+        binary,
+        f"-storageDataPath={tmp}/vm",
+        f"-httpListenAddr=127.0.0.1:{port}",
+        "-retentionPeriod=100y",
+        "-search.latencyOffset=0s",
+        "-loggerLevel=ERROR",
+    ]
+    with _process(cmd, tmp / "victoria.log", port, "victoria-metrics"):
+        yield Victoria(f"http://127.0.0.1:{port}")

@@ -1,0 +1,191 @@
+"""Config loading: every mistake named by file, line and dotted path; secrets never echoed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from telemetry import app
+from telemetry.config import parse_duration
+from telemetry.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VALID = """\
+sites:
+  - id: s1
+devices:
+  - id: analyzer
+    kind: modbus
+    site: s1
+    host: 127.0.0.1
+    port: 502
+    interval: 5s
+    timeout: 1s
+    points:
+      - {quantity: cod, address: 0}
+influxdb:
+  - name: local
+    api: v1
+    url: http://127.0.0.1:8086
+    database: plant
+rules:
+  - name: cod
+    quantity: cod
+    above: 100
+"""
+
+
+def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        app.load(str(path), env or {})
+    return info.value.problems
+
+
+def test_valid_config_loads_with_typed_values(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(VALID)
+    dep = app.load(str(path), {})
+    device = dep.devices[0]
+    assert device.kind == "modbus"
+    assert device.interval == 5.0  # type: ignore[attr-defined]
+    assert dep.config.influxdb[0].api == "v1"
+    assert dep.config.rules[0].above == 100
+
+
+def test_unknown_key_names_file_line_path_and_the_legal_keys(tmp_path: Path) -> None:
+    text = VALID.replace("    port: 502\n", "    port: 502\n    baud: 9600\n")
+    [problem] = problems(tmp_path, text)
+    assert problem.startswith(f"{tmp_path / 'site.yaml'}:9: devices[0].baud: unknown key; expected one of:")
+    assert "interval" in problem
+    assert "unit_id" in problem
+
+
+def test_wrong_type_says_expected_and_found(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, VALID.replace("port: 502", "port: five"))
+    assert ":8: devices[0].port: expected a valid integer" in problem
+    assert "found 'five'" in problem
+
+
+def test_missing_required_key_points_at_its_section(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, VALID.replace("    database: plant\n", ""))
+    assert ":14: influxdb[0].database: required key is missing" in problem
+
+
+def test_bad_enum_lists_the_choices(tmp_path: Path) -> None:
+    [problem] = problems(
+        tmp_path, VALID.replace("{quantity: cod, address: 0}", "{quantity: cod, address: 0, type: float}")
+    )
+    assert (
+        ":12: devices[0].points[0].type: expected one of 'int16', 'uint16', 'int32', 'uint32' or 'float32'"
+        in problem
+    )
+    assert "found 'float'" in problem
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
+    text = (
+        VALID.replace("port: 502", "port: five")
+        .replace("above: 100", "above: lots")
+        .replace("api: v1", "api: v9")
+    )
+    found = problems(tmp_path, text)
+    assert len(found) == 3
+    assert [p.split(":")[1] for p in found] == sorted((p.split(":")[1] for p in found), key=int)
+    assert any("influxdb[0].api: expected one of 'v2', 'v1', found 'v9'" in p for p in found)
+
+
+def test_cross_checks_unknown_site_and_duplicate_id(tmp_path: Path) -> None:
+    text = VALID + "  - name: cod\n    quantity: cod\n    site: nowhere\n    above: 1\n"
+    found = problems(tmp_path, text)
+    assert any(":22: rules[1].name: expected a unique name, found 'cod' again" in p for p in found)
+    assert any(":24: rules[1].site: expected a site from 'sites' (s1), found 'nowhere'" in p for p in found)
+
+
+def test_timeout_must_be_shorter_than_interval(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, VALID.replace("timeout: 1s", "timeout: 10s"))
+    assert ":4: devices[0]: expected timeout (10.0s) shorter than interval (5.0s)" in problem
+
+
+def test_environment_expansion_and_default(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        VALID.replace("port: 502", "port: ${MB_PORT:-1502}").replace("database: plant", "database: ${DB}")
+    )
+    dep = app.load(str(path), {"DB": "plant_a"})
+    assert dep.devices[0].port == 1502  # type: ignore[attr-defined]
+    assert dep.config.influxdb[0].database == "plant_a"  # type: ignore[union-attr]
+    dep = app.load(str(path), {"DB": "b", "MB_PORT": "2502"})
+    assert dep.devices[0].port == 2502  # type: ignore[attr-defined]
+
+
+def test_unset_variable_without_default_is_an_error(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, VALID.replace("database: plant", "database: ${DB}"))
+    assert ":17: influxdb[0].database: environment variable DB is not set" in problem
+
+
+def test_secrets_from_environment_never_appear_in_errors(tmp_path: Path) -> None:
+    text = VALID.replace("port: 502", "port: ${SECRET_PORT}")
+    [problem] = problems(tmp_path, text, {"SECRET_PORT": "hunter2-token"})
+    assert "hunter2" not in problem
+    assert "found a value taken from the environment" in problem
+
+
+def test_password_field_value_is_not_echoed(tmp_path: Path) -> None:
+    text = VALID.replace("database: plant", "database: plant\n    password: [hunter2]")
+    [problem] = problems(tmp_path, text)
+    assert "hunter2" not in problem
+    assert "influxdb[0].password" in problem
+
+
+def test_duplicate_yaml_key_and_syntax_error(tmp_path: Path) -> None:
+    [dup] = problems(tmp_path, VALID.replace("port: 502", "port: 502\n    port: 503"))
+    assert ":9: devices[0].port: duplicate key (first at line 8)" in dup
+    [syntax] = problems(tmp_path, "sites: [\n")
+    assert "site.yaml:2: (syntax):" in syntax
+
+
+def test_unreadable_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        app.load("/nonexistent/site.yaml", {})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("10s", 10), ("500ms", 0.5), ("2m", 120), ("1h30m", 5400), ("1d", 86400), (3, 3)]
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["10 minutes", "", "-1s", "s", True])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "telemetry.cli", "check", "-c", str(ROOT / "config/demo.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "devices (2):" in ok.stdout
+    assert "cod_limit" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(VALID.replace("port: 502", "port: [1]"))
+    res = subprocess.run(
+        [sys.executable, "-m", "telemetry.cli", "check", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert f"{bad}:8: devices[0].port: expected a valid integer" in res.stderr
+    assert "Traceback" not in res.stderr

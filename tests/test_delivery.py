@@ -1,0 +1,84 @@
+"""Delivery from the outbox to a sink: retry keeps everything, a bad point is isolated."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from telemetry.delivery import Delivery
+from telemetry.errors import SinkError
+from telemetry.metrics import Metrics
+from telemetry.model import Reading
+from telemetry.outbox import Outbox
+from telemetry.sinks import BAD_DATA
+
+
+class FakeSink:
+    """Refuses any batch containing a line with ``poison``; fails the first ``down`` writes."""
+
+    name = "fake"
+    batch_size = 100
+    flush_interval = 0.0
+
+    def __init__(self, down: int = 0) -> None:
+        self.down = down
+        self.written: list[str] = []
+        self.calls = 0
+
+    def write(self, lines: list[str]) -> None:
+        self.calls += 1
+        if self.down > 0:
+            self.down -= 1
+            raise SinkError(self.name, "connection refused", retryable=True, reason="network")
+        if any("poison" in line for line in lines):
+            raise SinkError(self.name, "HTTP 400: partial write", retryable=False, reason=BAD_DATA)
+        self.written += lines
+
+    def healthcheck(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def run_once(sink: FakeSink, box: Outbox, metrics: Metrics) -> Delivery:
+    async def db(fn, *args):  # type: ignore[no-untyped-def]
+        return fn(*args)
+
+    delivery = Delivery(sink, box, db, metrics, asyncio.Event())
+    box.register(delivery.consumer)
+    return delivery
+
+
+async def test_bad_point_is_quarantined_and_its_neighbours_written(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    metrics = Metrics(CollectorRegistry())
+    sink = FakeSink()
+    delivery = await run_once(sink, box, metrics)
+    readings = [Reading(i, "s", "d", "poison" if i == 13 else "cod", float(i)) for i in range(40)]
+    box.append(readings)
+    assert await delivery.deliver(box.begin(delivery.consumer, 100))
+    assert len(sink.written) == 39
+    assert not any("poison" in line for line in sink.written)
+    [(_, record, reason)] = box.quarantined()
+    assert record == readings[13]
+    assert "HTTP 400" in reason
+    assert box.backlog() == {"influx:fake": 0}
+    assert metrics.registry.get_sample_value("telemetry_sink_points_rejected_total", {"sink": "fake"}) == 1
+    assert metrics.registry.get_sample_value("telemetry_sink_points_written_total", {"sink": "fake"}) == 39
+
+
+async def test_transient_failure_keeps_the_batch_for_the_next_attempt(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    metrics = Metrics(CollectorRegistry())
+    sink = FakeSink(down=2)
+    delivery = await run_once(sink, box, metrics)
+    box.append([Reading(i, "s", "d", "cod", float(i)) for i in range(5)])
+    assert not await delivery.deliver(box.begin(delivery.consumer, 100))
+    assert not await delivery.deliver(box.begin(delivery.consumer, 100))
+    assert box.backlog() == {"influx:fake": 5}
+    assert await delivery.deliver(box.begin(delivery.consumer, 100))
+    assert len(sink.written) == 5
+    assert box.backlog() == {"influx:fake": 0}
+    errors = {"sink": "fake", "error_type": "network"}
+    assert metrics.registry.get_sample_value("telemetry_sink_write_errors_total", errors) == 2

@@ -1,0 +1,279 @@
+"""One reading from a real Modbus analyzer and a real MQTT broker all the way to
+InfluxDB 1.x (v1 API), VictoriaMetrics (v2 API via influxdb-client) and an alert
+at a real HTTP receiver through apprise."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paho.mqtt.client as paho
+import pytest
+from prometheus_client import CollectorRegistry
+
+from telemetry import app
+from telemetry.model import AlertEvent, Reading
+from telemetry.pipeline import Pipeline
+from telemetry.receiver import NotificationReceiver
+from telemetry.simulator import LeachateStation, ModbusAnalyzer
+from tests.services import Influx1, Mosquitto, Victoria, free_port
+
+pytestmark = pytest.mark.service
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll a real server (off the event loop) until ``probe`` returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await asyncio.to_thread(probe)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+class Observed:
+    """Counts committed readings and alert events, and lets a test await more of them."""
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.events: list[AlertEvent] = []
+        self._changed = asyncio.Condition()
+        self._loop = asyncio.get_running_loop()
+
+    def __call__(self, readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
+        self.readings += readings
+        self.events += events
+        self._loop.create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 20) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+
+@dataclass
+class Plant:
+    site: str
+    station: LeachateStation
+    pipeline: Pipeline
+    observed: Observed
+    metrics_port: int
+    db: str
+
+
+CONFIG = """
+sites:
+  - id: {site}
+devices:
+  - id: analyzer
+    kind: modbus
+    site: {site}
+    host: 127.0.0.1
+    port: {modbus_port}
+    interval: 300ms
+    timeout: 200ms
+    points:
+      - {{quantity: cod, address: 0, unit: mg/L}}
+      - {{quantity: flow, address: 8, unit: m3/h}}
+  - id: broker
+    kind: mqtt
+    host: {mqtt_host}
+    port: {mqtt_port}
+    client_id: {site}-daemon
+    subscriptions:
+      - topic: plants/{{site}}/{{device}}/{{quantity}}
+influxdb:
+  - name: influx1
+    api: v1
+    url: {influx1}
+    database: {site}
+    create_database: true
+    flush_interval: 100ms
+  - name: victoria
+    api: v2
+    url: {victoria}
+    bucket: plant
+    token: ${{VM_TOKEN:-unused}}
+    flush_interval: 100ms
+rules:
+  - name: cod_limit
+    site: {site}
+    quantity: cod
+    above: 100
+    severity: critical
+notify:
+  routes:
+    - name: supervisors
+      urls: ["{receiver}"]
+metrics:
+  listen: 127.0.0.1:{metrics_port}
+outbox:
+  path: {state}/outbox.sqlite
+"""
+
+
+@pytest.fixture
+async def plant(
+    tmp_path: Path,
+    unique: str,
+    mosquitto: Mosquitto,
+    influx1: Influx1,
+    victoria: Victoria,
+    receiver: NotificationReceiver,
+) -> AsyncIterator[Plant]:
+    station = LeachateStation(excursion_at=1e9)  # no scripted excursion: the tests drive COD
+    analyzer = ModbusAnalyzer(station, port=free_port())
+    await analyzer.start()
+    metrics_port = free_port()
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        CONFIG.format(
+            site=unique,
+            modbus_port=analyzer.port,
+            mqtt_host=mosquitto.host,
+            mqtt_port=mosquitto.port,
+            influx1=influx1.url,
+            victoria=victoria.url,
+            receiver=receiver.url,
+            metrics_port=metrics_port,
+            state=tmp_path,
+        )
+    )
+    dep = app.load(str(path), {})
+    observed = Observed()
+    stop = asyncio.Event()
+    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
+    daemon = asyncio.create_task(
+        app.serve(dep, stop, observer=observed, registry=CollectorRegistry(), pipeline_ready=ready)
+    )
+    pipeline = await asyncio.wait_for(ready, 10)
+    try:
+        yield Plant(unique, station, pipeline, observed, metrics_port, unique)
+    finally:
+        stop.set()
+        await asyncio.wait_for(daemon, 30)
+        await analyzer.stop()
+
+
+def publish(broker: Mosquitto, topic: str, payload: dict[str, Any]) -> None:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+async def test_modbus_and_mqtt_readings_reach_influxdb_1x_and_victoriametrics(
+    plant: Plant, mosquitto: Mosquitto, influx1: Influx1, victoria: Victoria
+) -> None:
+    site = plant.site
+    await plant.observed.until(lambda: any(r.quantity == "cod" for r in plant.observed.readings))
+    # Subscription is live once the broker session exists; publish until the daemon has it.
+    stamp_ms = int(time.time() * 1000)
+    payload = {"value": 31.5, "unit": "t/h", "ts": stamp_ms}
+
+    def throughput_arrived() -> bool:
+        if not any(r.quantity == "throughput" for r in plant.observed.readings):
+            publish(mosquitto, f"plants/{site}/weighbridge/throughput", payload)
+            return False
+        return True
+
+    await eventually(throughput_arrived, 20, "the MQTT reading to be committed")
+
+    cod = await eventually(
+        lambda: influx1.query(site, f"SELECT * FROM telemetry WHERE quantity='cod' AND site='{site}'"),
+        20,
+        "Modbus COD in InfluxDB 1.x",
+    )
+    expected = next(r for r in plant.observed.readings if r.quantity == "cod" and r.ts == cod[0]["time"])
+    assert cod[0]["value"] == pytest.approx(expected.value)
+    assert (cod[0]["device"], cod[0]["unit"], cod[0]["flag"]) == ("analyzer", "mg/L", "N")
+
+    rows = await eventually(
+        lambda: influx1.query(site, "SELECT * FROM telemetry WHERE quantity='throughput'"),
+        20,
+        "MQTT throughput in InfluxDB 1.x",
+    )
+    assert (rows[0]["site"], rows[0]["device"], rows[0]["unit"]) == (site, "weighbridge", "t/h")
+    assert rows[0]["value"] == 31.5
+    assert rows[0]["time"] == stamp_ms * 1_000_000
+
+    def in_victoria() -> list[dict[str, Any]]:
+        series = victoria.export(f'{{__name__="telemetry_value",site="{site}"}}')
+        return series if {s["metric"]["quantity"] for s in series} >= {"cod", "throughput"} else []
+
+    series = await eventually(in_victoria, 20, "both readings in VictoriaMetrics")
+    throughput = next(s for s in series if s["metric"]["quantity"] == "throughput")
+    assert throughput["metric"] | {"__name__": "x"} == {
+        "__name__": "x",
+        "site": site,
+        "device": "weighbridge",
+        "quantity": "throughput",
+        "unit": "t/h",
+    }
+    assert throughput["values"] == [31.5]
+    assert throughput["timestamps"] == [stamp_ms]
+    cod_series = next(s for s in series if s["metric"]["quantity"] == "cod")
+    assert cod_series["metric"]["device"] == "analyzer"
+    assert cod_series["metric"]["unit"] == "mg/L"
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{plant.metrics_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    text = await asyncio.to_thread(scrape)
+    assert f'telemetry_readings_total{{device="analyzer",site="{site}"}}' in text
+    assert 'telemetry_outbox_backlog{consumer="influx:influx1"}' in text
+    assert 'telemetry_sink_points_written_total{sink="victoria"}' in text
+
+
+async def test_threshold_breach_sends_one_firing_and_one_resolved_notification(
+    plant: Plant, receiver: NotificationReceiver, influx1: Influx1
+) -> None:
+    observed = plant.observed
+    await observed.until(lambda: any(r.quantity == "cod" for r in observed.readings))
+    plant.station.overrides["cod"] = 150.0
+    await observed.until(lambda: len(observed.events) == 1)
+    high = len([r for r in observed.readings if r.quantity == "cod" and r.value == 150.0])
+    await observed.until(  # several more breaching polls must not notify again
+        lambda: len([r for r in observed.readings if r.quantity == "cod" and r.value == 150.0]) >= high + 3
+    )
+    plant.station.overrides["cod"] = 55.0
+    await observed.until(lambda: len(observed.events) == 2)
+    low = len(observed.readings)
+    await observed.until(lambda: len(observed.readings) >= low + 6)
+
+    messages = await asyncio.to_thread(receiver.wait_for, 2, 20)
+    assert len(messages) == 2, messages
+    firing, resolved = messages
+    assert "FIRING" in firing["title"]
+    assert plant.site in firing["title"]
+    assert "cod_limit" in firing["title"]
+    assert "cod 150 mg/L above limit 100 mg/L" in firing["message"]
+    assert firing["type"] == "failure"
+    assert "RESOLVED" in resolved["title"]
+    assert "back to 55" in resolved["message"]
+    assert resolved["type"] == "success"
+
+    alerts = await eventually(
+        lambda: (rows := influx1.query(plant.db, "SELECT * FROM alerts")) and len(rows) == 2 and rows,
+        20,
+        "both alert events in InfluxDB",
+    )
+    assert [(a["state"], a["rule"], a["severity"], a["limit"]) for a in alerts] == [
+        ("firing", "cod_limit", "critical", 100.0),
+        ("resolved", "cod_limit", "critical", 100.0),
+    ]

@@ -1,0 +1,41 @@
+"""Line protocol encoding and the identifier checks that keep it safe."""
+
+from __future__ import annotations
+
+import pytest
+
+from telemetry.lineproto import alert_line, reading_line
+from telemetry.model import AlertEvent, AlertState, Flag, InvalidReading, Reading
+
+
+def test_reading_line_schema() -> None:
+    line = reading_line(Reading(1700000000123456789, "diaoyushan", "an-1", "cod", 41.5, "mg/L", Flag.N))
+    assert (
+        line
+        == 'telemetry,device=an-1,quantity=cod,site=diaoyushan,unit=mg/L flag="N",value=41.5 1700000000123456789'
+    )
+
+
+def test_tag_values_escape_comma_equals_and_space() -> None:
+    line = reading_line(Reading(1, "a,b=c d", "x", "q", 1.0))
+    assert line.startswith(r"telemetry,device=x,quantity=q,site=a\,b\=c\ d flag=")
+
+
+def test_alert_line_escapes_message() -> None:
+    event = AlertEvent(5, "s", "r", "critical", AlertState.FIRING, 'say "hi"\\now\nnext', 1.5, 1.0)
+    assert alert_line(event) == (
+        "alerts,rule=r,severity=critical,site=s,state=firing "
+        'limit=1.0,message="say \\"hi\\"\\\\now\\nnext",value=1.5 5'
+    )
+
+
+@pytest.mark.parametrize("bad", ["", "a\nb", "a\\", "x" * 129, "tab\there", "\x7f"])
+def test_identifiers_that_line_protocol_cannot_carry_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidReading, match="site"):
+        Reading(1, bad, "d", "q", 1.0).check()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_values_are_refused(value: float) -> None:
+    with pytest.raises(InvalidReading, match="finite"):
+        Reading(1, "s", "d", "q", value).check()
