@@ -100,7 +100,7 @@ class MqttDriver:
         self._metrics = metrics
         self._queue: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connected = asyncio.Event()
+        self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
         self._was_down = False
         self._last_logged: dict[str, float] = {}
         client_id = cfg.client_id or f"telemetry-{cfg.id}"
@@ -118,6 +118,7 @@ class MqttDriver:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     @property
     def where(self) -> str:
@@ -233,9 +234,19 @@ class MqttDriver:
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._metrics.device_up.labels(self.cfg.id).set(0)
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.subscribed.clear)
         if not self._was_down and reason.value != 0:
             log.error("%s: connection lost: %s; reconnecting", self.where, reason)
             self._was_down = True
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.subscribed.set)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         loop = self._loop

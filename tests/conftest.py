@@ -7,6 +7,7 @@ instead of skipping it.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,3 +56,24 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running (a driver or sink not shut down)."""
+    before = set(threading.enumerate())
+    yield
+    leftover = []
+    for thread in set(threading.enumerate()) - before - _apprise_pool_threads():
+        thread.join(timeout=5)  # a stopping thread gets a moment; a forgotten one does not stop
+        if thread.is_alive() and not thread.name.startswith("asyncio_"):
+            leftover.append(thread.name)
+    assert not leftover, f"threads left running: {leftover}"
+
+
+def _apprise_pool_threads() -> set[threading.Thread]:
+    """apprise keeps one process-wide worker pool for its plugins, by design: not a leak."""
+    import apprise.apprise as core  # noqa: PLC0415 - only to name its pool's threads
+
+    pools = (getattr(core, "_shared_executor", None), getattr(core, "_coordinator_executor", None))
+    return {t for pool in pools if pool is not None for t in getattr(pool, "_threads", ())}

@@ -17,6 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from prometheus_client import CollectorRegistry
 
+from drivers.mqtt import MqttDriver
 from telemetry import app
 from telemetry.model import AlertEvent, Reading
 from telemetry.pipeline import Pipeline
@@ -181,17 +182,12 @@ async def test_modbus_and_mqtt_readings_reach_influxdb_1x_and_victoriametrics(
 ) -> None:
     site = plant.site
     await plant.observed.until(lambda: any(r.quantity == "cod" for r in plant.observed.readings))
-    # Subscription is live once the broker session exists; publish until the daemon has it.
+    mqtt = next(d for d in plant.pipeline.drivers if isinstance(d, MqttDriver))
+    await asyncio.wait_for(mqtt.subscribed.wait(), 10)
     stamp_ms = int(time.time() * 1000)
     payload = {"value": 31.5, "unit": "t/h", "ts": stamp_ms}
-
-    def throughput_arrived() -> bool:
-        if not any(r.quantity == "throughput" for r in plant.observed.readings):
-            publish(mosquitto, f"plants/{site}/weighbridge/throughput", payload)
-            return False
-        return True
-
-    await eventually(throughput_arrived, 20, "the MQTT reading to be committed")
+    await asyncio.to_thread(publish, mosquitto, f"plants/{site}/weighbridge/throughput", payload)
+    await plant.observed.until(lambda: any(r.quantity == "throughput" for r in plant.observed.readings))
 
     cod = await eventually(
         lambda: influx1.query(site, f"SELECT * FROM telemetry WHERE quantity='cod' AND site='{site}'"),
