@@ -55,8 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("pymodbus", "apprise", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # These libraries log every failed attempt; the daemon logs a device or sink going
+    # down and coming back itself, once each.
+    for noisy in ("pymodbus", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.ERROR, logging.getLevelName(level)))
+    logging.getLogger("apprise").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def run_until_signal(dep: Deployment) -> int:
