@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import urllib3
@@ -85,13 +85,10 @@ class InfluxV1Sink:
 
     def write(self, lines: list[str]) -> None:
         body = gzip.compress("\n".join(lines).encode(), compresslevel=5)
-        try:
-            resp = self._http.request("POST", self._write_url, body=body, headers=self._headers)
-        except urllib3.exceptions.HTTPError as err:
-            raise SinkError(self.name, _network(err), retryable=True, reason="network") from None
+        resp = self._request("POST", self._write_url, body=body, headers=self._headers)
         if resp.status == 404 and self._cfg.create_database and b"database not found" in resp.data:
             self._create_database()
-            resp = self._http.request("POST", self._write_url, body=body, headers=self._headers)
+            resp = self._request("POST", self._write_url, body=body, headers=self._headers)
         if resp.status >= 300:
             raise classify(
                 self.name, resp.status, resp.data.decode(errors="replace"), resp.headers.get("Retry-After")
@@ -101,7 +98,7 @@ class InfluxV1Sink:
         """CREATE DATABASE is idempotent in InfluxDB 1.x; used when ``create_database`` is set."""
         name = self._cfg.database.replace("\\", "\\\\").replace('"', '\\"')
         headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
-        resp = self._http.request(
+        resp = self._request(
             "POST",
             self._query_url,
             fields={"q": f'CREATE DATABASE "{name}"'},
@@ -113,15 +110,18 @@ class InfluxV1Sink:
         log.info("sink %s: created database %s", self.name, self._cfg.database)
 
     def healthcheck(self) -> None:
-        try:
-            resp = self._http.request("GET", self._ping_url)
-        except urllib3.exceptions.HTTPError as err:
-            raise SinkError(self.name, _network(err), retryable=True, reason="network") from None
+        resp = self._request("GET", self._ping_url)
         if resp.status >= 300:
             raise classify(self.name, resp.status, resp.data.decode(errors="replace"), None)
 
     def close(self) -> None:
         self._http.clear()
+
+    def _request(self, method: str, url: str, **kw: Any) -> urllib3.BaseHTTPResponse:
+        try:
+            return self._http.request(method, url, **kw)
+        except urllib3.exceptions.HTTPError as err:
+            raise SinkError(self.name, _network(err), retryable=True, reason="network") from None
 
 
 class InfluxV2Sink:
