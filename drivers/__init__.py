@@ -18,8 +18,11 @@ from telemetry.protocols import Driver
 
 @dataclass(frozen=True)
 class DriverKind:
+    """``build(config, metrics, shared)``: ``shared`` holds what drivers of one pipeline
+    share, such as the Modbus links several devices sit behind."""
+
     config: type[DeviceConfig]
-    build: Callable[[Any, Metrics], Driver]
+    build: Callable[[Any, Metrics, dict[str, Any]], Driver]
 
 
 DRIVERS: dict[str, DriverKind] = {

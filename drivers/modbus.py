@@ -1,10 +1,16 @@
-"""Modbus TCP polling of holding and input registers.
+"""Modbus polling: TCP, RTU over serial, RTU framing over TCP.
 
 Guarantee: one poll produces at most one reading per configured point, stamped
-with the poll's start time; a poll counts as taken once ``emit`` returns, i.e.
-once the readings are committed to the outbox. A device that does not answer is
-logged when it goes down and when it comes back, not on every poll; a Modbus
-exception on one point never stops the device's other points.
+with the poll's start time, and counts as taken once ``emit`` returns (the
+readings are committed). A point that cannot be read produces no reading:
+values are never fabricated. The first readings after a communication failure
+carry flag ``B``; readings taken while the analyzer's status register says
+maintenance, calibration, fault, stopped or over-range carry ``M``/``C``/``D``/
+``F``/``T``, so they never count as valid or trip a limit.
+
+Each device polls on its own schedule, so a slow or dead device delays only
+the devices sharing its physical link (a bus takes one request at a time). A
+device is logged when it goes down and when it comes back, not every poll.
 """
 
 from __future__ import annotations
@@ -12,83 +18,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-from pydantic_core import PydanticCustomError
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
-
-from telemetry.config import DeviceConfig, Duration, Model, Name
+from drivers.modbus_config import ModbusConfig, ModbusPoint, StatusRegister
+from drivers.modbus_decode import BIT_TABLES, decode
+from drivers.modbus_link import (
+    ILLEGAL_ADDRESS,
+    DeviceException,
+    DeviceTimeout,
+    Link,
+    LinkDown,
+    LinkPool,
+)
+from drivers.modbus_plan import Block
 from telemetry.metrics import Metrics
-from telemetry.model import InvalidReading, Reading
+from telemetry.model import Flag, InvalidReading, Reading
 from telemetry.protocols import Emit
 from telemetry.timing import wait_event
 
 log = logging.getLogger(__name__)
 
-_DT = AsyncModbusTcpClient.DATATYPE
-
-# Register type -> (pymodbus data type, registers it spans).
-TYPES: dict[str, tuple[Any, int]] = {
-    "int16": (_DT.INT16, 1),
-    "uint16": (_DT.UINT16, 1),
-    "int32": (_DT.INT32, 2),
-    "uint32": (_DT.UINT32, 2),
-    "float32": (_DT.FLOAT32, 2),
-}
-
-
-class ModbusPoint(Model):
-    quantity: Name
-    address: Annotated[int, Field(ge=0, le=65535)]
-    table: Literal["holding", "input"] = "holding"
-    type: Literal["int16", "uint16", "int32", "uint32", "float32"] = "float32"
-    word_order: Literal["big", "little"] = "big"
-    scale: float = 1.0
-    offset: float = 0.0
-    unit: str = ""
-
-
-class ModbusConfig(DeviceConfig):
-    """One Modbus TCP device (host + unit id) and the registers to poll."""
-
-    kind: Literal["modbus"]
-    site: Name
-    host: str
-    port: Annotated[int, Field(gt=0, lt=65536)] = 502
-    unit_id: Annotated[int, Field(ge=0, le=255)] = 1
-    interval: Duration = 10.0
-    timeout: Duration = 3.0
-    points: Annotated[list[ModbusPoint], Field(min_length=1)]
-
-    @model_validator(mode="after")
-    def _timeout_below_interval(self) -> ModbusConfig:
-        if self.interval <= 0:
-            raise PydanticCustomError("interval", "expected an interval above 0s")
-        if self.timeout >= self.interval:
-            raise PydanticCustomError(
-                "timeout",
-                "expected timeout ({timeout}s) shorter than interval ({interval}s)",
-                {"timeout": self.timeout, "interval": self.interval},
-            )
-        return self
+__all__ = ["ModbusConfig", "ModbusDriver"]
 
 
 class ModbusDriver:
-    def __init__(self, cfg: ModbusConfig, metrics: Metrics) -> None:
+    def __init__(self, cfg: ModbusConfig, metrics: Metrics, shared: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.id
         self._metrics = metrics
-        self._client = AsyncModbusTcpClient(
-            cfg.host, port=cfg.port, timeout=cfg.timeout, retries=0, reconnect_delay=0
-        )
+        pool = (shared if shared is not None else {}).setdefault("modbus.links", LinkPool())
+        self._pool: LinkPool = pool
+        self.link: Link = pool.acquire(cfg.link())
+        self.blocks: list[Block] = cfg.blocks()
         self._down: str | None = None
-        self._bad_points: set[str] = set()
+        self._comm_lost = False
+        self._bad: set[int] = set()
+        self._flag_for = _status_targets(cfg)
+        self.last_error: str | None = None  # the latest problem, for the probe; cleared by a clean poll
 
     @property
     def where(self) -> str:
-        return f"{self.cfg.site}/{self.cfg.id} ({self.cfg.host}:{self.cfg.port} unit {self.cfg.unit_id})"
+        return f"{self.cfg.site}/{self.cfg.id} ({self.link.spec.describe()} unit {self.cfg.unit_id})"
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -100,87 +70,134 @@ class ModbusDriver:
                     await emit(readings)
                 next_at += self.cfg.interval
                 now = loop.time()
-                if next_at < now:  # a slow poll: skip the slots it overran, keep the phase
+                if next_at < now:  # a poll overran: skip the slots it missed, keep the phase
                     next_at += ((now - next_at) // self.cfg.interval + 1) * self.cfg.interval
                 await wait_event(stop, next_at - now)
         finally:
-            self._client.close()
+            self.close()
+
+    def close(self) -> None:
+        if self.link is not None:
+            self._pool.release(self.link)
 
     async def poll(self) -> list[Reading]:
-        """Read every point once. Never raises for device trouble: it is logged and counted."""
+        """Read every point once. Device trouble is logged, counted and returns fewer readings."""
         ts = time.time_ns()
+        started = time.perf_counter()
+        raw: dict[int, list[int]] = {}
+        self.last_error = None
         try:
-            if not self._client.connected and not await self._client.connect():
-                raise ModbusException("connection refused or timed out")
-            readings = [r for p in self.cfg.points if (r := await self._read(p, ts)) is not None]
-        except (ModbusException, OSError) as err:
-            self._client.close()
-            self._went_down(type(err).__name__, err)
+            for block in list(self.blocks):
+                await self._read_block(block, raw)
+        except (LinkDown, DeviceTimeout) as err:
+            self._went_down(err)
             return []
+        finally:
+            self._metrics.poll_seconds.labels(self.cfg.id).observe(time.perf_counter() - started)
+        readings = self._readings(raw, ts)
         self._came_up()
         return readings
 
-    async def _read(self, point: ModbusPoint, ts: int) -> Reading | None:
-        data_type, count = TYPES[point.type]
-        if point.table == "holding":
-            rr = await self._client.read_holding_registers(
-                point.address, count=count, device_id=self.cfg.unit_id
-            )
-        else:
-            rr = await self._client.read_input_registers(
-                point.address, count=count, device_id=self.cfg.unit_id
-            )
-        key = f"{point.table}:{point.address}"
-        if rr.isError():
-            self._metrics.errors.labels("modbus", "read", "exception_response").inc()
-            if key not in self._bad_points:
-                self._bad_points.add(key)
-                log.error(
-                    "%s: %s register %d (%s) answered Modbus exception %s",
-                    self.where,
-                    point.table,
-                    point.address,
-                    point.quantity,
-                    getattr(rr, "exception_code", "?"),
-                )
-            return None
-        raw = self._client.convert_from_registers(rr.registers, data_type, word_order=point.word_order)
-        assert isinstance(raw, int | float)
+    async def _read_block(self, block: Block, raw: dict[int, list[int]]) -> None:
         try:
-            reading = Reading(
-                ts=ts,
-                site=self.cfg.site,
-                device=self.cfg.id,
-                quantity=point.quantity,
-                value=float(raw) * point.scale + point.offset,
-                unit=point.unit,
-            ).check()
-        except InvalidReading as err:
-            self._metrics.rejected.labels(self.cfg.id, "invalid_value").inc()
-            if key not in self._bad_points:
-                self._bad_points.add(key)
-                log.error(
-                    "%s: %s register %d (%s): %s", self.where, point.table, point.address, point.quantity, err
+            values = await self.link.read(self.cfg.unit_id, block.table, block.address, block.count)
+        except DeviceException as err:
+            if err.code == ILLEGAL_ADDRESS and len(block.split()) > 1:
+                # A gap in the merged read is not implemented by the device: read point by point from now on.
+                index = self.blocks.index(block)
+                self.blocks[index : index + 1] = block.split()
+                log.info(
+                    "%s: device refused a merged read at %d; reading those points separately",
+                    self.where,
+                    block.address,
                 )
-            return None
-        if key in self._bad_points:
-            self._bad_points.discard(key)
-            log.info(
-                "%s: %s register %d (%s) reads again", self.where, point.table, point.address, point.quantity
-            )
-        return reading
+                for part in block.split():
+                    await self._read_block(part, raw)
+                return
+            self._count("exception")
+            for span in block.spans:
+                self._point_failed(span.key, f"answered Modbus exception {err.code}")
+            return
+        for span in block.spans:
+            raw[span.key] = block.slice(values, span)
 
-    def _went_down(self, error_type: str, err: BaseException) -> None:
-        self._metrics.errors.labels("modbus", "poll", error_type).inc()
+    def _readings(self, raw: dict[int, list[int]], ts: int) -> list[Reading]:
+        order = self.cfg.byte_order
+        statuses = {}
+        for i, status in enumerate(self.cfg.status):
+            words = raw.get(len(self.cfg.points) + i)
+            if words is not None:
+                statuses[i] = status.flag(int(decode(words, status.type, status.byte_order or order)))
+        comm_flag = Flag.B if self._comm_lost else Flag.N
+        out = []
+        for key, point in enumerate(self.cfg.points):
+            words = raw.get(key)
+            if words is None:
+                continue
+            value = self._value(point, words)
+            flag = next(
+                (statuses[i] for i in self._flag_for[key] if statuses.get(i, Flag.N) is not Flag.N), comm_flag
+            )
+            try:
+                reading = Reading(
+                    ts, self.cfg.site, self.cfg.id, point.quantity, value, point.unit, flag
+                ).check()
+            except InvalidReading as err:
+                self._metrics.rejected.labels(self.cfg.id, "invalid_value").inc()
+                self._point_failed(key, str(err))
+                continue
+            if key in self._bad:
+                self._bad.discard(key)
+                log.info("%s: %s reads again", self.where, point.quantity)
+            out.append(reading)
+        return out
+
+    def _value(self, point: ModbusPoint, words: list[int]) -> float:
+        table, _ = self.cfg.resolve(point.address, point.table)
+        if table in BIT_TABLES:
+            raw = float(words[0])
+        else:
+            raw = decode(words, point.type, point.byte_order or self.cfg.byte_order, point.bit)
+        return raw * point.scale + point.offset
+
+    def _point_failed(self, key: int, why: str) -> None:
+        name = self.cfg.points[key].quantity if key < len(self.cfg.points) else "status register"
+        self.last_error = f"{name} {why}"
+        if key in self._bad:
+            return
+        self._bad.add(key)
+        log.error("%s: %s %s", self.where, name, why)
+
+    def _count(self, error_type: str) -> None:
+        self._metrics.errors.labels("modbus", "read", error_type).inc()
+        self._metrics.device_errors.labels(self.cfg.id, error_type).inc()
+
+    def _went_down(self, err: Exception) -> None:
+        kind = "timeout" if isinstance(err, DeviceTimeout) else "connection"
+        self._count(kind)
         self._metrics.device_up.labels(self.cfg.id).set(0)
+        self._comm_lost = True
+        self.last_error = str(err)
         if self._down is None:
             log.error("%s: device down: %s", self.where, err)
         else:
             log.debug("%s: still down: %s", self.where, err)
-        self._down = error_type
+        self._down = kind
 
     def _came_up(self) -> None:
         self._metrics.device_up.labels(self.cfg.id).set(1)
+        self._comm_lost = False
         if self._down is not None:
             log.info("%s: device answering again", self.where)
             self._down = None
+
+
+def _status_targets(cfg: ModbusConfig) -> list[list[int]]:
+    """For each point, the status registers that flag it, in the order written."""
+    return [
+        [i for i, status in enumerate(cfg.status) if _applies(status, point.quantity)] for point in cfg.points
+    ]
+
+
+def _applies(status: StatusRegister, quantity: str) -> bool:
+    return not status.applies_to or quantity in status.applies_to

@@ -92,9 +92,12 @@ class MqttConfig(DeviceConfig):
     keepalive: Duration = 30.0
     subscriptions: Annotated[list[Subscription], Field(min_length=1)]
 
+    def describe(self) -> str:
+        return f"mqtt {self.host}:{self.port}, topics " + ", ".join(s.topic for s in self.subscriptions)
+
 
 class MqttDriver:
-    def __init__(self, cfg: MqttConfig, metrics: Metrics) -> None:
+    def __init__(self, cfg: MqttConfig, metrics: Metrics, shared: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.id
         self._metrics = metrics

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
-from drivers import DRIVERS
+from drivers import DRIVERS, modbus_probe
+from drivers.modbus import ModbusConfig, ModbusDriver
 from telemetry import config, sinks
 from telemetry import metrics as metrics_mod
 from telemetry.errors import SinkError
@@ -32,7 +34,8 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> config.Deployme
 
 def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = None) -> Pipeline:
     cfg = dep.config
-    drivers = [DRIVERS[d.kind].build(d, metrics) for d in dep.devices]
+    shared: dict[str, Any] = {}
+    drivers = [DRIVERS[d.kind].build(d, metrics, shared) for d in dep.devices]
     return Pipeline(
         outbox=Outbox(cfg.outbox.path, synchronous=cfg.outbox.synchronous),
         drivers=drivers,
@@ -68,6 +71,30 @@ async def serve(
     finally:
         if stop_http is not None:
             stop_http()
+
+
+async def probe(dep: config.Deployment, out: Callable[[str], None]) -> int:
+    """Poll each Modbus device once and say what it read or why it could not; 1 if any failed."""
+    metrics = Metrics(CollectorRegistry())
+    shared: dict[str, Any] = {}
+    failed = 0
+    for device in dep.devices:
+        if not isinstance(device, ModbusConfig):
+            out(f"{device.id:<20} {device.kind}: not probed (only Modbus devices are polled once)")
+            continue
+        driver = ModbusDriver(device, metrics, shared)
+        try:
+            readings = await driver.poll()
+        finally:
+            driver.close()
+        problem = driver.last_error
+        failed += bool(problem)
+        result = modbus_probe.describe_readings(device, readings)
+        out(
+            f"{device.id:<20} {device.describe()}\n{'':<20} {result}"
+            + (f"\n{'':<20} problem: {problem}" if problem else "")
+        )
+    return 1 if failed else 0
 
 
 def _check_sink(sink: sinks.Sink) -> None:

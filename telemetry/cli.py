@@ -13,6 +13,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from drivers import modbus_probe
+from drivers.modbus_decode import NUMERIC_TYPES
+from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
 from telemetry import __version__, app
 from telemetry.config import Deployment
 from telemetry.errors import ConfigError
@@ -30,6 +33,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("-c", "--config", required=True, help="deployment YAML file")
     check = sub.add_parser("check", help="validate a configuration and print a summary")
     check.add_argument("-c", "--config", required=True, help="deployment YAML file")
+    probe = sub.add_parser(
+        "probe",
+        help="read Modbus registers once: every device of a config (-c), or one address decoded every way",
+        description="telemetry probe -c site.yaml | telemetry probe modbus HOST[:PORT] --address A --count C",
+    )
+    probe.add_argument("-c", "--config", help="poll each Modbus device of this config once")
+    probe.add_argument("protocol", nargs="?", choices=["modbus"])
+    probe.add_argument(
+        "target", nargs="?", help="HOST[:PORT] (port 502 by default) or a serial port with --rtu"
+    )
+    probe.add_argument("--unit", type=int, default=1)
+    probe.add_argument("--address", type=int, default=0, help="PDU address (0-based)")
+    probe.add_argument("--count", type=int, default=10)
+    probe.add_argument("--table", choices=["holding", "input"], default="holding")
+    probe.add_argument("--type", dest="types", action="append", help="only these types (repeatable)")
+    probe.add_argument(
+        "--rtu-over-tcp", action="store_true", help="RTU framing over TCP (serial servers, DTUs)"
+    )
+    probe.add_argument("--rtu", action="store_true", help="TARGET is a serial port, RTU framing")
+    probe.add_argument("--baudrate", type=int, default=9600)
+    probe.add_argument("--parity", choices=["N", "E", "O"], default="N")
+    probe.add_argument("--timeout", type=float, default=3.0)
     demo = sub.add_parser("demo", help="simulated plant + daemon on loopback, with a live view")
     demo.add_argument("-c", "--config", default=None, help="demo YAML (default: config/demo.yaml)")
     demo.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
@@ -39,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from telemetry import demo as demo_mod  # noqa: PLC0415 - only the demo needs the simulators
 
         return demo_mod.main(args.config, args.minutes)
+    if args.command == "probe" and args.config is None:
+        return _probe_address(args)
     try:
         dep = app.load(args.config)
     except ConfigError as err:
@@ -49,16 +76,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(summary(dep))
         return 0
+    if args.command == "probe":
+        return asyncio.run(app.probe(dep, print))
     _setup_logging(dep.config.log_level)
     return run_until_signal(dep)
+
+
+def _probe_address(args: argparse.Namespace) -> int:
+    if args.protocol != "modbus" or not args.target:
+        print(
+            "usage: telemetry probe modbus HOST[:PORT] --address A --count C, or telemetry probe -c FILE",
+            file=sys.stderr,
+        )
+        return 2
+    unknown = [t for t in args.types or [] if t not in NUMERIC_TYPES]
+    if unknown or not 1 <= args.count <= 125:
+        print(f"expected --type among {', '.join(NUMERIC_TYPES)} and --count 1..125", file=sys.stderr)
+        return 2
+    transport: Transport = "rtu" if args.rtu else "rtu_over_tcp" if args.rtu_over_tcp else "tcp"
+    host, port = (args.target, 0) if args.rtu else modbus_probe.parse_target(args.target)
+    spec = LinkSpec(
+        transport, host, port, baudrate=args.baudrate, parity=args.parity, timeout=args.timeout, retries=0
+    )
+    last = args.address + args.count - 1
+    print(f"{spec.describe()} unit {args.unit}, {args.table} registers {args.address}..{last}")
+    try:
+        words = asyncio.run(modbus_probe.read_once(spec, args.unit, args.table, args.address, args.count))
+    except (LinkDown, DeviceTimeout, DeviceException) as err:
+        print(f"cannot read: {err}", file=sys.stderr)
+        return 1
+    print(modbus_probe.render(words, args.address, args.types))
+    return 0
 
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # These libraries log every failed attempt; the daemon logs a device or sink going
     # down and coming back itself, once each.
-    for noisy in ("pymodbus", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.ERROR, logging.getLevelName(level)))
+    logging.getLogger("urllib3").setLevel(max(logging.ERROR, logging.getLevelName(level)))
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("apprise").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
@@ -87,17 +143,7 @@ def summary(dep: Deployment) -> str:
     out += [f"  {s.id:<20} {s.timezone:<16} {s.name}" for s in cfg.sites]
     out.append(f"devices ({len(dep.devices)}):")
     for d in dep.devices:
-        raw = d.model_dump()
-        if d.kind == "modbus":
-            what = (
-                f"{raw['host']}:{raw['port']} unit {raw['unit_id']}, "
-                f"{len(raw['points'])} points every {raw['interval']:g}s"
-            )
-        else:
-            what = f"{raw['host']}:{raw['port']}, topics " + ", ".join(
-                s["topic"] for s in raw["subscriptions"]
-            )
-        out.append(f"  {d.id:<20} {d.kind:<7} site {d.site or '(from topic)'}: {what}")
+        out.append(f"  {d.id:<20} {d.kind:<7} site {d.site or '(from topic)'}: {d.describe()}")
     out.append(f"influxdb sinks ({len(cfg.influxdb)}):")
     for s in cfg.influxdb:
         target = f"db {s.database}" if s.api == "v1" else f"bucket {s.bucket}"

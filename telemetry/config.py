@@ -129,6 +129,15 @@ class DeviceConfig(Model):
     kind: str
     site: Name | None = None
 
+    def describe(self) -> str:
+        """One line for ``telemetry check``: where the device is reached."""
+        return self.kind
+
+    @classmethod
+    def cross_check(cls, devices: list[DeviceConfig]) -> list[tuple[DeviceConfig, str, str]]:
+        """Problems across devices of this kind: (device, key, message). None by default."""
+        return []
+
 
 class InfluxBase(Model):
     name: Name
@@ -322,6 +331,8 @@ def _describe(error: Any, prefix: Path, src: Source) -> str:
     loc = (*prefix, *error["loc"])
     ctx = error.get("ctx") or {}
     kind = error["type"]
+    if isinstance(ctx.get("at"), str):  # a section-level check naming the key it is about
+        loc = (*loc, *(int(p) if p.isdigit() else p for p in ctx["at"].split(".")))
     path = src.locate(loc)
     if kind == "union_tag_invalid":
         path = (*path, ctx["discriminator"].strip("'"))
@@ -410,6 +421,9 @@ def _cross_checks(config: Config, devices: list[DeviceConfig], src: Source) -> l
 
     for device in devices:
         known(("devices", raw_ids.index(device.id), "site"), device.site)
+    for kind in sorted({type(d) for d in devices}, key=lambda t: t.__name__):
+        for device, key, message in kind.cross_check([d for d in devices if type(d) is kind]):
+            problems.append(_at(src, ("devices", raw_ids.index(device.id), key), message))
     for index, rule in enumerate(config.rules):
         known(("rules", index, "site"), rule.site)
     for index, route in enumerate(config.notify.routes):

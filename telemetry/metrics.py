@@ -45,6 +45,19 @@ class Metrics:
             ["device"],
             registry=registry,
         )
+        self.device_errors = Counter(
+            "telemetry_device_errors_total",
+            "Device read failures by bounded error type (timeout, connection, exception)",
+            ["device", "error_type"],
+            registry=registry,
+        )
+        self.poll_seconds = Histogram(
+            "telemetry_device_poll_seconds",
+            "Time to poll every register of a device once",
+            ["device"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
         self.commit_seconds = Histogram(
             "telemetry_outbox_commit_seconds",
             "Time to commit one batch to the outbox, fsync included",

@@ -1,8 +1,10 @@
 """Simulated plants for the demo and the tests.
 
-- The Diaoyushan leachate station's effluent analyzers as a real pymodbus TCP
-  server: COD, NH3-N, TP, pH, flow and totalised flow as float32 (big-endian
-  words) in holding registers, with a daily cycle, noise, and one COD excursion
+- A generic register server (real pymodbus, Modbus TCP or RTU over TCP) for the
+  tests, the probe and the benchmarks.
+- The Diaoyushan leachate station's effluent analyzers on it: COD, NH3-N, TP,
+  pH, flow and totalised flow as float32 (big-endian words) in holding
+  registers and a status word, with a daily cycle, noise, and one COD excursion
   above the 100 mg/L limit of GB 16889-2008 table 2 a little after start.
 - The Chenxing incinerator's weighbridge publishing throughput over MQTT.
 
@@ -15,14 +17,19 @@ import asyncio
 import logging
 import math
 import random
+import socket
+import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -40,7 +47,7 @@ LEACHATE_UNITS: dict[str, str] = {
     "flow": "m3/h",
     "flow_total": "m3",
 }
-_REGISTER_COUNT = 64
+LEACHATE_STATUS = 20  # uint16: 0 normal, 1 maintenance, 2 calibration, 3 fault (the analyzer profiles' codes)
 _BEIJING = 8 * 3600
 
 
@@ -59,6 +66,7 @@ class LeachateStation:
     excursion_for: float = 120.0
     seed: int = 212
     overrides: dict[str, float] = field(default_factory=dict)
+    status: int = 0
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -91,36 +99,135 @@ class LeachateStation:
         return 70.0 * min(1.0, x / 10, (self.excursion_for - x) / 10)
 
 
+class RegisterServer:
+    """A real pymodbus server (Modbus TCP, or RTU framing over TCP) whose units read plain dicts.
+
+    ``memory[unit][table][address]`` holds 16-bit register values (absent: 0) for
+    ``holding`` and ``input``; coils and discrete inputs are fixed at start.
+    ``holes`` are (table, address) pairs the device refuses with "illegal data
+    address"; ``failing`` units answer every request with a device-failure
+    exception. ``requests`` counts the requests each unit received. Runs in the
+    caller's event loop (``start_async``) or in a thread of its own (``start``).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        units: tuple[int, ...] = (1,),
+        framer: str = "socket",
+        size: int = 10_000,
+        coils: dict[int, bool] | None = None,
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
+        self.host, self.port = host, port or _free_port()
+        self.memory: dict[int, dict[str, dict[int, int]]] = {u: {"holding": {}, "input": {}} for u in units}
+        self.holes: set[tuple[str, int]] = set()
+        self.failing: set[int] = set()
+        self.requests: dict[int, int] = dict.fromkeys(units, 0)
+        self._on_read = on_read
+        bits = [bool((coils or {}).get(a, False)) for a in range(256)]
+        self._devices = [
+            SimDevice(
+                id=unit,
+                simdata=(
+                    [SimData(address=0, values=bits, datatype=DataType.BITS)],
+                    [SimData(address=0, values=bits, datatype=DataType.BITS)],
+                    [SimData(address=0, count=size, values=0, datatype=DataType.REGISTERS)],
+                    [SimData(address=0, count=size, values=0, datatype=DataType.REGISTERS)],
+                ),
+                action=partial(self._serve, unit),
+            )
+            for unit in units
+        ]
+        self._framer = FramerType(framer)
+        self._server: ModbusTcpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _serve(
+        self, unit: int, fc: int, start: int, address: int, count: int, registers: list[int], _values: object
+    ) -> ExcCodes | None:
+        self.requests[unit] += 1
+        if unit in self.failing:
+            return ExcCodes.DEVICE_FAILURE
+        table = {3: "holding", 4: "input"}.get(fc)
+        if table is None:
+            return None  # coils and discrete inputs: the values given at start
+        if any((table, a) in self.holes for a in range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        if self._on_read is not None:
+            self._on_read(unit)
+        memory = self.memory[unit][table]
+        for a in range(address, address + count):
+            registers[a - start] = memory.get(a, 0) & 0xFFFF
+        return None
+
+    def set(self, unit: int, table: str, address: int, words: list[int]) -> None:
+        for i, word in enumerate(words):
+            self.memory[unit][table][address + i] = word
+
+    async def start_async(self) -> None:
+        # pymodbus binds the server to the running loop when it is built, so build it here.
+        self._server = ModbusTcpServer(self._devices, address=(self.host, self.port), framer=self._framer)
+        await self._server.serve_forever(background=True)
+
+    async def stop_async(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
+
+    def start(self) -> RegisterServer:
+        """Serve from a thread with its own event loop (for synchronous callers)."""
+        ready = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self.start_async())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop_async())
+            loop.close()
+
+        self._thread = threading.Thread(target=main, name=f"modbus-sim-{self.port}", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
 class ModbusAnalyzer:
-    """A pymodbus TCP server whose holding registers hold a station's current values."""
+    """The leachate station's analyzers: float32 values refreshed from the model on every read."""
 
     def __init__(
         self, station: LeachateStation, host: str = "127.0.0.1", port: int = 15020, unit_id: int = 1
     ) -> None:
         self.station = station
-        self.host = host
-        self.port = port
-        device = SimDevice(
-            id=unit_id,
-            simdata=[SimData(address=0, count=_REGISTER_COUNT, values=0, datatype=DataType.REGISTERS)],
-            action=self._refresh,
-        )
-        self._server = ModbusTcpServer(device, address=(host, port))
+        self.unit_id = unit_id
+        self.server = RegisterServer(host, port, units=(unit_id,), on_read=self._refresh)
+        self.host, self.port = self.server.host, self.server.port
 
-    async def _refresh(
-        self, _fc: int, start: int, _address: int, _count: int, registers: list[int], _values: object
-    ) -> None:
-        """Called by pymodbus on every request: write the current values into the registers."""
+    def _refresh(self, unit: int) -> None:
         for quantity, value in self.station.values().items():
-            words = AsyncModbusTcpClient.convert_to_registers(value, AsyncModbusTcpClient.DATATYPE.FLOAT32)
-            offset = LEACHATE_REGISTERS[quantity] - start
-            registers[offset : offset + 2] = words
+            words = list(struct.unpack(">HH", struct.pack(">f", value)))  # float32, ABCD
+            self.server.set(unit, "holding", LEACHATE_REGISTERS[quantity], words)
+        self.server.set(unit, "holding", LEACHATE_STATUS, [self.station.status])
 
     async def start(self) -> None:
-        await self._server.serve_forever(background=True)
+        await self.server.start_async()
 
     async def stop(self) -> None:
-        await self._server.shutdown()  # type: ignore[no-untyped-call]
+        await self.server.stop_async()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

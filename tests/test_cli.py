@@ -49,7 +49,7 @@ async def test_run_writes_to_influxdb_and_stops_cleanly_on_sigterm(
 sites: [{{id: {unique}}}]
 devices:
   - {{id: an, kind: modbus, site: {unique}, host: 127.0.0.1, port: {analyzer.port}, interval: 200ms,
-     timeout: 100ms, points: [{{quantity: cod, address: 0}}]}}
+     timeout: 80ms, points: [{{quantity: cod, address: 0}}]}}
 influxdb:
   - {{name: local, api: v1, url: "{influx1.url}", database: {unique}, create_database: true, flush_interval: 50ms}}
 metrics: {{enabled: false}}
@@ -58,7 +58,12 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
     )
     proc = await telemetry("run", "-c", str(config))
     try:
-        await eventually(lambda: influx1.query(unique, "SELECT count(value) FROM telemetry"), 30, "readings")
+
+        def written() -> list[dict[str, object]]:
+            assert proc.returncode is None, "telemetry run exited early"
+            return influx1.query(unique, "SELECT count(value) FROM telemetry")
+
+        await eventually(written, 30, "readings")
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
@@ -91,7 +96,7 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
         "DEMO_EXCURSION_AT": "1",
         "DEMO_COD_FOR": "2s",
         "DEMO_POLL": "500ms",
-        "DEMO_POLL_TIMEOUT": "400ms",
+        "DEMO_POLL_TIMEOUT": "200ms",
     }
     proc = await telemetry("demo", "--minutes", "0.5", env=env)
     assert proc.stdout is not None

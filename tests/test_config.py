@@ -82,9 +82,10 @@ def test_bad_enum_lists_the_choices(tmp_path: Path) -> None:
         tmp_path, VALID.replace("{quantity: cod, address: 0}", "{quantity: cod, address: 0, type: float}")
     )
     assert (
-        ":12: devices[0].points[0].type: expected one of 'int16', 'uint16', 'int32', 'uint32' or 'float32'"
+        ":12: devices[0].points[0].type: expected one of 'int16', 'uint16', 'int32', 'uint32', 'int64'"
         in problem
     )
+    assert "'float64' or 'bool'" in problem
     assert "found 'float'" in problem
 
 
@@ -109,7 +110,10 @@ def test_cross_checks_unknown_site_and_duplicate_id(tmp_path: Path) -> None:
 
 def test_timeout_must_be_shorter_than_interval(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, VALID.replace("timeout: 1s", "timeout: 10s"))
-    assert ":4: devices[0]: expected timeout (10.0s) shorter than interval (5.0s)" in problem
+    assert (
+        ":10: devices[0].timeout: expected timeout x (retries + 1) = 20.0s shorter than interval (5.0s)"
+        in problem
+    )
 
 
 def test_environment_expansion_and_default(tmp_path: Path) -> None:

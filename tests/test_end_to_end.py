@@ -84,7 +84,7 @@ devices:
     host: 127.0.0.1
     port: {modbus_port}
     interval: 300ms
-    timeout: 200ms
+    timeout: 140ms
     points:
       - {{quantity: cod, address: 0, unit: mg/L}}
       - {{quantity: flow, address: 8, unit: m3/h}}

@@ -1,143 +1,474 @@
-"""Modbus TCP driver against a real pymodbus server on loopback."""
+"""Modbus driver against real pymodbus servers (Modbus TCP and RTU framing over TCP)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.modbus import ModbusConfig, ModbusDriver
+from drivers.modbus import ModbusDriver
+from drivers.modbus_config import ModbusConfig
+from drivers.modbus_decode import BYTE_ORDERS, TYPES
+from drivers.modbus_link import LinkPool
 from telemetry.metrics import Metrics
+from telemetry.model import Flag, Reading
+from telemetry.simulator import RegisterServer
 from tests.services import free_port
 
 
-def words(fmt: str, value: float) -> list[int]:
-    raw = struct.pack(">" + fmt, value)
-    return list(struct.unpack(f">{len(raw) // 2}H", raw))
+def wire(value: float, fmt: str, order: str) -> list[int]:
+    """Registers a device in byte order ``order`` holds for ``value``; written independently
+    of the driver's codec: big-endian bytes, then the byte permutation the order names."""
+    be = struct.pack(">" + fmt, value)
+    n = len(be)
+    perm = {
+        "ABCD": list(range(n)),
+        "DCBA": list(range(n))[::-1],
+        "BADC": [i ^ 1 for i in range(n)],
+        "CDAB": [(n - 2 - (i - i % 2)) + i % 2 for i in range(n)],
+    }[order]
+    data = bytes(be[p] for p in perm)
+    return [data[i] << 8 | data[i + 1] for i in range(0, n, 2)]
 
 
-REGISTERS = (
-    words("f", 41.5)  # 0-1 float32 big-endian words
-    + words("f", 12.25)[::-1]  # 2-3 float32 little-endian word order
-    + words("h", -7)  # 4 int16
-    + words("H", 65000)  # 5 uint16
-    + words("i", -100000)  # 6-7 int32
-    + words("H", 1234)  # 8 uint16 with scale
-)
+def device(port: int, points: list[dict[str, Any]], **kw: Any) -> ModbusConfig:
+    base: dict[str, Any] = {
+        "id": kw.pop("id", "an-1"),
+        "kind": "modbus",
+        "site": "s",
+        "host": "127.0.0.1",
+        "port": port,
+        "unit_id": 1,
+        "interval": "1s",
+        "timeout": "200ms",
+        "retries": 0,
+        "points": points,
+    }
+    return ModbusConfig.model_validate(base | kw)
+
+
+def driver(cfg: ModbusConfig, shared: dict[str, Any] | None = None) -> tuple[ModbusDriver, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    return ModbusDriver(cfg, metrics, shared), metrics
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[int]:
-    port = free_port()
-    device = SimDevice(id=3, simdata=[SimData(address=0, values=REGISTERS, datatype=DataType.REGISTERS)])
-    srv = ModbusTcpServer(device, address=("127.0.0.1", port))
-    await srv.serve_forever(background=True)
-    yield port
-    await srv.shutdown()
+def server() -> Iterator[RegisterServer]:
+    srv = RegisterServer(units=(1, 2)).start()
+    yield srv
+    srv.stop()
 
 
-def driver(port: int, points: list[dict[str, Any]], unit_id: int = 3) -> tuple[ModbusDriver, Metrics]:
-    cfg = ModbusConfig.model_validate(
-        {
-            "id": "an-1",
-            "kind": "modbus",
-            "site": "s",
-            "host": "127.0.0.1",
-            "port": port,
-            "unit_id": unit_id,
-            "interval": "1s",
-            "timeout": "0.5s",
-            "points": points,
-        }
+@pytest.fixture
+def rtu_server() -> Iterator[RegisterServer]:
+    srv = RegisterServer(units=(1, 2), framer="rtu").start()
+    yield srv
+    srv.stop()
+
+
+async def poll(cfg: ModbusConfig) -> list[Reading]:
+    drv, _ = driver(cfg)
+    try:
+        return await drv.poll()
+    finally:
+        drv.close()
+
+
+NUMERIC = [name for name, t in TYPES.items() if t.fmt]
+LIMITS = {"h": 2**15, "H": 2**16, "i": 2**31, "I": 2**32, "q": 2**63, "Q": 2**64}
+
+
+@st.composite
+def typed_values(draw: st.DrawFn) -> tuple[str, str, float]:
+    type_name = draw(st.sampled_from(NUMERIC))
+    order = draw(st.sampled_from(BYTE_ORDERS))
+    fmt = TYPES[type_name].fmt
+    if fmt == "f":
+        value = draw(st.floats(width=32, allow_nan=False, allow_infinity=False))
+    elif fmt == "d":
+        value = draw(st.floats(allow_nan=False, allow_infinity=False))
+    else:
+        unsigned = fmt.isupper()
+        top = LIMITS[fmt]
+        value = draw(st.integers(0 if unsigned else -top, top - 1))
+    return type_name, order, value
+
+
+@given(st.lists(typed_values(), min_size=1, max_size=8))
+@settings(max_examples=30, deadline=None)
+def test_every_type_and_byte_order_decodes_what_the_server_holds(cases: list[tuple[str, str, float]]) -> None:
+    srv = RegisterServer(units=(1,)).start()
+    try:
+        points = []
+        address = 0
+        for i, (type_name, order, value) in enumerate(cases):
+            srv.set(1, "holding", address, wire(value, TYPES[type_name].fmt, order))
+            points.append({"quantity": f"q{i}", "address": address, "type": type_name, "byte_order": order})
+            address += TYPES[type_name].registers + 3  # gaps: the plan still merges them
+        readings = asyncio.run(poll(device(srv.port, points)))
+    finally:
+        srv.stop()
+    got = {r.quantity: r.value for r in readings}
+    for i, (type_name, _, value) in enumerate(cases):
+        expected = float(value)
+        if TYPES[type_name].fmt == "f":
+            expected = struct.unpack(">f", struct.pack(">f", value))[0]
+        assert got[f"q{i}"] == expected or math.isclose(got[f"q{i}"], expected, rel_tol=1e-15), (
+            type_name,
+            value,
+        )
+
+
+async def test_scale_offset_bits_coils_strings_of_table_and_addressing(server: RegisterServer) -> None:
+    server.set(1, "holding", 0, [1234])
+    server.set(1, "holding", 1, [0b1010_0000_0000_0100])
+    server.set(1, "input", 9, wire(7.5, "f", "ABCD"))
+    readings = await poll(
+        device(
+            server.port,
+            [
+                {
+                    "quantity": "flow",
+                    "address": 1,
+                    "type": "uint16",
+                    "scale": 0.01,
+                    "offset": 1,
+                    "unit": "m3/h",
+                },
+                {"quantity": "pump", "address": 2, "type": "bool", "bit": 2},
+                {"quantity": "valve", "address": 2, "type": "bool", "bit": 3},
+                {"quantity": "ph", "address": "30010", "type": "float32"},
+            ],
+            addressing=1,
+        )
     )
-    metrics = Metrics(CollectorRegistry())
-    return ModbusDriver(cfg, metrics), metrics
+    assert {r.quantity: r.value for r in readings} == {
+        "flow": pytest.approx(13.34),
+        "pump": 1.0,
+        "valve": 0.0,
+        "ph": 7.5,
+    }
+    modicon = await poll(
+        device(server.port, [{"quantity": "cod", "address": 40001, "type": "uint16"}], addressing="modicon")
+    )
+    assert [r.value for r in modicon] == [1234]
+    string_form = await poll(
+        device(server.port, [{"quantity": "cod", "address": "4x0001", "type": "uint16"}])
+    )
+    assert [r.value for r in string_form] == [1234]
 
 
-async def test_types_word_order_and_scale(server: int) -> None:
+async def test_coils_and_discrete_inputs() -> None:
+    srv = RegisterServer(units=(1,), coils={3: True, 5: True})
+    await srv.start_async()
+    try:
+        readings = await poll(
+            device(
+                srv.port,
+                [
+                    {"quantity": "pump1", "address": 3, "table": "coil", "type": "bool"},
+                    {"quantity": "pump2", "address": 4, "table": "coil", "type": "bool"},
+                    {"quantity": "door", "address": 5, "table": "discrete", "type": "bool"},
+                ],
+            )
+        )
+    finally:
+        await srv.stop_async()
+    assert {r.quantity: r.value for r in readings} == {"pump1": 1.0, "pump2": 0.0, "door": 1.0}
+
+
+async def test_coalescing_sends_the_minimum_number_of_requests(server: RegisterServer) -> None:
+    points = [
+        {"quantity": "a", "address": 0},  # 0-1
+        {"quantity": "b", "address": 2},  # 2-3
+        {"quantity": "c", "address": 10},  # gap of 6 <= max_gap 8: same block
+        {"quantity": "d", "address": 40},  # gap of 28: a new block
+        {"quantity": "e", "address": 0, "table": "input"},  # another table: a new block
+        {"quantity": "f", "address": 200},  # 160 after d: a new block
+    ]
+    drv, _ = driver(device(server.port, points))
+    try:
+        assert [(b.table, b.address, b.count) for b in drv.blocks] == [
+            ("holding", 0, 12),
+            ("holding", 40, 2),
+            ("holding", 200, 2),
+            ("input", 0, 2),
+        ]
+        readings = await drv.poll()
+        assert len(readings) == 6
+        assert server.requests[1] == 4
+    finally:
+        drv.close()
+
+
+async def test_block_limit_splits_at_125_registers(server: RegisterServer) -> None:
+    points = [{"quantity": f"q{i}", "address": i * 2} for i in range(100)]  # 200 registers, no gaps
+    drv, _ = driver(device(server.port, points))
+    try:
+        assert [b.count for b in drv.blocks] == [124, 76]
+        assert len(await drv.poll()) == 100
+        assert server.requests[1] == 2
+    finally:
+        drv.close()
+
+
+async def test_illegal_address_splits_the_block_once_and_for_all(
+    server: RegisterServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.holes.add(("holding", 5))  # inside the gap between the two points
+    server.set(1, "holding", 0, wire(1.5, "f", "ABCD"))
+    server.set(1, "holding", 8, wire(2.5, "f", "ABCD"))
+    drv, _ = driver(device(server.port, [{"quantity": "a", "address": 0}, {"quantity": "b", "address": 8}]))
+    try:
+        with caplog.at_level(logging.INFO, logger="drivers.modbus"):
+            first = await drv.poll()
+        assert [r.value for r in first] == [1.5, 2.5]
+        assert server.requests[1] == 3  # merged read refused, then one per point
+        second = await drv.poll()
+        assert [r.value for r in second] == [1.5, 2.5]
+        assert server.requests[1] == 5
+        assert sum("refused a merged read" in m for m in caplog.messages) == 1
+    finally:
+        drv.close()
+
+
+async def test_exception_on_one_point_keeps_the_others(
+    server: RegisterServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.holes.add(("holding", 500))
+    server.set(1, "holding", 0, wire(41.5, "f", "ABCD"))
     drv, metrics = driver(
-        server,
-        [
-            {"quantity": "cod", "address": 0, "type": "float32", "unit": "mg/L"},
-            {"quantity": "nh3n", "address": 2, "type": "float32", "word_order": "little"},
-            {"quantity": "a", "address": 4, "type": "int16"},
-            {"quantity": "b", "address": 5, "type": "uint16"},
-            {"quantity": "c", "address": 6, "type": "int32"},
-            {"quantity": "flow", "address": 8, "type": "uint16", "scale": 0.01, "offset": 1},
-            {"quantity": "ph", "address": 0, "table": "input", "type": "float32"},
+        device(server.port, [{"quantity": "cod", "address": 0}, {"quantity": "ghost", "address": 500}])
+    )
+    try:
+        with caplog.at_level(logging.ERROR):
+            first = await drv.poll()
+            second = await drv.poll()
+    finally:
+        drv.close()
+    assert [r.quantity for r in first] == [r.quantity for r in second] == ["cod"]
+    assert len([m for m in caplog.messages if "ghost" in m]) == 1  # logged once, not per poll
+    assert (
+        metrics.registry.get_sample_value(
+            "telemetry_device_errors_total", {"device": "an-1", "error_type": "exception"}
+        )
+        == 2
+    )
+
+
+async def test_status_register_maps_to_flags(server: RegisterServer) -> None:
+    server.set(1, "holding", 0, wire(41.5, "f", "ABCD"))
+    server.set(1, "holding", 2, wire(8.0, "f", "ABCD"))
+    cfg = device(
+        server.port,
+        [{"quantity": "cod", "address": 0}, {"quantity": "nh3n", "address": 2}],
+        status=[
+            {"address": 10, "values": {1: "M", 2: "C", 3: "D"}, "applies_to": ["cod"]},
+            {"address": 11, "bits": {0: "F", 4: "T"}},
         ],
     )
-    readings = await drv.poll()
-    got = {r.quantity: r.value for r in readings}
-    assert got == {
-        "cod": 41.5,
-        "nh3n": 12.25,
-        "a": -7,
-        "b": 65000,
-        "c": -100000,
-        "flow": pytest.approx(13.34),
-        "ph": 41.5,
-    }
-    assert {(r.site, r.device) for r in readings} == {("s", "an-1")}
-    assert readings[0].unit == "mg/L"
-    assert len({r.ts for r in readings}) == 1  # one poll, one timestamp
-    assert metrics.registry.get_sample_value("telemetry_device_up", {"device": "an-1"}) == 1
-    drv._client.close()
+    drv, _ = driver(cfg)
+    try:
+        flags = {}
+        for status, bits, expect in [
+            (0, 0, ("N", "N")),
+            (2, 0, ("C", "N")),
+            (1, 0b10000, ("M", "T")),
+            (0, 1, ("F", "F")),
+        ]:
+            server.set(1, "holding", 10, [status])
+            server.set(1, "holding", 11, [bits])
+            flags = {r.quantity: r.flag.value for r in await drv.poll()}
+            assert (flags["cod"], flags["nh3n"]) == expect
+    finally:
+        drv.close()
 
 
-async def test_exception_on_one_point_keeps_the_others(server: int, caplog: pytest.LogCaptureFixture) -> None:
-    drv, metrics = driver(
-        server,
-        [{"quantity": "cod", "address": 0}, {"quantity": "ghost", "address": 500}],
-    )
-    with caplog.at_level(logging.ERROR):
-        first = await drv.poll()
-        second = await drv.poll()
-    assert [r.quantity for r in first] == [r.quantity for r in second] == ["cod"]
-    assert len([m for m in caplog.messages if "register 500" in m]) == 1  # logged once, not per poll
-    errors = {"component": "modbus", "stage": "read", "error_type": "exception_response"}
-    assert metrics.registry.get_sample_value("telemetry_errors_total", errors) == 2
-    drv._client.close()
-
-
-async def test_device_down_is_logged_once_and_recovery_once(caplog: pytest.LogCaptureFixture) -> None:
+async def test_comm_loss_gives_no_reading_then_flag_b_then_normal(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    drv, metrics = driver(port, [{"quantity": "cod", "address": 0}])
-    with caplog.at_level(logging.INFO, logger="drivers.modbus"):
-        assert await drv.poll() == []
-        assert await drv.poll() == []
-        assert metrics.registry.get_sample_value("telemetry_device_up", {"device": "an-1"}) == 0
-        device = SimDevice(id=3, simdata=[SimData(address=0, values=REGISTERS, datatype=DataType.REGISTERS)])
-        srv = ModbusTcpServer(device, address=("127.0.0.1", port))
-        await srv.serve_forever(background=True)
-        try:
-            assert [r.value for r in await drv.poll()] == [41.5]
-        finally:
-            drv._client.close()
-            await srv.shutdown()
-    downs = [m for m in caplog.messages if "device down" in m]
-    ups = [m for m in caplog.messages if "answering again" in m]
-    assert len(downs) == 1
-    assert len(ups) == 1
-    assert "127.0.0.1" in downs[0]
-    assert "an-1" in downs[0]
+    cfg = device(port, [{"quantity": "cod", "address": 0}])
+    drv, metrics = driver(cfg)
+    srv = RegisterServer(port=port, units=(1,))
+    try:
+        await srv.start_async()
+        srv.set(1, "holding", 0, wire(41.5, "f", "ABCD"))
+        assert [r.flag for r in await drv.poll()] == [Flag.N]
+        await srv.stop_async()
+        with caplog.at_level(logging.INFO, logger="drivers.modbus"):
+            assert await drv.poll() == []  # missing, never fabricated
+            assert await drv.poll() == []
+            assert metrics.registry.get_sample_value("telemetry_device_up", {"device": "an-1"}) == 0
+            srv = RegisterServer(port=port, units=(1,))
+            srv.set(1, "holding", 0, wire(42.0, "f", "ABCD"))
+            await srv.start_async()
+            drv.link._retry_at = 0  # skip the reconnect back-off: the test is about flags, not timing
+            after = await drv.poll()
+        assert [(r.value, r.flag) for r in after] == [(42.0, Flag.B)]
+        assert [r.flag for r in await drv.poll()] == [Flag.N]
+        assert sum("device down" in m for m in caplog.messages) == 1
+        assert sum("answering again" in m for m in caplog.messages) == 1
+    finally:
+        drv.close()
+        await srv.stop_async()
 
 
-async def test_run_emits_each_interval_until_stopped(server: int) -> None:
-    drv, _ = driver(server, [{"quantity": "cod", "address": 0}])
-    got: list[float] = []
+async def test_rtu_framing_over_tcp_and_two_units_share_one_link(rtu_server: RegisterServer) -> None:
+    rtu_server.set(1, "holding", 0, wire(1.25, "f", "CDAB"))
+    rtu_server.set(2, "holding", 0, wire(2.5, "f", "CDAB"))
+    shared: dict[str, Any] = {}
+    a, _ = driver(
+        device(
+            rtu_server.port,
+            [{"quantity": "cod"} | {"address": 0}],
+            transport="rtu_over_tcp",
+            byte_order="CDAB",
+        ),
+        shared,
+    )
+    b, _ = driver(
+        device(
+            rtu_server.port,
+            [{"quantity": "nh3n", "address": 0}],
+            transport="rtu_over_tcp",
+            byte_order="CDAB",
+            unit_id=2,
+            id="an-2",
+        ),
+        shared,
+    )
+    try:
+        assert a.link is b.link
+        results = await asyncio.gather(a.poll(), b.poll())
+        assert [[r.value for r in rs] for rs in results] == [[1.25], [2.5]]
+    finally:
+        a.close()
+        b.close()
+    assert shared["modbus.links"]._links == {}
+
+
+async def test_rtu_serial_transport_through_a_socket_url(rtu_server: RegisterServer) -> None:
+    """The serial code path, with pyserial's socket:// URL standing in for /dev/ttyUSB0."""
+    rtu_server.set(1, "holding", 0, wire(3.5, "f", "ABCD"))
+    cfg = device(
+        0 + 502,
+        [{"quantity": "tp", "address": 0}],
+        transport="rtu",
+        serial_port=f"socket://127.0.0.1:{rtu_server.port}",
+    )
+    assert [r.value for r in await poll(cfg)] == [3.5]
+
+
+class SilentDevice:
+    """Accepts TCP connections and never answers: a hung analyzer or a dead gateway port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(1024):
+                pass
+            writer.close()
+
+        self._server = await asyncio.start_server(swallow, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def twenty_devices() -> AsyncIterator[tuple[list[RegisterServer], SilentDevice]]:
+    servers = [RegisterServer(units=(1,)) for _ in range(19)]
+    for srv in servers:
+        await srv.start_async()
+        srv.set(1, "holding", 0, wire(1.0, "f", "ABCD"))
+    servers[0].failing.add(1)
+    silent = SilentDevice()
+    await silent.start()
+    yield servers, silent
+    for srv in servers:
+        await srv.stop_async()
+    await silent.stop()
+
+
+async def test_a_dead_and_a_failing_device_do_not_delay_the_other_eighteen(
+    twenty_devices: tuple[list[RegisterServer], SilentDevice],
+) -> None:
+    servers, silent = twenty_devices
+    interval = 0.5
+    ports = [silent.port] + [s.port for s in servers]
+    drivers = [
+        driver(
+            device(port, [{"quantity": "cod", "address": 0}], id=f"d{i}", interval=interval, timeout="400ms")
+        )[0]
+        for i, port in enumerate(ports)
+    ]
+    stamps: dict[str, list[int]] = {d.name: [] for d in drivers}
     stop = asyncio.Event()
 
     async def emit(readings: Any) -> None:
-        got.extend(r.value for r in readings)
-        stop.set()
+        for r in readings:
+            stamps[r.device].append(r.ts)
+        if all(len(stamps[f"d{i}"]) >= 8 for i in range(2, 20)):
+            stop.set()
 
-    await asyncio.wait_for(drv.run(emit, stop), 5)
-    assert got == [41.5]
+    await asyncio.wait_for(asyncio.gather(*(d.run(emit, stop) for d in drivers)), 30)
+    assert stamps["d0"] == []  # dead: no readings, never fabricated
+    assert stamps["d1"] == []  # failing with exceptions: likewise
+    for name in (f"d{i}" for i in range(2, 20)):
+        gaps = [(b - a) / 1e9 for a, b in zip(stamps[name], stamps[name][1:], strict=False)]
+        assert all(abs(g - interval) <= 0.1 * interval for g in gaps), (name, gaps)
+
+
+def test_probe_shows_a_cdab_float_in_the_cdab_row(
+    server: RegisterServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from telemetry.cli import main  # noqa: PLC0415 - the command under test
+
+    server.set(1, "holding", 100, wire(123.456, "f", "CDAB"))
+    code = main(
+        ["probe", "modbus", f"127.0.0.1:{server.port}", "--unit", "1", "--address", "100", "--count", "4"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    row = next(line for line in out.splitlines() if line.startswith("float32") and " CDAB " in line)
+    assert "123.456" in row
+    abcd = next(line for line in out.splitlines() if line.startswith("float32") and " ABCD " in line)
+    assert "123.456" not in abcd
+
+
+def test_probe_reports_an_unreachable_device(capsys: pytest.CaptureFixture[str]) -> None:
+    from telemetry.cli import main  # noqa: PLC0415 - the command under test
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(
+        ["probe", "modbus", f"127.0.0.1:{port}", "--address", "0", "--count", "2", "--timeout", "0.3"]
+    )
+    assert code == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+async def test_link_pool_shares_by_key() -> None:
+    pool = LinkPool()
+    cfg = device(1502, [{"quantity": "a", "address": 0}])
+    one = pool.acquire(cfg.link())
+    two = pool.acquire(device(1502, [{"quantity": "b", "address": 0}], unit_id=2).link())
+    three = pool.acquire(device(1503, [{"quantity": "c", "address": 0}]).link())
+    assert one is two
+    assert three is not one
+    for link in (one, two, three):
+        pool.release(link)
