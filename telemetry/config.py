@@ -340,7 +340,7 @@ def _describe(error: Any, prefix: Path, src: Source) -> str:
     if kind == "missing":
         return _at(src, path, "required key is missing")
     message = error["msg"]
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         message = f"expected one of {ctx['expected']}"
     elif message.startswith("Input should be "):
         message = "expected " + message.removeprefix("Input should be ")

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from telemetry import app
 from telemetry.config import Deployment, InfluxV1, InfluxV2
 from telemetry.errors import ConfigError
-from telemetry.model import AlertEvent, AlertState, Reading
+from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.pipeline import Pipeline
 from telemetry.receiver import NotificationReceiver
 from telemetry.simulator import LeachateStation, ModbusAnalyzer, MqttPublisher
@@ -68,7 +68,10 @@ class LiveView:
     def render(self, pipeline: Pipeline | None, influx_note: str) -> None:
         _say(f"readings committed: {self.readings}")
         for site, values in sorted(self.latest.items()):
-            row = "  ".join(f"{q} {r.value:.2f} {r.unit}".rstrip() for q, r in sorted(values.items()))
+            row = "  ".join(
+                f"{q} {r.value:.2f} {r.unit}".rstrip() + ("" if r.flag is Flag.N else f" [{r.flag.value}]")
+                for q, r in sorted(values.items())
+            )
             print(f"          {site:<11} {row}", flush=True)
         if pipeline is not None:
             waiting = ", ".join(f"{c}: {n}" for c, n in sorted(pipeline.outbox.backlog().items()))
@@ -115,7 +118,8 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
         return 1
     _say(
         f"simulated Diaoyushan analyzers on modbus tcp {analyzer.host}:{analyzer.port}"
-        f" (COD excursion above 100 mg/L in ~{station.excursion_at:.0f}s)"
+        f" (COD excursion above 100 mg/L in ~{station.excursion_at:.0f}s,"
+        f" calibration flagged [C] in ~{station.calibration_at:.0f}s)"
     )
 
     tasks: list[asyncio.Task[None]] = []

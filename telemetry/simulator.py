@@ -65,8 +65,10 @@ class LeachateStation:
     excursion_at: float = 60.0
     excursion_for: float = 120.0
     seed: int = 212
+    calibration_at: float = 240.0
+    calibration_for: float = 60.0
     overrides: dict[str, float] = field(default_factory=dict)
-    status: int = 0
+    status: int | None = None  # set to force the status word; None follows the calibration schedule
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -90,6 +92,13 @@ class LeachateStation:
         }
         out.update(self.overrides)
         return out
+
+    def status_word(self, now: float | None = None) -> int:
+        """0 normal, 2 during the scheduled calibration (then the analyzer reads its standard)."""
+        if self.status is not None:
+            return self.status
+        since = (time.time() if now is None else now) - self.started - self.calibration_at
+        return 2 if 0 <= since < self.calibration_for else 0
 
     def _excursion(self, since_start: float) -> float:
         """A trapezoid up to +70 mg/L (a membrane breakthrough): 10 s rise, hold, 10 s fall."""
@@ -215,7 +224,7 @@ class ModbusAnalyzer:
         for quantity, value in self.station.values().items():
             words = list(struct.unpack(">HH", struct.pack(">f", value)))  # float32, ABCD
             self.server.set(unit, "holding", LEACHATE_REGISTERS[quantity], words)
-        self.server.set(unit, "holding", LEACHATE_STATUS, [self.station.status])
+        self.server.set(unit, "holding", LEACHATE_STATUS, [self.station.status_word()])
 
     async def start(self) -> None:
         await self.server.start_async()
