@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import multiprocessing
 import os
 import resource
@@ -46,8 +47,7 @@ def serve(ports: list[int], registers: int, ready: Any, stop: Any) -> None:
             await srv.start_async()
             srv.set(1, "holding", 0, [0x4142, 0x0000] * (registers // 2))  # 12.125 as float32
         ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.2)
+        await asyncio.to_thread(stop.wait)
         for srv in servers:
             await srv.stop_async()
 
@@ -91,7 +91,9 @@ async def run_case(ports: list[int], registers: int, seconds: float) -> dict[str
     stop.set()
     await asyncio.gather(*tasks)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    jitter = sorted(abs((b - a) / 1e9 - 1.0) * 1000 for s in stamps.values() for a, b in zip(s, s[1:], strict=False))
+    jitter = sorted(
+        abs((b - a) / 1e9 - 1.0) * 1000 for s in stamps.values() for a, b in itertools.pairwise(s)
+    )
     return {
         "readings_per_s": count / wall,
         "registers_per_s": count * 2 / wall,

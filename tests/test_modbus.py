@@ -472,3 +472,31 @@ async def test_link_pool_shares_by_key() -> None:
     assert three is not one
     for link in (one, two, three):
         pool.release(link)
+
+
+def test_probe_config_polls_each_device_once(
+    server: RegisterServer, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from telemetry.cli import main  # noqa: PLC0415 - the command under test
+
+    server.set(1, "holding", 0, wire(41.5, "f", "ABCD"))
+    server.set(1, "holding", 10, [2])
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        f"""
+sites: [{{id: s}}]
+devices:
+  - {{id: good, kind: modbus, site: s, host: 127.0.0.1, port: {server.port}, timeout: 300ms, profile: cod-analyzer}}
+  - {{id: dead, kind: modbus, site: s, host: 127.0.0.1, port: {free_port()}, timeout: 300ms,
+     points: [{{quantity: tp, address: 0}}]}}
+"""
+    )
+    code = main(["probe", "-c", str(config)])
+    out = capsys.readouterr().out
+    assert code == 1
+    good = out[out.index("good") : out.index("dead")]
+    assert "cod=41.5 mg/L [C]" in good
+    assert "problem" not in good
+    dead = out[out.index("dead") :]
+    assert "no readings" in dead
+    assert "problem: connection refused or timed out" in dead
