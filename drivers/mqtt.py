@@ -1,15 +1,19 @@
-"""MQTT subscription (paho-mqtt 2.x) bridged into asyncio.
+"""MQTT subscription (paho-mqtt 2.x, MQTT 3.1.1 or 5) bridged into asyncio.
 
 Guarantee: with QoS 1, a message is acknowledged to the broker only after its
-readings are committed to the outbox (manual ack, persistent session). A kill
-before the commit means the broker redelivers; a redelivery after the commit is
-harmless because InfluxDB writes are idempotent. Acks go out in the order the
-messages arrived, as MQTT 3.1.1 requires. A bad payload is counted, logged at
-most once a minute per topic, and acked so it does not loop forever.
+readings (or, for a bad payload, its dead letter) are committed to the outbox,
+on a persistent session (clean_session false / clean_start false with a
+session expiry), so a kill before the commit means the broker redelivers; a
+redelivery after the commit is harmless because InfluxDB writes are idempotent.
+Acks go out in the order the messages arrived. A bad payload is counted per
+subscription, logged at most once a minute per topic with a sample, written to
+the dead-letter table, and acked so it does not loop forever.
 
-paho runs its network loop in its own thread; its callbacks only hand messages
-to the event loop with ``call_soon_threadsafe`` (the aiomqtt pattern). The
-broker's in-flight window bounds how many un-acked messages can be queued.
+paho runs the network loop in its own thread; callbacks only hand over to the
+event loop (the aiomqtt pattern). Connecting and reconnecting is done here, with
+back-off and jitter, so a refusal is logged with its reason (TLS verification,
+bad password, unreachable) once, and again only when it comes back. The broker's
+in-flight window bounds how many un-acked messages can be queued.
 """
 
 from __future__ import annotations
@@ -17,19 +21,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
-from drivers.mqtt_decode import PayloadError, decode
+from drivers.mqtt_decode import MAX_PAYLOAD, FormatName, Paths, PayloadError, decode
 from telemetry.config import DeviceConfig, Duration, Model, Name
 from telemetry.metrics import Metrics
-from telemetry.model import InvalidReading, Reading
+from telemetry.model import InvalidReading, Reading, Rejected
 from telemetry.protocols import Emit
+from telemetry.timing import Backoff, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,7 @@ _LOG_EVERY_S = 60.0
 
 
 class Subscription(Model):
-    """A topic filter; ``{site}``, ``{device}`` and ``{quantity}`` segments capture tags."""
+    """A topic filter; ``{site}``, ``{device}`` and ``{quantity}`` levels capture tags."""
 
     topic: str
     site: Name | None = None
@@ -46,6 +55,12 @@ class Subscription(Model):
     quantity: Name | None = None
     unit: str = ""
     qos: Literal[0, 1] = 1
+    format: FormatName = "auto"
+    value_path: str = "value"
+    ts_path: str = "ts"
+    flag_path: str = "flag"
+    unit_path: str = "unit"
+    quantity_path: str = "quantity"
 
     @model_validator(mode="after")
     def _template(self) -> Subscription:
@@ -57,7 +72,8 @@ class Subscription(Model):
                 raise PydanticCustomError(
                     "topic", "expected placeholders {names}", {"names": "{site}, {device} or {quantity}"}
                 )
-        for name in _FIELDS:
+        needed = _FIELDS if self.format not in ("batch", "auto") else ("site", "device")
+        for name in needed:
             if getattr(self, name) is None and f"{{{name}}}" not in parts:
                 raise PydanticCustomError(
                     "topic",
@@ -70,6 +86,10 @@ class Subscription(Model):
     def filter(self) -> str:
         return "/".join("+" if p.startswith("{") else p for p in self.topic.split("/"))
 
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.value_path, self.ts_path, self.flag_path, self.unit_path, self.quantity_path)
+
     def tags(self, topic: str) -> dict[str, str]:
         """site/device/quantity for a topic this subscription matched."""
         levels = topic.split("/")
@@ -80,20 +100,50 @@ class Subscription(Model):
         return out
 
 
+class Tls(Model):
+    """TLS to the broker. Verification is on unless ``verify: false`` says otherwise."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    verify: bool = True
+
+
 class MqttConfig(DeviceConfig):
     """One broker connection and what to subscribe on it."""
 
     kind: Literal["mqtt"]
     host: str
     port: Annotated[int, Field(gt=0, lt=65536)] = 1883
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
     username: str = ""
     password: SecretStr = SecretStr("")
+    password_file: str = ""
     client_id: str = ""
     keepalive: Duration = 30.0
+    session_expiry: Duration = 7 * 86400.0
+    tls: Tls | None = None
+    share_group: str = ""
+    max_payload_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = MAX_PAYLOAD
     subscriptions: Annotated[list[Subscription], Field(min_length=1)]
 
     def describe(self) -> str:
-        return f"mqtt {self.host}:{self.port}, topics " + ", ".join(s.topic for s in self.subscriptions)
+        scheme = "mqtts" if self.tls else "mqtt"
+        share = f" (shared as {self.share_group})" if self.share_group else ""
+        return (
+            f"{scheme} {self.host}:{self.port}, topics "
+            + ", ".join(s.topic for s in self.subscriptions)
+            + share
+        )
+
+    def secret(self) -> str | None:
+        """The password, from ``password`` or ``password_file`` (first line)."""
+        if self.password_file:
+            return Path(self.password_file).read_text(encoding="utf-8").splitlines()[0]
+        return self.password.get_secret_value() or None
+
+    def subscribe_filter(self, sub: Subscription) -> str:
+        return f"$share/{self.share_group}/{sub.filter}" if self.share_group else sub.filter
 
 
 class MqttDriver:
@@ -104,22 +154,34 @@ class MqttDriver:
         self._queue: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
-        self._was_down = False
+        self._lost = asyncio.Event()
+        self._down_reason: str | None = None
+        self._session_up = False  # paho thread: CONNACK accepted on the current connection
+        self.failed = asyncio.Event()  # set on each connection failure; ``last_error`` says why
+        self.last_error: str | None = None
         self._last_logged: dict[str, float] = {}
-        client_id = cfg.client_id or f"telemetry-{cfg.id}"
+        self._backoff = Backoff(initial=1.0, maximum=60.0)
+        v5 = cfg.protocol == "5"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            protocol=paho.MQTTv311,
+            client_id=cfg.client_id or f"telemetry-{cfg.id}",
+            clean_session=None if v5 else False,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             manual_ack=True,
+            reconnect_on_failure=False,  # reconnecting is ours: back-off, reasons, metrics
         )
         if cfg.username:
-            self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() or None)
-        self._client.reconnect_delay_set(1, 60)
+            self._client.username_pw_set(cfg.username, cfg.secret())
+        if cfg.tls is not None:
+            self._client.tls_set(
+                ca_certs=cfg.tls.ca_file or None,
+                certfile=cfg.tls.cert_file or None,
+                keyfile=cfg.tls.key_file or None,
+                cert_reqs=ssl.CERT_REQUIRED if cfg.tls.verify else ssl.CERT_NONE,
+            )
+            self._client.tls_insecure_set(not cfg.tls.verify)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
-        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
 
@@ -129,10 +191,9 @@ class MqttDriver:
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=int(self.cfg.keepalive))
-        self._client.loop_start()
-        pending: asyncio.Queue[tuple[asyncio.Future[None] | None, paho.MQTTMessage]] = asyncio.Queue()
+        pending: asyncio.Queue[tuple[asyncio.Future[None] | None, paho.MQTTMessage | None]] = asyncio.Queue()
         acker = asyncio.create_task(self._ack_in_order(pending))
+        connection = asyncio.create_task(self._keep_connected(stop))
         stopping = asyncio.create_task(stop.wait())
         try:
             while True:
@@ -142,22 +203,55 @@ class MqttDriver:
                     getter.cancel()
                     break
                 msg = getter.result()
-                readings = self._readings(msg)
+                readings, rejected = self._decode(msg)
                 # The task enqueues at once, so commits (and acks) keep arrival order.
-                future = asyncio.ensure_future(emit(readings)) if readings else None
+                future = asyncio.ensure_future(emit(readings, rejected)) if readings or rejected else None
                 pending.put_nowait((future, msg))
         finally:
             stopping.cancel()
-            pending.put_nowait((None, None))  # type: ignore[arg-type]
+            pending.put_nowait((None, None))
             await acker
+            await connection
             await asyncio.to_thread(self._shutdown)
+
+    async def _keep_connected(self, stop: asyncio.Event) -> None:
+        """Connect, and after every loss reconnect with back-off; paho resubscribes via on_connect."""
+        while not stop.is_set():
+            self._lost.clear()
+            try:
+                await asyncio.to_thread(self._connect)
+            except (OSError, ValueError) as err:
+                self._went_down("connect", *_reason(err))
+                await wait_event(stop, self._backoff.next())
+                continue
+            self._client.loop_start()
+            stopping = asyncio.ensure_future(stop.wait())
+            lost = asyncio.ensure_future(self._lost.wait())
+            await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            lost.cancel()
+            if stop.is_set():
+                return
+            await asyncio.to_thread(self._client.loop_stop)
+            await wait_event(stop, self._backoff.next())
+
+    def _connect(self) -> None:
+        self._session_up = False
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = int(self.cfg.session_expiry)
+            self._client.connect(
+                self.cfg.host, self.cfg.port, int(self.cfg.keepalive), clean_start=False, properties=props
+            )
+        else:
+            self._client.connect(self.cfg.host, self.cfg.port, int(self.cfg.keepalive))
 
     def _shutdown(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
 
     async def _ack_in_order(
-        self, pending: asyncio.Queue[tuple[asyncio.Future[None] | None, paho.MQTTMessage]]
+        self, pending: asyncio.Queue[tuple[asyncio.Future[None] | None, paho.MQTTMessage | None]]
     ) -> None:
         while True:
             future, msg = await pending.get()
@@ -176,83 +270,115 @@ class MqttDriver:
             if msg.qos > 0:
                 self._client.ack(msg.mid, msg.qos)
 
-    def _readings(self, msg: paho.MQTTMessage) -> list[Reading]:
+    def _decode(self, msg: paho.MQTTMessage) -> tuple[list[Reading], list[Rejected]]:
         sub = next((s for s in self.cfg.subscriptions if paho.topic_matches_sub(s.filter, msg.topic)), None)
         if sub is None:
-            return []
+            return [], []
+        now = time.time_ns()
+        payload = bytes(msg.payload)
         try:
-            decoded = decode(bytes(msg.payload), time.time_ns())
+            result = decode(payload, now, sub.format, sub.paths, self.cfg.max_payload_bytes)
             tags = sub.tags(msg.topic)
-            return [
+            readings = [
                 Reading(
-                    ts=decoded.ts,
+                    ts=d.ts,
                     site=tags["site"],
                     device=tags["device"],
-                    quantity=tags["quantity"],
-                    value=decoded.value,
-                    unit=decoded.unit if decoded.unit is not None else sub.unit,
-                    flag=decoded.flag,
+                    quantity=d.quantity or tags.get("quantity") or "",
+                    value=d.value,
+                    unit=d.unit if d.unit is not None else sub.unit,
+                    flag=d.flag,
                 ).check()
+                for d in result.readings
             ]
         except PayloadError as err:
-            self._bad(msg, err.reason, err)
+            return [], [self._bad(sub, msg.topic, payload, err.reason, str(err), now)]
         except InvalidReading as err:
-            self._bad(msg, "invalid_reading", err)
-        return []
+            return [], [self._bad(sub, msg.topic, payload, "invalid_reading", str(err), now)]
+        if result.errors:
+            first = result.errors[0]
+            detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"
+            return readings, [self._bad(sub, msg.topic, payload, first.reason, detail, now)]
+        return readings, []
 
-    def _bad(self, msg: paho.MQTTMessage, reason: str, err: Exception) -> None:
+    def _bad(
+        self, sub: Subscription, topic: str, payload: bytes, reason: str, detail: str, now: int
+    ) -> Rejected:
         self._metrics.rejected.labels(self.cfg.id, reason).inc()
-        now = time.monotonic()
-        if now - self._last_logged.get(msg.topic, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+        self._metrics.mqtt_rejected.labels(self.cfg.id, sub.topic, reason).inc()
+        seen = time.monotonic()
+        if seen - self._last_logged.get(topic, -_LOG_EVERY_S) >= _LOG_EVERY_S:
             if len(self._last_logged) > 10_000:
                 self._last_logged.clear()
-            self._last_logged[msg.topic] = now
-            sample = msg.payload[:80].decode("utf-8", errors="replace")
-            log.warning("%s: rejected payload on %s: %s (sample: %r)", self.where, msg.topic, err, sample)
+            self._last_logged[topic] = seen
+            sample = payload[:80].decode("utf-8", errors="replace")
+            log.warning("%s: rejected payload on %r: %s (sample: %r)", self.where, topic, detail, sample)
+        return Rejected(now, self.cfg.id, topic, reason, detail, payload)
 
-    # paho callbacks: run in paho's thread, so they only hand over to the event loop.
-
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            self._metrics.errors.labels("mqtt", "connect", "refused").inc()
-            if not self._was_down:
-                log.error("%s: broker refused the connection: %s", self.where, reason)
-                self._was_down = True
-            return
-        topics: list[tuple[str, int]] = [(s.filter, s.qos) for s in self.cfg.subscriptions]
-        client.subscribe(topics)
-        self._metrics.device_up.labels(self.cfg.id).set(1)
-        if self._was_down:
-            log.info("%s: connected again", self.where)
-        else:
-            log.info("%s: connected", self.where)
-        self._was_down = False
-
-    def _on_connect_fail(self, _c: paho.Client, _u: Any) -> None:
-        self._metrics.errors.labels("mqtt", "connect", "unreachable").inc()
+    def _went_down(self, stage: str, error_type: str, reason: str) -> None:
+        self._metrics.errors.labels("mqtt", stage, error_type).inc()
         self._metrics.device_up.labels(self.cfg.id).set(0)
-        if not self._was_down:
-            log.error("%s: broker unreachable; retrying with back-off", self.where)
-            self._was_down = True
+        self.last_error = reason
+        self.failed.set()
+        if self._down_reason != reason:
+            log.error("%s: %s; retrying with back-off", self.where, reason)
+            self._down_reason = reason
+
+    # paho callbacks: they run in paho's thread, so they only hand over to the event loop.
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed at shutdown
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self._call(self._went_down, "connect", "refused", f"broker refused the connection: {reason}")
+            return
+        self._session_up = True
+        topics: list[tuple[str, int]] = [
+            (self.cfg.subscribe_filter(s), s.qos) for s in self.cfg.subscriptions
+        ]
+        client.subscribe(topics)
+        self._call(self._connected, bool(getattr(flags, "session_present", False)))
+
+    def _connected(self, session_present: bool) -> None:
+        self._metrics.device_up.labels(self.cfg.id).set(1)
+        self._backoff.reset()
+        kept = "session kept by the broker" if session_present else "new session"
+        if self._down_reason is not None:
+            log.info("%s: connected again (%s)", self.where, kept)
+        else:
+            log.info("%s: connected (%s)", self.where, kept)
+        self._down_reason = None
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        refused = [c for c in codes if getattr(c, "is_failure", False)]
+        if refused:
+            self._call(log.error, "%s: broker refused subscriptions: %s", self.where, refused)
+        self._call(self.subscribed.set)
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self._metrics.device_up.labels(self.cfg.id).set(0)
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.subscribed.clear)
-        if not self._was_down and reason.value != 0:
-            log.error("%s: connection lost: %s; reconnecting", self.where, reason)
-            self._was_down = True
-
-    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.subscribed.set)
+        self._call(self.subscribed.clear)
+        self._call(self._lost.set)
+        if self._session_up and getattr(reason, "value", 0) != 0:  # a refused CONNACK was reported already
+            self._call(self._went_down, "connection", "lost", f"connection lost: {reason}")
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-                loop.call_soon_threadsafe(self._queue.put_nowait, msg)
+        self._call(self._queue.put_nowait, msg)
+
+
+def _reason(err: BaseException) -> tuple[str, str]:
+    """A bounded error type and a clear, secret-free reason for a failed connection."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return "tls_verify", f"TLS certificate verification failed: {err.verify_message}"
+    if isinstance(err, ssl.SSLError):
+        return "tls", f"TLS error: {err.reason or err}"
+    if isinstance(err, ConnectionRefusedError):
+        return "unreachable", "connection refused"
+    if isinstance(err, FileNotFoundError):
+        return "config", f"file not found: {err.filename}"
+    if "timed out" in str(err):
+        return "timeout", "connection timed out"
+    return "other", f"{type(err).__name__}: {err}"

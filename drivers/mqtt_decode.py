@@ -1,18 +1,31 @@
-"""MQTT payloads to (value, timestamp, flag): a bare number or a JSON object.
+"""MQTT payloads to readings' values: a number, a JSON object, or a JSON batch.
 
-Accepted: ``12.3``; ``{"value": 12.3}``; ``{"value": 12.3, "ts": 1700000000}`` with
-``ts`` in epoch seconds, milliseconds, microseconds or nanoseconds (told apart by
-magnitude) or ISO 8601 with a zone; optional ``"flag": "N"`` (an HJ 212 flag) and
-``"unit"``. Anything else raises PayloadError with a bounded ``reason`` for metrics
-and a message that says what was wrong.
+Formats (``format`` of a subscription):
+- ``number``: ``12.3``.
+- ``json``: an object; the value, timestamp, flag and unit are read from
+  configurable dot paths (``value``, ``ts``, ``flag``, ``unit`` by default;
+  ``data.v`` reaches into nested objects, ``items.0.v`` into lists).
+- ``batch``: many readings in one message, either a list of such objects each
+  naming its ``quantity``, or an object of quantity → number (or → object),
+  where top-level ``ts``/``flag``/``unit`` apply to every entry.
+- ``auto`` (default): a number, an object with a value (json), a list or an
+  object without one (batch).
+- HJ 212 frames over MQTT plug in here as another format once the HJ 212 codec
+  exists: a function from payload to ``list[Decoded]`` added to ``DECODERS``.
+
+Timestamps: epoch seconds, milliseconds, microseconds or nanoseconds (told apart
+by magnitude) or ISO 8601 with a zone. Anything wrong raises PayloadError with a
+bounded ``reason`` for metrics and a message that says what was wrong; in a
+batch, the good entries are kept and the bad ones reported.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -20,6 +33,9 @@ from telemetry.model import Flag
 
 _EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: older stamps are broken device clocks
 _MAX_AHEAD_NS = 86_400 * 10**9
+MAX_PAYLOAD = 256 * 1024
+
+FormatName = Literal["auto", "number", "json", "batch"]
 
 
 class PayloadError(ValueError):
@@ -34,42 +50,161 @@ class Decoded:
     ts: int
     flag: Flag
     unit: str | None
+    quantity: str | None = None  # set by batch formats; else the topic or config names it
 
 
-def decode(payload: bytes, received_ns: int) -> Decoded:
-    text = payload.strip()
+@dataclass(frozen=True)
+class Paths:
+    """Where a JSON object keeps each part (dot paths)."""
+
+    value: str = "value"
+    ts: str = "ts"
+    flag: str = "flag"
+    unit: str = "unit"
+    quantity: str = "quantity"
+
+
+@dataclass
+class Result:
+    readings: list[Decoded]
+    errors: list[PayloadError]
+
+
+DEFAULT_PATHS = Paths()
+
+
+def decode(
+    payload: bytes,
+    received_ns: int,
+    fmt: FormatName = "auto",
+    paths: Paths = DEFAULT_PATHS,
+    max_bytes: int = MAX_PAYLOAD,
+) -> Result:
+    """Decode one message; raises PayloadError when nothing in it can be used."""
+    if len(payload) > max_bytes:
+        raise PayloadError("too_large", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    return DECODERS[fmt](payload.strip(), received_ns, paths)
+
+
+def _auto(text: bytes, received_ns: int, paths: Paths) -> Result:
+    if text[:1] in (b"{", b"["):
+        data = _json(text)
+        if isinstance(data, dict) and _get(data, paths.value) is not _MISSING:
+            return Result([_entry(data, received_ns, paths, None)], [])
+        return _batch_of(data, received_ns, paths)
+    return _number(text, received_ns, paths)
+
+
+def _number(text: bytes, received_ns: int, _paths: Paths) -> Result:
     if not text:
         raise PayloadError("empty", "empty payload")
-    if text[:1] == b"{":
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError as err:
-            raise PayloadError("bad_json", f"not valid JSON: {err}") from None
-        return _from_object(data, received_ns)
     try:
         value = float(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
-        raise PayloadError("not_a_number", "expected a number or a JSON object") from None
-    return Decoded(_finite(value), received_ns, Flag.N, None)
+        raise PayloadError("not_a_number", "expected a number") from None
+    return Result([Decoded(_finite(value), received_ns, Flag.N, None)], [])
 
 
-def _from_object(data: dict[str, Any], received_ns: int) -> Decoded:
-    if "value" not in data:
-        raise PayloadError("no_value", "JSON object has no 'value'")
-    value = data["value"]
+def _single(text: bytes, received_ns: int, paths: Paths) -> Result:
+    data = _json(text)
+    if not isinstance(data, dict):
+        raise PayloadError("not_an_object", f"expected a JSON object, found {_kind(data)}")
+    return Result([_entry(data, received_ns, paths, None)], [])
+
+
+def _batch(text: bytes, received_ns: int, paths: Paths) -> Result:
+    return _batch_of(_json(text), received_ns, paths)
+
+
+DECODERS: dict[str, Callable[[bytes, int, Paths], Result]] = {
+    "auto": _auto,
+    "number": _number,
+    "json": _single,
+    "batch": _batch,
+}
+
+
+def _batch_of(data: Any, received_ns: int, paths: Paths) -> Result:
+    out: list[Decoded] = []
+    errors: list[PayloadError] = []
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            try:
+                if not isinstance(item, dict):
+                    raise PayloadError("bad_entry", f"expected an object, found {_kind(item)}")
+                quantity = _get(item, paths.quantity)
+                if not isinstance(quantity, str) or not quantity:
+                    raise PayloadError("no_quantity", f"no '{paths.quantity}' text")
+                out.append(_entry(item, received_ns, paths, quantity))
+            except PayloadError as err:
+                errors.append(PayloadError(err.reason, f"entry {i}: {err}"))
+    elif isinstance(data, dict):
+        shared = {k: data[k] for k in (paths.ts, paths.flag, paths.unit) if k in data}
+        for key, item in data.items():
+            if key in shared:
+                continue
+            try:
+                entry = dict(shared) | (item if isinstance(item, dict) else {paths.value: item})
+                out.append(_entry(entry, received_ns, paths, str(key)))
+            except PayloadError as err:
+                errors.append(PayloadError(err.reason, f"{key}: {err}"))
+    else:
+        raise PayloadError("not_a_batch", f"expected a JSON list or object, found {_kind(data)}")
+    if not out:
+        if errors:
+            raise errors[0]
+        raise PayloadError("empty", "batch holds no readings")
+    return Result(out, errors)
+
+
+def _entry(data: dict[str, Any], received_ns: int, paths: Paths, quantity: str | None) -> Decoded:
+    value = _get(data, paths.value)
+    if value is _MISSING:
+        raise PayloadError("no_value", f"no '{paths.value}'")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PayloadError("bad_value", f"'value' must be a number, found {type(value).__name__}")
-    ts = _timestamp(data["ts"], received_ns) if data.get("ts") is not None else received_ns
+        raise PayloadError("bad_value", f"'{paths.value}' must be a number, found {_kind(value)}")
+    raw_ts = _get(data, paths.ts)
+    ts = received_ns if raw_ts is _MISSING or raw_ts is None else _timestamp(raw_ts, received_ns)
     flag = Flag.N
-    if "flag" in data:
+    raw_flag = _get(data, paths.flag)
+    if raw_flag is not _MISSING:
         try:
-            flag = Flag(data["flag"])
+            flag = Flag(raw_flag)
         except ValueError:
-            raise PayloadError("bad_flag", f"'flag' must be one of {''.join(Flag)}") from None
-    unit = data.get("unit")
-    if unit is not None and not isinstance(unit, str):
-        raise PayloadError("bad_unit", "'unit' must be text")
-    return Decoded(_finite(float(value)), ts, flag, unit)
+            raise PayloadError("bad_flag", f"'{paths.flag}' must be one of {''.join(Flag)}") from None
+    unit = _get(data, paths.unit)
+    if unit is _MISSING:
+        unit = None
+    elif not isinstance(unit, str):
+        raise PayloadError("bad_unit", f"'{paths.unit}' must be text")
+    return Decoded(_finite(float(value)), ts, flag, unit, quantity)
+
+
+_MISSING: Any = object()
+
+
+def _get(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return _MISSING
+    return data
+
+
+def _json(text: bytes) -> Any:
+    if not text:
+        raise PayloadError("empty", "empty payload")
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as err:
+        raise PayloadError("bad_json", f"not valid JSON: {err}") from None
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _finite(value: float) -> float:
@@ -79,25 +214,38 @@ def _finite(value: float) -> float:
 
 
 def _timestamp(raw: Any, received_ns: int) -> int:
-    if isinstance(raw, bool):
-        raise PayloadError("bad_ts", "'ts' must be epoch seconds/ms/ns or ISO 8601")
-    if isinstance(raw, int | float):
-        magnitude = abs(raw)
-        factor = (
-            10**9 if magnitude < 1e11 else 10**6 if magnitude < 1e14 else 10**3 if magnitude < 1e17 else 1
-        )
-        # Integers stay exact; a float carries its fraction through round(), not truncation.
-        ns = raw * factor if isinstance(raw, int) else round(raw * factor)
-    elif isinstance(raw, str):
-        try:
-            stamp = datetime.fromisoformat(raw)
-        except ValueError:
-            raise PayloadError("bad_ts", "'ts' is not ISO 8601") from None
-        if stamp.tzinfo is None:
-            raise PayloadError("bad_ts", "'ts' has no time zone (add Z or +08:00)")
-        ns = int(stamp.timestamp()) * 10**9 + stamp.microsecond * 1000
-    else:
-        raise PayloadError("bad_ts", "'ts' must be epoch seconds/ms/ns or ISO 8601")
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise PayloadError("bad_ts", "timestamp must be epoch seconds/ms/ns or ISO 8601")
+    ns = _iso_ns(raw) if isinstance(raw, str) else _epoch_ns(raw)
     if ns < _EARLIEST_NS or ns > received_ns + _MAX_AHEAD_NS:
-        raise PayloadError("implausible_ts", "'ts' is before 2000 or more than a day ahead")
+        raise PayloadError("implausible_ts", "timestamp is before 2000 or more than a day ahead")
     return ns
+
+
+def _epoch_ns(raw: float) -> int:
+    """Epoch s, ms, us or ns, told apart by magnitude."""
+    if not math.isfinite(raw):
+        raise PayloadError("bad_ts", "timestamp is not finite")
+    magnitude = abs(raw)
+    if magnitude < 1e11:
+        factor = 10**9  # seconds
+    elif magnitude < 1e14:
+        factor = 10**6  # milliseconds
+    elif magnitude < 1e17:
+        factor = 10**3  # microseconds
+    else:
+        factor = 1
+    if isinstance(raw, int):
+        return raw * factor
+    whole = math.floor(raw)  # whole and fraction apart, so the fraction keeps its precision
+    return whole * factor + round((raw - whole) * factor)
+
+
+def _iso_ns(raw: str) -> int:
+    try:
+        stamp = datetime.fromisoformat(raw)
+    except ValueError:
+        raise PayloadError("bad_ts", "timestamp is not ISO 8601") from None
+    if stamp.tzinfo is None:
+        raise PayloadError("bad_ts", "timestamp has no time zone (add Z or +08:00)")
+    return int(stamp.timestamp()) * 10**9 + stamp.microsecond * 1000

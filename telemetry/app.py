@@ -37,7 +37,9 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
     shared: dict[str, Any] = {}
     drivers = [DRIVERS[d.kind].build(d, metrics, shared) for d in dep.devices]
     return Pipeline(
-        outbox=Outbox(cfg.outbox.path, synchronous=cfg.outbox.synchronous),
+        outbox=Outbox(
+            cfg.outbox.path, synchronous=cfg.outbox.synchronous, deadletter_max=cfg.outbox.deadletter_max
+        ),
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],
         rules=RulesEngine(cfg.rules),

@@ -12,13 +12,15 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from drivers import modbus_probe
 from drivers.modbus_decode import NUMERIC_TYPES
 from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
 from telemetry import __version__, app
 from telemetry.config import Deployment
-from telemetry.errors import ConfigError
+from telemetry.errors import ConfigError, OutboxError
+from telemetry.outbox import read_dead_letters
 
 log = logging.getLogger("telemetry")
 
@@ -55,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe.add_argument("--baudrate", type=int, default=9600)
     probe.add_argument("--parity", choices=["N", "E", "O"], default="N")
     probe.add_argument("--timeout", type=float, default=3.0)
+    dead = sub.add_parser("deadletter", help="inputs that could not become readings (bad MQTT payloads)")
+    dead.add_argument("action", choices=["list"])
+    dead.add_argument("-c", "--config", required=True, help="deployment YAML file (for the outbox path)")
+    dead.add_argument("--limit", type=int, default=20)
     demo = sub.add_parser("demo", help="simulated plant + daemon on loopback, with a live view")
     demo.add_argument("-c", "--config", default=None, help="demo YAML (default: config/demo.yaml)")
     demo.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
@@ -73,13 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(err.problems)} problem(s) in {args.config}", file=sys.stderr)
         return 2
-    if args.command == "check":
-        print(summary(dep))
-        return 0
-    if args.command == "probe":
-        return asyncio.run(app.probe(dep, print))
+    return COMMANDS[args.command](dep, args)
+
+
+def _check(dep: Deployment, _args: argparse.Namespace) -> int:
+    print(summary(dep))
+    return 0
+
+
+def _run(dep: Deployment, _args: argparse.Namespace) -> int:
     _setup_logging(dep.config.log_level)
     return run_until_signal(dep)
+
+
+def _probe_config(dep: Deployment, _args: argparse.Namespace) -> int:
+    return asyncio.run(app.probe(dep, print))
 
 
 def _probe_address(args: argparse.Namespace) -> int:
@@ -109,6 +123,21 @@ def _probe_address(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deadletters(dep: Deployment, args: argparse.Namespace) -> int:
+    try:
+        letters = read_dead_letters(dep.config.outbox.path, args.limit)
+    except OutboxError as err:
+        print(err, file=sys.stderr)
+        return 1
+    for r in letters:
+        when = datetime.fromtimestamp(r.ts / 1e9).astimezone().isoformat(timespec="seconds")
+        sample = r.payload[:120].decode("utf-8", errors="replace")
+        print(f"{when}  {r.source}  {r.topic!r}  {r.reason}: {r.detail}")
+        print(f"    payload ({len(r.payload)} B): {sample!r}")
+    print(f"{len(letters)} dead letter(s) shown, newest first")
+    return 0
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # These libraries log every failed attempt; the daemon logs a device or sink going
@@ -134,6 +163,9 @@ def run_until_signal(dep: Deployment) -> int:
         log.exception("telemetry failed")
         return 1
     return 0
+
+
+COMMANDS = {"check": _check, "run": _run, "probe": _probe_config, "deadletter": _deadletters}
 
 
 def summary(dep: Deployment) -> str:

@@ -216,6 +216,7 @@ class Metrics(Model):
 class Outbox(Model):
     path: str = "var/outbox.sqlite"
     commit_max: Annotated[int, Field(gt=0, le=100_000)] = 5000
+    deadletter_max: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
     synchronous: Literal["full", "normal"] = "full"
 
 

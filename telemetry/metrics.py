@@ -33,6 +33,12 @@ class Metrics:
             ["device", "error_type"],
             registry=registry,
         )
+        self.mqtt_rejected = Counter(
+            "telemetry_mqtt_rejected_total",
+            "MQTT messages rejected, by subscription (the configured filter, so cardinality stays bounded)",
+            ["device", "subscription", "error_type"],
+            registry=registry,
+        )
         self.errors = Counter(
             "telemetry_errors_total",
             "Errors by component, stage and bounded error type",

@@ -168,3 +168,18 @@ class AlertEvent:
 
 
 Record = Reading | AlertEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input that could not become readings, kept for inspection (the dead-letter table).
+
+    ``payload`` is the raw input, truncated by the receiver of the record.
+    """
+
+    ts: int
+    source: str
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from telemetry.errors import OutboxError
-from telemetry.model import AlertEvent, Reading, Record
+from telemetry.model import AlertEvent, Reading, Record, Rejected
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -33,6 +33,15 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE TABLE IF NOT EXISTS cursors (
     consumer TEXT PRIMARY KEY,
     last_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deadletter (  -- inputs that could not become readings, newest kept
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ns INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
@@ -46,6 +55,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 _KINDS: dict[type, str] = {Reading: "reading", AlertEvent: "alert"}
+DEADLETTER_PAYLOAD_MAX = 4096  # bytes kept of a rejected payload: enough to see what was wrong
 
 
 def encode(record: Record) -> tuple[str, bytes]:
@@ -75,8 +85,9 @@ class Batch:
 
 
 class Outbox:
-    def __init__(self, path: str, *, synchronous: str = "full") -> None:
+    def __init__(self, path: str, *, synchronous: str = "full", deadletter_max: int = 10_000) -> None:
         self.path = path
+        self.deadletter_max = deadletter_max
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -102,15 +113,19 @@ class Outbox:
         self._cursors[consumer] = cursor
         return cursor
 
-    def append(self, records: Sequence[Record]) -> int:
-        """Commit ``records`` in one transaction; returns the id of the last one."""
-        if not records:
+    def append(self, records: Sequence[Record], rejected: Sequence[Rejected] = ()) -> int:
+        """Commit ``records`` (and dead letters) in one transaction; returns the last record id."""
+        if not records and not rejected:
             return self._last_id
         rows = [encode(r) for r in records]
+        last = self._last_id
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
-            last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            if rows:
+                self._db.executemany("INSERT INTO records (kind, body) VALUES (?, ?)", rows)
+                last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            if rejected:
+                self._dead_letters(rejected)
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
@@ -150,6 +165,23 @@ class Outbox:
             raise OutboxError(f"cannot advance {batch.consumer} in outbox {self.path}: {err}") from err
         self._cursors[batch.consumer] = batch.last_id
 
+    def _dead_letters(self, rejected: Sequence[Rejected]) -> None:
+        self._db.executemany(
+            "INSERT INTO deadletter (at_ns, source, topic, reason, detail, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (r.ts, r.source, r.topic, r.reason, r.detail[:500], r.payload[:DEADLETTER_PAYLOAD_MAX])
+                for r in rejected
+            ],
+        )
+        self._db.execute(
+            "DELETE FROM deadletter WHERE id <= (SELECT MAX(id) FROM deadletter) - ?", (self.deadletter_max,)
+        )
+
+    def dead_letters(self, limit: int = 50) -> list[Rejected]:
+        """The newest dead letters, newest first."""
+        return _dead_letters(self._db, limit)
+
     def backlog(self) -> dict[str, int]:
         """Records each consumer has not taken yet (ids are never reused, so a difference)."""
         return {c: max(0, self._last_id - v) for c, v in self._cursors.items()}
@@ -171,3 +203,24 @@ class Outbox:
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # nothing open: the failure came before BEGIN
             self._db.execute("ROLLBACK")
+
+
+def _dead_letters(db: sqlite3.Connection, limit: int) -> list[Rejected]:
+    rows = db.execute(
+        "SELECT at_ns, source, topic, reason, detail, payload FROM deadletter ORDER BY id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [Rejected(int(a), s, t, r, d, bytes(p)) for a, s, t, r, d, p in rows]
+
+
+def read_dead_letters(path: str, limit: int = 50) -> list[Rejected]:
+    """Dead letters of an outbox file, read-only: safe while the daemon writes to it."""
+    if not Path(path).exists():
+        raise OutboxError(f"no outbox at {path}")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _dead_letters(db, limit)
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read dead letters from {path}: {err}") from err
+    finally:
+        db.close()

@@ -26,7 +26,7 @@ from alerts.rules import RulesEngine
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError
 from telemetry.metrics import Metrics
-from telemetry.model import AlertEvent, AlertState, Reading, Record
+from telemetry.model import AlertEvent, AlertState, Reading, Record, Rejected
 from telemetry.outbox import Outbox
 from telemetry.protocols import Driver
 from telemetry.sinks import Sink
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 class _Item:
     records: Sequence[Record]
     future: asyncio.Future[None] | None
+    rejected: Sequence[Rejected] = ()
 
 
 Observer = Callable[[Sequence[Reading], Sequence[AlertEvent]], None]
@@ -76,10 +77,10 @@ class Pipeline:
         """Run an outbox method on the outbox's own thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
-    async def emit(self, readings: Sequence[Reading]) -> None:
-        """Hand readings over; returns once they are committed to the outbox."""
+    async def emit(self, readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
+        """Hand readings (and dead letters) over; returns once they are committed to the outbox."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(readings, future))
+        self._queue.put_nowait(_Item(readings, future, rejected))
         await future
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -133,7 +134,7 @@ class Pipeline:
                     closing = True
                 else:
                     items.append(item)
-                    count += len(item.records)
+                    count += len(item.records) + len(item.rejected)
                 if count >= self.commit_max or self._queue.empty():
                     break
                 item = self._queue.get_nowait()
@@ -142,9 +143,10 @@ class Pipeline:
 
     async def _commit(self, items: list[_Item]) -> None:
         records = [r for item in items for r in item.records]
+        rejected = [r for item in items for r in item.rejected]
         try:
             with self.metrics.commit_seconds.time():
-                await self.db(self.outbox.append, records)
+                await self.db(self.outbox.append, records, rejected)
         except OutboxError as err:
             log.error("outbox commit of %d records failed: %s", len(records), err)
             self.metrics.errors.labels("outbox", "commit", "sqlite").inc()

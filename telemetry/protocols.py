@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
-from telemetry.model import Reading
+from telemetry.model import Reading, Rejected
 
-Emit = Callable[[Sequence[Reading]], Awaitable[None]]
-"""Hands readings to the pipeline; returns once they are committed to the outbox."""
+
+class Emit(Protocol):
+    """Hands readings (and inputs rejected on the way, for the dead-letter table) to the
+    pipeline; returns once both are committed to the outbox."""
+
+    def __call__(self, readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> Awaitable[None]: ...
 
 
 class Driver(Protocol):

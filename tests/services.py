@@ -96,19 +96,116 @@ class Mosquitto:
     host: str
     port: int
     proc: subprocess.Popen[bytes]
+    cmd: list[str]
+    log: Path
+    ca_file: str = ""
+    username: str = ""
+    password: str = ""
+
+    def stop(self) -> None:
+        """SIGTERM: mosquitto saves its persistence file (queued QoS 1 messages) and exits."""
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT)
+        eventually(lambda: _port_open(self.port), 30, f"mosquitto to listen on {self.port} again")
 
 
 @contextmanager
-def mosquitto(tmp: Path) -> Iterator[Mosquitto]:
+def mosquitto(tmp: Path, tls: bool = False, user: tuple[str, str] | None = None) -> Iterator[Mosquitto]:
+    """A broker with persistence (queued messages survive a restart); optionally TLS with a
+    self-signed CA and a password file instead of anonymous access."""
     binary = require("mosquitto")
     port = free_port()
     conf = tmp / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {tmp}/\nmax_queued_messages 100000\n"
+    lines = [
+        f"listener {port} 127.0.0.1",
+        f"allow_anonymous {'false' if user else 'true'}",
+        "persistence true",
+        "user root",  # when started as root, keep root: the temp dir is root's (else: ignored)
+        f"persistence_location {tmp}/",
+        "max_queued_messages 1000000",
+        "max_inflight_messages 100",
+    ]
+    ca = ""
+    if tls:
+        ca, cert, key = make_certificates(tmp)
+        lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+    if user:
+        passwd = tmp / "passwd"
+        passwd.touch()
+        subprocess.run(
+            [require("mosquitto_passwd"), "-b", str(passwd), *user], check=True, capture_output=True
+        )
+        lines.append(f"password_file {passwd}")
+    conf.write_text("\n".join(lines) + "\n")
+    cmd = [binary, "-c", str(conf)]
+    log = tmp / "mosquitto.log"
+    with _process(cmd, log, port, "mosquitto") as proc:
+        broker = Mosquitto("127.0.0.1", port, proc, cmd, log, ca, *(user or ("", "")))
+        try:
+            yield broker
+        finally:
+            if broker.proc.poll() is None:
+                broker.proc.terminate()
+                broker.proc.wait(10)
+
+
+def make_certificates(tmp: Path) -> tuple[str, str, str]:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost (openssl CLI)."""
+    openssl = require("openssl")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=tmp)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
     )
-    with _process([binary, "-c", str(conf)], tmp / "mosquitto.log", port, "mosquitto") as proc:
-        yield Mosquitto("127.0.0.1", port, proc)
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    )
+    return str(tmp / "ca.crt"), str(tmp / "server.crt"), str(tmp / "server.key")
 
 
 @dataclass
