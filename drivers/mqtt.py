@@ -357,6 +357,8 @@ class MqttDriver:
         refused = [c for c in codes if getattr(c, "is_failure", False)]
         if refused:
             self._call(log.error, "%s: broker refused subscriptions: %s", self.where, refused)
+        else:
+            self._call(log.info, "%s: subscribed to %d filter(s)", self.where, len(self.cfg.subscriptions))
         self._call(self.subscribed.set)
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
