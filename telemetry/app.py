@@ -38,7 +38,11 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
     drivers = [DRIVERS[d.kind].build(d, metrics, shared) for d in dep.devices]
     return Pipeline(
         outbox=Outbox(
-            cfg.outbox.path, synchronous=cfg.outbox.synchronous, deadletter_max=cfg.outbox.deadletter_max
+            cfg.outbox.path,
+            synchronous=cfg.outbox.synchronous,
+            deadletter_max=cfg.outbox.deadletter_max,
+            max_bytes=cfg.outbox.max_bytes,
+            when_full=cfg.outbox.when_full,
         ),
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],

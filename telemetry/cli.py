@@ -20,7 +20,8 @@ from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSp
 from telemetry import __version__, app
 from telemetry.config import Deployment
 from telemetry.errors import ConfigError, OutboxError
-from telemetry.outbox import read_dead_letters
+from telemetry.lineproto import line
+from telemetry.outbox import Status, read_dead_letters, read_quarantine, read_status
 
 log = logging.getLogger("telemetry")
 
@@ -61,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead.add_argument("action", choices=["list"])
     dead.add_argument("-c", "--config", required=True, help="deployment YAML file (for the outbox path)")
     dead.add_argument("--limit", type=int, default=20)
+    outbox = sub.add_parser("outbox", help="the local store-and-forward buffer")
+    outbox.add_argument("action", choices=["status", "quarantine"])
+    outbox.add_argument("what", nargs="?", choices=["list"], help="quarantine list")
+    outbox.add_argument("-c", "--config", required=True, help="deployment YAML file (for the outbox path)")
+    outbox.add_argument("--limit", type=int, default=20)
     demo = sub.add_parser("demo", help="simulated plant + daemon on loopback, with a live view")
     demo.add_argument("-c", "--config", default=None, help="demo YAML (default: config/demo.yaml)")
     demo.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
@@ -130,7 +136,7 @@ def _deadletters(dep: Deployment, args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 1
     for r in letters:
-        when = datetime.fromtimestamp(r.ts / 1e9).astimezone().isoformat(timespec="seconds")
+        when = _local(r.ts)
         sample = r.payload[:120].decode("utf-8", errors="replace")
         print(f"{when}  {r.source}  {r.topic!r}  {r.reason}: {r.detail}")
         print(f"    payload ({len(r.payload)} B): {sample!r}")
@@ -165,7 +171,50 @@ def run_until_signal(dep: Deployment) -> int:
     return 0
 
 
-COMMANDS = {"check": _check, "run": _run, "probe": _probe_config, "deadletter": _deadletters}
+def _outbox(dep: Deployment, args: argparse.Namespace) -> int:
+    path = dep.config.outbox.path
+    try:
+        if args.action == "status":
+            print(outbox_status(dep, read_status(path)))
+        else:
+            entries = read_quarantine(path, args.limit)
+            for at_ns, consumer, record, reason in entries:
+                print(f"{_local(at_ns)}  {consumer}  {line(record)}\n    refused: {reason}")
+            print(f"{len(entries)} quarantined record(s) shown, newest first")
+    except OutboxError as err:
+        print(err, file=sys.stderr)
+        return 1
+    return 0
+
+
+def outbox_status(dep: Deployment, status: Status) -> str:
+    configured = {f"influx:{s.name}" for s in dep.config.influxdb}
+    budget = dep.config.outbox.max_bytes
+    out = [f"outbox {dep.config.outbox.path}"]
+    out.append(
+        f"  records {status.records}, in use {status.used_bytes / 1e6:.1f} MB"
+        + (f" of {budget / 1e6:.1f} MB budget ({dep.config.outbox.when_full} when full)" if budget else "")
+        + f", files {status.file_bytes / 1e6:.1f} MB"
+    )
+    out.append(f"  quarantined {status.quarantined}, dead letters {status.dead_letters}")
+    for c in status.consumers:
+        oldest = f"oldest pending {_local(c.oldest_pending_ns)}" if c.oldest_pending_ns else "caught up"
+        note = "" if c.consumer in configured else "  (not in this config: ignored)"
+        out.append(f"  {c.consumer:<24} backlog {c.backlog:>9}  {oldest}{note}")
+    return "\n".join(out)
+
+
+def _local(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+
+
+COMMANDS = {
+    "check": _check,
+    "run": _run,
+    "probe": _probe_config,
+    "deadletter": _deadletters,
+    "outbox": _outbox,
+}
 
 
 def summary(dep: Deployment) -> str:

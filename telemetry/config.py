@@ -63,6 +63,34 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``500MB``, ``2GiB`` or a bare number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise PydanticCustomError("size", "expected a size such as 500MB or 2GiB")
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if size <= 0:
+        raise PydanticCustomError("size", "expected a size above 0")
+    return size
+
+
 def _check_name(value: str) -> str:
     problem = identifier_problem(value)
     if problem:
@@ -89,6 +117,7 @@ def _check_listen(value: str) -> str:
 
 M = TypeVar("M", bound=BaseModel)
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
 Name = Annotated[str, AfterValidator(_check_name)]
 TimeZone = Annotated[str, AfterValidator(_check_zone)]
 Listen = Annotated[str, AfterValidator(_check_listen)]
@@ -217,6 +246,8 @@ class Outbox(Model):
     path: str = "var/outbox.sqlite"
     commit_max: Annotated[int, Field(gt=0, le=100_000)] = 5000
     deadletter_max: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
+    max_bytes: Size | None = None
+    when_full: Literal["drop_oldest", "block"] = "drop_oldest"
     synchronous: Literal["full", "normal"] = "full"
 
 

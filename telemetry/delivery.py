@@ -37,6 +37,7 @@ class Delivery:
         metrics: Metrics,
         wake: asyncio.Event,
         backoff: Backoff | None = None,
+        progress: asyncio.Event | None = None,
     ) -> None:
         self.sink = sink
         self.consumer = f"influx:{sink.name}"
@@ -47,6 +48,8 @@ class Delivery:
         self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
         self._failing = False
         self._delay = 1.0
+        self._progress = progress
+        self.pending_since: int | None = None  # reading time of the oldest record not yet accepted
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -72,12 +75,19 @@ class Delivery:
             if not batch or not await self.deliver(batch):
                 return
 
+    def lag_seconds(self) -> float:
+        """How far behind the sink is: age of the oldest record it has not accepted yet."""
+        return 0.0 if self.pending_since is None else max(0.0, time.time() - self.pending_since / 1e9)
+
     async def deliver(self, batch: Batch) -> bool:
         """Write one batch and advance the cursor; False if it must be retried later."""
+        if batch.items and self.pending_since is None:
+            self.pending_since = batch.items[0][1].ts
         try:
             await asyncio.to_thread(self._write, batch)
         except SinkError as err:
             self._metrics.sink_errors.labels(self.sink.name, err.reason).inc()
+            self._metrics.sink_retries.labels(self.sink.name).inc()
             self._delay = self._backoff.next(err.retry_after)
             if not self._failing:
                 log.error(
@@ -91,6 +101,9 @@ class Delivery:
                 log.debug("sink %s: still failing: %s", self.sink.name, err)
             return False
         await self._db(self._outbox.end, batch)
+        self.pending_since = None
+        if self._progress is not None:
+            self._progress.set()
         accepted = len(batch) - len(batch.rejected)
         self._metrics.sink_written.labels(self.sink.name).inc(accepted)
         self._metrics.sink_last_success.labels(self.sink.name).set(time.time())
@@ -111,8 +124,10 @@ class Delivery:
 
     def _write_isolating(self, lines: list[tuple[int, str]], rejected: list[tuple[int, str]]) -> None:
         """Write ``lines``; on a bad-data or too-large refusal, halve until the bad lines stand alone."""
+        started = time.perf_counter()
         try:
             self.sink.write([text for _, text in lines])
+            self._metrics.sink_write_seconds.labels(self.sink.name).observe(time.perf_counter() - started)
         except SinkError as err:
             if err.retryable:
                 raise

@@ -48,3 +48,7 @@ class SinkError(TelemetryError):
 
 class OutboxError(TelemetryError):
     """The durable outbox could not be written or read."""
+
+
+class OutboxFull(OutboxError):
+    """The outbox is over its disk budget and its policy is to apply back-pressure."""

@@ -82,6 +82,24 @@ class Metrics:
             ["sink", "error_type"],
             registry=registry,
         )
+        self.sink_retries = Counter(
+            "telemetry_sink_retries_total",
+            "Failed writes that will be retried (the records stay in the outbox)",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_write_seconds = Histogram(
+            "telemetry_sink_write_seconds",
+            "Time for a sink's server to accept one batch",
+            ["sink"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.outbox_dropped = Counter(
+            "telemetry_outbox_dropped_total",
+            "Records deleted by the disk budget before every sink took them",
+            registry=registry,
+        )
         self.sink_rejected = Counter(
             "telemetry_sink_points_rejected_total",
             "Points a sink's server refused as invalid (moved to quarantine)",
@@ -113,14 +131,19 @@ class Metrics:
             registry=registry,
         )
 
-    def watch_outbox(self, backlog: Callable[[], Mapping[str, int]]) -> None:
-        """Report each consumer's backlog, read at scrape time."""
-        self.registry.register(_BacklogCollector(backlog))
+    def watch_outbox(
+        self, backlog: Callable[[], Mapping[str, int]], lag: Callable[[], Mapping[str, float]]
+    ) -> None:
+        """Report each consumer's backlog (records) and lag (seconds), read at scrape time."""
+        self.registry.register(_BacklogCollector(backlog, lag))
 
 
 class _BacklogCollector(Collector):
-    def __init__(self, backlog: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(
+        self, backlog: Callable[[], Mapping[str, int]], lag: Callable[[], Mapping[str, float]]
+    ) -> None:
         self._backlog = backlog
+        self._lag = lag
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -131,6 +154,14 @@ class _BacklogCollector(Collector):
         for consumer, count in sorted(self._backlog().items()):
             family.add_metric([consumer], count)
         yield family
+        lag = GaugeMetricFamily(
+            "telemetry_outbox_lag_seconds",
+            "Age of the oldest record a consumer has not yet taken (0 when caught up)",
+            labels=["consumer"],
+        )
+        for consumer, seconds in sorted(self._lag().items()):
+            lag.add_metric([consumer], seconds)
+        yield lag
 
 
 def serve(metrics: Metrics, listen: str) -> tuple[WSGIServer, Callable[[], None]]:

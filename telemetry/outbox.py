@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from telemetry.errors import OutboxError
+from telemetry.errors import OutboxError, OutboxFull
 from telemetry.model import AlertEvent, Reading, Record, Rejected
 
 _SCHEMA = """
@@ -85,9 +85,20 @@ class Batch:
 
 
 class Outbox:
-    def __init__(self, path: str, *, synchronous: str = "full", deadletter_max: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "full",
+        deadletter_max: int = 10_000,
+        max_bytes: int | None = None,
+        when_full: str = "drop_oldest",
+    ) -> None:
         self.path = path
         self.deadletter_max = deadletter_max
+        self.max_bytes = max_bytes
+        self.when_full = when_full
+        self.dropped = 0  # records deleted by the disk budget before every consumer took them
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -114,9 +125,16 @@ class Outbox:
         return cursor
 
     def append(self, records: Sequence[Record], rejected: Sequence[Rejected] = ()) -> int:
-        """Commit ``records`` (and dead letters) in one transaction; returns the last record id."""
+        """Commit ``records`` (and dead letters) in one transaction; returns the last record id.
+
+        Over the disk budget, ``when_full: block`` raises OutboxFull before writing
+        (the caller waits for the sinks to make room); ``drop_oldest`` writes, then
+        deletes the oldest records until the outbox is back under 90 % of the budget.
+        """
         if not records and not rejected:
             return self._last_id
+        if self.when_full == "block" and self.over_budget():
+            raise OutboxFull(f"outbox {self.path} is over its budget of {self.max_bytes} bytes")
         rows = [encode(r) for r in records]
         last = self._last_id
         try:
@@ -131,7 +149,39 @@ class Outbox:
             self._rollback()
             raise OutboxError(f"cannot append to outbox {self.path}: {err}") from err
         self._last_id = int(last)
+        if self.when_full == "drop_oldest" and self.over_budget():
+            self._drop_oldest()
         return self._last_id
+
+    def used_bytes(self) -> int:
+        """Bytes of the database in use (pages not on the free list)."""
+        page = self._db.execute("PRAGMA page_size").fetchone()[0]
+        count = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((count - free) * page)
+
+    def over_budget(self, fraction: float = 1.0) -> bool:
+        return self.max_bytes is not None and self.used_bytes() > self.max_bytes * fraction
+
+    def _drop_oldest(self) -> None:
+        """Delete the oldest records until under 90 % of the budget; they are counted as dropped."""
+        assert self.max_bytes is not None
+        while self.over_budget(0.9):
+            rows = self.count()
+            if rows == 0:
+                return  # the budget is taken by other tables (dead letters, quarantine): nothing to drop
+            excess = self.used_bytes() - self.max_bytes * 0.9
+            n = max(1, min(rows, int(excess / max(1.0, self.used_bytes() / rows)) + 1))
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                deleted = self._db.execute(
+                    "DELETE FROM records WHERE id IN (SELECT id FROM records ORDER BY id LIMIT ?)", (n,)
+                ).rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                self._rollback()
+                raise OutboxError(f"cannot drop old records from outbox {self.path}: {err}") from err
+            self.dropped += deleted
 
     def begin(self, consumer: str, limit: int) -> Batch:
         """Up to ``limit`` records after ``consumer``'s cursor, oldest first."""
@@ -145,7 +195,8 @@ class Outbox:
 
     def end(self, batch: Batch) -> None:
         """Finish ``batch``: quarantine its rejected records and advance the cursor."""
-        bodies = {rid: encode(rec) for rid, rec in batch.items}
+        refused = {rid for rid, _ in batch.rejected}
+        bodies = {rid: encode(rec) for rid, rec in batch.items if rid in refused}
         now = time.time_ns()
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -215,12 +266,79 @@ def _dead_letters(db: sqlite3.Connection, limit: int) -> list[Rejected]:
 
 def read_dead_letters(path: str, limit: int = 50) -> list[Rejected]:
     """Dead letters of an outbox file, read-only: safe while the daemon writes to it."""
-    if not Path(path).exists():
-        raise OutboxError(f"no outbox at {path}")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = _read_only(path)
     try:
         return _dead_letters(db, limit)
     except sqlite3.Error as err:
         raise OutboxError(f"cannot read dead letters from {path}: {err}") from err
+    finally:
+        db.close()
+
+
+@dataclass
+class ConsumerStatus:
+    consumer: str
+    cursor: int
+    backlog: int
+    oldest_pending_ns: int | None
+
+
+@dataclass
+class Status:
+    consumers: list[ConsumerStatus]
+    records: int
+    used_bytes: int
+    file_bytes: int
+    quarantined: int
+    dead_letters: int
+
+
+def _read_only(path: str) -> sqlite3.Connection:
+    if not Path(path).exists():
+        raise OutboxError(f"no outbox at {path}")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def read_status(path: str) -> Status:
+    """What ``telemetry outbox status`` shows; read-only, safe while the daemon runs."""
+    db = _read_only(path)
+    try:
+        consumers = []
+        for consumer, cursor in db.execute("SELECT consumer, last_id FROM cursors ORDER BY consumer"):
+            backlog = db.execute("SELECT COUNT(*) FROM records WHERE id > ?", (cursor,)).fetchone()[0]
+            first = db.execute(
+                "SELECT kind, body FROM records WHERE id > ? ORDER BY id LIMIT 1", (cursor,)
+            ).fetchone()
+            oldest = decode(first[0], first[1]).ts if first else None
+            consumers.append(ConsumerStatus(consumer, int(cursor), int(backlog), oldest))
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        used = (
+            db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        ) * page
+        files = sum(p.stat().st_size for p in Path(path).parent.glob(Path(path).name + "*"))
+        return Status(
+            consumers=consumers,
+            records=int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0]),
+            used_bytes=int(used),
+            file_bytes=int(files),
+            quarantined=int(db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]),
+            dead_letters=int(db.execute("SELECT COUNT(*) FROM deadletter").fetchone()[0]),
+        )
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read outbox {path}: {err}") from err
+    finally:
+        db.close()
+
+
+def read_quarantine(path: str, limit: int = 50) -> list[tuple[int, str, Record, str]]:
+    """The newest quarantined records (at_ns, consumer, record, server's message), newest first."""
+    db = _read_only(path)
+    try:
+        rows = db.execute(
+            "SELECT at_ns, consumer, kind, body, reason FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [(int(a), c, decode(k, b), r) for a, c, k, b, r in rows]
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read quarantine of {path}: {err}") from err
     finally:
         db.close()

@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry.delivery import Delivery
-from telemetry.errors import OutboxError
+from telemetry.errors import OutboxError, OutboxFull
 from telemetry.metrics import Metrics
 from telemetry.model import AlertEvent, AlertState, Reading, Record, Rejected
 from telemetry.outbox import Outbox
 from telemetry.protocols import Driver
 from telemetry.sinks import Sink
+from telemetry.timing import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,13 @@ class Pipeline:
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._wakes: list[asyncio.Event] = []
         self.deliveries: list[Delivery] = []
+        self._progress = asyncio.Event()  # a sink advanced its cursor: the outbox may have room again
         for sink in sinks:
             wake = asyncio.Event()
             self._wakes.append(wake)
-            self.deliveries.append(Delivery(sink, outbox, self.db, metrics, wake))
+            self.deliveries.append(Delivery(sink, outbox, self.db, metrics, wake, progress=self._progress))
+        self._dropped_seen = 0
+        self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -86,7 +91,9 @@ class Pipeline:
     async def run(self, stop: asyncio.Event) -> None:
         for delivery in self.deliveries:
             await self.db(self.outbox.register, delivery.consumer)
-        self.metrics.watch_outbox(self.outbox.backlog)
+        self.metrics.watch_outbox(
+            self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries}
+        )
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
         committer = asyncio.create_task(self._commit_loop(), name="committer")
@@ -145,8 +152,7 @@ class Pipeline:
         records = [r for item in items for r in item.records]
         rejected = [r for item in items for r in item.rejected]
         try:
-            with self.metrics.commit_seconds.time():
-                await self.db(self.outbox.append, records, rejected)
+            await self._append(records, rejected)
         except OutboxError as err:
             log.error("outbox commit of %d records failed: %s", len(records), err)
             self.metrics.errors.labels("outbox", "commit", "sqlite").inc()
@@ -167,6 +173,59 @@ class Pipeline:
             self._record_event(event)
         if self.observer is not None:
             self.observer(readings, events)
+        await self._watch_budget()
+
+    async def _append(self, records: list[Record], rejected: list[Rejected]) -> None:
+        """Commit; while the outbox is full under ``when_full: block``, wait for the sinks."""
+        while True:
+            try:
+                with self.metrics.commit_seconds.time():
+                    await self.db(self.outbox.append, records, rejected)
+                return
+            except OutboxFull:
+                self._budget_firing(
+                    "outbox over its disk budget: holding new readings back until sinks catch up"
+                )
+                self._progress.clear()
+                await wait_event(self._progress, 1.0)
+
+    async def _watch_budget(self) -> None:
+        """Count what the disk budget dropped; fire an alert on trouble, resolve it below half the budget."""
+        if self.outbox.max_bytes is None:
+            return
+        dropped = self.outbox.dropped - self._dropped_seen
+        if dropped:
+            self._dropped_seen += dropped
+            self.metrics.outbox_dropped.inc(dropped)
+            log.error("outbox over its disk budget: dropped the %d oldest undelivered records", dropped)
+            self._budget_firing(
+                f"outbox over its disk budget: dropped {self._dropped_seen} oldest undelivered records"
+            )
+        elif self._budget_alert is not None and not await self.db(self.outbox.over_budget, 0.5):
+            self._record_event(
+                replace(
+                    self._budget_alert,
+                    ts=time.time_ns(),
+                    state=AlertState.RESOLVED,
+                    message="outbox back under half of its disk budget",
+                )
+            )
+            self._budget_alert = None
+
+    def _budget_firing(self, message: str) -> None:
+        if self._budget_alert is not None:
+            return
+        self._budget_alert = AlertEvent(
+            ts=time.time_ns(),
+            site="daemon",
+            rule="outbox_full",
+            severity="critical",
+            state=AlertState.FIRING,
+            message=message,
+            value=float(self.outbox.max_bytes or 0),
+            limit=float(self.outbox.max_bytes or 0),
+        )
+        self._record_event(self._budget_alert)
 
     def _record_event(self, event: AlertEvent) -> None:
         log.warning("alert %s %s at %s: %s", event.rule, event.state.value, event.site, event.message)

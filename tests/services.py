@@ -209,13 +209,39 @@ def make_certificates(tmp: Path) -> tuple[str, str, str]:
 
 
 @dataclass
-class Influx1:
-    url: str
+class Server:
+    """A service process the test can stop and start again on the same port and data."""
 
+    url: str
+    proc: subprocess.Popen[bytes] | None = None
+    cmd: list[str] | None = None
+    log: Path | None = None
+    port: int = 0
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(20)
+
+    def start(self) -> None:
+        assert self.cmd is not None
+        assert self.log is not None
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT)
+        eventually(lambda: _port_open(self.port), 30, f"{self.cmd[0]} to listen on {self.port} again")
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+
+@dataclass
+class Influx1(Server):
     def query(self, db: str, q: str) -> list[dict[str, Any]]:
         """Rows of the first series of an InfluxQL query, as dicts."""
         params = urllib.parse.urlencode({"db": db, "q": q, "epoch": "ns"})
-        with urllib.request.urlopen(f"{self.url}/query?{params}", timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{self.url}/query?{params}", timeout=10) as resp:
             body = json.load(resp)
         rows: list[dict[str, Any]] = []
         for result in body.get("results", []):
@@ -230,9 +256,13 @@ class Influx1:
                 ]
         return rows
 
+    def write(self, db: str, body: str) -> None:
+        request = urllib.request.Request(f"{self.url}/write?db={db}", data=body.encode(), method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
     def create(self, db: str) -> None:
         data = urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}).encode()
-        urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10).close()  # noqa: S310
+        urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10).close()
 
 
 @contextmanager
@@ -259,19 +289,22 @@ bind-address = "127.0.0.1:{rpc}"
   enabled = false
 """
     )
-    with _process([binary, "-config", str(conf)], tmp / "influxd.log", port, "influxd"):
-        yield Influx1(f"http://127.0.0.1:{port}")
+    cmd = [binary, "-config", str(conf)]
+    with _process(cmd, tmp / "influxd.log", port, "influxd") as proc:
+        server = Influx1(f"http://127.0.0.1:{port}", proc, cmd, tmp / "influxd.log", port)
+        try:
+            yield server
+        finally:
+            server.close()
 
 
 @dataclass
-class Victoria:
-    url: str
-
+class Victoria(Server):
     def export(self, match: str) -> list[dict[str, Any]]:
         """Raw samples of every series matching ``match`` (flushes first, so nothing hides)."""
-        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).close()  # noqa: S310
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).close()
         params = urllib.parse.urlencode({"match[]": match})
-        with urllib.request.urlopen(f"{self.url}/api/v1/export?{params}", timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{params}", timeout=10) as resp:
             return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
 
 
@@ -287,5 +320,9 @@ def victoria(tmp: Path) -> Iterator[Victoria]:
         "-search.latencyOffset=0s",
         "-loggerLevel=ERROR",
     ]
-    with _process(cmd, tmp / "victoria.log", port, "victoria-metrics"):
-        yield Victoria(f"http://127.0.0.1:{port}")
+    with _process(cmd, tmp / "victoria.log", port, "victoria-metrics") as proc:
+        server = Victoria(f"http://127.0.0.1:{port}", proc, cmd, tmp / "victoria.log", port)
+        try:
+            yield server
+        finally:
+            server.close()
