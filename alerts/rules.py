@@ -1,107 +1,63 @@
-"""Threshold rules on instantaneous values, evaluated on the live stream.
+"""The rules engine: readings, closed windows and clock ticks in, alert transitions out.
 
-A series (site, device, quantity) that breaches a rule's limit continuously for
-the rule's ``for`` duration fires once; it resolves once when a value is back
-inside the limit. Time is the readings' own timestamps, so a replay gives the
-same events and tests need no clock. Only ``N``-flagged values are judged: a
-value measured during calibration or maintenance neither fires nor resolves.
+Each rule keeps its state per series (site, device, quantity) and reports a
+transition only: one ``firing`` when a condition starts (after its ``for``), one
+``resolved`` when it ends. Time is the readings' own timestamps (and the tick's
+``now`` for rules about silence), so replaying recorded data gives the same
+events (``telemetry rules test``). Only ``N``-flagged values are judged by value
+rules: a value measured during calibration neither fires nor resolves.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from telemetry.config import ThresholdRule
-from telemetry.model import AlertEvent, AlertState, Flag, Reading
-
-log = logging.getLogger(__name__)
-
-SeriesKey = tuple[str, str, str, str]  # rule, site, device, quantity
+from alerts.kinds import KINDS, RuleState
+from telemetry.model import Aggregate, AlertEvent, Reading
+from telemetry.rule_config import EvaluatedRule
 
 
 @dataclass
-class _State:
-    breach_since: int | None = None
-    firing: bool = False
+class _Entry:
+    rule: EvaluatedRule
+    state: RuleState
 
 
 class RulesEngine:
-    def __init__(self, rules: Iterable[ThresholdRule]) -> None:
-        self._by_quantity: dict[str, list[ThresholdRule]] = {}
-        for rule in rules:
-            self._by_quantity.setdefault(rule.quantity, []).append(rule)
-        self._states: dict[SeriesKey, _State] = {}
+    def __init__(self, rules: Iterable[EvaluatedRule], zones: Mapping[str, str] | None = None) -> None:
+        zones = dict(zones or {})
+        self._entries = [_Entry(rule, KINDS[rule.kind](rule, zones)) for rule in rules]
+        self._by_quantity: dict[str | None, list[_Entry]] = {}
+        for entry in self._entries:
+            self._by_quantity.setdefault(getattr(entry.rule, "quantity", None), []).append(entry)
+        self.evaluations = 0
+
+    def _for(self, quantity: str) -> list[_Entry]:
+        return self._by_quantity.get(quantity, []) + self._by_quantity.get(None, [])
 
     def feed(self, readings: Iterable[Reading]) -> list[AlertEvent]:
+        return self._run(readings, lambda e, r: e.state.on_reading(r))
+
+    def on_windows(self, windows: Iterable[Aggregate]) -> list[AlertEvent]:
+        return self._run(windows, lambda e, w: e.state.on_window(w))
+
+    def _run(self, items: Iterable[Any], call: Callable[[_Entry, Any], list[AlertEvent]]) -> list[AlertEvent]:
         events: list[AlertEvent] = []
-        for reading in readings:
-            for rule in self._by_quantity.get(reading.quantity, ()):
-                if reading.flag is not Flag.N or not _matches(rule, reading):
-                    continue
-                event = self._judge(rule, reading)
-                if event is not None:
-                    events.append(event)
+        for item in items:
+            for entry in self._for(item.quantity):
+                if entry.rule.matches(item.site, item.device):
+                    self.evaluations += 1
+                    events += call(entry, item)
         return events
 
-    def firing(self) -> list[SeriesKey]:
-        return [key for key, state in self._states.items() if state.firing]
+    def tick(self, now_ns: int) -> list[AlertEvent]:
+        """Rules about time passing: silence, maintenance, the end of a plant day."""
+        events: list[AlertEvent] = []
+        for entry in self._entries:
+            events += entry.state.on_tick(now_ns)
+        return events
 
-    def _judge(self, rule: ThresholdRule, r: Reading) -> AlertEvent | None:
-        key = (rule.name, r.site, r.device, r.quantity)
-        state = self._states.setdefault(key, _State())
-        limit = _breached(rule, r.value)
-        if limit is not None:
-            if state.breach_since is None:
-                state.breach_since = r.ts
-            if not state.firing and r.ts - state.breach_since >= rule.for_ * 1e9:
-                state.firing = True
-                return _event(rule, r, AlertState.FIRING, limit)
-            return None
-        state.breach_since = None
-        if state.firing:
-            state.firing = False
-            return _event(rule, r, AlertState.RESOLVED, _limit(rule, r.value))
-        return None
-
-
-def _matches(rule: ThresholdRule, r: Reading) -> bool:
-    return (rule.site is None or rule.site == r.site) and (rule.device is None or rule.device == r.device)
-
-
-def _breached(rule: ThresholdRule, value: float) -> float | None:
-    """The limit ``value`` breaks, or None."""
-    if rule.above is not None and value > rule.above:
-        return rule.above
-    if rule.below is not None and value < rule.below:
-        return rule.below
-    return None
-
-
-def _limit(rule: ThresholdRule, value: float) -> float:
-    """The limit a resolved value is judged against (the nearer one for a band)."""
-    if rule.above is not None and rule.below is not None:
-        return rule.above if abs(value - rule.above) <= abs(value - rule.below) else rule.below
-    return rule.above if rule.above is not None else rule.below  # type: ignore[return-value]
-
-
-def _event(rule: ThresholdRule, r: Reading, state: AlertState, limit: float) -> AlertEvent:
-    unit = f" {r.unit}" if r.unit else ""
-    if state is AlertState.FIRING:
-        side = "above" if rule.above is not None and r.value > rule.above else "below"
-        default = f"{r.quantity} {r.value:g}{unit} {side} limit {limit:g}{unit} at {r.site}/{r.device}"
-    else:
-        default = f"{r.quantity} back to {r.value:g}{unit} (limit {limit:g}{unit}) at {r.site}/{r.device}"
-    message = rule.message.format(**r.to_dict(), limit=limit, state=state.value) if rule.message else default
-    return AlertEvent(
-        ts=r.ts,
-        site=r.site,
-        rule=rule.name,
-        severity=rule.severity,
-        state=state,
-        message=message,
-        value=r.value,
-        limit=limit,
-        labels={"device": r.device, "quantity": r.quantity, "unit": r.unit},
-    )
+    def firing(self) -> list[tuple[str, str]]:
+        return [(e.rule.name, key) for e in self._entries for key in e.state.firing_keys()]

@@ -19,6 +19,7 @@ from drivers import DRIVERS, modbus_probe
 from drivers.modbus import ModbusConfig, ModbusDriver
 from telemetry import config, sinks
 from telemetry import metrics as metrics_mod
+from telemetry.aggregate import Aggregator, Validity
 from telemetry.errors import SinkError
 from telemetry.metrics import Metrics
 from telemetry.outbox import Outbox
@@ -34,6 +35,7 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> config.Deployme
 
 def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = None) -> Pipeline:
     cfg = dep.config
+    zones = {s.id: s.timezone for s in cfg.sites}
     shared: dict[str, Any] = {}
     drivers = [DRIVERS[d.kind].build(d, metrics, shared) for d in dep.devices]
     return Pipeline(
@@ -46,11 +48,32 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         ),
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],
-        rules=RulesEngine(cfg.rules),
-        notifier=Notifier(cfg.notify.routes, metrics, {s.id: s.timezone for s in cfg.sites}),
+        rules=RulesEngine(dep.rules, zones),
+        notifier=Notifier(cfg.notify.routes, metrics, zones),
         metrics=metrics,
         commit_max=cfg.outbox.commit_max,
         observer=observer,
+        aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
+    )
+
+
+def aggregator(dep: config.Deployment) -> Aggregator:
+    agg = dep.config.aggregation
+    default = Validity(agg.hour_min_valid_minutes, agg.day_min_valid_hours)
+    return Aggregator(
+        {s.id: s.timezone for s in dep.config.sites},
+        windows=agg.windows,
+        grace_s=agg.grace,
+        validity=default,
+        overrides={
+            o.quantity: Validity(
+                o.hour_min_valid_minutes or default.hour_min_valid_minutes,
+                o.day_min_valid_hours or default.day_min_valid_hours,
+            )
+            for o in agg.overrides
+        },
+        flow_quantity=agg.flow_quantity,
+        flow_weighted_daily=agg.flow_weighted_daily,
     )
 
 

@@ -229,20 +229,8 @@ def summary(dep: Deployment) -> str:
     for s in cfg.influxdb:
         target = f"db {s.database}" if s.api == "v1" else f"bucket {s.bucket}"
         out.append(f"  {s.name:<20} {s.api} {s.url} {target}")
-    out.append(f"rules ({len(cfg.rules)}):")
-    for r in cfg.rules:
-        limits = " ".join(
-            x
-            for x in (
-                f"> {r.above:g}" if r.above is not None else "",
-                f"< {r.below:g}" if r.below is not None else "",
-            )
-            if x
-        )
-        out.append(
-            f"  {r.name:<20} {r.site or '*'}/{r.device or '*'}/{r.quantity} {limits}"
-            f" for {r.for_:g}s [{r.severity}]"
-        )
+    out.append(f"rules ({len(dep.rules)}, discharge standards expanded):")
+    out += [f"  {r.name:<28} {r.describe()}" for r in dep.rules]
     out.append(f"notification routes ({len(cfg.notify.routes)}):")
     for route in cfg.notify.routes:
         out.append(

@@ -12,137 +12,36 @@ the single place where types, defaults and legal values are declared.
 
 from __future__ import annotations
 
-import re
-import zoneinfo
+import pathlib
 from collections import Counter
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
-    model_validator,
 )
-from pydantic_core import PydanticCustomError
 
+from telemetry.config_base import (
+    Duration,
+    Listen,
+    M,
+    Model,
+    Name,
+    Severity,
+    Size,
+    TimeZone,
+    parse_duration,
+    parse_size,
+)
 from telemetry.errors import ConfigError
-from telemetry.model import identifier_problem
+from telemetry.rule_config import Aggregation, EvaluatedRule, RuleConfig, StandardRule, expand_standard
 from telemetry.yamlsource import Path, Source, dotted, load_yaml
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SECRET_WORDS = ("password", "token", "secret", "pw", "urls", "url")
 
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``10s``, ``500ms``, ``2m``, ``1h30m``, ``1d`` or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise PydanticCustomError("duration", "expected a duration like 10s, 500ms, 2m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        pos, seconds = 0, 0.0
-        for match in _DURATION.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-            pos = match.end()
-        if pos != len(text) or pos == 0:
-            raise PydanticCustomError("duration", "expected a duration like 10s, 500ms, 2m or 1h")
-    else:
-        raise PydanticCustomError("duration", "expected a duration like 10s, 500ms, 2m or 1h")
-    if seconds < 0:
-        raise PydanticCustomError("duration", "expected a duration that is not negative")
-    return seconds
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
-_SIZE_UNITS = {
-    None: 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KiB": 2**10,
-    "MiB": 2**20,
-    "GiB": 2**30,
-    "TiB": 2**40,
-}
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from ``500MB``, ``2GiB`` or a bare number of bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if not match:
-        raise PydanticCustomError("size", "expected a size such as 500MB or 2GiB")
-    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
-    if size <= 0:
-        raise PydanticCustomError("size", "expected a size above 0")
-    return size
-
-
-def _check_name(value: str) -> str:
-    problem = identifier_problem(value)
-    if problem:
-        raise PydanticCustomError(
-            "name", "expected a name usable as a tag (this one {problem})", {"problem": problem}
-        )
-    return value
-
-
-def _check_zone(value: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise PydanticCustomError("timezone", "expected an IANA time zone such as Asia/Shanghai") from None
-    return value
-
-
-def _check_listen(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise PydanticCustomError("listen", "expected HOST:PORT such as 127.0.0.1:9108")
-    return value
-
-
-M = TypeVar("M", bound=BaseModel)
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-Name = Annotated[str, AfterValidator(_check_name)]
-TimeZone = Annotated[str, AfterValidator(_check_zone)]
-Listen = Annotated[str, AfterValidator(_check_listen)]
-Severity = Literal["info", "warning", "critical"]
-
-
-class Model(BaseModel):
-    """Base of every config section: immutable, and unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unknown_keys(cls, data: Any, info: ValidationInfo) -> Any:
-        """Drop unknown keys and note them, so the rest of the section is still checked."""
-        if not isinstance(data, Mapping):
-            return data
-        names = {f.alias or n for n, f in cls.model_fields.items()}
-        unknown = [k for k in data if k not in names and k not in cls.model_fields]
-        if not unknown:
-            return data
-        if isinstance(info.context, dict):
-            info.context.setdefault("unknown", []).append((id(data), unknown, sorted(names)))
-            return {k: v for k, v in data.items() if k not in unknown}
-        raise PydanticCustomError("unknown_key", "unknown key {key}", {"key": unknown[0]})
+__all__ = ["Duration", "Model", "Name", "Severity", "Size", "parse_duration", "parse_size"]
 
 
 class Site(Model):
@@ -200,27 +99,6 @@ class InfluxV1(InfluxBase):
 Sink = Annotated[InfluxV2 | InfluxV1, Field(discriminator="api")]
 
 
-class ThresholdRule(Model):
-    """Instantaneous value above/below a limit for at least ``for`` seconds."""
-
-    name: Name
-    kind: Literal["threshold"] = "threshold"
-    site: Name | None = None
-    device: Name | None = None
-    quantity: Name
-    above: float | None = None
-    below: float | None = None
-    for_: Duration = Field(0.0, alias="for")
-    severity: Severity = "warning"
-    message: str = ""
-
-    @model_validator(mode="after")
-    def _needs_a_limit(self) -> ThresholdRule:
-        if self.above is None and self.below is None:
-            raise PydanticCustomError("limit", "expected 'above' or 'below' (or both), found neither")
-        return self
-
-
 class Route(Model):
     """Where notifications go: apprise URLs, optionally only for some sites/severities/rules."""
 
@@ -255,7 +133,9 @@ class Config(Model):
     sites: Annotated[list[Site], Field(min_length=1)]
     devices: list[dict[str, Any]] = []
     influxdb: list[Sink] = []
-    rules: list[ThresholdRule] = []
+    rules: list[RuleConfig] = []
+    aggregation: Aggregation = Aggregation()
+    standards_dir: str = ""
     notify: Notify = Notify()
     metrics: Metrics = Metrics()
     outbox: Outbox = Outbox()
@@ -263,12 +143,16 @@ class Config(Model):
 
 
 class Deployment:
-    """A validated configuration: the config, its resolved devices and its file."""
+    """A validated configuration: the config, its resolved devices, its rules with the
+    discharge standards expanded into limits, and its file."""
 
-    def __init__(self, file: str, config: Config, devices: list[DeviceConfig]) -> None:
+    def __init__(
+        self, file: str, config: Config, devices: list[DeviceConfig], rules: list[EvaluatedRule] | None = None
+    ) -> None:
         self.file = file
         self.config = config
         self.devices = devices
+        self.rules: list[EvaluatedRule] = rules if rules is not None else []  # standards expanded
 
     def site(self, site_id: str) -> Site:
         return next(s for s in self.config.sites if s.id == site_id)
@@ -309,9 +193,37 @@ def parse(
             devices.append(device)
     if config is not None:
         problems.extend(_cross_checks(config, devices, src))
+    rules = _expand_rules(config, file, src, problems) if config is not None else []
     if problems or config is None:
         raise ConfigError(sorted(set(problems), key=_line_key))
-    return Deployment(file, config, devices)
+    return Deployment(file, config, devices, rules)
+
+
+def standards_dir(config: Config, file: str) -> pathlib.Path:
+    """Where the discharge-standard tables are: ``standards_dir``, else ``standards/`` beside
+    the config file, else the tables shipped in the repository's ``config/standards``."""
+    if config.standards_dir:
+        return pathlib.Path(config.standards_dir)
+    beside = pathlib.Path(file).resolve().parent / "standards"
+    return beside if beside.is_dir() else pathlib.Path(__file__).resolve().parents[1] / "config" / "standards"
+
+
+def _expand_rules(config: Config, file: str, src: Source, problems: list[str]) -> list[EvaluatedRule]:
+    out: list[EvaluatedRule] = []
+    directory = standards_dir(config, file)
+    for index, rule in enumerate(config.rules):
+        if not isinstance(rule, StandardRule):
+            out.append(rule)
+            continue
+        try:
+            out.extend(expand_standard(rule, directory))
+        except (ValueError, OSError) as err:
+            problems.append(_at(src, ("rules", index, "tables"), str(err)))
+    twice = sorted(name for name, n in Counter(r.name for r in out).items() if n > 1)
+    if twice:
+        message = f"expected unique rule names once standards are expanded, found {twice}"
+        problems.append(_at(src, ("rules",), message))
+    return out
 
 
 def _device(

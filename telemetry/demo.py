@@ -31,7 +31,7 @@ from telemetry.errors import ConfigError
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.pipeline import Pipeline
 from telemetry.receiver import NotificationReceiver
-from telemetry.simulator import LeachateStation, ModbusAnalyzer, MqttPublisher
+from telemetry.simulator import LeachateStation, ModbusAnalyzer, MqttPublisher, demo_sources
 from telemetry.timing import wait_event
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
@@ -127,8 +127,10 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
     if mqtt is not None:
         host, port = getattr(mqtt, "host", "127.0.0.1"), getattr(mqtt, "port", 1883)
         if _reachable(host, port):
-            tasks.append(asyncio.create_task(MqttPublisher(host, port).run(stop)))
-            _say(f"simulated Chenxing weighbridge publishing to mqtt {host}:{port}")
+            tasks.append(asyncio.create_task(MqttPublisher(host, port, demo_sources()).run(stop)))
+            _say(
+                f"simulated weighbridges (Chenxing, Donghai, Ganyu) and Shuangdian pond on mqtt {host}:{port}"
+            )
         else:
             dep.devices = [d for d in dep.devices if d.kind != "mqtt"]
             _say(f"no MQTT broker at {host}:{port}: the Chenxing weighbridge part of the demo is off")

@@ -8,7 +8,7 @@ escaped; string fields escape quotes and backslashes.
 
 from __future__ import annotations
 
-from telemetry.model import AlertEvent, Reading, Record
+from telemetry.model import Aggregate, AlertEvent, Reading, Record
 
 _TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 
@@ -41,7 +41,24 @@ def alert_line(e: AlertEvent) -> str:
     return f"{tags} {fields} {e.ts}"
 
 
+def agg_line(a: Aggregate) -> str:
+    tags = f"telemetry_agg,device={tag(a.device)},quantity={tag(a.quantity)},site={tag(a.site)}"
+    if a.unit:
+        tags += f",unit={tag(a.unit)}"
+    tags += f",window={tag(a.window)}"
+    fields = [f"count={a.count}i", f"flag={string_field(a.flag.value)}"]
+    fields += [
+        f"{name}={number(v)}"
+        for name, v in (("avg", a.avg), ("cou", a.cou), ("max", a.max), ("min", a.min))
+        if v is not None
+    ]
+    fields += [f"valid={'true' if a.valid else 'false'}", f"valid_count={a.valid_count}i"]
+    return f"{tags} {','.join(sorted(fields))} {a.ts}"
+
+
 def line(record: Record) -> str:
     if isinstance(record, Reading):
         return reading_line(record)
+    if isinstance(record, Aggregate):
+        return agg_line(record)
     return alert_line(record)

@@ -123,6 +123,7 @@ class Reading:
 class AlertState(StrEnum):
     FIRING = "firing"
     RESOLVED = "resolved"
+    INSUFFICIENT = "insufficient_data"  # a window too thin to judge: recorded, never a breach
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,54 @@ class AlertEvent:
         )
 
 
-Record = Reading | AlertEvent
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """A closed minute, hour or day window of one series (``ts`` is the window start, UTC ns).
+
+    ``valid`` follows the validity rules (enough ``N`` minutes in an hour, hours in a
+    day); min/avg/max cover valid values only and are None when there were none.
+    ``cou`` is the cumulative amount: m3 for flow, kg for a pollutant (needs flow).
+    """
+
+    ts: int
+    window: str
+    site: str
+    device: str
+    quantity: str
+    unit: str
+    min: float | None
+    avg: float | None
+    max: float | None
+    count: int
+    valid_count: int
+    valid: bool
+    cou: float | None = None
+    flag: Flag = Flag.N
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ts": self.ts,
+            "window": self.window,
+            "site": self.site,
+            "device": self.device,
+            "quantity": self.quantity,
+            "unit": self.unit,
+            "min": self.min,
+            "avg": self.avg,
+            "max": self.max,
+            "count": self.count,
+            "valid_count": self.valid_count,
+            "valid": self.valid,
+            "cou": self.cou,
+            "flag": self.flag.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Aggregate:
+        return cls(**{**data, "flag": Flag(data.get("flag", "N"))})
+
+
+Record = Reading | AlertEvent | Aggregate
 
 
 @dataclass(frozen=True, slots=True)

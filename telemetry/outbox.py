@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from telemetry.errors import OutboxError, OutboxFull
-from telemetry.model import AlertEvent, Reading, Record, Rejected
+from telemetry.model import Aggregate, AlertEvent, Reading, Record, Rejected
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -43,6 +43,19 @@ CREATE TABLE IF NOT EXISTS deadletter (  -- inputs that could not become reading
     detail TEXT NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS windows (  -- closed aggregate windows, for the HJ 212 uplink
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    window TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (site, device, quantity, window, start_ns)
+);
+CREATE TABLE IF NOT EXISTS state (  -- snapshots of in-memory state (open windows, ...) by name
+    name TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     consumer TEXT NOT NULL,
@@ -54,7 +67,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
 
-_KINDS: dict[type, str] = {Reading: "reading", AlertEvent: "alert"}
+_KINDS: dict[type, str] = {Reading: "reading", AlertEvent: "alert", Aggregate: "agg"}
 DEADLETTER_PAYLOAD_MAX = 4096  # bytes kept of a rejected payload: enough to see what was wrong
 
 
@@ -68,6 +81,8 @@ def decode(kind: str, body: bytes) -> Record:
         return Reading.from_dict(data)
     if kind == "alert":
         return AlertEvent.from_dict(data)
+    if kind == "agg":
+        return Aggregate.from_dict(data)
     raise OutboxError(f"unknown record kind {kind!r} in outbox")
 
 
@@ -144,6 +159,13 @@ class Outbox:
                 last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
             if rejected:
                 self._dead_letters(rejected)
+            windows = [
+                (r.site, r.device, r.quantity, r.window, r.ts, b)
+                for r, (_, b) in zip(records, rows, strict=True)
+                if isinstance(r, Aggregate)
+            ]
+            if windows:
+                self._db.executemany("INSERT OR REPLACE INTO windows VALUES (?, ?, ?, ?, ?, ?)", windows)
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
@@ -152,6 +174,22 @@ class Outbox:
         if self.when_full == "drop_oldest" and self.over_budget():
             self._drop_oldest()
         return self._last_id
+
+    def windows(self, site: str, window: str, start_ns: int, end_ns: int) -> list[Aggregate]:
+        """Closed windows of a site starting in [start_ns, end_ns), oldest first."""
+        rows = self._db.execute(
+            "SELECT body FROM windows WHERE site = ? AND window = ? AND start_ns >= ? AND start_ns < ?"
+            " ORDER BY start_ns, device, quantity",
+            (site, window, start_ns, end_ns),
+        ).fetchall()
+        return [Aggregate.from_dict(orjson.loads(body)) for (body,) in rows]
+
+    def save_state(self, name: str, body: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state (name, body) VALUES (?, ?)", (name, body))
+
+    def load_state(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT body FROM state WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def used_bytes(self) -> int:
         """Bytes of the database in use (pages not on the free list)."""

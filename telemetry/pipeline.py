@@ -22,12 +22,15 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+import orjson
+
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
+from telemetry.aggregate import Aggregator
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError, OutboxFull
 from telemetry.metrics import Metrics
-from telemetry.model import AlertEvent, AlertState, Reading, Record, Rejected
+from telemetry.model import Aggregate, AlertEvent, AlertState, Reading, Record, Rejected
 from telemetry.outbox import Outbox
 from telemetry.protocols import Driver
 from telemetry.sinks import Sink
@@ -57,8 +60,14 @@ class Pipeline:
         metrics: Metrics,
         commit_max: int = 5000,
         observer: Observer | None = None,
+        aggregator: Aggregator | None = None,
+        tick_s: float = 1.0,
+        snapshot_s: float = 30.0,
     ) -> None:
         self.outbox = outbox
+        self.aggregator = aggregator
+        self.tick_s = tick_s
+        self.snapshot_s = snapshot_s
         self.drivers = list(drivers)
         self.rules = rules
         self.notifier = notifier
@@ -91,6 +100,11 @@ class Pipeline:
     async def run(self, stop: asyncio.Event) -> None:
         for delivery in self.deliveries:
             await self.db(self.outbox.register, delivery.consumer)
+        if self.aggregator is not None:
+            saved = await self.db(self.outbox.load_state, "aggregator")
+            if saved:
+                self.aggregator.restore(orjson.loads(saved))
+                log.info("resumed %d open aggregate windows", self.aggregator.open_windows())
         self.metrics.watch_outbox(
             self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries}
         )
@@ -100,6 +114,7 @@ class Pipeline:
         drivers = [
             asyncio.create_task(d.run(self.emit, driver_stop), name=f"driver:{d.name}") for d in self.drivers
         ]
+        drivers.append(asyncio.create_task(self._ticker(driver_stop), name="ticker"))
         sinks = [asyncio.create_task(d.run(sink_stop), name=f"sink:{d.sink.name}") for d in self.deliveries]
         notifier = asyncio.create_task(self.notifier.run(sink_stop), name="notifier")
         self.started.set()
@@ -110,6 +125,7 @@ class Pipeline:
             await _settle(drivers, "driver")
             self._queue.put_nowait(None)
             await _settle([committer], "committer")
+            await self._snapshot()
             sink_stop.set()
             for wake in self._wakes:
                 wake.set()
@@ -168,6 +184,8 @@ class Pipeline:
         readings = [r for r in records if isinstance(r, Reading)]
         for r in readings:
             self.metrics.readings.labels(r.site, r.device).inc()
+        if self.aggregator is not None:
+            self.aggregator.add(readings)
         events = self.rules.feed(readings)
         for event in events:
             self._record_event(event)
@@ -228,13 +246,47 @@ class Pipeline:
         self._record_event(self._budget_alert)
 
     def _record_event(self, event: AlertEvent) -> None:
-        log.warning("alert %s %s at %s: %s", event.rule, event.state.value, event.site, event.message)
+        """Every transition goes to the outbox (InfluxDB ``alerts``); firing and resolved notify."""
         self.metrics.alert_events.labels(event.rule, event.state.value).inc()
+        self._queue.put_nowait(_Item([event], None))
+        if event.state is AlertState.INSUFFICIENT:
+            log.info("rule %s at %s: %s", event.rule, event.site, event.message)
+            return
+        log.warning("alert %s %s at %s: %s", event.rule, event.state.value, event.site, event.message)
         self.metrics.alerts_firing.labels(event.site, event.rule).inc(
             1 if event.state is AlertState.FIRING else -1
         )
-        self._queue.put_nowait(_Item([event], None))
         self.notifier.submit(event)
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        """Close due aggregate windows and let time-based rules look, every ``tick_s``."""
+        loop = asyncio.get_running_loop()
+        last_snapshot = loop.time()
+        while not await wait_event(stop, self.tick_s):
+            self.tick(time.time_ns())
+            if loop.time() - last_snapshot >= self.snapshot_s:
+                await self._snapshot()
+                last_snapshot = loop.time()
+
+    def tick(self, now_ns: int) -> list[AlertEvent]:
+        """Close due windows (committed, judged by window rules) and run the time-based rules."""
+        closed: list[Aggregate] = []
+        if self.aggregator is not None:
+            closed = self.aggregator.advance(now_ns)
+            self.aggregator.prune_flow(now_ns - 3 * 86400 * 1_000_000_000)
+        if closed:
+            self._queue.put_nowait(_Item(closed, None))
+        events = self.rules.on_windows(closed) + self.rules.tick(now_ns)
+        for event in events:
+            self._record_event(event)
+        if self.observer is not None and events:
+            self.observer([], events)
+        return events
+
+    async def _snapshot(self) -> None:
+        if self.aggregator is not None:
+            body = orjson.dumps(self.aggregator.snapshot())
+            await self.db(self.outbox.save_state, "aggregator", body)
 
 
 async def _settle(tasks: list[asyncio.Task[None]], what: str, timeout: float = 15.0) -> None:

@@ -241,40 +241,63 @@ def _free_port() -> int:
 
 @dataclass
 class IncineratorScale:
-    """A 750 t/d grate furnace's feed: throughput in t/h and tonnes since local midnight."""
+    """A grate furnace's feed: throughput in t/h and tonnes since local midnight.
 
+    ``load`` is the fraction of design it runs at (1.0 at design; above 1 overloads)."""
+
+    site: str = "chenxing"
+    device: str = "weighbridge"
     design_t_per_day: float = 750.0
+    load: float = 1.0
     seed: int = 750
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
 
     def values(self, now: float) -> dict[str, tuple[float, str]]:
-        rate = self.design_t_per_day / 24 * (1 + 0.06 * _daily(now, 10)) + self._rng.gauss(0, 0.6)
+        hourly = self.design_t_per_day * self.load / 24
+        rate = hourly * (1 + 0.06 * _daily(now, 10)) + self._rng.gauss(0, 0.6)
         hours_today = ((now + _BEIJING) % 86400) / 3600
         return {
             "throughput": (max(0.0, rate), "t/h"),
-            "throughput_total": (self.design_t_per_day / 24 * hours_today, "t"),
+            "throughput_total": (hourly * hours_today, "t"),
         }
 
 
+@dataclass
+class PondStock:
+    """A landfill's leachate regulating pond: stored volume in m3, slowly falling."""
+
+    site: str = "shuangdian"
+    device: str = "pond"
+    capacity_m3: float = 100_000.0
+    fraction: float = 0.36
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def values(self, now: float) -> dict[str, tuple[float, str]]:
+        level = self.capacity_m3 * self.fraction * (1 + 0.01 * _daily(now, 6)) + self._rng.gauss(0, 20)
+        return {"volume": (level, "m3")}
+
+
 class MqttPublisher:
-    """Publishes the incinerator scale every ``interval`` seconds as JSON with a ms timestamp."""
+    """Publishes each source every ``interval`` seconds as JSON with a ms timestamp,
+    on ``plants/SITE/DEVICE/QUANTITY``."""
 
     def __init__(
         self,
         host: str,
         port: int,
-        site: str = "chenxing",
-        device: str = "weighbridge",
+        sources: list[IncineratorScale | PondStock] | None = None,
         interval: float = 5.0,
-        scale: IncineratorScale | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.site, self.device, self.interval = site, device, interval
-        self.scale = scale or IncineratorScale()
+        self.interval = interval
+        self.sources = sources if sources is not None else [IncineratorScale()]
         self._clock = clock
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{site}-{device}")
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-publisher-{port}")
         self._host, self._port = host, port
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -283,10 +306,22 @@ class MqttPublisher:
         try:
             while not stop.is_set():
                 now = self._clock()
-                for quantity, (value, unit) in self.scale.values(now).items():
-                    body = orjson.dumps({"value": round(value, 3), "unit": unit, "ts": int(now * 1000)})
-                    self._client.publish(f"plants/{self.site}/{self.device}/{quantity}", body, qos=1)
+                for source in self.sources:
+                    for quantity, (value, unit) in source.values(now).items():
+                        body = orjson.dumps({"value": round(value, 3), "unit": unit, "ts": int(now * 1000)})
+                        self._client.publish(f"plants/{source.site}/{source.device}/{quantity}", body, qos=1)
                 await wait_event(stop, self.interval)
         finally:
             self._client.disconnect()
             self._client.loop_stop()
+
+
+def demo_sources() -> list[IncineratorScale | PondStock]:
+    """The city's three incinerators (750, 600, 700 t/d; Donghai running 12 % over) and the
+    Shuangdian pond above its one-third target."""
+    return [
+        IncineratorScale("chenxing", "weighbridge", 750.0, 1.0, seed=750),
+        IncineratorScale("donghai", "weighbridge", 600.0, 1.12, seed=600),
+        IncineratorScale("ganyu", "weighbridge", 700.0, 0.95, seed=700),
+        PondStock(),
+    ]

@@ -103,7 +103,7 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
     seen: list[str] = []
     try:
         async with asyncio.timeout(60):
-            while not any("notification received" in line for line in seen):
+            while not any("notification received" in line and "cod_limit" in line for line in seen):
                 line = (await proc.stdout.readline()).decode()
                 assert line, "demo ended early:\n" + "".join(seen)
                 seen.append(line)
@@ -114,7 +114,7 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
     assert "simulated Diaoyushan analyzers" in text
     assert f"writing to InfluxDB at {influx1.url}" in text
     assert "*** ALERT FIRING  diaoyushan cod_limit [critical]" in text
-    assert "FIRING" in next(line for line in seen if "notification received" in line)
+    assert "FIRING" in next(line for line in seen if "notification received" in line and "cod_limit" in line)
     assert proc.returncode == 0, err.decode()
     rows = await eventually(
         lambda: influx1.query(unique, "SELECT * FROM telemetry WHERE site='chenxing' LIMIT 1"),

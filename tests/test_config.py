@@ -33,9 +33,9 @@ influxdb:
     url: http://127.0.0.1:8086
     database: plant
 rules:
-  - name: cod
-    quantity: cod
-    above: 100
+  - {kind: limit, name: cod,
+     quantity: cod,
+     above: 100}
 """
 
 
@@ -102,10 +102,10 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
 
 
 def test_cross_checks_unknown_site_and_duplicate_id(tmp_path: Path) -> None:
-    text = VALID + "  - name: cod\n    quantity: cod\n    site: nowhere\n    above: 1\n"
+    text = VALID + "  - kind: limit\n    name: cod\n    quantity: cod\n    site: nowhere\n    above: 1\n"
     found = problems(tmp_path, text)
-    assert any(":22: rules[1].name: expected a unique name, found 'cod' again" in p for p in found)
-    assert any(":24: rules[1].site: expected a site from 'sites' (s1), found 'nowhere'" in p for p in found)
+    assert any(":23: rules[1].name: expected a unique name, found 'cod' again" in p for p in found)
+    assert any(":25: rules[1].site: expected a site from 'sites' (s1), found 'nowhere'" in p for p in found)
 
 
 def test_timeout_must_be_shorter_than_interval(tmp_path: Path) -> None:

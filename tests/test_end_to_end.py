@@ -109,7 +109,8 @@ influxdb:
     token: ${{VM_TOKEN:-unused}}
     flush_interval: 100ms
 rules:
-  - name: cod_limit
+  - kind: limit
+    name: cod_limit
     site: {site}
     quantity: cod
     above: 100

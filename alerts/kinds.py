@@ -1,0 +1,477 @@
+"""One class per rule kind, each keeping its per-series state.
+
+Every kind reports transitions through ``RuleState._judge``: a condition that
+holds (for ``for`` seconds) fires once, and resolves once when it stops holding.
+A window too thin to judge yields an ``insufficient_data`` record, never a breach.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Reading
+from telemetry.rule_config import (
+    CapacityRule,
+    EvaluatedRule,
+    FlatlineRule,
+    LimitRule,
+    MaintenanceRule,
+    NodataRule,
+    RateRule,
+    StockRule,
+)
+
+NS = 1_000_000_000
+DAY_NS = 86400 * NS
+WINDOW_WORDS = {"1m": "minute mean", "1h": "hourly mean", "1d": "daily mean"}
+
+
+class RuleState:
+    def __init__(self, rule: Any, zones: Mapping[str, str]) -> None:
+        self.rule = rule
+        self._zones = {site: zoneinfo.ZoneInfo(zone) for site, zone in zones.items()}
+        self._firing: dict[str, AlertEvent] = {}
+        self._since: dict[str, int] = {}
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        return []
+
+    def on_window(self, w: Aggregate) -> list[AlertEvent]:
+        return []
+
+    def on_tick(self, now_ns: int) -> list[AlertEvent]:
+        return []
+
+    def firing_keys(self) -> list[str]:
+        return list(self._firing)
+
+    def _judge(
+        self, key: str, breached: bool, ts: int, for_s: float, event: Callable[[AlertState], AlertEvent]
+    ) -> list[AlertEvent]:
+        if breached:
+            since = self._since.setdefault(key, ts)
+            if key not in self._firing and ts - since >= for_s * NS:
+                self._firing[key] = fired = event(AlertState.FIRING)
+                return [fired]
+            return []
+        self._since.pop(key, None)
+        if key in self._firing:
+            del self._firing[key]
+            return [event(AlertState.RESOLVED)]
+        return []
+
+    def _event(
+        self,
+        state: AlertState,
+        ts: int,
+        item: Reading | Aggregate,
+        value: float,
+        limit: float,
+        default: str,
+        **labels: str,
+    ) -> AlertEvent:
+        template = self.rule.message
+        fields = {"site": item.site, "device": item.device, "quantity": item.quantity, "unit": item.unit}
+        message = (
+            template.format(**fields, value=value, limit=limit, state=state.value) if template else default
+        )
+        return AlertEvent(
+            ts=ts,
+            site=item.site,
+            rule=self.rule.name,
+            severity=self.rule.severity,
+            state=state,
+            message=message,
+            value=value,
+            limit=limit,
+            labels={"device": item.device, "quantity": item.quantity, "unit": item.unit, **labels},
+        )
+
+    def _day_start(self, site: str, ts: int) -> int:
+        zone = self._zones.get(site, zoneinfo.ZoneInfo("Asia/Shanghai"))
+        local = datetime.fromtimestamp(ts / NS, zone)
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        return int(midnight.timestamp()) * NS
+
+
+def _key(item: Reading | Aggregate, *extra: str) -> str:
+    return "/".join((item.site, item.device, item.quantity, *extra))
+
+
+def _unit(item: Reading | Aggregate) -> str:
+    return f" {item.unit}" if item.unit else ""
+
+
+class LimitState(RuleState):
+    rule: LimitRule
+
+    def __init__(self, rule: LimitRule, zones: Mapping[str, str]) -> None:
+        super().__init__(rule, zones)
+        self._recent: dict[str, deque[tuple[int, float]]] = {}
+
+    def _breach(self, value: float) -> float | None:
+        if self.rule.above is not None and value > self.rule.above:
+            return self.rule.above
+        if self.rule.below is not None and value < self.rule.below:
+            return self.rule.below
+        return None
+
+    def _nearest(self, value: float) -> float:
+        bounds = [b for b in (self.rule.above, self.rule.below) if b is not None]
+        return min(bounds, key=lambda b: abs(value - b))
+
+    def _verdict(
+        self, key: str, value: float, ts: int, item: Reading | Aggregate, what: str
+    ) -> list[AlertEvent]:
+        limit = self._breach(value)
+        unit = _unit(item)
+        where = f"at {item.site}/{item.device}"
+
+        def event(state: AlertState) -> AlertEvent:
+            bound = limit if limit is not None else self._nearest(value)
+            if state is AlertState.FIRING:
+                side = "above" if self.rule.above is not None and value > self.rule.above else "below"
+                text = f"{item.quantity} {what}{value:g}{unit} {side} limit {bound:g}{unit} {where}"
+            else:
+                text = f"{item.quantity} {what}back to {value:g}{unit} (limit {bound:g}{unit}) {where}"
+            return self._event(state, ts, item, value, bound, text)
+
+        return self._judge(key, limit is not None, ts, self.rule.for_, event)
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        if r.flag is not Flag.N:
+            return []
+        if self.rule.window == "instant":
+            return self._verdict(_key(r), r.value, r.ts, r, "")
+        span = self.rule.rolling_s
+        if span is None:
+            return []
+        recent = self._recent.setdefault(_key(r), deque())
+        recent.append((r.ts, r.value))
+        while recent and recent[0][0] <= r.ts - span * NS:
+            recent.popleft()
+        mean = sum(v for _, v in recent) / len(recent)
+        return self._verdict(_key(r), mean, r.ts, r, f"{self.rule.window} mean ")
+
+    def on_window(self, w: Aggregate) -> list[AlertEvent]:
+        if w.window != self.rule.window:
+            return []
+        if not w.valid or w.avg is None:
+            bound = self._nearest(w.avg if w.avg is not None else 0.0)
+            text = (
+                f"{w.quantity} {WINDOW_WORDS[w.window]}: insufficient valid data "
+                f"({w.valid_count} of {w.count} values valid, flag {w.flag.value}); not judged"
+            )
+            return [self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text)]
+        return self._verdict(_key(w), w.avg, w.ts, w, WINDOW_WORDS[w.window] + " ")
+
+
+class StockState(RuleState):
+    rule: StockRule
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        if r.flag is not Flag.N:
+            return []
+        fraction = r.value / self.rule.capacity
+        limit = self.rule.above_fraction
+
+        def event(state: AlertState) -> AlertEvent:
+            verb = "above" if state is AlertState.FIRING else "back under"
+            text = (
+                f"{r.quantity} at {r.site}: {r.value:g}{_unit(r)} is {fraction:.0%}"
+                f" of {self.rule.capacity:g}, {verb} {limit:.0%}"
+            )
+            return self._event(state, r.ts, r, fraction, limit, text)
+
+        return self._judge(_key(r), fraction > limit, r.ts, self.rule.for_, event)
+
+
+class NodataState(RuleState):
+    rule: NodataRule
+
+    def __init__(self, rule: NodataRule, zones: Mapping[str, str]) -> None:
+        super().__init__(rule, zones)
+        self._last: dict[str, tuple[int, Reading | Aggregate]] = {}
+        self._expected = rule.site is not None and rule.device is not None and rule.quantity is not None
+
+    def _series(self, r: Reading) -> str:
+        return _key(r) if self.rule.quantity is not None else f"{r.site}/{r.device}"
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        if r.flag is not Flag.N:
+            return []
+        key = self._series(r)
+        self._last[key] = (r.ts, r)
+        return self._judge(key, False, r.ts, 0, lambda s: self._silence_event(s, r.ts, r, 0))
+
+    def on_tick(self, now_ns: int) -> list[AlertEvent]:
+        if self._expected and not self._last:
+            rule = self.rule
+            placeholder = Reading(now_ns, rule.site or "", rule.device or "", rule.quantity or "", 0.0)
+            self._last[_key(placeholder)] = (now_ns, placeholder)
+        events = []
+        for key, (last, item) in self._last.items():
+            silent = now_ns - last
+            events += self._judge(
+                key,
+                silent >= self.rule.for_ * NS,
+                now_ns,
+                0,
+                partial(self._silence_event, ts=now_ns, item=item, silent=silent),
+            )
+        return events
+
+    def _silence_event(
+        self, state: AlertState, ts: int, item: Reading | Aggregate, silent: int
+    ) -> AlertEvent:
+        what = item.quantity if self.rule.quantity is not None else "any quantity"
+        if state is AlertState.FIRING:
+            text = f"no valid {what} from {item.site}/{item.device} for {silent / NS / 60:.0f} min"
+        else:
+            text = f"{what} from {item.site}/{item.device} reporting again"
+        return self._event(state, ts, item, silent / NS, self.rule.for_, text)
+
+
+class FlatlineState(RuleState):
+    rule: FlatlineRule
+
+    def __init__(self, rule: FlatlineRule, zones: Mapping[str, str]) -> None:
+        super().__init__(rule, zones)
+        self._run: dict[str, tuple[int, float]] = {}
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        if r.flag is not Flag.N:
+            return []
+        key = _key(r)
+        start, value = self._run.get(key, (r.ts, r.value))
+        if abs(r.value - value) > self.rule.epsilon:
+            start, value = r.ts, r.value
+        self._run[key] = (start, value)
+        held = r.ts - start
+
+        def event(state: AlertState) -> AlertEvent:
+            if state is AlertState.FIRING:
+                minutes = held / NS / 60
+                text = (
+                    f"{r.quantity} at {r.site}/{r.device} stuck at {value:g}{_unit(r)} for {minutes:.0f} min"
+                )
+            else:
+                text = f"{r.quantity} at {r.site}/{r.device} moving again ({r.value:g}{_unit(r)})"
+            return self._event(state, r.ts, r, r.value, value, text)
+
+        return self._judge(key, held >= self.rule.for_ * NS, r.ts, 0, event)
+
+
+class RateState(RuleState):
+    rule: RateRule
+
+    def __init__(self, rule: RateRule, zones: Mapping[str, str]) -> None:
+        super().__init__(rule, zones)
+        self._last: dict[str, tuple[int, float]] = {}
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        if r.flag is not Flag.N:
+            return []
+        key = _key(r)
+        previous = self._last.get(key)
+        self._last[key] = (r.ts, r.value)
+        if previous is None or r.ts <= previous[0]:
+            return []
+        # Over at least a minute: fast polling must not turn measurement noise into "rate".
+        per_minute = abs(r.value - previous[1]) / max(1.0, (r.ts - previous[0]) / NS / 60)
+        bound = self.rule.max_per_minute
+
+        def event(state: AlertState) -> AlertEvent:
+            verb = "changing" if state is AlertState.FIRING else "steady again:"
+            text = (
+                f"{r.quantity} at {r.site}/{r.device} {verb} {per_minute:.3g}{_unit(r)}/min (bound {bound:g})"
+            )
+            return self._event(state, r.ts, r, per_minute, bound, text)
+
+        return self._judge(key, per_minute > bound, r.ts, 0, event)
+
+
+class MaintenanceState(RuleState):
+    rule: MaintenanceRule
+
+    def __init__(self, rule: MaintenanceRule, zones: Mapping[str, str]) -> None:
+        super().__init__(rule, zones)
+        self._flagged: dict[str, tuple[int, Reading]] = {}
+
+    def _series(self, r: Reading) -> str:
+        return _key(r) if self.rule.quantity is not None else f"{r.site}/{r.device}"
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        key = self._series(r)
+        if r.flag in self.rule.flags:
+            start = self._flagged.setdefault(key, (r.ts, r))[0]
+            return self._verdict(key, r.ts - start, r.ts, r)
+        self._flagged.pop(key, None)
+        return self._verdict(key, -1, r.ts, r)
+
+    def on_tick(self, now_ns: int) -> list[AlertEvent]:
+        events = []
+        for key, (start, r) in list(self._flagged.items()):
+            events += self._verdict(key, now_ns - start, now_ns, r)
+        return events
+
+    def _verdict(self, key: str, held: int, ts: int, r: Reading) -> list[AlertEvent]:
+        def event(state: AlertState) -> AlertEvent:
+            if state is AlertState.FIRING:
+                text = f"{r.site}/{r.device} flagged {r.flag.value} for {held / NS / 3600:.1f} h"
+            else:
+                text = f"{r.site}/{r.device} back to normal (flag {r.flag.value})"
+            return self._event(state, ts, r, max(held, 0) / NS, self.rule.for_, text)
+
+        return self._judge(key, held >= self.rule.for_ * NS, ts, 0, event)
+
+
+class _Day:
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.total = 0.0
+        self.last: tuple[int, float] | None = None
+        self.item: Reading | None = None
+
+
+class CapacityState(RuleState):
+    """Daily totals: a rate integrated over time, or a totalizer's increments (with reset
+    and rollover), per local plant day; judged at the day's end, projected during it."""
+
+    rule: CapacityRule
+
+    def __init__(self, rule: CapacityRule, zones: Mapping[str, str]) -> None:
+        super().__init__(rule, zones)
+        self._days: dict[str, _Day] = {}
+
+    @property
+    def _over(self) -> float:
+        return self.rule.design * self.rule.over_percent / 100
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        if r.flag is not Flag.N:
+            return []
+        key = f"{r.site}/{r.device}"
+        start = self._day_start(r.site, r.ts)
+        day = self._days.get(key)
+        events: list[AlertEvent] = []
+        carry = None
+        if day is not None and start > day.start:
+            events += self._close(key, day)
+            carry = day.last
+            day = None
+        if day is None:
+            day = self._days[key] = _Day(start)
+            day.last = carry if self.rule.source == "totalizer" else None
+        self._accumulate(day, r)
+        day.item = r
+        elapsed = r.ts - day.start
+        if elapsed >= self.rule.project_after * NS:
+            projected = day.total * DAY_NS / elapsed
+            events += self._judge(
+                key + "/projection",
+                projected > self._over,
+                r.ts,
+                0,
+                lambda s: self._capacity_event(s, r.ts, r, projected, "projection", day.total),
+            )
+        return events
+
+    def _accumulate(self, day: _Day, r: Reading) -> None:
+        last = day.last
+        day.last = (r.ts, r.value)
+        if last is None:
+            return
+        if self.rule.source == "rate":
+            hours = (r.ts - last[0]) / NS / 3600
+            if 0 < hours * 3600 <= self.rule.max_gap:
+                day.total += (last[1] + r.value) / 2 * hours  # trapezoid: t/h x h = t
+            return
+        delta = r.value - last[1]
+        if delta < 0:
+            rollover = self.rule.rollover
+            # Past the top of a counter that wraps, it is a rollover; otherwise the meter was reset.
+            delta = r.value + rollover - last[1] if rollover and last[1] > rollover * 0.5 else r.value
+        day.total += delta
+
+    def on_tick(self, now_ns: int) -> list[AlertEvent]:
+        events = []
+        for key, day in list(self._days.items()):
+            if day.start + DAY_NS + self.rule.grace * NS <= now_ns:
+                events += self._close(key, day)
+                del self._days[key]
+        return events
+
+    def _close(self, key: str, day: _Day) -> list[AlertEvent]:
+        item = day.item
+        if item is None:
+            return []
+        end = day.start + DAY_NS
+        total = day.total
+        events = self._judge(
+            key + "/projection",
+            False,
+            end,
+            0,
+            lambda s: self._capacity_event(s, end, item, total, "projection", total),
+        )
+        events += self._judge(
+            key + "/overload",
+            total > self._over,
+            end,
+            0,
+            lambda s: self._capacity_event(s, end, item, total, "overload", total),
+        )
+        if self.rule.under_percent is not None:
+            floor = self.rule.design * self.rule.under_percent / 100
+            events += self._judge(
+                key + "/underuse",
+                total < floor,
+                end,
+                0,
+                lambda s: self._capacity_event(s, end, item, total, "underuse", total),
+            )
+        return events
+
+    def _capacity_event(
+        self, state: AlertState, ts: int, r: Reading, value: float, condition: str, so_far: float
+    ) -> AlertEvent:
+        design = self.rule.design
+        unit = (r.unit.split("/")[0] if r.unit else "").strip()
+        u = f" {unit}" if unit else ""
+        if condition == "projection":
+            text = (
+                f"{r.site}/{r.device}: at this rate today ends at {value:.0f}{u} of {design:g}{u}"
+                f" ({so_far:.0f}{u} so far)"
+                if state is AlertState.FIRING
+                else f"{r.site}/{r.device}: projection back within design ({value:.0f}{u} of {design:g}{u})"
+            )
+            limit = self._over
+        elif condition == "overload":
+            text = f"{r.site}/{r.device}: {value:.0f}{u} today, {value / design:.0%} of design {design:g}{u}"
+            limit = self._over
+        else:
+            limit = design * (self.rule.under_percent or 0) / 100
+            share = f"{value / design:.0%} of design {design:g}{u}"
+            text = f"{r.site}/{r.device}: only {value:.0f}{u} today, {share}"
+        if state is AlertState.RESOLVED and condition != "projection":
+            text = f"{r.site}/{r.device}: {value:.0f}{u} today, within design {design:g}{u}"
+        return self._event(state, ts, r, value, limit, text, condition=condition)
+
+
+KINDS: dict[str, type[RuleState]] = {
+    "limit": LimitState,
+    "stock": StockState,
+    "nodata": NodataState,
+    "flatline": FlatlineState,
+    "rate": RateState,
+    "maintenance_too_long": MaintenanceState,
+    "capacity": CapacityState,
+}
+
+__all__ = ["KINDS", "EvaluatedRule", "RuleState"]

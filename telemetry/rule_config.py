@@ -1,0 +1,231 @@
+"""Configuration of rules, aggregation and discharge-standard tables.
+
+Rule kinds: ``limit`` (instant, rolling, or a 1m/1h/1d window average),
+``standard`` (a table of ``config/standards/*.yaml`` expanded into ``limit``
+rules), ``capacity`` (daily total against design), ``stock`` (fraction of a
+volume), ``nodata``, ``flatline``, ``rate``, ``maintenance_too_long``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from telemetry.config_base import Duration, Model, Name, Severity
+from telemetry.model import Flag
+
+_ROLLING = re.compile(r"^rolling\s+(\d+(?:\.\d+)?)(s|m|h)$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class RuleBase(Model):
+    name: Name
+    site: Name | None = None
+    device: Name | None = None
+    severity: Severity = "warning"
+    message: str = ""
+
+    def matches(self, site: str, device: str) -> bool:
+        return (self.site is None or self.site == site) and (self.device is None or self.device == device)
+
+    def describe(self) -> str:
+        """One line for ``telemetry check``."""
+        what = getattr(self, "quantity", None) or "*"
+        where = f"{self.site or '*'}/{self.device or '*'}/{what}"
+        kind = str(getattr(self, "kind", ""))
+        return f"{kind:<20} {where} {self.detail()} [{self.severity}]"
+
+    def detail(self) -> str:
+        duration = getattr(self, "for_", 0.0)
+        return f"for {duration:g}s" if duration else ""
+
+
+class LimitRule(RuleBase):
+    """A value (``window: instant``), a rolling mean (``rolling 15m``) or a closed window's
+    mean (``1m``, ``1h``, ``1d``) above/below a limit. An invalid window never trips."""
+
+    kind: Literal["limit"]
+    quantity: Name
+    above: float | None = None
+    below: float | None = None
+    window: str = "instant"
+    for_: Duration = Field(0.0, alias="for")
+
+    @model_validator(mode="after")
+    def _check(self) -> LimitRule:
+        if self.above is None and self.below is None:
+            raise PydanticCustomError("limit", "expected 'above' or 'below' (or both), found neither")
+        if self.window not in ("instant", "1m", "1h", "1d") and not _ROLLING.match(self.window):
+            raise PydanticCustomError(
+                "window", "expected instant, 1m, 1h, 1d or 'rolling 15m'", {"at": "window"}
+            )
+        return self
+
+    def detail(self) -> str:
+        bounds = " ".join(x for x in (_fmt(">", self.above), _fmt("<", self.below)) if x)
+        return f"{self.window} {bounds}" + (f" for {self.for_:g}s" if self.for_ else "")
+
+    @property
+    def rolling_s(self) -> float | None:
+        match = _ROLLING.match(self.window)
+        return float(match.group(1)) * _UNIT_S[match.group(2)] if match else None
+
+
+class StandardRule(Model):
+    """Attach discharge-standard tables to an outfall: one ``limit`` rule per pollutant and window."""
+
+    kind: Literal["standard"]
+    name: Name
+    site: Name
+    device: Name | None = None
+    tables: Annotated[list[str], Field(min_length=1)]
+    windows: list[Literal["instant", "1h", "1d"]] = ["1h", "1d"]
+    overrides: dict[Name, dict[Literal["above", "below"], float]] = {}
+    severity: Severity = "critical"
+
+
+class CapacityRule(RuleBase):
+    """Daily total of a throughput against design capacity, in local plant days."""
+
+    kind: Literal["capacity"]
+    quantity: Name
+    source: Literal["rate", "totalizer"] = "rate"
+    design: Annotated[float, Field(gt=0)]
+    over_percent: Annotated[float, Field(gt=0)] = 100.0
+    under_percent: Annotated[float, Field(ge=0)] | None = None
+    project_after: Duration = 4 * 3600.0
+    rollover: Annotated[float, Field(gt=0)] | None = None
+    max_gap: Duration = 3600.0
+    grace: Duration = 300.0
+
+    def detail(self) -> str:
+        under = f", under {self.under_percent:g} %" if self.under_percent is not None else ""
+        return f"{self.source} vs design {self.design:g}/d: over {self.over_percent:g} %{under}"
+
+
+class StockRule(RuleBase):
+    """A level or volume above a fraction of its capacity (a regulating pond above 1/3)."""
+
+    kind: Literal["stock"]
+    quantity: Name
+    capacity: Annotated[float, Field(gt=0)]
+    above_fraction: Annotated[float, Field(gt=0, le=1)] = 1 / 3
+    for_: Duration = Field(0.0, alias="for")
+
+    def detail(self) -> str:
+        return f"above {self.above_fraction:.3g} of {self.capacity:g}"
+
+
+def _fmt(sign: str, value: float | None) -> str:
+    return f"{sign} {value:g}" if value is not None else ""
+
+
+class NodataRule(RuleBase):
+    """No valid reading of a series for ``for``; with site, device and quantity all set,
+    the series is expected from start-up, so a device dead from the start is noticed."""
+
+    kind: Literal["nodata"]
+    quantity: Name | None = None
+    for_: Annotated[Duration, Field(gt=0)] = Field(alias="for")
+
+
+class FlatlineRule(RuleBase):
+    """A value unchanged (within ``epsilon``) for ``for``: a stuck analyzer."""
+
+    kind: Literal["flatline"]
+    quantity: Name
+    for_: Annotated[Duration, Field(gt=0)] = Field(alias="for")
+    epsilon: Annotated[float, Field(ge=0)] = 0.0
+
+
+class RateRule(RuleBase):
+    """A change faster than ``max_per_minute`` between consecutive valid readings
+    (measured over at least one minute, so fast polling does not amplify noise)."""
+
+    kind: Literal["rate"]
+    quantity: Name
+    max_per_minute: Annotated[float, Field(gt=0)]
+
+
+class MaintenanceRule(RuleBase):
+    """An analyzer flagged maintenance, calibration or fault for longer than allowed."""
+
+    kind: Literal["maintenance_too_long"]
+    quantity: Name | None = None
+    for_: Annotated[Duration, Field(gt=0)] = Field(alias="for")
+    flags: list[Flag] = [Flag.M, Flag.C, Flag.D]
+
+
+RuleConfig = Annotated[
+    LimitRule
+    | StandardRule
+    | CapacityRule
+    | StockRule
+    | NodataRule
+    | FlatlineRule
+    | RateRule
+    | MaintenanceRule,
+    Field(discriminator="kind"),
+]
+
+
+class ValidityOverride(Model):
+    quantity: Name
+    hour_min_valid_minutes: Annotated[int, Field(ge=1, le=60)] | None = None
+    day_min_valid_hours: Annotated[int, Field(ge=1, le=24)] | None = None
+
+
+class Aggregation(Model):
+    enabled: bool = True
+    windows: list[Literal["1m", "1h", "1d"]] = ["1m", "1h", "1d"]
+    grace: Duration = 120.0
+    hour_min_valid_minutes: Annotated[int, Field(ge=1, le=60)] = 45
+    day_min_valid_hours: Annotated[int, Field(ge=1, le=24)] = 20
+    flow_quantity: Name = "flow"
+    flow_weighted_daily: bool = True
+    overrides: list[ValidityOverride] = []
+
+
+def load_table(directory: Path, table: str) -> dict[str, Any]:
+    path = directory / f"{table}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in directory.glob("*.yaml"))) or "none found"
+        raise ValueError(f"expected a standard table in {directory} ({names}), found {table!r}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return dict(data)
+
+
+def expand_standard(rule: StandardRule, directory: Path) -> list[LimitRule]:
+    """The limit rules a standard attachment stands for; later tables override earlier ones."""
+    limits: dict[str, dict[str, float]] = {}
+    for table in rule.tables:
+        for quantity, bounds in (load_table(directory, table).get("limits") or {}).items():
+            limits[quantity] = {k: float(v) for k, v in bounds.items() if k in ("above", "below")}
+    for quantity, bounds in rule.overrides.items():
+        limits[quantity] = {k: float(v) for k, v in bounds.items()}
+    out = []
+    for quantity, bounds in sorted(limits.items()):
+        for window in rule.windows:
+            out.append(
+                LimitRule.model_validate(
+                    {
+                        "kind": "limit",
+                        "name": f"{rule.name}_{quantity}_{window}",
+                        "site": rule.site,
+                        "device": rule.device,
+                        "quantity": quantity,
+                        "window": window,
+                        "severity": rule.severity,
+                        **bounds,
+                    }
+                )
+            )
+    return out
+
+
+EvaluatedRule = LimitRule | CapacityRule | StockRule | NodataRule | FlatlineRule | RateRule | MaintenanceRule
