@@ -165,7 +165,7 @@ class LimitState(RuleState):
             bound = self._nearest(w.avg if w.avg is not None else 0.0)
             text = (
                 f"{w.quantity} {WINDOW_WORDS[w.window]}: insufficient valid data "
-                f"({w.valid_count} of {w.count} values valid, flag {w.flag.value}); not judged"
+                f"({w.valid_count} of {w.count} values valid, window flag {w.flag.value}); not judged"
             )
             return [self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text)]
         return self._verdict(_key(w), w.avg, w.ts, w, WINDOW_WORDS[w.window] + " ")
@@ -219,7 +219,7 @@ class NodataState(RuleState):
             silent = now_ns - last
             events += self._judge(
                 key,
-                silent >= self.rule.for_ * NS,
+                silent > self.rule.for_ * NS,
                 now_ns,
                 0,
                 partial(self._silence_event, ts=now_ns, item=item, silent=silent),

@@ -213,6 +213,19 @@ def _finite(value: float) -> float:
     return value
 
 
+def parse_timestamp(raw: str) -> int:
+    """A timestamp from text: epoch s/ms/us/ns or ISO 8601 with a zone (CSV files, the CLI)."""
+    text = raw.strip()
+    try:
+        number: float = int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            return _iso_ns(text)
+    return _epoch_ns(number)
+
+
 def _timestamp(raw: Any, received_ns: int) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise PayloadError("bad_ts", "timestamp must be epoch seconds/ms/ns or ISO 8601")

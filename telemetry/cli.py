@@ -9,18 +9,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import pathlib
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 
+from alerts.replay import read_csv, replay
+from alerts.rules import RulesEngine
 from drivers import modbus_probe
 from drivers.modbus_decode import NUMERIC_TYPES
 from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
+from drivers.mqtt_decode import PayloadError, parse_timestamp
 from telemetry import __version__, app
 from telemetry.config import Deployment
 from telemetry.errors import ConfigError, OutboxError
 from telemetry.lineproto import line
+from telemetry.model import AlertState
 from telemetry.outbox import Status, read_dead_letters, read_quarantine, read_status
 
 log = logging.getLogger("telemetry")
@@ -62,6 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead.add_argument("action", choices=["list"])
     dead.add_argument("-c", "--config", required=True, help="deployment YAML file (for the outbox path)")
     dead.add_argument("--limit", type=int, default=20)
+    rules = sub.add_parser("rules", help="replay recorded readings through the rules")
+    rules.add_argument("action", choices=["test"])
+    rules.add_argument(
+        "-c", "--config", required=True, help="deployment YAML file (rules, sites, aggregation)"
+    )
+    rules.add_argument("--input", required=True, help="CSV: ts,site,device,quantity,value[,unit][,flag]")
+    rules.add_argument(
+        "--at", default=None, help="evaluate up to this time (ISO 8601 or epoch); default: last reading"
+    )
     outbox = sub.add_parser("outbox", help="the local store-and-forward buffer")
     outbox.add_argument("action", choices=["status", "quarantine"])
     outbox.add_argument("what", nargs="?", choices=["list"], help="quarantine list")
@@ -208,12 +222,30 @@ def _local(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
+def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
+    try:
+        readings = read_csv(pathlib.Path(args.input), parse_timestamp)
+        until = parse_timestamp(args.at) if args.at else None
+    except (OSError, ValueError, PayloadError) as err:
+        print(f"cannot read input: {err}", file=sys.stderr)
+        return 2
+    zones = {s.id: s.timezone for s in dep.config.sites}
+    aggregator = app.aggregator(dep) if dep.config.aggregation.enabled else None
+    events = replay(RulesEngine(dep.rules, zones), aggregator, readings, until)
+    for e in sorted(events, key=lambda e: e.ts):
+        print(f"{_local(e.ts)}  {e.state.value:<17} {e.rule:<28} {e.site:<12} {e.message}")
+    firing = sum(e.state is AlertState.FIRING for e in events)
+    print(f"{len(readings)} readings replayed: {len(events)} events, {firing} firing")
+    return 0
+
+
 COMMANDS = {
     "check": _check,
     "run": _run,
     "probe": _probe_config,
     "deadletter": _deadletters,
     "outbox": _outbox,
+    "rules": _rules_test,
 }
 
 

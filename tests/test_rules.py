@@ -132,7 +132,7 @@ def test_window_with_40_valid_minutes_reports_insufficient_data_not_a_breach() -
     )
     [event] = events
     assert event.state is AlertState.INSUFFICIENT
-    assert "insufficient valid data (40 of 60 values valid, flag D)" in event.message
+    assert "insufficient valid data (40 of 60 values valid, window flag D)" in event.message
 
 
 # -- standards ----------------------------------------------------------------------------------
@@ -244,8 +244,8 @@ def test_stock_above_a_third_of_the_pond() -> None:
 def test_nodata_fires_on_the_tick_and_resolves_on_the_next_valid_reading() -> None:
     engine = RulesEngine([rule(kind="nodata", quantity="cod", **{"for": "10m"})])
     engine.feed([r(0, 50)])
-    assert engine.tick(599 * NS) == []
-    assert states(engine.tick(600 * NS)) == [("firing", 600)]
+    assert engine.tick(600 * NS) == []  # exactly 10 min: not yet longer than allowed
+    assert states(engine.tick(601 * NS)) == [("firing", 601)]
     assert engine.tick(900 * NS) == []
     assert engine.feed([r(950, 50, Flag.C)]) == []  # a calibration value is not valid data
     assert states(engine.feed([r(1000, 50)])) == [("resolved", 1000)]
@@ -254,7 +254,8 @@ def test_nodata_fires_on_the_tick_and_resolves_on_the_next_valid_reading() -> No
 def test_nodata_for_an_expected_series_that_never_reported() -> None:
     engine = RulesEngine([rule(kind="nodata", site="s", device="an", quantity="cod", **{"for": "5m"})])
     assert engine.tick(0) == []
-    assert states(engine.tick(300 * NS)) == [("firing", 300)]
+    assert engine.tick(300 * NS) == []
+    assert states(engine.tick(301 * NS)) == [("firing", 301)]
 
 
 def test_flatline_stuck_analyzer() -> None:
