@@ -37,6 +37,7 @@ class RuleState:
         self._zones = {site: zoneinfo.ZoneInfo(zone) for site, zone in zones.items()}
         self._firing: dict[str, AlertEvent] = {}
         self._since: dict[str, int] = {}
+        self._clear_since: dict[str, int] = {}
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         return []
@@ -54,6 +55,7 @@ class RuleState:
         self, key: str, breached: bool, ts: int, for_s: float, event: Callable[[AlertState], AlertEvent]
     ) -> list[AlertEvent]:
         if breached:
+            self._clear_since.pop(key, None)
             since = self._since.setdefault(key, ts)
             if key not in self._firing and ts - since >= for_s * NS:
                 self._firing[key] = fired = event(AlertState.FIRING)
@@ -61,9 +63,26 @@ class RuleState:
             return []
         self._since.pop(key, None)
         if key in self._firing:
+            clear_since = self._clear_since.setdefault(key, ts)
+            if ts - clear_since < self.rule.keep_firing_for * NS:
+                return []  # keep-firing-for: a brief dip does not resolve (and re-fire)
             del self._firing[key]
+            self._clear_since.pop(key, None)
             return [event(AlertState.RESOLVED)]
         return []
+
+    def dump(self) -> dict[str, Any]:
+        """State to survive a restart; subclasses add theirs."""
+        return {
+            "firing": {k: e.to_dict() for k, e in self._firing.items()},
+            "since": self._since,
+            "clear_since": self._clear_since,
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        self._firing = {k: AlertEvent.from_dict(e) for k, e in data.get("firing", {}).items()}
+        self._since = {k: int(v) for k, v in data.get("since", {}).items()}
+        self._clear_since = {k: int(v) for k, v in data.get("clear_since", {}).items()}
 
     def _event(
         self,
@@ -77,9 +96,7 @@ class RuleState:
     ) -> AlertEvent:
         template = self.rule.message
         fields = {"site": item.site, "device": item.device, "quantity": item.quantity, "unit": item.unit}
-        message = (
-            template.format(**fields, value=value, limit=limit, state=state.value) if template else default
-        )
+        message = template.format(**fields, value=value, limit=limit, state=state.value) if template else default
         return AlertEvent(
             ts=ts,
             site=item.site,
@@ -114,10 +131,13 @@ class LimitState(RuleState):
         super().__init__(rule, zones)
         self._recent: dict[str, deque[tuple[int, float]]] = {}
 
-    def _breach(self, value: float) -> float | None:
-        if self.rule.above is not None and value > self.rule.above:
+    def _breach(self, value: float, firing: bool = False) -> float | None:
+        """The limit ``value`` breaks; while firing, judged against the clear thresholds."""
+        above = self.rule.clear_above if firing and self.rule.clear_above is not None else self.rule.above
+        below = self.rule.clear_below if firing and self.rule.clear_below is not None else self.rule.below
+        if above is not None and value > above:
             return self.rule.above
-        if self.rule.below is not None and value < self.rule.below:
+        if below is not None and value < below:
             return self.rule.below
         return None
 
@@ -125,10 +145,8 @@ class LimitState(RuleState):
         bounds = [b for b in (self.rule.above, self.rule.below) if b is not None]
         return min(bounds, key=lambda b: abs(value - b))
 
-    def _verdict(
-        self, key: str, value: float, ts: int, item: Reading | Aggregate, what: str
-    ) -> list[AlertEvent]:
-        limit = self._breach(value)
+    def _verdict(self, key: str, value: float, ts: int, item: Reading | Aggregate, what: str) -> list[AlertEvent]:
+        limit = self._breach(value, key in self._firing)
         unit = _unit(item)
         where = f"at {item.site}/{item.device}"
 
@@ -142,6 +160,13 @@ class LimitState(RuleState):
             return self._event(state, ts, item, value, bound, text)
 
         return self._judge(key, limit is not None, ts, self.rule.for_, event)
+
+    def dump(self) -> dict[str, Any]:
+        return {**super().dump(), "recent": {k: list(v) for k, v in self._recent.items()}}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        super().load(data)
+        self._recent = {k: deque((int(t), float(v)) for t, v in d) for k, d in data.get("recent", {}).items()}
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
@@ -196,11 +221,18 @@ class NodataState(RuleState):
 
     def __init__(self, rule: NodataRule, zones: Mapping[str, str]) -> None:
         super().__init__(rule, zones)
-        self._last: dict[str, tuple[int, Reading | Aggregate]] = {}
+        self._last: dict[str, tuple[int, Reading]] = {}
         self._expected = rule.site is not None and rule.device is not None and rule.quantity is not None
 
     def _series(self, r: Reading) -> str:
         return _key(r) if self.rule.quantity is not None else f"{r.site}/{r.device}"
+
+    def dump(self) -> dict[str, Any]:
+        return {**super().dump(), "last": {k: [t, item.to_dict()] for k, (t, item) in self._last.items()}}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        super().load(data)
+        self._last = {k: (int(t), Reading.from_dict(d)) for k, (t, d) in data.get("last", {}).items()}
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
@@ -226,9 +258,7 @@ class NodataState(RuleState):
             )
         return events
 
-    def _silence_event(
-        self, state: AlertState, ts: int, item: Reading | Aggregate, silent: int
-    ) -> AlertEvent:
+    def _silence_event(self, state: AlertState, ts: int, item: Reading | Aggregate, silent: int) -> AlertEvent:
         what = item.quantity if self.rule.quantity is not None else "any quantity"
         if state is AlertState.FIRING:
             text = f"no valid {what} from {item.site}/{item.device} for {silent / NS / 60:.0f} min"
@@ -244,6 +274,13 @@ class FlatlineState(RuleState):
         super().__init__(rule, zones)
         self._run: dict[str, tuple[int, float]] = {}
 
+    def dump(self) -> dict[str, Any]:
+        return {**super().dump(), "run": self._run}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        super().load(data)
+        self._run = {k: (int(t), float(v)) for k, (t, v) in data.get("run", {}).items()}
+
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
             return []
@@ -257,9 +294,7 @@ class FlatlineState(RuleState):
         def event(state: AlertState) -> AlertEvent:
             if state is AlertState.FIRING:
                 minutes = held / NS / 60
-                text = (
-                    f"{r.quantity} at {r.site}/{r.device} stuck at {value:g}{_unit(r)} for {minutes:.0f} min"
-                )
+                text = f"{r.quantity} at {r.site}/{r.device} stuck at {value:g}{_unit(r)} for {minutes:.0f} min"
             else:
                 text = f"{r.quantity} at {r.site}/{r.device} moving again ({r.value:g}{_unit(r)})"
             return self._event(state, r.ts, r, r.value, value, text)
@@ -273,6 +308,13 @@ class RateState(RuleState):
     def __init__(self, rule: RateRule, zones: Mapping[str, str]) -> None:
         super().__init__(rule, zones)
         self._last: dict[str, tuple[int, float]] = {}
+
+    def dump(self) -> dict[str, Any]:
+        return {**super().dump(), "last": self._last}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        super().load(data)
+        self._last = {k: (int(t), float(v)) for k, (t, v) in data.get("last", {}).items()}
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
@@ -288,9 +330,7 @@ class RateState(RuleState):
 
         def event(state: AlertState) -> AlertEvent:
             verb = "changing" if state is AlertState.FIRING else "steady again:"
-            text = (
-                f"{r.quantity} at {r.site}/{r.device} {verb} {per_minute:.3g}{_unit(r)}/min (bound {bound:g})"
-            )
+            text = f"{r.quantity} at {r.site}/{r.device} {verb} {per_minute:.3g}{_unit(r)}/min (bound {bound:g})"
             return self._event(state, r.ts, r, per_minute, bound, text)
 
         return self._judge(key, per_minute > bound, r.ts, 0, event)
@@ -302,6 +342,13 @@ class MaintenanceState(RuleState):
     def __init__(self, rule: MaintenanceRule, zones: Mapping[str, str]) -> None:
         super().__init__(rule, zones)
         self._flagged: dict[str, tuple[int, Reading]] = {}
+
+    def dump(self) -> dict[str, Any]:
+        return {**super().dump(), "flagged": {k: [t, r.to_dict()] for k, (t, r) in self._flagged.items()}}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        super().load(data)
+        self._flagged = {k: (int(t), Reading.from_dict(d)) for k, (t, d) in data.get("flagged", {}).items()}
 
     def _series(self, r: Reading) -> str:
         return _key(r) if self.rule.quantity is not None else f"{r.site}/{r.device}"
@@ -348,6 +395,22 @@ class CapacityState(RuleState):
     def __init__(self, rule: CapacityRule, zones: Mapping[str, str]) -> None:
         super().__init__(rule, zones)
         self._days: dict[str, _Day] = {}
+
+    def dump(self) -> dict[str, Any]:
+        days = {
+            k: [d.start, d.total, list(d.last) if d.last else None, d.item.to_dict() if d.item else None]
+            for k, d in self._days.items()
+        }
+        return {**super().dump(), "days": days}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        super().load(data)
+        self._days = {}
+        for key, (start, total, last, item) in data.get("days", {}).items():
+            day = self._days[key] = _Day(int(start))
+            day.total = float(total)
+            day.last = (int(last[0]), float(last[1])) if last else None
+            day.item = Reading.from_dict(item) if item else None
 
     @property
     def _over(self) -> float:

@@ -1,9 +1,12 @@
-"""Sends alert events to the configured routes through apprise.
+"""Render and deliver the messages the alert manager decides on.
 
-Each event goes to every route whose filters (sites, severities, rules) match;
-resolved events only to routes with ``send_resolved``. A URL that fails is
-retried with back-off, and a send is counted only after apprise reports success.
-URLs carry tokens: they are never logged; routes are named by ``name`` instead.
+Delivery never blocks ingestion or rule evaluation: messages queue here and go
+out from their own task. Each message goes to one target (one URL of a route),
+is retried with back-off, and its outcome is reported to ``on_result`` with a
+secret-free detail; the manager marks alerts as told only on success. Robot
+webhooks (DingTalk, WeCom, Feishu) are sent directly so their ``errcode`` is
+read; other apprise URLs (e-mail, JSON webhooks, ...) go through apprise.
+Templates: Chinese by default, English per route.
 """
 
 from __future__ import annotations
@@ -16,39 +19,97 @@ from datetime import datetime
 
 import apprise
 
+from alerts.lifecycle import Alert, Message
+from alerts.robots import Result, is_robot, send_robot
 from telemetry.config import Route
 from telemetry.metrics import Metrics
-from telemetry.model import AlertEvent, AlertState
 from telemetry.timing import Backoff, wait_event
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str, str, str, AlertState], Awaitable[bool]]
+NS = 1_000_000_000
+QUANTITY_ZH = {
+    "cod": "化学需氧量",
+    "nh3n": "氨氮",
+    "tp": "总磷",
+    "tn": "总氮",
+    "ph": "pH",
+    "flow": "流量",
+    "flow_total": "累计流量",
+    "throughput": "处理量",
+    "throughput_total": "累计处理量",
+    "level": "液位",
+    "volume": "库容",
+    "bod5": "五日生化需氧量",
+    "ss": "悬浮物",
+}
+SEVERITY_ZH = {"critical": "严重", "warning": "警告", "info": "提示"}
+
+Send = Callable[[str, str, str, Route, bool], Awaitable[Result]]  # url, title, body, route, any firing
+OnResult = Callable[[Message, bool, str], None]
 
 
-async def apprise_send(url: str, title: str, body: str, state: AlertState) -> bool:
+async def default_send(url: str, title: str, body: str, route: Route, firing: bool) -> Result:
+    if is_robot(url):
+        return await asyncio.to_thread(send_robot, url, title, body, route.robot_base_url)
     target = apprise.Apprise()
     if not target.add(url):
-        return False
-    kind = apprise.NotifyType.FAILURE if state is AlertState.FIRING else apprise.NotifyType.SUCCESS
-    return bool(await target.async_notify(body=body, title=title, notify_type=kind))
+        return Result(False, f"{url.split('://', 1)[0]}: not an apprise URL")
+    kind = apprise.NotifyType.FAILURE if firing else apprise.NotifyType.SUCCESS
+    ok = bool(await target.async_notify(body=body, title=title, notify_type=kind))
+    return Result(ok, f"{url.split('://', 1)[0]}: {'sent' if ok else 'apprise reported failure'}")
 
 
-def render(event: AlertEvent, zone: str) -> tuple[str, str]:
-    """Title and body, bilingual: supervisors read Chinese, integrators often English."""
-    head = "【告警 FIRING】" if event.state is AlertState.FIRING else "【恢复 RESOLVED】"
-    title = f"{head} {event.site} · {event.rule} ({event.severity})"
-    local = datetime.fromtimestamp(event.ts / 1e9, zoneinfo.ZoneInfo(zone))
-    lines = [
-        event.message,
-        f"站点 site: {event.site}",
-        f"设备 device: {event.labels.get('device', '-')}",
-        f"因子 quantity: {event.labels.get('quantity', '-')}",
-        f"数值 value: {event.value:g} {event.labels.get('unit', '')}".rstrip(),
-        f"限值 limit: {event.limit:g} {event.labels.get('unit', '')}".rstrip(),
-        f"时间 time: {local:%Y-%m-%d %H:%M:%S %Z}",
-    ]
+def render(message: Message, route: Route, zones: Mapping[str, str], grafana_url: str = "") -> tuple[str, str]:
+    """Title and body: site, what, value against limit with unit, since when, id, link."""
+    zh = route.language == "zh"
+    firing, resolved = message.firing, message.resolved
+    site = (firing or resolved)[0].site
+    if message.escalation:
+        head = "【升级 未确认告警】" if zh else "[ESCALATED, not acknowledged]"
+    elif firing and resolved:
+        head = (
+            f"【告警 {len(firing)} · 恢复 {len(resolved)}】"
+            if zh
+            else f"[FIRING {len(firing)}, RESOLVED {len(resolved)}]"
+        )
+    elif firing:
+        head = "【告警 FIRING】" if zh else "[FIRING]"
+    else:
+        head = "【恢复 RESOLVED】" if zh else "[RESOLVED]"
+    only = firing or resolved
+    what = (
+        only[0].rule
+        if len(only) == 1 and not (firing and resolved)
+        else (f"{len(firing) + len(resolved)} 条" if zh else f"{len(firing) + len(resolved)} alerts")
+    )
+    title = f"{head} {site} · {what}"
+    zone = zoneinfo.ZoneInfo(zones.get(site, "Asia/Shanghai"))
+    lines = [_line(a, zh, zone, resolved=False) for a in firing] + [_line(a, zh, zone, resolved=True) for a in resolved]
+    if grafana_url:
+        link = grafana_url.format(site=site, rule=only[0].rule)
+        lines.append(("查看曲线 " if zh else "Dashboard: ") + link)
     return title, "\n".join(lines)
+
+
+def _line(a: Alert, zh: bool, zone: zoneinfo.ZoneInfo, resolved: bool) -> str:
+    unit = a.labels.get("unit", "")
+    u = f" {unit}" if unit else ""
+    since = datetime.fromtimestamp(a.started_ns / NS, zone).strftime("%Y-%m-%d %H:%M")
+    device = a.labels.get("device", "")
+    quantity = a.labels.get("quantity", "")
+    if zh:
+        name = QUANTITY_ZH.get(quantity, quantity)
+        state = "已恢复" if resolved else f"自 {since} 起"
+        return (
+            f"• {a.rule}（{SEVERITY_ZH.get(a.severity, a.severity)}）{a.site}/{device} {name}："
+            f"数值 {a.value:g}{u}，限值 {a.limit:g}{u}，{state}\n  {a.message}\n  编号 {a.id}"
+        )
+    state = "resolved" if resolved else f"since {since}"
+    return (
+        f"• {a.rule} [{a.severity}] {a.site}/{device} {quantity}: {a.value:g}{u} against limit {a.limit:g}{u},"
+        f" {state}\n  {a.message}\n  id {a.id}"
+    )
 
 
 class Notifier:
@@ -57,31 +118,28 @@ class Notifier:
         routes: list[Route],
         metrics: Metrics,
         zones: Mapping[str, str],
-        send: Send = apprise_send,
+        grafana_url: str = "",
+        send: Send = default_send,
         backoff: Callable[[], Backoff] = lambda: Backoff(initial=2.0, maximum=60.0),
     ) -> None:
-        self._routes = routes
+        self.routes = {r.name: r for r in routes}
         self._metrics = metrics
         self._zones = zones
+        self._grafana = grafana_url
         self._send = send
         self._backoff = backoff
-        self._queue: asyncio.Queue[AlertEvent] = asyncio.Queue()
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.in_flight: set[str] = set()  # message keys queued or being sent
+        self.on_result: OnResult | None = None
 
-    def submit(self, event: AlertEvent) -> None:
-        self._queue.put_nowait(event)
-
-    def routes_for(self, event: AlertEvent) -> list[Route]:
-        return [
-            r
-            for r in self._routes
-            if (not r.sites or event.site in r.sites)
-            and (not r.severities or event.severity in r.severities)
-            and (not r.rules or event.rule in r.rules)
-            and (event.state is AlertState.FIRING or r.send_resolved)
-        ]
+    def submit(self, message: Message) -> None:
+        if message.key in self.in_flight:
+            return
+        self.in_flight.add(message.key)
+        self._queue.put_nowait(message)
 
     async def run(self, stop: asyncio.Event, drain_timeout: float = 10.0) -> None:
-        """Send events as they come; on stop, try to send what is queued for a bounded time."""
+        """Send messages as they come; on stop, try what is queued for a bounded time."""
         while not (stop.is_set() and self._queue.empty()):
             if self._queue.empty():
                 getter = asyncio.ensure_future(self._queue.get())
@@ -91,53 +149,48 @@ class Notifier:
                 if not getter.done():
                     getter.cancel()
                     continue
-                event = getter.result()
+                message = getter.result()
             else:
-                event = self._queue.get_nowait()
-            if stop.is_set():
-                await asyncio.wait_for(self.deliver(event, None), drain_timeout)
-            else:
-                await self.deliver(event, stop)
+                message = self._queue.get_nowait()
+            try:
+                if stop.is_set():
+                    await asyncio.wait_for(self.deliver(message, None), drain_timeout)
+                else:
+                    await self.deliver(message, stop)
+            except TimeoutError:
+                self._report(message, False, "shutdown before delivery")
+            finally:
+                self.in_flight.discard(message.key)
 
-    async def deliver(self, event: AlertEvent, stop: asyncio.Event | None) -> None:
-        title, body = render(event, self._zones.get(event.site, "Asia/Shanghai"))
-        for route in self.routes_for(event):
-            await asyncio.gather(
-                *(
-                    self._one(route, i, url.get_secret_value(), title, body, event, stop)
-                    for i, url in enumerate(route.urls)
-                )
-            )
-
-    async def _one(
-        self,
-        route: Route,
-        index: int,
-        url: str,
-        title: str,
-        body: str,
-        event: AlertEvent,
-        stop: asyncio.Event | None,
-    ) -> None:
+    async def deliver(self, message: Message, stop: asyncio.Event | None) -> bool:
+        route = self.routes[message.route]
+        url = route.urls[message.target].get_secret_value()
+        title, body = render(message, route, self._zones, self._grafana)
         backoff = self._backoff()
+        result = Result(False, "not sent")
         for attempt in range(route.retries + 1):
             try:
-                ok = await self._send(url, title, body, event.state)
-            except Exception as err:  # a plugin bug must not kill the notifier
-                log.debug("route %s url #%d: %s", route.name, index, type(err).__name__)
-                ok = False
-            if ok:
-                self._metrics.notifications.labels(route.name, "sent").inc()
-                return
-            self._metrics.notifications.labels(route.name, "failed").inc()
-            if attempt < route.retries and stop is not None and await wait_event(stop, backoff.next()):
+                result = await self._send(url, title, body, route, bool(message.firing))
+            except Exception as err:  # a plugin's bug must not kill delivery
+                result = Result(False, f"{type(err).__name__}")
+            self._metrics.notifications.labels(route.name, "sent" if result.ok else "failed").inc()
+            if result.ok:
                 break
-        log.error(
-            "route %s url #%d: could not deliver %s alert %s for %s after %d attempts",
-            route.name,
-            index,
-            event.state.value,
-            event.rule,
-            event.site,
-            route.retries + 1,
-        )
+            if attempt < route.retries and (stop is None or not await wait_event(stop, backoff.next())):
+                continue
+            break
+        self._report(message, result.ok, result.detail)
+        return result.ok
+
+    def _report(self, message: Message, ok: bool, detail: str) -> None:
+        if not ok:
+            ids = ", ".join(a.id for a in message.firing + message.resolved)
+            log.error(
+                "route %s target #%d: could not deliver (%s) for alerts %s",
+                message.route,
+                message.target,
+                detail,
+                ids,
+            )
+        if self.on_result is not None:
+            self.on_result(message, ok, detail)

@@ -59,5 +59,16 @@ class RulesEngine:
             events += entry.state.on_tick(now_ns)
         return events
 
+    def snapshot(self) -> dict[str, Any]:
+        """Per-rule state (firing, pending, running totals) to survive a restart."""
+        return {e.rule.name: {"kind": e.rule.kind, "state": e.state.dump()} for e in self._entries}
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Take back the state of rules that still exist with the same name and kind."""
+        for entry in self._entries:
+            saved = data.get(entry.rule.name)
+            if saved and saved.get("kind") == entry.rule.kind:
+                entry.state.load(saved["state"])
+
     def firing(self) -> list[tuple[str, str]]:
         return [(e.rule.name, key) for e in self._entries for key in e.state.firing_keys()]

@@ -91,9 +91,7 @@ def main() -> None:
         (tmp / "v").mkdir()
         with services.influxd(tmp / "i") as influx, services.victoria(tmp / "v") as vm:
             sinks = {
-                "influxdb1": (
-                    f'{{name: sink, api: v1, url: "{influx.url}", database: bench, create_database: true}}'
-                ),
+                "influxdb1": (f'{{name: sink, api: v1, url: "{influx.url}", database: bench, create_database: true}}'),
                 "victoriametrics": f'{{name: sink, api: v2, url: "{vm.url}", bucket: bench}}',
             }
             for name, sink in sinks.items():

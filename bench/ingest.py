@@ -147,9 +147,7 @@ log_level: WARNING
             done.set()
 
     start = time.perf_counter()
-    task = asyncio.create_task(
-        app.serve(dep, stop, observer=observe, registry=registry, pipeline_ready=ready)
-    )
+    task = asyncio.create_task(app.serve(dep, stop, observer=observe, registry=registry, pipeline_ready=ready))
     await ready
     await asyncio.wait_for(done.wait(), 600)
     written = {"sink": "local"}

@@ -91,9 +91,7 @@ async def run_case(ports: list[int], registers: int, seconds: float) -> dict[str
     stop.set()
     await asyncio.gather(*tasks)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    jitter = sorted(
-        abs((b - a) / 1e9 - 1.0) * 1000 for s in stamps.values() for a, b in itertools.pairwise(s)
-    )
+    jitter = sorted(abs((b - a) / 1e9 - 1.0) * 1000 for s in stamps.values() for a, b in itertools.pairwise(s))
     return {
         "readings_per_s": count / wall,
         "registers_per_s": count * 2 / wall,

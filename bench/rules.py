@@ -114,9 +114,7 @@ def main() -> None:
     print(f"rules_throughput: {readings:.0f} readings/s (demo rules + 1m/1h/1d aggregation)")
     print(f"rule_evaluations: {evaluations:.0f} evaluations/s")
     lat = asyncio.run(latency(200))
-    print(
-        f"alert_latency_p50: {statistics.median(lat):.2f} ms (emit -> alert event, durable commit included)"
-    )
+    print(f"alert_latency_p50: {statistics.median(lat):.2f} ms (emit -> alert event, durable commit included)")
     print(f"alert_latency_p99: {lat[int(len(lat) * 0.99) - 1]:.2f} ms")
 
 

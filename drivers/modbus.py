@@ -135,13 +135,9 @@ class ModbusDriver:
             if words is None:
                 continue
             value = self._value(point, words)
-            flag = next(
-                (statuses[i] for i in self._flag_for[key] if statuses.get(i, Flag.N) is not Flag.N), comm_flag
-            )
+            flag = next((statuses[i] for i in self._flag_for[key] if statuses.get(i, Flag.N) is not Flag.N), comm_flag)
             try:
-                reading = Reading(
-                    ts, self.cfg.site, self.cfg.id, point.quantity, value, point.unit, flag
-                ).check()
+                reading = Reading(ts, self.cfg.site, self.cfg.id, point.quantity, value, point.unit, flag).check()
             except InvalidReading as err:
                 self._metrics.rejected.labels(self.cfg.id, "invalid_value").inc()
                 self._point_failed(key, str(err))
@@ -194,9 +190,7 @@ class ModbusDriver:
 
 def _status_targets(cfg: ModbusConfig) -> list[list[int]]:
     """For each point, the status registers that flag it, in the order written."""
-    return [
-        [i for i, status in enumerate(cfg.status) if _applies(status, point.quantity)] for point in cfg.points
-    ]
+    return [[i for i, status in enumerate(cfg.status) if _applies(status, point.quantity)] for point in cfg.points]
 
 
 def _applies(status: StatusRegister, quantity: str) -> bool:

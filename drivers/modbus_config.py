@@ -142,9 +142,7 @@ class ModbusConfig(DeviceConfig):
         if self.transport != "rtu" and not self.host:
             raise PydanticCustomError("host", "expected host for {t}", {"t": self.transport, "at": "host"})
         if not self.points:
-            raise PydanticCustomError(
-                "points", "expected at least one point (or a profile)", {"at": "points"}
-            )
+            raise PydanticCustomError("points", "expected at least one point (or a profile)", {"at": "points"})
         quantities = [p.quantity for p in self.points]
         for i, point in enumerate(self.points):
             self.resolve(point.address, point.table, f"points.{i}")
@@ -155,9 +153,7 @@ class ModbusConfig(DeviceConfig):
                     {"q": point.quantity, "at": f"points.{i}"},
                 )
             if point.bit is not None and point.type != "bool":
-                raise PydanticCustomError(
-                    "bit", "expected 'bit' only with type bool", {"at": f"points.{i}.bit"}
-                )
+                raise PydanticCustomError("bit", "expected 'bit' only with type bool", {"at": f"points.{i}.bit"})
         for i, status in enumerate(self.status):
             table, _ = self.resolve(status.address, status.table, f"status.{i}")
             if table in BIT_TABLES:
@@ -231,9 +227,7 @@ class ModbusConfig(DeviceConfig):
             return found, _in_range(pdu, where)
         if self.addressing == 1:
             if address < 1:
-                raise PydanticCustomError(
-                    "address", "expected a register number from 1 (addressing: 1)", where
-                )
+                raise PydanticCustomError("address", "expected a register number from 1 (addressing: 1)", where)
             return table or "holding", _in_range(address - 1, where)
         return table or "holding", _in_range(address, where)
 

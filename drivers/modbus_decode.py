@@ -58,9 +58,7 @@ def order_bytes(registers: list[int], order: ByteOrder) -> bytes:
 def to_registers(data: bytes, order: ByteOrder) -> list[int]:
     """Inverse of ``order_bytes``: registers a device with ``order`` would hold."""
     swap = order in ("BADC", "DCBA")
-    words = [
-        (data[i + 1] << 8 | data[i]) if swap else (data[i] << 8 | data[i + 1]) for i in range(0, len(data), 2)
-    ]
+    words = [(data[i + 1] << 8 | data[i]) if swap else (data[i] << 8 | data[i + 1]) for i in range(0, len(data), 2)]
     return words[::-1] if order in ("CDAB", "DCBA") else words
 
 

@@ -66,6 +66,4 @@ def _fmt(value: float, type_name: str) -> str:
 def describe_readings(cfg: ModbusConfig, readings: list[Reading]) -> str:
     if not readings:
         return "no readings"
-    return ", ".join(
-        f"{r.quantity}={r.value:g}{(' ' + r.unit) if r.unit else ''} [{r.flag.value}]" for r in readings
-    )
+    return ", ".join(f"{r.quantity}={r.value:g}{(' ' + r.unit) if r.unit else ''} [{r.flag.value}]" for r in readings)

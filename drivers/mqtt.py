@@ -130,11 +130,7 @@ class MqttConfig(DeviceConfig):
     def describe(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"
         share = f" (shared as {self.share_group})" if self.share_group else ""
-        return (
-            f"{scheme} {self.host}:{self.port}, topics "
-            + ", ".join(s.topic for s in self.subscriptions)
-            + share
-        )
+        return f"{scheme} {self.host}:{self.port}, topics " + ", ".join(s.topic for s in self.subscriptions) + share
 
     def secret(self) -> str | None:
         """The password, from ``password`` or ``password_file`` (first line)."""
@@ -262,9 +258,7 @@ class MqttDriver:
                     await future
                 except Exception:
                     # Not committed: no ack, so the broker redelivers after reconnecting.
-                    log.exception(
-                        "%s: could not commit a message from %s; not acknowledged", self.where, msg.topic
-                    )
+                    log.exception("%s: could not commit a message from %s; not acknowledged", self.where, msg.topic)
                     self._metrics.errors.labels("mqtt", "commit", "outbox").inc()
                     continue
             if msg.qos > 0:
@@ -301,9 +295,7 @@ class MqttDriver:
             return readings, [self._bad(sub, msg.topic, payload, first.reason, detail, now)]
         return readings, []
 
-    def _bad(
-        self, sub: Subscription, topic: str, payload: bytes, reason: str, detail: str, now: int
-    ) -> Rejected:
+    def _bad(self, sub: Subscription, topic: str, payload: bytes, reason: str, detail: str, now: int) -> Rejected:
         self._metrics.rejected.labels(self.cfg.id, reason).inc()
         self._metrics.mqtt_rejected.labels(self.cfg.id, sub.topic, reason).inc()
         seen = time.monotonic()
@@ -337,9 +329,7 @@ class MqttDriver:
             self._call(self._went_down, "connect", "refused", f"broker refused the connection: {reason}")
             return
         self._session_up = True
-        topics: list[tuple[str, int]] = [
-            (self.cfg.subscribe_filter(s), s.qos) for s in self.cfg.subscriptions
-        ]
+        topics: list[tuple[str, int]] = [(self.cfg.subscribe_filter(s), s.qos) for s in self.cfg.subscriptions]
         client.subscribe(topics)
         self._call(self._connected, bool(getattr(flags, "session_present", False)))
 

@@ -13,10 +13,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from drivers import DRIVERS, modbus_probe
 from drivers.modbus import ModbusConfig, ModbusDriver
+from drivers.mqtt_decode import parse_timestamp
 from telemetry import config, sinks
 from telemetry import metrics as metrics_mod
 from telemetry.aggregate import Aggregator, Validity
@@ -49,7 +51,8 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],
         rules=RulesEngine(dep.rules, zones),
-        notifier=Notifier(cfg.notify.routes, metrics, zones),
+        manager=AlertManager(cfg.notify, parse_time=parse_timestamp),
+        notifier=Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
         metrics=metrics,
         commit_max=cfg.outbox.commit_max,
         observer=observer,

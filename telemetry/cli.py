@@ -32,9 +32,7 @@ log = logging.getLogger("telemetry")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="telemetry", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(prog="telemetry", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"telemetry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
@@ -48,17 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     probe.add_argument("-c", "--config", help="poll each Modbus device of this config once")
     probe.add_argument("protocol", nargs="?", choices=["modbus"])
-    probe.add_argument(
-        "target", nargs="?", help="HOST[:PORT] (port 502 by default) or a serial port with --rtu"
-    )
+    probe.add_argument("target", nargs="?", help="HOST[:PORT] (port 502 by default) or a serial port with --rtu")
     probe.add_argument("--unit", type=int, default=1)
     probe.add_argument("--address", type=int, default=0, help="PDU address (0-based)")
     probe.add_argument("--count", type=int, default=10)
     probe.add_argument("--table", choices=["holding", "input"], default="holding")
     probe.add_argument("--type", dest="types", action="append", help="only these types (repeatable)")
-    probe.add_argument(
-        "--rtu-over-tcp", action="store_true", help="RTU framing over TCP (serial servers, DTUs)"
-    )
+    probe.add_argument("--rtu-over-tcp", action="store_true", help="RTU framing over TCP (serial servers, DTUs)")
     probe.add_argument("--rtu", action="store_true", help="TARGET is a serial port, RTU framing")
     probe.add_argument("--baudrate", type=int, default=9600)
     probe.add_argument("--parity", choices=["N", "E", "O"], default="N")
@@ -69,13 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead.add_argument("--limit", type=int, default=20)
     rules = sub.add_parser("rules", help="replay recorded readings through the rules")
     rules.add_argument("action", choices=["test"])
-    rules.add_argument(
-        "-c", "--config", required=True, help="deployment YAML file (rules, sites, aggregation)"
-    )
+    rules.add_argument("-c", "--config", required=True, help="deployment YAML file (rules, sites, aggregation)")
     rules.add_argument("--input", required=True, help="CSV: ts,site,device,quantity,value[,unit][,flag]")
-    rules.add_argument(
-        "--at", default=None, help="evaluate up to this time (ISO 8601 or epoch); default: last reading"
-    )
+    rules.add_argument("--at", default=None, help="evaluate up to this time (ISO 8601 or epoch); default: last reading")
     outbox = sub.add_parser("outbox", help="the local store-and-forward buffer")
     outbox.add_argument("action", choices=["status", "quarantine"])
     outbox.add_argument("what", nargs="?", choices=["list"], help="quarantine list")
@@ -129,9 +119,7 @@ def _probe_address(args: argparse.Namespace) -> int:
         return 2
     transport: Transport = "rtu" if args.rtu else "rtu_over_tcp" if args.rtu_over_tcp else "tcp"
     host, port = (args.target, 0) if args.rtu else modbus_probe.parse_target(args.target)
-    spec = LinkSpec(
-        transport, host, port, baudrate=args.baudrate, parity=args.parity, timeout=args.timeout, retries=0
-    )
+    spec = LinkSpec(transport, host, port, baudrate=args.baudrate, parity=args.parity, timeout=args.timeout, retries=0)
     last = args.address + args.count - 1
     print(f"{spec.describe()} unit {args.unit}, {args.table} registers {args.address}..{last}")
     try:

@@ -100,7 +100,14 @@ Sink = Annotated[InfluxV2 | InfluxV1, Field(discriminator="api")]
 
 
 class Route(Model):
-    """Where notifications go: apprise URLs, optionally only for some sites/severities/rules."""
+    """Where notifications go and how often.
+
+    ``urls``: ``dingtalk://[SECRET@]TOKEN``, ``wecombot://KEY`` and ``feishu://[SECRET@]TOKEN``
+    are sent by the daemon itself, which reads the robot's ``errcode`` (apprise would
+    report a refusal as success); any other apprise URL (``mailto://``, ``json://`` ...)
+    goes through apprise. ``robot_base_url`` replaces the robots' public endpoints
+    (a private relay, or a test receiver).
+    """
 
     name: Name
     urls: list[SecretStr]
@@ -109,10 +116,49 @@ class Route(Model):
     rules: list[Name] = []
     send_resolved: bool = True
     retries: Annotated[int, Field(ge=0, le=10)] = 3
+    group_by: list[Literal["site", "rule", "severity"]] = ["site"]
+    group_wait: Duration = 30.0
+    group_interval: Duration = 300.0
+    repeat_interval: Duration = 4 * 3600.0
+    language: Literal["zh", "en"] = "zh"
+    escalate_after: Duration | None = None
+    escalate_to: Name | None = None
+    robot_base_url: str = ""
+    continue_: bool = Field(True, alias="continue")
+
+
+class Matchers(Model):
+    """Which alerts a silence or an inhibition side covers; unset keys match anything."""
+
+    site: Name | None = None
+    device: Name | None = None
+    rule: Name | None = None
+    severity: Severity | None = None
+
+
+class Inhibit(Model):
+    """While an alert matching ``source`` fires, alerts matching ``target`` with the same
+    ``equal`` labels are not notified (e.g. communication lost inhibits that analyzer's limits)."""
+
+    source: Matchers
+    target: Matchers
+    equal: list[Literal["site", "device", "quantity"]] = ["site", "device"]
+
+
+class SilenceConfig(Model):
+    """A planned maintenance window: matching alerts are not notified between start and end."""
+
+    matchers: Matchers
+    start: str
+    end: str
+    reason: str = ""
 
 
 class Notify(Model):
     routes: list[Route] = []
+    inhibit: list[Inhibit] = []
+    silences: list[SilenceConfig] = []
+    grafana_url: str = ""  # e.g. http://grafana:3000/d/plant-overview?var-site={site}
 
 
 class Metrics(Model):
@@ -345,9 +391,7 @@ def _cross_checks(config: Config, devices: list[DeviceConfig], src: Source) -> l
         counts = Counter(names)
         for index, name in enumerate(names):
             if name and counts[name] > 1 and names.index(name) != index:
-                problems.append(
-                    _at(src, (*section, index, key), f"expected a unique {key}, found {name!r} again")
-                )
+                problems.append(_at(src, (*section, index, key), f"expected a unique {key}, found {name!r} again"))
 
     duplicates(("sites",), [s.id for s in config.sites], "id")
     raw_devices = src.data.get("devices") or []

@@ -74,9 +74,7 @@ def parse_size(value: Any) -> int:
 def _check_name(value: str) -> str:
     problem = identifier_problem(value)
     if problem:
-        raise PydanticCustomError(
-            "name", "expected a name usable as a tag (this one {problem})", {"problem": problem}
-        )
+        raise PydanticCustomError("name", "expected a name usable as a tag (this one {problem})", {"problem": problem})
     return value
 
 

@@ -110,9 +110,7 @@ class Delivery:
         if batch.rejected:
             self._metrics.sink_rejected.labels(self.sink.name).inc(len(batch.rejected))
         if self._failing:
-            log.info(
-                "sink %s: writing again after %d failed attempts", self.sink.name, self._backoff.attempts
-            )
+            log.info("sink %s: writing again after %d failed attempts", self.sink.name, self._backoff.attempts)
             self._failing = False
         self._backoff.reset()
         return True
@@ -133,9 +131,7 @@ class Delivery:
                 raise
             if len(lines) == 1:
                 rid, text = lines[0]
-                log.warning(
-                    "sink %s: server refused a point, quarantined: %s | %s", self.sink.name, err, text[:200]
-                )
+                log.warning("sink %s: server refused a point, quarantined: %s | %s", self.sink.name, err, text[:200])
                 rejected.append((rid, str(err)))
                 return
             half = len(lines) // 2

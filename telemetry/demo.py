@@ -128,9 +128,7 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
         host, port = getattr(mqtt, "host", "127.0.0.1"), getattr(mqtt, "port", 1883)
         if _reachable(host, port):
             tasks.append(asyncio.create_task(MqttPublisher(host, port, demo_sources()).run(stop)))
-            _say(
-                f"simulated weighbridges (Chenxing, Donghai, Ganyu) and Shuangdian pond on mqtt {host}:{port}"
-            )
+            _say(f"simulated weighbridges (Chenxing, Donghai, Ganyu) and Shuangdian pond on mqtt {host}:{port}")
         else:
             dep.devices = [d for d in dep.devices if d.kind != "mqtt"]
             _say(f"no MQTT broker at {host}:{port}: the Chenxing weighbridge part of the demo is off")

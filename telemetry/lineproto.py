@@ -34,9 +34,7 @@ def reading_line(r: Reading) -> str:
 
 
 def alert_line(e: AlertEvent) -> str:
-    tags = (
-        f"alerts,rule={tag(e.rule)},severity={tag(e.severity)},site={tag(e.site)},state={tag(e.state.value)}"
-    )
+    tags = f"alerts,rule={tag(e.rule)},severity={tag(e.severity)},site={tag(e.site)},state={tag(e.state.value)}"
     fields = f"limit={number(e.limit)},message={string_field(e.message)},value={number(e.value)}"
     return f"{tags} {fields} {e.ts}"
 

@@ -124,6 +124,11 @@ class Metrics:
             ["rule", "state"],
             registry=registry,
         )
+        self.alerts_undelivered = Gauge(
+            "telemetry_alerts_undelivered",
+            "Alerts whose last notification attempt failed on at least one target",
+            registry=registry,
+        )
         self.notifications = Counter(
             "telemetry_notifications_total",
             "Notification attempts per route by result (sent, failed)",
@@ -131,17 +136,13 @@ class Metrics:
             registry=registry,
         )
 
-    def watch_outbox(
-        self, backlog: Callable[[], Mapping[str, int]], lag: Callable[[], Mapping[str, float]]
-    ) -> None:
+    def watch_outbox(self, backlog: Callable[[], Mapping[str, int]], lag: Callable[[], Mapping[str, float]]) -> None:
         """Report each consumer's backlog (records) and lag (seconds), read at scrape time."""
         self.registry.register(_BacklogCollector(backlog, lag))
 
 
 class _BacklogCollector(Collector):
-    def __init__(
-        self, backlog: Callable[[], Mapping[str, int]], lag: Callable[[], Mapping[str, float]]
-    ) -> None:
+    def __init__(self, backlog: Callable[[], Mapping[str, int]], lag: Callable[[], Mapping[str, float]]) -> None:
         self._backlog = backlog
         self._lag = lag
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -55,6 +56,21 @@ CREATE TABLE IF NOT EXISTS windows (  -- closed aggregate windows, for the HJ 21
 CREATE TABLE IF NOT EXISTS state (  -- snapshots of in-memory state (open windows, ...) by name
     name TEXT PRIMARY KEY,
     body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (  -- requests from the CLI or HTTP (ack, silence) for the daemon
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    at_ns INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS deliveries (  -- every notification attempt's outcome, newest kept
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ns INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    alerts TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
@@ -119,6 +135,7 @@ class Outbox:
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")  # the CLI may write a command meanwhile
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()
@@ -191,6 +208,20 @@ class Outbox:
         row = self._db.execute("SELECT body FROM state WHERE name = ?", (name,)).fetchone()
         return bytes(row[0]) if row else None
 
+    def take_commands(self) -> list[tuple[str, dict[str, Any]]]:
+        """Pending commands (ack, silence ...), oldest first, marked done."""
+        rows = self._db.execute("SELECT id, kind, body FROM commands WHERE done = 0 ORDER BY id").fetchall()
+        if rows:
+            self._db.execute("UPDATE commands SET done = 1 WHERE id <= ?", (rows[-1][0],))
+        return [(kind, orjson.loads(body)) for _, kind, body in rows]
+
+    def log_delivery(self, channel: str, alerts: str, ok: bool, detail: str, keep: int = 10_000) -> None:
+        self._db.execute(
+            "INSERT INTO deliveries (at_ns, channel, alerts, ok, detail) VALUES (?, ?, ?, ?, ?)",
+            (time.time_ns(), channel, alerts, int(ok), detail),
+        )
+        self._db.execute("DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?", (keep,))
+
     def used_bytes(self) -> int:
         """Bytes of the database in use (pages not on the free list)."""
         page = self._db.execute("PRAGMA page_size").fetchone()[0]
@@ -239,13 +270,10 @@ class Outbox:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "INSERT INTO quarantine (consumer, record_id, kind, body, reason, at_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO quarantine (consumer, record_id, kind, body, reason, at_ns) VALUES (?, ?, ?, ?, ?, ?)",
                 [(batch.consumer, rid, *bodies[rid], reason, now) for rid, reason in batch.rejected],
             )
-            self._db.execute(
-                "UPDATE cursors SET last_id = ? WHERE consumer = ?", (batch.last_id, batch.consumer)
-            )
+            self._db.execute("UPDATE cursors SET last_id = ? WHERE consumer = ?", (batch.last_id, batch.consumer))
             floor = min(batch.last_id if c == batch.consumer else v for c, v in self._cursors.items())
             self._db.execute("DELETE FROM records WHERE id <= ?", (floor,))
             self._db.execute("COMMIT")
@@ -256,12 +284,8 @@ class Outbox:
 
     def _dead_letters(self, rejected: Sequence[Rejected]) -> None:
         self._db.executemany(
-            "INSERT INTO deadletter (at_ns, source, topic, reason, detail, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (r.ts, r.source, r.topic, r.reason, r.detail[:500], r.payload[:DEADLETTER_PAYLOAD_MAX])
-                for r in rejected
-            ],
+            "INSERT INTO deadletter (at_ns, source, topic, reason, detail, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.ts, r.source, r.topic, r.reason, r.detail[:500], r.payload[:DEADLETTER_PAYLOAD_MAX]) for r in rejected],
         )
         self._db.execute(
             "DELETE FROM deadletter WHERE id <= (SELECT MAX(id) FROM deadletter) - ?", (self.deadletter_max,)
@@ -344,9 +368,7 @@ def read_status(path: str) -> Status:
         consumers = []
         for consumer, cursor in db.execute("SELECT consumer, last_id FROM cursors ORDER BY consumer"):
             backlog = db.execute("SELECT COUNT(*) FROM records WHERE id > ?", (cursor,)).fetchone()[0]
-            first = db.execute(
-                "SELECT kind, body FROM records WHERE id > ? ORDER BY id LIMIT 1", (cursor,)
-            ).fetchone()
+            first = db.execute("SELECT kind, body FROM records WHERE id > ? ORDER BY id LIMIT 1", (cursor,)).fetchone()
             oldest = decode(first[0], first[1]).ts if first else None
             consumers.append(ConsumerStatus(consumer, int(cursor), int(backlog), oldest))
         page = db.execute("PRAGMA page_size").fetchone()[0]
@@ -380,3 +402,46 @@ def read_quarantine(path: str, limit: int = 50) -> list[tuple[int, str, Record, 
         raise OutboxError(f"cannot read quarantine of {path}: {err}") from err
     finally:
         db.close()
+
+
+def add_command(path: str, kind: str, body: dict[str, Any]) -> None:
+    """Queue a command for the running daemon (it applies them within a second)."""
+    if not Path(path).exists():
+        raise OutboxError(f"no outbox at {path}: is the daemon configured with this file?")
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        db.executescript(_SCHEMA)
+        with db:
+            db.execute(
+                "INSERT INTO commands (kind, body, at_ns) VALUES (?, ?, ?)",
+                (kind, orjson.dumps(body), time.time_ns()),
+            )
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot queue a command in {path}: {err}") from err
+    finally:
+        db.close()
+
+
+def read_state(path: str, name: str) -> Any:
+    """A saved snapshot (alerts, rules, ...) of the daemon, read-only; None if there is none."""
+    db = _read_only(path)
+    try:
+        row = db.execute("SELECT body FROM state WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read {name} from {path}: {err}") from err
+    finally:
+        db.close()
+    return orjson.loads(row[0]) if row else None
+
+
+def read_deliveries(path: str, limit: int = 50) -> list[tuple[int, str, str, bool, str]]:
+    db = _read_only(path)
+    try:
+        rows = db.execute(
+            "SELECT at_ns, channel, alerts, ok, detail FROM deliveries ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read deliveries from {path}: {err}") from err
+    finally:
+        db.close()
+    return [(int(a), c, al, bool(o), d) for a, c, al, o, d in rows]

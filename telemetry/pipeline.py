@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from alerts.desk import AlertDesk
+from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
@@ -56,6 +58,7 @@ class Pipeline:
         drivers: Sequence[Driver],
         sinks: Sequence[Sink],
         rules: RulesEngine,
+        manager: AlertManager,
         notifier: Notifier,
         metrics: Metrics,
         commit_max: int = 5000,
@@ -86,6 +89,7 @@ class Pipeline:
         self._dropped_seen = 0
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
+        self.desk = AlertDesk(manager, notifier, rules, outbox, self.db, metrics)
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run an outbox method on the outbox's own thread."""
@@ -100,20 +104,17 @@ class Pipeline:
     async def run(self, stop: asyncio.Event) -> None:
         for delivery in self.deliveries:
             await self.db(self.outbox.register, delivery.consumer)
+        await self.desk.restore()
         if self.aggregator is not None:
             saved = await self.db(self.outbox.load_state, "aggregator")
             if saved:
                 self.aggregator.restore(orjson.loads(saved))
                 log.info("resumed %d open aggregate windows", self.aggregator.open_windows())
-        self.metrics.watch_outbox(
-            self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries}
-        )
+        self.metrics.watch_outbox(self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries})
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
         committer = asyncio.create_task(self._commit_loop(), name="committer")
-        drivers = [
-            asyncio.create_task(d.run(self.emit, driver_stop), name=f"driver:{d.name}") for d in self.drivers
-        ]
+        drivers = [asyncio.create_task(d.run(self.emit, driver_stop), name=f"driver:{d.name}") for d in self.drivers]
         drivers.append(asyncio.create_task(self._ticker(driver_stop), name="ticker"))
         sinks = [asyncio.create_task(d.run(sink_stop), name=f"sink:{d.sink.name}") for d in self.deliveries]
         notifier = asyncio.create_task(self.notifier.run(sink_stop), name="notifier")
@@ -130,6 +131,7 @@ class Pipeline:
             for wake in self._wakes:
                 wake.set()
             await _settle([*sinks, notifier], "sink")
+            await self.desk.close()
             for delivery in self.deliveries:
                 await asyncio.to_thread(delivery.sink.close)
             await self.db(self.outbox.close)
@@ -201,9 +203,7 @@ class Pipeline:
                     await self.db(self.outbox.append, records, rejected)
                 return
             except OutboxFull:
-                self._budget_firing(
-                    "outbox over its disk budget: holding new readings back until sinks catch up"
-                )
+                self._budget_firing("outbox over its disk budget: holding new readings back until sinks catch up")
                 self._progress.clear()
                 await wait_event(self._progress, 1.0)
 
@@ -216,9 +216,7 @@ class Pipeline:
             self._dropped_seen += dropped
             self.metrics.outbox_dropped.inc(dropped)
             log.error("outbox over its disk budget: dropped the %d oldest undelivered records", dropped)
-            self._budget_firing(
-                f"outbox over its disk budget: dropped {self._dropped_seen} oldest undelivered records"
-            )
+            self._budget_firing(f"outbox over its disk budget: dropped {self._dropped_seen} oldest undelivered records")
         elif self._budget_alert is not None and not await self.db(self.outbox.over_budget, 0.5):
             self._record_event(
                 replace(
@@ -253,10 +251,8 @@ class Pipeline:
             log.info("rule %s at %s: %s", event.rule, event.site, event.message)
             return
         log.warning("alert %s %s at %s: %s", event.rule, event.state.value, event.site, event.message)
-        self.metrics.alerts_firing.labels(event.site, event.rule).inc(
-            1 if event.state is AlertState.FIRING else -1
-        )
-        self.notifier.submit(event)
+        self.metrics.alerts_firing.labels(event.site, event.rule).inc(1 if event.state is AlertState.FIRING else -1)
+        self.desk.events([event])
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         """Close due aggregate windows and let time-based rules look, every ``tick_s``."""
@@ -264,6 +260,7 @@ class Pipeline:
         last_snapshot = loop.time()
         while not await wait_event(stop, self.tick_s):
             self.tick(time.time_ns())
+            await self.desk.tick(time.time_ns())
             if loop.time() - last_snapshot >= self.snapshot_s:
                 await self._snapshot()
                 last_snapshot = loop.time()

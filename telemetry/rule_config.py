@@ -29,6 +29,7 @@ class RuleBase(Model):
     device: Name | None = None
     severity: Severity = "warning"
     message: str = ""
+    keep_firing_for: Duration = 0.0  # once firing, stay firing until clear this long
 
     def matches(self, site: str, device: str) -> bool:
         return (self.site is None or self.site == site) and (self.device is None or self.device == device)
@@ -55,15 +56,19 @@ class LimitRule(RuleBase):
     below: float | None = None
     window: str = "instant"
     for_: Duration = Field(0.0, alias="for")
+    clear_above: float | None = None  # hysteresis: once firing above, resolve only at or under this
+    clear_below: float | None = None  # hysteresis: once firing below, resolve only at or over this
 
     @model_validator(mode="after")
     def _check(self) -> LimitRule:
         if self.above is None and self.below is None:
             raise PydanticCustomError("limit", "expected 'above' or 'below' (or both), found neither")
+        if self.clear_above is not None and (self.above is None or self.clear_above > self.above):
+            raise PydanticCustomError("clear", "expected clear_above at or under 'above'", {"at": "clear_above"})
+        if self.clear_below is not None and (self.below is None or self.clear_below < self.below):
+            raise PydanticCustomError("clear", "expected clear_below at or over 'below'", {"at": "clear_below"})
         if self.window not in ("instant", "1m", "1h", "1d") and not _ROLLING.match(self.window):
-            raise PydanticCustomError(
-                "window", "expected instant, 1m, 1h, 1d or 'rolling 15m'", {"at": "window"}
-            )
+            raise PydanticCustomError("window", "expected instant, 1m, 1h, 1d or 'rolling 15m'", {"at": "window"})
         return self
 
     def detail(self) -> str:
@@ -162,14 +167,7 @@ class MaintenanceRule(RuleBase):
 
 
 RuleConfig = Annotated[
-    LimitRule
-    | StandardRule
-    | CapacityRule
-    | StockRule
-    | NodataRule
-    | FlatlineRule
-    | RateRule
-    | MaintenanceRule,
+    LimitRule | StandardRule | CapacityRule | StockRule | NodataRule | FlatlineRule | RateRule | MaintenanceRule,
     Field(discriminator="kind"),
 ]
 

@@ -212,9 +212,7 @@ class RegisterServer:
 class ModbusAnalyzer:
     """The leachate station's analyzers: float32 values refreshed from the model on every read."""
 
-    def __init__(
-        self, station: LeachateStation, host: str = "127.0.0.1", port: int = 15020, unit_id: int = 1
-    ) -> None:
+    def __init__(self, station: LeachateStation, host: str = "127.0.0.1", port: int = 15020, unit_id: int = 1) -> None:
         self.station = station
         self.unit_id = unit_id
         self.server = RegisterServer(host, port, units=(unit_id,), on_read=self._refresh)

@@ -90,9 +90,7 @@ class InfluxV1Sink:
             self._create_database()
             resp = self._request("POST", self._write_url, body=body, headers=self._headers)
         if resp.status >= 300:
-            raise classify(
-                self.name, resp.status, resp.data.decode(errors="replace"), resp.headers.get("Retry-After")
-            )
+            raise classify(self.name, resp.status, resp.data.decode(errors="replace"), resp.headers.get("Retry-After"))
 
     def _create_database(self) -> None:
         """CREATE DATABASE is idempotent in InfluxDB 1.x; used when ``create_database`` is set."""
@@ -155,9 +153,7 @@ class InfluxV2Sink:
 
     def healthcheck(self) -> None:
         try:
-            resp = self._client.api_client.rest_client.pool_manager.request(
-                "GET", self._cfg.url.rstrip("/") + "/ping"
-            )
+            resp = self._client.api_client.rest_client.pool_manager.request("GET", self._cfg.url.rstrip("/") + "/ping")
         except urllib3.exceptions.HTTPError as err:
             raise SinkError(self.name, _network(err), retryable=True, reason="network") from None
         if resp.status >= 300:

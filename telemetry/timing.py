@@ -24,9 +24,7 @@ class Backoff:
     at ``maximum``; a server's Retry-After, when given, wins if it is longer.
     """
 
-    def __init__(
-        self, initial: float = 1.0, maximum: float = 60.0, rng: Callable[[], float] = random.random
-    ) -> None:
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0, rng: Callable[[], float] = random.random) -> None:
         self.initial = initial
         self.maximum = maximum
         self._rng = rng

@@ -136,9 +136,7 @@ def mosquitto(tmp: Path, tls: bool = False, user: tuple[str, str] | None = None)
     if user:
         passwd = tmp / "passwd"
         passwd.touch()
-        subprocess.run(
-            [require("mosquitto_passwd"), "-b", str(passwd), *user], check=True, capture_output=True
-        )
+        subprocess.run([require("mosquitto_passwd"), "-b", str(passwd), *user], check=True, capture_output=True)
         lines.append(f"password_file {passwd}")
     conf.write_text("\n".join(lines) + "\n")
     cmd = [binary, "-c", str(conf)]
@@ -251,9 +249,7 @@ class Influx1(Server):
                 raise AssertionError(result["error"])
             for series in result.get("series", []):
                 tags = series.get("tags", {})
-                rows += [
-                    dict(zip(series["columns"], values, strict=True)) | tags for values in series["values"]
-                ]
+                rows += [dict(zip(series["columns"], values, strict=True)) | tags for values in series["values"]]
         return rows
 
     def write(self, db: str, body: str) -> None:

@@ -108,7 +108,8 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
                 assert line, "demo ended early:\n" + "".join(seen)
                 seen.append(line)
     finally:
-        proc.send_signal(signal.SIGINT)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     text = "".join(seen)
     assert "simulated Diaoyushan analyzers" in text

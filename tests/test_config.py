@@ -81,20 +81,13 @@ def test_bad_enum_lists_the_choices(tmp_path: Path) -> None:
     [problem] = problems(
         tmp_path, VALID.replace("{quantity: cod, address: 0}", "{quantity: cod, address: 0, type: float}")
     )
-    assert (
-        ":12: devices[0].points[0].type: expected one of 'int16', 'uint16', 'int32', 'uint32', 'int64'"
-        in problem
-    )
+    assert ":12: devices[0].points[0].type: expected one of 'int16', 'uint16', 'int32', 'uint32', 'int64'" in problem
     assert "'float64' or 'bool'" in problem
     assert "found 'float'" in problem
 
 
 def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
-    text = (
-        VALID.replace("port: 502", "port: five")
-        .replace("above: 100", "above: lots")
-        .replace("api: v1", "api: v9")
-    )
+    text = VALID.replace("port: 502", "port: five").replace("above: 100", "above: lots").replace("api: v1", "api: v9")
     found = problems(tmp_path, text)
     assert len(found) == 3
     assert [p.split(":")[1] for p in found] == sorted((p.split(":")[1] for p in found), key=int)
@@ -110,17 +103,12 @@ def test_cross_checks_unknown_site_and_duplicate_id(tmp_path: Path) -> None:
 
 def test_timeout_must_be_shorter_than_interval(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, VALID.replace("timeout: 1s", "timeout: 10s"))
-    assert (
-        ":10: devices[0].timeout: expected timeout x (retries + 1) = 20.0s shorter than interval (5.0s)"
-        in problem
-    )
+    assert ":10: devices[0].timeout: expected timeout x (retries + 1) = 20.0s shorter than interval (5.0s)" in problem
 
 
 def test_environment_expansion_and_default(tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
-    path.write_text(
-        VALID.replace("port: 502", "port: ${MB_PORT:-1502}").replace("database: plant", "database: ${DB}")
-    )
+    path.write_text(VALID.replace("port: 502", "port: ${MB_PORT:-1502}").replace("database: plant", "database: ${DB}"))
     dep = app.load(str(path), {"DB": "plant_a"})
     assert dep.devices[0].port == 1502  # type: ignore[attr-defined]
     assert dep.config.influxdb[0].database == "plant_a"  # type: ignore[union-attr]

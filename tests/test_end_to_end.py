@@ -119,6 +119,8 @@ notify:
   routes:
     - name: supervisors
       urls: ["{receiver}"]
+      group_wait: 0s
+      group_interval: 0s
 metrics:
   listen: 127.0.0.1:{metrics_port}
 outbox:

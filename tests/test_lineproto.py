@@ -11,8 +11,7 @@ from telemetry.model import AlertEvent, AlertState, Flag, InvalidReading, Readin
 def test_reading_line_schema() -> None:
     line = reading_line(Reading(1700000000123456789, "diaoyushan", "an-1", "cod", 41.5, "mg/L", Flag.N))
     assert (
-        line
-        == 'telemetry,device=an-1,quantity=cod,site=diaoyushan,unit=mg/L flag="N",value=41.5 1700000000123456789'
+        line == 'telemetry,device=an-1,quantity=cod,site=diaoyushan,unit=mg/L flag="N",value=41.5 1700000000123456789'
     )
 
 
@@ -24,8 +23,7 @@ def test_tag_values_escape_comma_equals_and_space() -> None:
 def test_alert_line_escapes_message() -> None:
     event = AlertEvent(5, "s", "r", "critical", AlertState.FIRING, 'say "hi"\\now\nnext', 1.5, 1.0)
     assert alert_line(event) == (
-        "alerts,rule=r,severity=critical,site=s,state=firing "
-        'limit=1.0,message="say \\"hi\\"\\\\now\\nnext",value=1.5 5'
+        'alerts,rule=r,severity=critical,site=s,state=firing limit=1.0,message="say \\"hi\\"\\\\now\\nnext",value=1.5 5'
     )
 
 

@@ -161,9 +161,7 @@ async def test_scale_offset_bits_coils_strings_of_table_and_addressing(server: R
         device(server.port, [{"quantity": "cod", "address": 40001, "type": "uint16"}], addressing="modicon")
     )
     assert [r.value for r in modicon] == [1234]
-    string_form = await poll(
-        device(server.port, [{"quantity": "cod", "address": "4x0001", "type": "uint16"}])
-    )
+    string_form = await poll(device(server.port, [{"quantity": "cod", "address": "4x0001", "type": "uint16"}]))
     assert [r.value for r in string_form] == [1234]
 
 
@@ -410,9 +408,7 @@ async def test_a_dead_and_a_failing_device_do_not_delay_the_other_eighteen(
     interval = 0.5
     ports = [silent.port] + [s.port for s in servers]
     drivers = [
-        driver(
-            device(port, [{"quantity": "cod", "address": 0}], id=f"d{i}", interval=interval, timeout="400ms")
-        )[0]
+        driver(device(port, [{"quantity": "cod", "address": 0}], id=f"d{i}", interval=interval, timeout="400ms"))[0]
         for i, port in enumerate(ports)
     ]
     stamps: dict[str, list[int]] = {d.name: [] for d in drivers}
@@ -432,15 +428,11 @@ async def test_a_dead_and_a_failing_device_do_not_delay_the_other_eighteen(
         assert all(abs(g - interval) <= 0.1 * interval for g in gaps), (name, gaps)
 
 
-def test_probe_shows_a_cdab_float_in_the_cdab_row(
-    server: RegisterServer, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_probe_shows_a_cdab_float_in_the_cdab_row(server: RegisterServer, capsys: pytest.CaptureFixture[str]) -> None:
     from telemetry.cli import main  # noqa: PLC0415 - the command under test
 
     server.set(1, "holding", 100, wire(123.456, "f", "CDAB"))
-    code = main(
-        ["probe", "modbus", f"127.0.0.1:{server.port}", "--unit", "1", "--address", "100", "--count", "4"]
-    )
+    code = main(["probe", "modbus", f"127.0.0.1:{server.port}", "--unit", "1", "--address", "100", "--count", "4"])
     out = capsys.readouterr().out
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("float32") and " CDAB " in line)
@@ -455,9 +447,7 @@ def test_probe_reports_an_unreachable_device(capsys: pytest.CaptureFixture[str])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = main(
-        ["probe", "modbus", f"127.0.0.1:{port}", "--address", "0", "--count", "2", "--timeout", "0.3"]
-    )
+    code = main(["probe", "modbus", f"127.0.0.1:{port}", "--address", "0", "--count", "2", "--timeout", "0.3"])
     assert code == 1
     assert "cannot read" in capsys.readouterr().err
 

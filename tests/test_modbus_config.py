@@ -54,19 +54,12 @@ def test_profile_points_are_overridden_by_quantity_and_extended() -> None:
 
 
 def test_addressing_modes() -> None:
-    one = ModbusConfig.model_validate(
-        base(addressing=1, points=[{"quantity": "a", "address": 1, "table": "input"}])
-    )
+    one = ModbusConfig.model_validate(base(addressing=1, points=[{"quantity": "a", "address": 1, "table": "input"}]))
     assert one.resolve(1, "input") == ("input", 0)
-    modicon = ModbusConfig.model_validate(
-        base(addressing="modicon", points=[{"quantity": "a", "address": 30010}])
-    )
+    modicon = ModbusConfig.model_validate(base(addressing="modicon", points=[{"quantity": "a", "address": 30010}]))
     assert modicon.spans()[0].table == "input"
     assert modicon.spans()[0].address == 9
-    assert (
-        ModbusConfig.model_validate(base(points=[{"quantity": "a", "address": "400001"}])).spans()[0].address
-        == 0
-    )
+    assert ModbusConfig.model_validate(base(points=[{"quantity": "a", "address": "400001"}])).spans()[0].address == 0
 
 
 def test_mistakes_point_at_the_key(tmp_path: Path) -> None:
@@ -103,9 +96,7 @@ def test_modicon_table_conflict_and_bad_notation(tmp_path: Path) -> None:
 
 
 def test_unknown_profile_lists_the_shipped_ones(tmp_path: Path) -> None:
-    [problem] = problems(
-        tmp_path, "  - {id: an, kind: modbus, site: s, host: h, timeout: 1s, profile: cod}\n"
-    )
+    [problem] = problems(tmp_path, "  - {id: an, kind: modbus, site: s, host: h, timeout: 1s, profile: cod}\n")
     assert "devices[0].profile: expected a profile name (cod-analyzer, em-flowmeter" in problem
 
 
@@ -125,10 +116,7 @@ def test_status_must_name_known_quantities_and_map_something(tmp_path: Path) -> 
     [empty] = problems(tmp_path, text.replace("values: {2: C}, applies_to: [nh3n]", "applies_to: [cod]"))
     assert "expected 'values' or 'bits' mapping to flags" in empty
     [flag] = problems(tmp_path, text.replace("{2: C}", "{2: X}").replace("[nh3n]", "[cod]"))
-    assert (
-        "devices[0].status[0].values[2]: expected one of 'N', 'F', 'M', 'S', 'D', 'C', 'T' or 'B', found 'X'"
-        in flag
-    )
+    assert "devices[0].status[0].values[2]: expected one of 'N', 'F', 'M', 'S', 'D', 'C', 'T' or 'B', found 'X'" in flag
 
 
 def test_devices_sharing_a_link_must_agree_and_not_repeat_a_unit(tmp_path: Path) -> None:

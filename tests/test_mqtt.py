@@ -97,9 +97,7 @@ class Collector:
             await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
 
 
-async def run_until(
-    driver: MqttDriver, emit: Collector, after_subscribe: Callable[[], None] | None = None
-) -> None:
+async def run_until(driver: MqttDriver, emit: Collector, after_subscribe: Callable[[], None] | None = None) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(driver.run(emit, stop))
     try:
@@ -159,9 +157,7 @@ async def test_session_persists_so_messages_sent_while_down_arrive(mosquitto: Mo
 async def test_mqtt5_session_expiry_keeps_messages_too(mosquitto: Mosquitto, unique: str) -> None:
     first = Collector(want=1)
     v5: dict[str, Any] = {"protocol": "5", "session_expiry": "1h"}
-    await run_until(
-        make(mosquitto, unique, **v5), first, lambda: publish(mosquitto, [(f"{unique}/s/d/q", b"1")])
-    )
+    await run_until(make(mosquitto, unique, **v5), first, lambda: publish(mosquitto, [(f"{unique}/s/d/q", b"1")]))
     await asyncio.to_thread(publish, mosquitto, [(f"{unique}/s/d/q", b"2")])
     second = Collector(want=1)
     await run_until(make(mosquitto, unique, **v5), second)
@@ -226,9 +222,7 @@ async def test_bad_payloads_are_counted_dead_lettered_logged_once_and_the_stream
     assert again.rejected == []
 
 
-async def test_shared_subscription_splits_one_stream_between_two_daemons(
-    mosquitto: Mosquitto, unique: str
-) -> None:
+async def test_shared_subscription_splits_one_stream_between_two_daemons(mosquitto: Mosquitto, unique: str) -> None:
     subs = [{"topic": f"{unique}/{{site}}/{{device}}/{{quantity}}"}]
     a = make(mosquitto, f"{unique}-a", subscriptions=subs, share_group="plant")
     b = make(mosquitto, f"{unique}-b", subscriptions=subs, share_group="plant")
@@ -238,9 +232,7 @@ async def test_shared_subscription_splits_one_stream_between_two_daemons(
     tasks = [asyncio.create_task(a.run(got_a, stop)), asyncio.create_task(b.run(got_b, stop))]
     try:
         await asyncio.wait_for(asyncio.gather(a.subscribed.wait(), b.subscribed.wait()), 10)
-        await asyncio.to_thread(
-            publish, mosquitto, [(f"{unique}/s/d/q", str(i).encode()) for i in range(200)]
-        )
+        await asyncio.to_thread(publish, mosquitto, [(f"{unique}/s/d/q", str(i).encode()) for i in range(200)])
         await got_a.until(lambda: len(got_a.readings) + len(got_b.readings) >= 200, 20)
     finally:
         stop.set()
@@ -273,15 +265,11 @@ async def test_broker_restart_loses_nothing_the_broker_kept(restartable: Mosquit
     task = asyncio.create_task(driver.run(emit, stop))
     try:
         await asyncio.wait_for(driver.subscribed.wait(), 10)
-        await asyncio.to_thread(
-            publish, broker, [(f"{unique}/s/d/q", str(i).encode()) for i in range(501, 751)]
-        )
+        await asyncio.to_thread(publish, broker, [(f"{unique}/s/d/q", str(i).encode()) for i in range(501, 751)])
         await asyncio.to_thread(broker.stop)
         await asyncio.to_thread(broker.start)
         await asyncio.wait_for(driver.subscribed.wait(), 20)
-        await asyncio.to_thread(
-            publish, broker, [(f"{unique}/s/d/q", str(i).encode()) for i in range(751, 1001)]
-        )
+        await asyncio.to_thread(publish, broker, [(f"{unique}/s/d/q", str(i).encode()) for i in range(751, 1001)])
         # Redeliveries of messages in flight at a restart are expected (at-least-once): count distinct values.
         await emit.until(lambda: {int(r.value) for r in emit.readings} >= set(range(1, 1001)), 30)
     finally:
@@ -296,15 +284,11 @@ def secure(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
 
 
-async def test_tls_with_the_right_ca_and_password_connects(
-    secure: Mosquitto, unique: str, tmp_path: Path
-) -> None:
+async def test_tls_with_the_right_ca_and_password_connects(secure: Mosquitto, unique: str, tmp_path: Path) -> None:
     password_file = tmp_path / "mqtt.pw"
     password_file.write_text("s3cret-pass\n")
     emit = Collector(want=1)
-    driver = make(
-        secure, unique, username="plant", password_file=str(password_file), tls={"ca_file": secure.ca_file}
-    )
+    driver = make(secure, unique, username="plant", password_file=str(password_file), tls={"ca_file": secure.ca_file})
     await run_until(driver, emit, lambda: publish(secure, [(f"{unique}/s/d/q", b"1.5")]))
     assert [r.value for r in emit.readings] == [1.5]
 

@@ -10,9 +10,7 @@ from telemetry.model import Flag
 NOW = 1_764_000_000 * 10**9
 
 
-def one(
-    payload: bytes, fmt: str = "auto", paths: Paths = DEFAULT_PATHS
-) -> tuple[float, int, Flag, str | None]:
+def one(payload: bytes, fmt: str = "auto", paths: Paths = DEFAULT_PATHS) -> tuple[float, int, Flag, str | None]:
     result = decode(payload, NOW, fmt, paths)  # type: ignore[arg-type]
     assert result.errors == []
     [d] = result.readings
@@ -50,9 +48,7 @@ def test_configured_field_paths() -> None:
 
 
 def test_batch_list_and_object() -> None:
-    listed = decode(
-        b'[{"quantity": "cod", "value": 41}, {"quantity": "nh3n", "value": 2.5, "flag": "C"}]', NOW
-    )
+    listed = decode(b'[{"quantity": "cod", "value": 41}, {"quantity": "nh3n", "value": 2.5, "flag": "C"}]', NOW)
     assert [(d.quantity, d.value, d.flag) for d in listed.readings] == [
         ("cod", 41.0, Flag.N),
         ("nh3n", 2.5, Flag.C),

@@ -54,9 +54,7 @@ outbox: {{path: "{tmp}/outbox.sqlite"}}
 
 def start_daemon(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "telemetry.cli", "run", "-c", str(cfg)], stderr=out, cwd=ROOT
-        )
+        return subprocess.Popen([sys.executable, "-m", "telemetry.cli", "run", "-c", str(cfg)], stderr=out, cwd=ROOT)
 
 
 def wait_subscribed(proc: subprocess.Popen[bytes], log: Path, times: int) -> None:
@@ -81,8 +79,7 @@ class Publisher:
 
     def run(self) -> None:
         infos = [
-            self.client.publish(self.topic, json.dumps({"value": i, "ts": self.base_ms + i}), qos=1)
-            for i in range(N)
+            self.client.publish(self.topic, json.dumps({"value": i, "ts": self.base_ms + i}), qos=1) for i in range(N)
         ]
         for info in infos:
             info.wait_for_publish(60)

@@ -14,9 +14,7 @@ from telemetry.outbox import Outbox
 
 
 def reading(i: int, site: str = "s") -> Reading:
-    return Reading(
-        ts=1_700_000_000_000_000_000 + i, site=site, device="d", quantity="cod", value=float(i), unit="mg/L"
-    )
+    return Reading(ts=1_700_000_000_000_000_000 + i, site=site, device="d", quantity="cod", value=float(i), unit="mg/L")
 
 
 def test_append_then_each_consumer_reads_through_its_own_cursor(tmp_path: Path) -> None:

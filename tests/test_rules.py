@@ -32,9 +32,7 @@ def rule(**kw: Any) -> EvaluatedRule:
 def r(
     t: float, value: float, flag: Flag = Flag.N, quantity: str = "cod", device: str = "an", unit: str = "mg/L"
 ) -> Reading:
-    return Reading(
-        ts=int(t * NS), site="s", device=device, quantity=quantity, value=value, unit=unit, flag=flag
-    )
+    return Reading(ts=int(t * NS), site="s", device=device, quantity=quantity, value=value, unit=unit, flag=flag)
 
 
 def states(events: list[AlertEvent]) -> list[tuple[str, float]]:
@@ -83,9 +81,7 @@ def hourly(values: list[tuple[float, Flag]], hours_start: int) -> list[Reading]:
     out = []
     for h, (value, flag) in enumerate(values):
         for m in range(60):
-            out.append(
-                Reading(hours_start + (h * 3600 + m * 60 + 5) * NS, "s", "an", "cod", value, "mg/L", flag)
-            )
+            out.append(Reading(hours_start + (h * 3600 + m * 60 + 5) * NS, "s", "an", "cod", value, "mg/L", flag))
     return out
 
 
@@ -104,9 +100,7 @@ def run_windows(readings: list[Reading], rules: list[EvaluatedRule], until: int)
 def test_hourly_mean_crossing_100_fires_once_per_excursion_and_resolves() -> None:
     start = at(2026, 3, 1, 10)
     readings = hourly([(90, Flag.N), (120, Flag.N), (130, Flag.N), (80, Flag.N)], start)
-    events = run_windows(
-        readings, [rule(kind="limit", quantity="cod", above=100, window="1h")], start + 5 * 3600 * NS
-    )
+    events = run_windows(readings, [rule(kind="limit", quantity="cod", above=100, window="1h")], start + 5 * 3600 * NS)
     hour = 3600
     assert states(events) == [("firing", start / NS + hour), ("resolved", start / NS + 3 * hour)]
     assert "cod hourly mean 120 mg/L above limit 100 mg/L" in events[0].message
@@ -115,9 +109,7 @@ def test_hourly_mean_crossing_100_fires_once_per_excursion_and_resolves() -> Non
 def test_same_values_flagged_c_never_fire() -> None:
     start = at(2026, 3, 1, 10)
     readings = hourly([(120, Flag.C), (130, Flag.C)], start)
-    events = run_windows(
-        readings, [rule(kind="limit", quantity="cod", above=100, window="1h")], start + 3 * 3600 * NS
-    )
+    events = run_windows(readings, [rule(kind="limit", quantity="cod", above=100, window="1h")], start + 3 * 3600 * NS)
     assert [e.state for e in events] == [AlertState.INSUFFICIENT, AlertState.INSUFFICIENT]
 
 
@@ -127,9 +119,7 @@ def test_window_with_40_valid_minutes_reports_insufficient_data_not_a_breach() -
         Reading(start + (m * 60 + 5) * NS, "s", "an", "cod", 150.0, "mg/L", Flag.N if m < 40 else Flag.D)
         for m in range(60)
     ]
-    events = run_windows(
-        readings, [rule(kind="limit", quantity="cod", above=100, window="1h")], start + 2 * 3600 * NS
-    )
+    events = run_windows(readings, [rule(kind="limit", quantity="cod", above=100, window="1h")], start + 2 * 3600 * NS)
     [event] = events
     assert event.state is AlertState.INSUFFICIENT
     assert "insufficient valid data (40 of 60 values valid, window flag D)" in event.message
@@ -260,9 +250,7 @@ def test_nodata_for_an_expected_series_that_never_reported() -> None:
 
 def test_flatline_stuck_analyzer() -> None:
     engine = RulesEngine([rule(kind="flatline", quantity="cod", epsilon=0.01, **{"for": "1h"})])
-    events = engine.feed(
-        [r(0, 41.5), r(1800, 41.505), r(3599, 41.5), r(3600, 41.5), r(4000, 41.5), r(4200, 45)]
-    )
+    events = engine.feed([r(0, 41.5), r(1800, 41.505), r(3599, 41.5), r(3600, 41.5), r(4000, 41.5), r(4200, 45)])
     assert states(events) == [("firing", 3600), ("resolved", 4200)]
 
 

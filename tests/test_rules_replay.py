@@ -41,9 +41,7 @@ def test_rules_test_replays_a_csv_and_prints_what_would_fire(
         rows.append(f"{(start + timedelta(minutes=m)).isoformat()},diaoyushan,an,cod,{cod},mg/L,{flag}")
     csv = tmp_path / "cod.csv"
     csv.write_text("\n".join(rows) + "\n")
-    code = main(
-        ["rules", "test", "-c", str(config), "--input", str(csv), "--at", "2026-11-25T12:05:00+08:00"]
-    )
+    code = main(["rules", "test", "-c", str(config), "--input", str(csv), "--at", "2026-11-25T12:05:00+08:00"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     events = [line.split()[1:3] for line in out if line[:4] == "2026"]
@@ -92,9 +90,7 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
     task = asyncio.create_task(app.serve(dep, stop, registry=CollectorRegistry(), pipeline_ready=ready))
     pipeline = await ready
     hour_ns = 3600 * 10**9
-    start = (
-        time.time_ns() // hour_ns - 3
-    ) * hour_ns  # a whole hour, three hours ago (UTC+8: whole hours too)
+    start = (time.time_ns() // hour_ns - 3) * hour_ns  # a whole hour, three hours ago (UTC+8: whole hours too)
     readings = [
         Reading(
             start + m * 60 * 10**9 + 7 * 10**9,
@@ -106,10 +102,7 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
             Flag.C if m % 9 == 0 else Flag.N,
         )
         for m in range(60)
-    ] + [
-        Reading(start + m * 60 * 10**9 + 7 * 10**9, "s", "fm", "flow", 2.0 + m / 60, "m3/h")
-        for m in range(60)
-    ]
+    ] + [Reading(start + m * 60 * 10**9 + 7 * 10**9, "s", "fm", "flow", 2.0 + m / 60, "m3/h") for m in range(60)]
     try:
         await pipeline.emit(readings)
         pipeline.tick(start + 2 * hour_ns)

@@ -95,9 +95,7 @@ def series(n: int, t0: int, step: int = 1_000_000) -> list[Reading]:
     ]
 
 
-V1 = (
-    '  - {{name: local, api: v1, url: "{url}", database: plant, create_database: true, flush_interval: 50ms}}'
-)
+V1 = '  - {{name: local, api: v1, url: "{url}", database: plant, create_database: true, flush_interval: 50ms}}'
 V2 = '  - {{name: vm, api: v2, url: "{url}", bucket: plant, flush_interval: 50ms}}'
 
 
@@ -120,9 +118,7 @@ async def test_sink_down_while_readings_flow_then_back_exactly_once(
                 assert daemon.pipeline.outbox.backlog()[consumer] > 0  # it really was held back
                 await asyncio.to_thread(server.start)
             await daemon.emit(readings[chunk * 3 : (chunk + 30) * 3])
-        await asyncio.to_thread(
-            eventually, lambda: daemon.pipeline.outbox.backlog()[consumer] == 0, 60, "drain"
-        )
+        await asyncio.to_thread(eventually, lambda: daemon.pipeline.outbox.backlog()[consumer] == 0, 60, "drain")
     finally:
         await anext(gen, None)
     if api == "v1":
@@ -153,9 +149,7 @@ async def test_one_bad_point_is_quarantined_and_its_batch_arrives(tmp_path: Path
     daemon = await anext(gen)
     try:
         await daemon.emit([*good[:20], bad, *good[20:]])
-        await asyncio.to_thread(
-            eventually, lambda: daemon.pipeline.outbox.backlog()["influx:local"] == 0, 30, "drain"
-        )
+        await asyncio.to_thread(eventually, lambda: daemon.pipeline.outbox.backlog()["influx:local"] == 0, 30, "drain")
         [(consumer, record, reason)] = await daemon.pipeline.db(daemon.pipeline.outbox.quarantined)
         assert daemon.sample("telemetry_sink_points_rejected_total", {"sink": "local"}) == 1
     finally:
@@ -195,11 +189,9 @@ outbox: {{path: "{tmp_path}/outbox.sqlite", max_bytes: 10MB}}
     assert 'telemetry,device=a,quantity=cod,site=s flag="N",value=0.0 1764000000000000000' in listed
 
 
-async def test_disk_budget_drops_the_oldest_counts_and_alerts(
-    tmp_path: Path, receiver: NotificationReceiver
-) -> None:
+async def test_disk_budget_drops_the_oldest_counts_and_alerts(tmp_path: Path, receiver: NotificationReceiver) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    sinks = V1.format(url=dead) + f'\nnotify: {{routes: [{{name: ops, urls: ["{receiver.url}"]}}]}}'
+    sinks = V1.format(url=dead) + f'\nnotify: {{routes: [{{name: ops, urls: ["{receiver.url}"], group_wait: 0s}}]}}'
     gen = start(tmp_path, sinks, extra=", max_bytes: 300KB")
     daemon = await anext(gen)
     try:
@@ -223,9 +215,7 @@ async def test_disk_budget_drops_the_oldest_counts_and_alerts(
     assert "dropped" in messages[0]["message"]
 
 
-async def test_disk_budget_block_holds_drivers_back_until_the_sink_drains(
-    tmp_path: Path, influx: Influx1
-) -> None:
+async def test_disk_budget_block_holds_drivers_back_until_the_sink_drains(tmp_path: Path, influx: Influx1) -> None:
     await asyncio.to_thread(influx.stop)
     gen = start(tmp_path, V1.format(url=influx.url), extra=", max_bytes: 300KB, when_full: block")
     daemon = await anext(gen)
@@ -234,9 +224,7 @@ async def test_disk_budget_block_holds_drivers_back_until_the_sink_drains(
         chunk = 0
         pending = None
         while chunk < 200:
-            batch = [
-                Reading(t0 + chunk * 1000 + i, "s", "a", "cod", float(chunk * 1000 + i)) for i in range(500)
-            ]
+            batch = [Reading(t0 + chunk * 1000 + i, "s", "a", "cod", float(chunk * 1000 + i)) for i in range(500)]
             pending = asyncio.ensure_future(daemon.emit(batch))
             done, _ = await asyncio.wait({pending}, timeout=2.0)
             if not done:
@@ -247,9 +235,7 @@ async def test_disk_budget_block_holds_drivers_back_until_the_sink_drains(
         assert daemon.sample("telemetry_outbox_dropped_total") == 0
         await asyncio.to_thread(influx.start)
         await asyncio.wait_for(pending, 60)  # room again: the held emit commits
-        await asyncio.to_thread(
-            eventually, lambda: daemon.pipeline.outbox.backlog()["influx:local"] == 0, 60, "drain"
-        )
+        await asyncio.to_thread(eventually, lambda: daemon.pipeline.outbox.backlog()["influx:local"] == 0, 60, "drain")
     finally:
         await anext(gen, None)
     rows = influx.query("plant", "SELECT count(value) FROM telemetry")
@@ -288,9 +274,7 @@ async def test_a_dead_sink_never_delays_the_live_one(tmp_path: Path, influx: Inf
 
 def _daemon(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "telemetry.cli", "run", "-c", str(cfg)], stderr=out, cwd=ROOT
-        )
+        return subprocess.Popen([sys.executable, "-m", "telemetry.cli", "run", "-c", str(cfg)], stderr=out, cwd=ROOT)
 
 
 def _publish(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
@@ -330,15 +314,11 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
         return int(rows[0]["count"]) if rows else 0
 
     def subscribed(proc: subprocess.Popen[bytes], times: int) -> None:
-        eventually(
-            lambda: proc.poll() is None and log.read_text().count("subscribed to") >= times, 30, "subscribe"
-        )
+        eventually(lambda: proc.poll() is None and log.read_text().count("subscribed to") >= times, 30, "subscribe")
 
     # Ingest: 6,000 messages, the daemon killed three times at random moments while they arrive.
     base = int(time.time() * 1000) - 100_000
-    phase_a = [
-        (f"{unique}/s/meter/flow", json.dumps({"value": i, "ts": base + i}).encode()) for i in range(6000)
-    ]
+    phase_a = [(f"{unique}/s/meter/flow", json.dumps({"value": i, "ts": base + i}).encode()) for i in range(6000)]
     daemon, starts = _daemon(cfg, log), 1
     subscribed(daemon, starts)
     publisher = threading.Thread(target=_publish, args=(mosquitto, phase_a))

@@ -1,0 +1,125 @@
+"""The alert desk: rule transitions in, notifications out, state kept across restarts.
+
+Ties the rules engine's transitions to the alert manager (lifecycle, grouping,
+silences, inhibition, escalation) and the notifier (delivery), applies commands
+from the CLI and HTTP (ack, silence), and saves the manager's and the rules'
+state in the outbox database after every change, so a restart re-sends nothing
+that was sent and forgets nothing pending or firing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from alerts.lifecycle import AlertManager, Message, Silence
+from alerts.notify import Notifier
+from alerts.rules import RulesEngine
+from telemetry.metrics import Metrics
+from telemetry.model import AlertEvent
+from telemetry.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+Db = Callable[..., Awaitable[Any]]
+NS = 1_000_000_000
+
+
+class AlertDesk:
+    def __init__(
+        self,
+        manager: AlertManager,
+        notifier: Notifier,
+        rules: RulesEngine,
+        outbox: Outbox,
+        db: Db,
+        metrics: Metrics,
+    ) -> None:
+        self.manager = manager
+        self.notifier = notifier
+        self.rules = rules
+        self._outbox = outbox
+        self._db = db
+        self._metrics = metrics
+        self._dirty = False
+        self._pending: set[asyncio.Task[None]] = set()
+        notifier.on_result = self._on_result
+
+    async def restore(self) -> None:
+        for name, target in (("alerts", self.manager), ("rules", self.rules)):
+            saved = await self._db(self._outbox.load_state, name)
+            if saved:
+                target.restore(orjson.loads(saved))
+        firing = sum(a.state == "firing" for a in self.manager.alerts.values())
+        if firing:
+            log.info("resumed %d firing alerts", firing)
+
+    def events(self, events: list[AlertEvent]) -> None:
+        if self.manager.ingest(events) or events:
+            self._dirty = True
+
+    async def tick(self, now_ns: int) -> None:
+        """Apply commands, send what is due, save what changed."""
+        for kind, body in await self._db(self._outbox.take_commands):
+            self._apply(kind, body, now_ns)
+        for message in self.manager.due(now_ns):
+            self.notifier.submit(message)
+        self.manager.prune(now_ns)
+        self._metrics.alerts_undelivered.set(len(self.manager.undelivered()))
+        if self._dirty:
+            await self.save()
+
+    async def save(self) -> None:
+        self._dirty = False
+        await self._db(self._outbox.save_state, "alerts", orjson.dumps(self.manager.snapshot()))
+        await self._db(self._outbox.save_state, "rules", orjson.dumps(self.rules.snapshot()))
+
+    def _apply(self, kind: str, body: dict[str, Any], now: int) -> None:
+        if kind == "ack":
+            ok = self.manager.ack(body["id"], body.get("by", "cli"), now)
+            log.info(
+                "alert %s acknowledged by %s" if ok else "ack for unknown alert %s by %s",
+                body["id"],
+                body.get("by"),
+            )
+        elif kind == "silence":
+            sid = body.get("id") or uuid.uuid4().hex[:8]
+            starts = int(body.get("starts_ns", now))
+            silence = Silence(
+                sid,
+                body["matchers"],
+                starts,
+                starts + int(body["seconds"] * NS),
+                body.get("reason", ""),
+                body.get("by", "cli"),
+            )
+            self.manager.add_silence(silence)
+            log.info("silence %s added for %s until %s: %s", sid, silence.matchers, silence.ends_ns, silence.reason)
+        elif kind == "expire":
+            self.manager.expire_silence(body["id"], now)
+        self._dirty = True
+
+    def _on_result(self, message: Message, ok: bool, detail: str) -> None:
+        now = time.time_ns()
+        self.manager.record(message, ok, now)
+        ids = ",".join(a.id for a in message.firing + message.resolved)
+        self._dirty = True
+        task = asyncio.ensure_future(self._after_result(message.channel, ids, ok, detail))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def close(self) -> None:
+        """Finish recording deliveries and save, before the outbox closes."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.save()
+
+    async def _after_result(self, channel: str, ids: str, ok: bool, detail: str) -> None:
+        await self._db(self._outbox.log_delivery, channel, ids, ok, detail)
+        await self.save()
