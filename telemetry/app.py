@@ -19,8 +19,7 @@ from alerts.rules import RulesEngine
 from drivers import DRIVERS, modbus_probe
 from drivers.modbus import ModbusConfig, ModbusDriver
 from drivers.mqtt_decode import parse_timestamp
-from telemetry import config, sinks
-from telemetry import metrics as metrics_mod
+from telemetry import config, http, sinks
 from telemetry.aggregate import Aggregator, Validity
 from telemetry.errors import SinkError
 from telemetry.metrics import Metrics
@@ -91,7 +90,8 @@ async def serve(
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     stop_http = None
     if dep.config.metrics.enabled:
-        _, stop_http = metrics_mod.serve(metrics, dep.config.metrics.listen)
+        ack_token = dep.config.metrics.ack_token.get_secret_value()
+        stop_http = http.serve(metrics, dep.config.metrics.listen, dep.config.outbox.path, ack_token)
         log.info("metrics on http://%s/metrics", dep.config.metrics.listen)
     try:
         pipeline = build(dep, metrics, observer)

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import pathlib
 import signal
 import sys
+import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from alerts.replay import read_csv, replay
 from alerts.rules import RulesEngine
@@ -23,10 +27,19 @@ from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSp
 from drivers.mqtt_decode import PayloadError, parse_timestamp
 from telemetry import __version__, app
 from telemetry.config import Deployment
+from telemetry.config_base import parse_duration
 from telemetry.errors import ConfigError, OutboxError
 from telemetry.lineproto import line
 from telemetry.model import AlertState
-from telemetry.outbox import Status, read_dead_letters, read_quarantine, read_status
+from telemetry.outbox import (
+    Status,
+    add_command,
+    read_dead_letters,
+    read_deliveries,
+    read_quarantine,
+    read_state,
+    read_status,
+)
 
 log = logging.getLogger("telemetry")
 
@@ -61,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead.add_argument("action", choices=["list"])
     dead.add_argument("-c", "--config", required=True, help="deployment YAML file (for the outbox path)")
     dead.add_argument("--limit", type=int, default=20)
+    _alerting_commands(sub)
     rules = sub.add_parser("rules", help="replay recorded readings through the rules")
     rules.add_argument("action", choices=["test"])
     rules.add_argument("-c", "--config", required=True, help="deployment YAML file (rules, sites, aggregation)")
@@ -90,6 +104,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(err.problems)} problem(s) in {args.config}", file=sys.stderr)
         return 2
     return COMMANDS[args.command](dep, args)
+
+
+def _alerting_commands(sub: Any) -> None:
+    alerts = sub.add_parser("alerts", help="alerts of the running daemon: list, acknowledge")
+    alerts.add_argument("action", choices=["list", "ack"])
+    alerts.add_argument("id", nargs="?", help="alert id (for ack)")
+    alerts.add_argument("-c", "--config", required=True, help="deployment YAML file (for the state path)")
+    alerts.add_argument("--by", default=os.environ.get("USER", "cli"), help="who acknowledges")
+    silence = sub.add_parser("silence", help="maintenance windows: add, list, expire")
+    silence.add_argument("action", choices=["add", "list", "expire"])
+    silence.add_argument("id", nargs="?", help="silence id (for expire)")
+    silence.add_argument("-c", "--config", required=True, help="deployment YAML file (for the state path)")
+    silence.add_argument("--site")
+    silence.add_argument("--device")
+    silence.add_argument("--rule")
+    silence.add_argument("--severity", choices=["info", "warning", "critical"])
+    silence.add_argument("--for", dest="duration", default="1h", help="how long (2h, 30m ...)")
+    silence.add_argument("--reason", default="")
+    silence.add_argument("--by", default=os.environ.get("USER", "cli"))
 
 
 def _check(dep: Deployment, _args: argparse.Namespace) -> int:
@@ -227,6 +260,72 @@ def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerts(dep: Deployment, args: argparse.Namespace) -> int:
+    path = dep.config.outbox.path
+    try:
+        if args.action == "ack":
+            if not args.id:
+                print("usage: telemetry alerts ack ID -c FILE", file=sys.stderr)
+                return 2
+            add_command(path, "ack", {"id": args.id, "by": args.by})
+            print(f"acknowledgement of {args.id} queued; the daemon applies it within a second")
+            return 0
+        state = read_state(path, "alerts") or {}
+        deliveries = read_deliveries(path, 200)
+    except OutboxError as err:
+        print(err, file=sys.stderr)
+        return 1
+    alerts = sorted(state.get("alerts", []), key=lambda a: (a["state"] != "firing", -a["started_ns"]))
+    for a in alerts:
+        told = ", ".join(sorted(a["sent_firing"])) or "nobody yet"
+        failed = f"  DELIVERY FAILED: {', '.join(sorted(a['failed']))}" if a["failed"] else ""
+        acked = f"  acked by {a['acked_by']}" if a["acked_by"] else ""
+        print(
+            f"{a['id']}  {a['state']:<8} {_local(a['started_ns'])}  {a['site']}/{a['rule']} [{a['severity']}]"
+            f"  told: {told}{acked}{failed}\n    {a['message']}"
+        )
+    failures = [d for d in deliveries if not d[3]]
+    print(f"{len(alerts)} alert(s); {len(failures)} failed delivery attempt(s) among the last {len(deliveries)}")
+    for at, channel, ids, _, detail in failures[:5]:
+        print(f"  {_local(at)}  {channel}  {ids}: {detail}")
+    return 0
+
+
+def _silence(dep: Deployment, args: argparse.Namespace) -> int:
+    path = dep.config.outbox.path
+    try:
+        if args.action == "add":
+            matchers = {k: v for k in ("site", "device", "rule", "severity") if (v := getattr(args, k))}
+            if not matchers:
+                print("a silence needs at least one of --site, --device, --rule, --severity", file=sys.stderr)
+                return 2
+            seconds = parse_duration(args.duration)
+            sid = uuid.uuid4().hex[:8]
+            body = {"id": sid, "matchers": matchers, "seconds": seconds, "reason": args.reason, "by": args.by}
+            add_command(path, "silence", body)
+            print(f"silence {sid} for {matchers} for {args.duration} queued: {args.reason}")
+        elif args.action == "expire":
+            add_command(path, "expire", {"id": args.id})
+            print(f"expiry of silence {args.id} queued")
+        else:
+            state = read_state(path, "alerts") or {}
+            now = time.time_ns()
+            for s in state.get("silences", []):
+                status = (
+                    "active" if s["starts_ns"] <= now < s["ends_ns"] else "expired" if now >= s["ends_ns"] else "future"
+                )
+                print(
+                    f"{s['id']}  {status:<7} {_local(s['starts_ns'])} -> {_local(s['ends_ns'])}  {s['matchers']}"
+                    f"  by {s['created_by']}: {s['reason']}"
+                )
+            for i, s in enumerate(dep.config.notify.silences):
+                print(f"config-{i}  {s.start} -> {s.end}  {s.matchers.model_dump(exclude_none=True)}: {s.reason}")
+    except (OutboxError, ValueError) as err:
+        print(err, file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {
     "check": _check,
     "run": _run,
@@ -234,6 +333,8 @@ COMMANDS = {
     "deadletter": _deadletters,
     "outbox": _outbox,
     "rules": _rules_test,
+    "alerts": _alerts,
+    "silence": _silence,
 }
 
 

@@ -162,8 +162,11 @@ class Notify(Model):
 
 
 class Metrics(Model):
+    """The HTTP endpoint: /metrics, /alerts, POST /alerts/ID/ack (``ack_token`` guards acks)."""
+
     enabled: bool = True
     listen: Listen = "127.0.0.1:9108"
+    ack_token: SecretStr = SecretStr("")
 
 
 class Outbox(Model):

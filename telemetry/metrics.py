@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
+    pass
 
 
 class Metrics:
@@ -163,16 +163,3 @@ class _BacklogCollector(Collector):
         for consumer, seconds in sorted(self._lag().items()):
             lag.add_metric([consumer], seconds)
         yield lag
-
-
-def serve(metrics: Metrics, listen: str) -> tuple[WSGIServer, Callable[[], None]]:
-    """Start the /metrics endpoint; returns the server and a function that stops it."""
-    host, _, port = listen.rpartition(":")
-    server, thread = start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-    return server, stop

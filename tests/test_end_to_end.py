@@ -276,3 +276,77 @@ async def test_threshold_breach_sends_one_firing_and_one_resolved_notification(
         ("firing", "cod_limit", "critical", 100.0),
         ("resolved", "cod_limit", "critical", 100.0),
     ]
+
+
+async def _start_daemon(path: Path) -> tuple[asyncio.Event, asyncio.Task[None], Pipeline, Observed]:
+    dep = app.load(str(path), {})
+    observed = Observed()
+    stop = asyncio.Event()
+    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        app.serve(dep, stop, observer=observed, registry=CollectorRegistry(), pipeline_ready=ready)
+    )
+    return stop, task, await asyncio.wait_for(ready, 10), observed
+
+
+async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_work_over_http(
+    tmp_path: Path,
+    unique: str,
+    mosquitto: Mosquitto,
+    influx1: Influx1,
+    victoria: Victoria,
+    receiver: NotificationReceiver,
+) -> None:
+    station = LeachateStation(excursion_at=1e9)
+    station.overrides["cod"] = 150.0
+    analyzer = ModbusAnalyzer(station, port=free_port())
+    await analyzer.start()
+    metrics_port = free_port()
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        CONFIG.format(
+            site=unique,
+            modbus_port=analyzer.port,
+            mqtt_host=mosquitto.host,
+            mqtt_port=mosquitto.port,
+            influx1=influx1.url,
+            victoria=victoria.url,
+            receiver=receiver.url,
+            metrics_port=metrics_port,
+            state=tmp_path,
+        )
+    )
+    try:
+        stop, task, pipeline, observed = await _start_daemon(path)
+        await observed.until(lambda: len(observed.events) == 1)
+        await asyncio.to_thread(receiver.wait_for, 1, 20)
+        [alert] = [a for a in pipeline.desk.manager.alerts.values() if a.state == "firing"]
+
+        def ack() -> dict[str, Any]:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{metrics_port}/alerts/{alert.id}/ack", data=b'{"by": "zhang"}', method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return json.load(resp)
+
+        assert (await asyncio.to_thread(ack))["queued"] is True
+        await pipeline.desk.save()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        assert len(receiver.messages) == 1
+
+        # Same outbox, still above the limit: nothing is sent again.
+        stop, task, pipeline, observed = await _start_daemon(path)
+        polls = len(observed.readings)
+        await observed.until(lambda: len([r for r in observed.readings if r.quantity == "cod"]) >= polls + 5)
+        assert observed.events == []
+        restored = pipeline.desk.manager.alerts[alert.id]
+        assert restored.acked_by == "zhang"  # the HTTP ack, applied before the restart, survived it
+        station.overrides["cod"] = 40.0
+        await observed.until(lambda: any(e.state.value == "resolved" for e in observed.events))
+        messages = await asyncio.to_thread(receiver.wait_for, 2, 20)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    finally:
+        await analyzer.stop()
+    assert [("FIRING" in m["title"], "RESOLVED" in m["title"]) for m in messages] == [(True, False), (False, True)]

@@ -1,0 +1,83 @@
+"""The daemon's HTTP endpoint: Prometheus metrics and the alert desk for people.
+
+- ``GET /metrics``: Prometheus exposition.
+- ``GET /alerts``: current alerts and silences as JSON (what ``telemetry alerts list`` shows).
+- ``POST /alerts/ID/ack``: acknowledge an alert (stops repeats and escalation); with
+  ``metrics.ack_token`` set, the request needs ``Authorization: Bearer TOKEN``.
+
+Acks go through the same command table as the CLI, so both take the same path.
+Listens on loopback by default; put it behind the plant's reverse proxy to expose it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import make_wsgi_app
+
+from telemetry.errors import OutboxError
+from telemetry.metrics import Metrics
+from telemetry.outbox import add_command, read_state
+
+StartResponse = Callable[..., Any]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def app(
+    metrics: Metrics, outbox_path: str, ack_token: str = ""
+) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    prometheus = make_wsgi_app(metrics.registry)
+
+    def reply(start: StartResponse, status: str, body: Any) -> list[bytes]:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        start(status, [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def handle(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        if path == "/metrics":
+            return prometheus(environ, start)  # type: ignore[no-any-return]
+        try:
+            if path == "/alerts" and method == "GET":
+                return reply(start, "200 OK", read_state(outbox_path, "alerts") or {"alerts": [], "silences": []})
+            parts = path.strip("/").split("/")
+            if len(parts) == 3 and parts[0] == "alerts" and parts[2] == "ack" and method == "POST":
+                given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+                if ack_token and not hmac.compare_digest(given, ack_token):
+                    return reply(start, "401 Unauthorized", {"error": "bearer token required"})
+                size = int(environ.get("CONTENT_LENGTH") or 0)
+                body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
+                by = str(body.get("by", "http"))[:64] if isinstance(body, dict) else "http"
+                add_command(outbox_path, "ack", {"id": parts[1], "by": by})
+                return reply(start, "202 Accepted", {"queued": True, "id": parts[1]})
+        except (OutboxError, ValueError) as err:
+            return reply(start, "503 Service Unavailable", {"error": str(err)})
+        return reply(start, "404 Not Found", {"error": "not found"})
+
+    return handle
+
+
+def serve(metrics: Metrics, listen: str, outbox_path: str, ack_token: str = "") -> Callable[[], None]:
+    """Start the endpoint in a thread; returns a function that stops it."""
+    host, _, port = listen.rpartition(":")
+    server: WSGIServer = make_server(
+        host.strip("[]"), int(port), app(metrics, outbox_path, ack_token), handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

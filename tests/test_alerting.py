@@ -1,0 +1,362 @@
+"""Alert lifecycle and notification: exactly the messages a supervisor should get."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from email.header import decode_header, make_header
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+import pytest
+from aiosmtpd.controller import Controller
+from prometheus_client import CollectorRegistry
+from pydantic import TypeAdapter
+
+from alerts.lifecycle import AlertManager, Message, Silence
+from alerts.notify import Notifier, default_send, render
+from alerts.robots import Result
+from alerts.rules import RulesEngine
+from telemetry.config import Notify
+from telemetry.metrics import Metrics
+from telemetry.model import Reading
+from telemetry.rule_config import EvaluatedRule, RuleConfig
+
+NS = 1_000_000_000
+MIN = 60 * NS
+
+
+def notify(**route: Any) -> Notify:
+    base = {"name": "ops", "urls": ["json://127.0.0.1:1/x"], "group_wait": "0s", "group_interval": "0s"}
+    return Notify.model_validate({"routes": [base | route]})
+
+
+def rule(**kw: Any) -> EvaluatedRule:
+    parsed: EvaluatedRule = TypeAdapter(RuleConfig).validate_python({"severity": "critical"} | kw)  # type: ignore[assignment]
+    return parsed
+
+
+class Desk:
+    """Rules + manager with a manual clock; sends succeed and are logged as (time, channel, kind, rules)."""
+
+    def __init__(self, cfg: Notify, rules: list[EvaluatedRule]) -> None:
+        self.cfg = cfg
+        self.rules = rules
+        self.engine = RulesEngine(rules, {"s": "Asia/Shanghai"})
+        self.manager = AlertManager(cfg)
+        self.log: list[tuple[int, str, str, tuple[str, ...]]] = []
+
+    def feed(self, t_s: float, value: float, device: str = "an", quantity: str = "cod") -> None:
+        self.manager.ingest(self.engine.feed([Reading(int(t_s * NS), "s", device, quantity, value, "mg/L")]))
+
+    def tick(self, t_s: float) -> None:
+        now = int(t_s * NS)
+        self.manager.ingest(self.engine.tick(now))
+        for message in self.manager.due(now):
+            kind = "escalation" if message.escalation else "firing" if message.firing else "resolved"
+            names = tuple(sorted(a.rule for a in message.firing + message.resolved))
+            self.log.append((int(t_s), message.channel, kind, names))
+            self.manager.record(message, True, now)
+
+    def restart(self) -> None:
+        """What a daemon restart does: state to JSON in SQLite, then back into fresh objects."""
+        alerts, rules = orjson.dumps(self.manager.snapshot()), orjson.dumps(self.engine.snapshot())
+        self.engine = RulesEngine(self.rules, {"s": "Asia/Shanghai"})
+        self.manager = AlertManager(self.cfg)
+        self.manager.restore(orjson.loads(alerts))
+        self.engine.restore(orjson.loads(rules))
+
+
+def test_flapping_around_the_limit_with_hysteresis_sends_one_firing_and_one_resolved() -> None:
+    desk = Desk(notify(), [rule(kind="limit", name="cod", quantity="cod", above=100, clear_above=90)])
+    for t, value in enumerate([95, 101, 99, 102, 98, 101, 95, 100.5, 91, 89, 95, 88]):
+        desk.feed(t, value)
+        desk.tick(t)
+    assert desk.log == [(1, "ops#0", "firing", ("cod",)), (9, "ops#0", "resolved", ("cod",))]
+
+
+def test_keep_firing_for_rides_out_a_brief_dip() -> None:
+    desk = Desk(notify(), [rule(kind="limit", name="cod", quantity="cod", above=100, keep_firing_for="5m")])
+    for t, value in [(0, 120), (60, 80), (120, 130), (180, 80), (400, 80), (480, 80)]:
+        desk.feed(t, value)
+        desk.tick(t)
+    assert desk.log == [(0, "ops#0", "firing", ("cod",)), (480, "ops#0", "resolved", ("cod",))]
+
+
+def test_repeat_interval_until_acknowledged() -> None:
+    desk = Desk(notify(repeat_interval="1h"), [rule(kind="limit", name="cod", quantity="cod", above=100)])
+    desk.feed(0, 150)
+    for t in range(0, 3 * 3600 + 1, 600):
+        desk.tick(t)
+    assert [(t, kind) for t, _, kind, _ in desk.log] == [
+        (0, "firing"),
+        (3600, "firing"),
+        (7200, "firing"),
+        (10800, "firing"),
+    ]
+    [alert] = desk.manager.alerts.values()
+    desk.manager.ack(alert.id, "wang", 10801 * NS)
+    for t in range(10800, 6 * 3600, 600):
+        desk.tick(t)
+    assert len(desk.log) == 4
+
+
+def test_alerts_of_one_site_are_grouped() -> None:
+    cfg = notify(group_wait="30s", group_interval="5m")
+    rules = [rule(kind="limit", name=q, quantity=q, above=10) for q in ("cod", "nh3n", "tp")]
+    desk = Desk(cfg, rules)
+    desk.feed(0, 50, quantity="cod")
+    desk.tick(0)
+    desk.feed(10, 50, quantity="nh3n")
+    for t in range(0, 31, 5):
+        desk.tick(t)
+    desk.feed(40, 50, quantity="tp")
+    for t in range(40, 400, 10):
+        desk.tick(t)
+    assert desk.log == [(30, "ops#0", "firing", ("cod", "nh3n")), (330, "ops#0", "firing", ("tp",))]
+
+
+def test_communication_loss_inhibits_that_analyzers_limit_alerts() -> None:
+    cfg = Notify.model_validate(
+        {
+            "routes": [{"name": "ops", "urls": ["json://x"], "group_wait": "0s", "group_interval": "0s"}],
+            "inhibit": [{"source": {"rule": "comm_lost"}, "target": {"rule": "cod"}, "equal": ["site", "device"]}],
+        }
+    )
+    rules = [
+        rule(kind="limit", name="cod", quantity="cod", above=100),
+        rule(kind="limit", name="comm_lost", quantity="comm", above=0.5),
+    ]
+    desk = Desk(cfg, rules)
+    desk.feed(0, 1, quantity="comm")  # the analyzer's link is down
+    desk.feed(0, 150, quantity="cod")  # and its last value looks like an exceedance
+    desk.feed(0, 150, quantity="cod", device="other")  # another analyzer's is not inhibited
+    desk.tick(0)
+    assert [(kind, names) for _, _, kind, names in desk.log] == [("firing", ("cod", "comm_lost"))]
+    [message_alerts] = [names for *_, names in desk.log]
+    assert message_alerts.count("cod") == 1
+    desk.feed(60, 0, quantity="comm")  # link back; the exceedance is still there: now it is told
+    desk.tick(60)
+    # One message for the site: the inhibited exceedance firing, the communication loss resolved.
+    assert desk.log[1:] == [(60, "ops#0", "firing", ("cod", "comm_lost"))]
+    told = {(a.rule, a.labels["device"]): (a.state, sorted(a.sent_firing)) for a in desk.manager.alerts.values()}
+    assert told[("cod", "an")] == ("firing", ["ops#0"])
+    assert told[("comm_lost", "an")] == ("resolved", ["ops#0"])
+
+
+def test_silence_holds_messages_and_lets_them_out_when_it_ends() -> None:
+    desk = Desk(notify(), [rule(kind="limit", name="cod", quantity="cod", above=100)])
+    desk.manager.add_silence(Silence("s1", {"site": "s"}, 0, 3600 * NS, "calibration", "wang"))
+    desk.feed(10, 150)
+    desk.tick(10)
+    desk.feed(20, 50)  # resolved inside the silence: never told, so nothing to resolve
+    desk.feed(30, 150)
+    for t in range(30, 3600, 60):
+        desk.tick(t)
+    assert desk.log == []
+    desk.tick(3600)
+    assert desk.log == [(3600, "ops#0", "firing", ("cod",))]
+
+
+def test_escalation_to_a_second_route_when_nobody_acknowledges() -> None:
+    cfg = Notify.model_validate(
+        {
+            "routes": [
+                {
+                    "name": "ops",
+                    "urls": ["json://x"],
+                    "group_wait": "0s",
+                    "escalate_after": "30m",
+                    "escalate_to": "boss",
+                    "repeat_interval": "24h",
+                },
+                {"name": "boss", "urls": ["json://y"], "group_wait": "0s", "sites": ["nowhere"]},
+            ]
+        }
+    )
+    desk = Desk(
+        cfg,
+        [
+            rule(kind="limit", name="cod", quantity="cod", above=100),
+            rule(kind="limit", name="tp", quantity="tp", above=1),
+        ],
+    )
+    desk.feed(0, 150)
+    desk.feed(0, 5, quantity="tp")
+    desk.tick(0)
+    tp = next(a for a in desk.manager.alerts.values() if a.rule == "tp")
+    desk.manager.ack(tp.id, "li", 60 * NS)
+    for t in range(60, 3 * 3600, 60):
+        desk.tick(t)
+    assert desk.log == [(0, "ops#0", "firing", ("cod", "tp")), (1800, "boss#0", "escalation", ("cod",))]
+
+
+@pytest.mark.parametrize("when", ["pending", "firing", "silenced"])
+def test_restart_changes_nothing_in_the_message_log(when: str) -> None:
+    def scenario(restart_at: int | None) -> list[tuple[int, str, str, tuple[str, ...]]]:
+        desk = Desk(
+            notify(repeat_interval="1h"), [rule(kind="limit", name="cod", quantity="cod", above=100, **{"for": "5m"})]
+        )
+        if when == "silenced":
+            desk.manager.add_silence(Silence("s1", {"rule": "cod"}, 0, 1800 * NS, "maintenance", "wang"))
+        values = [(t, 150.0) for t in range(0, 5400, 60)] + [(t, 50.0) for t in range(5400, 7200, 60)]
+        for t, value in values:
+            if t == restart_at:
+                desk.restart()
+            desk.feed(t, value)
+            desk.tick(t)
+        return desk.log
+
+    restart_at = {"pending": 120, "firing": 900, "silenced": 600}[when]
+    baseline = scenario(None)
+    assert scenario(restart_at) == baseline
+    expected = {
+        "pending": [(300, "firing"), (3900, "firing"), (5400, "resolved")],  # fires after 'for', repeats hourly
+        "firing": [(300, "firing"), (3900, "firing"), (5400, "resolved")],
+        "silenced": [(1800, "firing"), (5400, "resolved")],  # told when the silence ends
+    }[when]
+    assert [(t, kind) for t, _, kind, _ in baseline] == expected
+
+
+# -- delivery ----------------------------------------------------------------------------------
+
+
+class Robot:
+    """A stand-in for the DingTalk robot endpoint: records requests, answers with ``answer``."""
+
+    def __init__(self) -> None:
+        self.answer: dict[str, Any] = {"errcode": 0, "errmsg": "ok"}
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        robot = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                robot.requests.append((self.path, body))
+                data = json.dumps(robot.answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def robot() -> Iterator[Robot]:
+    server = Robot()
+    yield server
+    server.stop()
+
+
+async def test_a_robot_refusal_with_http_200_is_a_failure_retried_and_surfaced(robot: Robot) -> None:
+    robot.answer = {"errcode": 310000, "errmsg": "keywords not in content"}
+    cfg = notify(urls=["dingtalk://SIGNSECRET@tok123"], robot_base_url=robot.url, retries=2)
+    manager = AlertManager(cfg)
+    engine = RulesEngine([rule(kind="limit", name="cod", quantity="cod", above=100)], {"s": "Asia/Shanghai"})
+    manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 150.0, "mg/L")]))
+    metrics = Metrics(CollectorRegistry())
+    notifier = Notifier(cfg.routes, metrics, {"s": "Asia/Shanghai"}, backoff=_NoWait)
+    results: list[tuple[bool, str]] = []
+    notifier.on_result = lambda m, ok, detail: (results.append((ok, detail)), manager.record(m, ok, 5 * NS))
+    [message] = manager.due(5 * NS)
+    assert not await notifier.deliver(message, None)
+    assert len(robot.requests) == 3  # tried, and retried twice
+    assert results == [(False, "dingtalk: refused with code 310000: keywords not in content")]
+    assert metrics.registry.get_sample_value("telemetry_notifications_total", {"route": "ops", "result": "failed"}) == 3
+    assert [a.rule for a in manager.undelivered()] == ["cod"]
+    path, body = robot.requests[0]
+    assert path.startswith("/robot/send?access_token=tok123&timestamp=")
+    assert "&sign=" in path
+    assert "化学需氧量" in body["markdown"]["text"]
+    assert manager.due(30 * NS) == []  # not hammered: offered again after a minute
+    robot.answer = {"errcode": 0, "errmsg": "ok"}
+    [again] = manager.due(66 * NS)
+    assert await notifier.deliver(again, None)
+    assert manager.undelivered() == []
+
+
+class _NoWait:
+    def next(self, hint: float | None = None) -> float:
+        return 0.0
+
+
+async def test_wecom_and_feishu_answers_are_read(robot: Robot) -> None:
+    route = notify(robot_base_url=robot.url).routes[0]
+    robot.answer = {"errcode": 93000, "errmsg": "invalid webhook url"}
+    assert await default_send("wecombot://key1", "t", "b", route, True) == Result(
+        False, "wecombot: refused with code 93000: invalid webhook url"
+    )
+    robot.answer = {"code": 0, "msg": "success"}
+    assert (await default_send("feishu://hook1", "t", "b", route, True)).ok
+    assert robot.requests[0][0] == "/cgi-bin/webhook/send?key=key1"
+    assert robot.requests[1][0] == "/open-apis/bot/v2/hook/hook1"
+    assert robot.requests[1][1]["content"]["text"] == "t\nb"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_email_arrives_with_the_chinese_template_intact() -> None:
+    received: list[Any] = []
+
+    class Handler:
+        async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
+            received.append(envelope)
+            return "250 OK"
+
+    port = _free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        url = f"mailto://127.0.0.1:{port}?from=plant@example.com&to=supervisor@example.com&mode=insecure"
+        cfg = notify(urls=[url])
+        manager = AlertManager(cfg)
+        engine = RulesEngine([rule(kind="limit", name="cod_limit", quantity="cod", above=100)], {"s": "Asia/Shanghai"})
+        manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 123.4, "mg/L")]))
+        notifier = Notifier(cfg.routes, Metrics(CollectorRegistry()), {"s": "Asia/Shanghai"})
+        [message] = manager.due(0)
+        assert await notifier.deliver(message, None)
+    finally:
+        controller.stop()
+    [envelope] = received
+    mail = email.message_from_bytes(envelope.content)
+    subject = str(make_header(decode_header(mail["Subject"])))
+    parts = [p for p in mail.walk() if p.get_content_type() == "text/plain"]
+    text = parts[0].get_payload(decode=True).decode(parts[0].get_content_charset() or "utf-8")
+    assert subject == "【告警 FIRING】 s · cod_limit"
+    assert "化学需氧量：数值 123.4 mg/L，限值 100 mg/L" in text
+    assert envelope.rcpt_tos == ["supervisor@example.com"]
+
+
+def test_english_template_and_grafana_link() -> None:
+    cfg = notify(language="en")
+    manager = AlertManager(cfg)
+    engine = RulesEngine([rule(kind="limit", name="cod", quantity="cod", above=100)], {"s": "Asia/Shanghai"})
+    manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 123.4, "mg/L")]))
+    [message] = manager.due(0)
+    title, body = render(message, cfg.routes[0], {"s": "Asia/Shanghai"}, "http://grafana/d/plant?var-site={site}")
+    assert title == "[FIRING] s · cod"
+    assert "cod: 123.4 mg/L against limit 100 mg/L, since 1970-01-01 08:00" in body
+    assert body.endswith("Dashboard: http://grafana/d/plant?var-site=s")
+    assert isinstance(message, Message)
+    assert asyncio.iscoroutinefunction(default_send)
