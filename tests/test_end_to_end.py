@@ -128,6 +128,44 @@ outbox:
 """
 
 
+def write_config(
+    tmp_path: Path,
+    site: str,
+    modbus_port: int,
+    broker: Mosquitto,
+    influx1: Influx1,
+    victoria: Victoria,
+    receiver: NotificationReceiver,
+    metrics_port: int,
+) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        CONFIG.format(
+            site=site,
+            modbus_port=modbus_port,
+            mqtt_host=broker.host,
+            mqtt_port=broker.port,
+            influx1=influx1.url,
+            victoria=victoria.url,
+            receiver=receiver.url,
+            metrics_port=metrics_port,
+            state=tmp_path,
+        )
+    )
+    return path
+
+
+async def _start_daemon(path: Path) -> tuple[asyncio.Event, asyncio.Task[None], Pipeline, Observed]:
+    dep = app.load(str(path), {})
+    observed = Observed()
+    stop = asyncio.Event()
+    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        app.serve(dep, stop, observer=observed, registry=CollectorRegistry(), pipeline_ready=ready)
+    )
+    return stop, task, await asyncio.wait_for(ready, 10), observed
+
+
 @pytest.fixture
 async def plant(
     tmp_path: Path,
@@ -141,28 +179,8 @@ async def plant(
     analyzer = ModbusAnalyzer(station, port=free_port())
     await analyzer.start()
     metrics_port = free_port()
-    path = tmp_path / "site.yaml"
-    path.write_text(
-        CONFIG.format(
-            site=unique,
-            modbus_port=analyzer.port,
-            mqtt_host=mosquitto.host,
-            mqtt_port=mosquitto.port,
-            influx1=influx1.url,
-            victoria=victoria.url,
-            receiver=receiver.url,
-            metrics_port=metrics_port,
-            state=tmp_path,
-        )
-    )
-    dep = app.load(str(path), {})
-    observed = Observed()
-    stop = asyncio.Event()
-    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
-    daemon = asyncio.create_task(
-        app.serve(dep, stop, observer=observed, registry=CollectorRegistry(), pipeline_ready=ready)
-    )
-    pipeline = await asyncio.wait_for(ready, 10)
+    path = write_config(tmp_path, unique, analyzer.port, mosquitto, influx1, victoria, receiver, metrics_port)
+    stop, daemon, pipeline, observed = await _start_daemon(path)
     try:
         yield Plant(unique, station, pipeline, observed, metrics_port, unique)
     finally:
@@ -278,17 +296,6 @@ async def test_threshold_breach_sends_one_firing_and_one_resolved_notification(
     ]
 
 
-async def _start_daemon(path: Path) -> tuple[asyncio.Event, asyncio.Task[None], Pipeline, Observed]:
-    dep = app.load(str(path), {})
-    observed = Observed()
-    stop = asyncio.Event()
-    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        app.serve(dep, stop, observer=observed, registry=CollectorRegistry(), pipeline_ready=ready)
-    )
-    return stop, task, await asyncio.wait_for(ready, 10), observed
-
-
 async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_work_over_http(
     tmp_path: Path,
     unique: str,
@@ -302,20 +309,7 @@ async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_
     analyzer = ModbusAnalyzer(station, port=free_port())
     await analyzer.start()
     metrics_port = free_port()
-    path = tmp_path / "site.yaml"
-    path.write_text(
-        CONFIG.format(
-            site=unique,
-            modbus_port=analyzer.port,
-            mqtt_host=mosquitto.host,
-            mqtt_port=mosquitto.port,
-            influx1=influx1.url,
-            victoria=victoria.url,
-            receiver=receiver.url,
-            metrics_port=metrics_port,
-            state=tmp_path,
-        )
-    )
+    path = write_config(tmp_path, unique, analyzer.port, mosquitto, influx1, victoria, receiver, metrics_port)
     try:
         stop, task, pipeline, observed = await _start_daemon(path)
         await observed.until(lambda: len(observed.events) == 1)
