@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -29,6 +31,7 @@ from telemetry import __version__, app
 from telemetry.config import Deployment
 from telemetry.config_base import parse_duration
 from telemetry.errors import ConfigError, OutboxError
+from telemetry.hj212 import codec as hj212
 from telemetry.lineproto import line
 from telemetry.model import AlertState
 from telemetry.outbox import (
@@ -75,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dead.add_argument("-c", "--config", required=True, help="deployment YAML file (for the outbox path)")
     dead.add_argument("--limit", type=int, default=20)
     _alerting_commands(sub)
+    _hj212_command(sub)
     rules = sub.add_parser("rules", help="replay recorded readings through the rules")
     rules.add_argument("action", choices=["test"])
     rules.add_argument("-c", "--config", required=True, help="deployment YAML file (rules, sites, aggregation)")
@@ -96,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo_mod.main(args.config, args.minutes)
     if args.command == "probe" and args.config is None:
         return _probe_address(args)
+    if args.command == "hj212":
+        return _hj212(args)
     try:
         dep = app.load(args.config)
     except ConfigError as err:
@@ -104,6 +110,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(err.problems)} problem(s) in {args.config}", file=sys.stderr)
         return 2
     return COMMANDS[args.command](dep, args)
+
+
+def _hj212_command(sub: Any) -> None:
+    hj = sub.add_parser("hj212", help="HJ 212 tools: crc, decode, encode")
+    hj.add_argument("action", choices=["crc", "decode", "encode"])
+    hj.add_argument("data", nargs="?", help="crc: a data segment; decode: a frame (##...)")
+    hj.add_argument("--cn", default="2011")
+    hj.add_argument("--st", default="32")
+    hj.add_argument("--mn", default="")
+    hj.add_argument("--pw", default="123456")
+    hj.add_argument("--qn", default="")
+    hj.add_argument("--version", dest="hj_version", choices=["2017", "2025"], default="2017")
+    hj.add_argument("--ack", action="store_true", help="ask for a 9014 acknowledgement")
+    hj.add_argument("--cp", default="", help="CP body: items separated by ';', values by ','")
+    hj.add_argument("--modbus-crc", action="store_true", help="decode: accept a CRC-16/MODBUS too")
 
 
 def _alerting_commands(sub: Any) -> None:
@@ -176,6 +197,40 @@ def _deadletters(dep: Deployment, args: argparse.Namespace) -> int:
         print(f"{when}  {r.source}  {r.topic!r}  {r.reason}: {r.detail}")
         print(f"    payload ({len(r.payload)} B): {sample!r}")
     print(f"{len(letters)} dead letter(s) shown, newest first")
+    return 0
+
+
+def _hj212(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "crc":
+            print(f"{hj212.crc16((args.data or '').encode()):04X}")
+        elif args.action == "decode":
+            packet = hj212.decode_frame((args.data or "").encode(), accept_modbus_crc=args.modbus_crc)
+            print(
+                json.dumps(
+                    dataclasses.asdict(packet) | {"version": packet.version, "ack": packet.wants_ack},
+                    ensure_ascii=False,
+                    indent=2,
+                )
+            )
+        else:
+            qn = args.qn or datetime.now().strftime("%Y%m%d%H%M%S%f")[:17]
+            packet = hj212.Packet(
+                qn,
+                args.st,
+                args.cn,
+                args.pw,
+                args.mn,
+                hj212.flag_value(args.hj_version, args.ack),
+                None,
+                None,
+                hj212.decode_cp(args.cp),
+            )
+            for part in hj212.split(packet):
+                print(hj212.encode(part).decode().rstrip())
+    except hj212.FrameError as err:
+        print(f"invalid ({err.reason}): {err}", file=sys.stderr)
+        return 1
     return 0
 
 
