@@ -22,6 +22,7 @@ from drivers.mqtt_decode import parse_timestamp
 from telemetry import config, http, sinks
 from telemetry.aggregate import Aggregator, Validity
 from telemetry.errors import SinkError
+from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.outbox import Outbox
 from telemetry.pipeline import Observer, Pipeline
@@ -56,6 +57,7 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         commit_max=cfg.outbox.commit_max,
         observer=observer,
         aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
+        uplinks=[Uplink(platform, metrics) for platform in cfg.hj212],
     )
 
 

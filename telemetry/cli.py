@@ -32,6 +32,7 @@ from telemetry.config import Deployment
 from telemetry.config_base import parse_duration
 from telemetry.errors import ConfigError, OutboxError
 from telemetry.hj212 import codec as hj212
+from telemetry.hj212.receiver import Receiver
 from telemetry.lineproto import line
 from telemetry.model import AlertState
 from telemetry.outbox import (
@@ -114,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _hj212_command(sub: Any) -> None:
     hj = sub.add_parser("hj212", help="HJ 212 tools: crc, decode, encode")
-    hj.add_argument("action", choices=["crc", "decode", "encode"])
+    hj.add_argument("action", choices=["crc", "decode", "encode", "receiver"])
+    hj.add_argument("--port", type=int, default=0, help="receiver: TCP port to listen on")
+    hj.add_argument("--listen", default="0.0.0.0", help="receiver: address to listen on")  # noqa: S104 - a tool
     hj.add_argument("data", nargs="?", help="crc: a data segment; decode: a frame (##...)")
     hj.add_argument("--cn", default="2011")
     hj.add_argument("--st", default="32")
@@ -201,6 +204,8 @@ def _deadletters(dep: Deployment, args: argparse.Namespace) -> int:
 
 
 def _hj212(args: argparse.Namespace) -> int:
+    if args.action == "receiver":
+        return asyncio.run(_hj212_receiver(args.listen, args.port))
     try:
         if args.action == "crc":
             print(f"{hj212.crc16((args.data or '').encode()):04X}")
@@ -231,6 +236,21 @@ def _hj212(args: argparse.Namespace) -> int:
     except hj212.FrameError as err:
         print(f"invalid ({err.reason}): {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+async def _hj212_receiver(host: str, port: int) -> int:
+    """A platform stand-in: prints each packet a station sends and acknowledges it (9014)."""
+    receiver = Receiver(host, port, echo=lambda line: print(line, flush=True))
+    await receiver.start()
+    print(f"HJ 212 receiver on {host}:{receiver.port}; Ctrl-C to stop", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await receiver.stop()
+    print(f"{len(receiver.packets)} packets, {receiver.garbled} garbled", flush=True)
     return 0
 
 

@@ -36,6 +36,7 @@ from telemetry.config_base import (
     parse_size,
 )
 from telemetry.errors import ConfigError
+from telemetry.hj212.config import Platform
 from telemetry.rule_config import Aggregation, EvaluatedRule, RuleConfig, StandardRule, expand_standard
 from telemetry.yamlsource import Path, Source, dotted, load_yaml
 
@@ -184,6 +185,7 @@ class Config(Model):
     influxdb: list[Sink] = []
     rules: list[RuleConfig] = []
     aggregation: Aggregation = Aggregation()
+    hj212: list[Platform] = []
     standards_dir: str = ""
     notify: Notify = Notify()
     metrics: Metrics = Metrics()

@@ -129,6 +129,27 @@ class Metrics:
             "Alerts whose last notification attempt failed on at least one target",
             registry=registry,
         )
+        self.hj212_packets = Counter(
+            "telemetry_hj212_packets_total",
+            "HJ 212 packets per platform and command by result (sent, resent, acked, unacked)",
+            ["platform", "cn", "result"],
+            registry=registry,
+        )
+        self.hj212_up = Gauge(
+            "telemetry_hj212_up", "1 while connected to the platform", ["platform"], registry=registry
+        )
+        self.hj212_pending = Gauge(
+            "telemetry_hj212_pending",
+            "Periods waiting for the platform's acknowledgement",
+            ["platform"],
+            registry=registry,
+        )
+        self.hj212_pending_age = Gauge(
+            "telemetry_hj212_pending_age_seconds",
+            "Age of the oldest unacknowledged period",
+            ["platform"],
+            registry=registry,
+        )
         self.notifications = Counter(
             "telemetry_notifications_total",
             "Notification attempts per route by result (sent, failed)",

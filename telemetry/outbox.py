@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS windows (  -- closed aggregate windows, for the HJ 21
     body BLOB NOT NULL,
     PRIMARY KEY (site, device, quantity, window, start_ns)
 );
+CREATE INDEX IF NOT EXISTS windows_by_site ON windows (site, window, start_ns);
+CREATE TABLE IF NOT EXISTS hj212_acked (  -- periods a platform acknowledged: never sent again
+    platform TEXT NOT NULL,
+    cn TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    acked_ns INTEGER NOT NULL,
+    PRIMARY KEY (platform, cn, start_ns)
+);
 CREATE TABLE IF NOT EXISTS state (  -- snapshots of in-memory state (open windows, ...) by name
     name TEXT PRIMARY KEY,
     body BLOB NOT NULL
@@ -200,6 +208,22 @@ class Outbox:
             (site, window, start_ns, end_ns),
         ).fetchall()
         return [Aggregate.from_dict(orjson.loads(body)) for (body,) in rows]
+
+    def window_starts(self, site: str, window: str, since_ns: int) -> list[int]:
+        rows = self._db.execute(
+            "SELECT DISTINCT start_ns FROM windows WHERE site = ? AND window = ? AND start_ns >= ?",
+            (site, window, since_ns),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def hj212_acked(self, platform: str) -> set[tuple[str, int]]:
+        rows = self._db.execute("SELECT cn, start_ns FROM hj212_acked WHERE platform = ?", (platform,)).fetchall()
+        return {(str(cn), int(start)) for cn, start in rows}
+
+    def hj212_mark_acked(self, platform: str, cn: str, start_ns: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO hj212_acked VALUES (?, ?, ?, ?)", (platform, cn, start_ns, time.time_ns())
+        )
 
     def save_state(self, name: str, body: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO state (name, body) VALUES (?, ?)", (name, body))

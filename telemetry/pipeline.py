@@ -31,6 +31,7 @@ from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError, OutboxFull
+from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, AlertEvent, AlertState, Reading, Record, Rejected
 from telemetry.outbox import Outbox
@@ -64,11 +65,16 @@ class Pipeline:
         commit_max: int = 5000,
         observer: Observer | None = None,
         aggregator: Aggregator | None = None,
+        uplinks: Sequence[Uplink] = (),
         tick_s: float = 1.0,
         snapshot_s: float = 30.0,
     ) -> None:
         self.outbox = outbox
         self.aggregator = aggregator
+        self.uplinks = list(uplinks)
+        for uplink in self.uplinks:
+            uplink.attach(self.db, outbox)
+            uplink.on_alert = self._record_event
         self.tick_s = tick_s
         self.snapshot_s = snapshot_s
         self.drivers = list(drivers)
@@ -117,6 +123,7 @@ class Pipeline:
         drivers = [asyncio.create_task(d.run(self.emit, driver_stop), name=f"driver:{d.name}") for d in self.drivers]
         drivers.append(asyncio.create_task(self._ticker(driver_stop), name="ticker"))
         sinks = [asyncio.create_task(d.run(sink_stop), name=f"sink:{d.sink.name}") for d in self.deliveries]
+        sinks += [asyncio.create_task(u.run(sink_stop), name=f"hj212:{u.name}") for u in self.uplinks]
         notifier = asyncio.create_task(self.notifier.run(sink_stop), name="notifier")
         self.started.set()
         try:
@@ -188,6 +195,8 @@ class Pipeline:
             self.metrics.readings.labels(r.site, r.device).inc()
         if self.aggregator is not None:
             self.aggregator.add(readings)
+        for uplink in self.uplinks:
+            uplink.observe(readings)
         events = self.rules.feed(readings)
         for event in events:
             self._record_event(event)

@@ -1,0 +1,441 @@
+"""HJ 212 uplink: the station's connection to one environmental monitoring platform.
+
+Guarantee: every minute (2051, per MinInterval), hour (2061) and day (2031)
+period of the station's closed aggregate windows within ``backfill`` is sent
+until the platform acknowledges it (9014 with the same QN), oldest first, so
+after an outage or a restart the holes fill in order before live data catches
+up. What was acknowledged is recorded in SQLite and never sent again. An
+invalid window goes up with its flag, never with a made-up value. Real-time
+data (2011) is sent at ``rtd_interval`` from the latest readings and is not
+back-filled. The platform's commands on the same connection are answered:
+1000, 1011/1012, 1061-1064, history requests (2031/2051/2061 with BeginTime and
+EndTime: 9011, the packets, 9012), 2012; anything else gets 9011 QnRtn=8. A
+refusal (QnRtn 3 wrong PW, 4 wrong MN) raises an alert instead of looping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zoneinfo
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from telemetry.hj212.codec import FrameError, FrameReader, Packet, decode_frame, encode, flag_value, split
+from telemetry.hj212.config import Platform
+from telemetry.metrics import Metrics
+from telemetry.model import Aggregate, AlertEvent, AlertState, Reading
+from telemetry.outbox import Outbox
+from telemetry.timing import Backoff, wait_event
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+KINDS = {"min": ("2051", "1m"), "hour": ("2061", "1h"), "day": ("2031", "1d")}
+CN_KIND = {cn: kind for kind, (cn, _) in KINDS.items()}
+REFUSALS = {"3": "wrong password (PW)", "4": "wrong station id (MN)", "5": "wrong ST", "6": "wrong Flag"}
+Db = Callable[..., Awaitable[Any]]
+
+
+class NotAcked(Exception):
+    """The platform did not acknowledge a packet after ReCount resends."""
+
+
+class Uplink:
+    def __init__(self, cfg: Platform, metrics: Metrics, on_alert: Callable[[AlertEvent], None] | None = None) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._metrics = metrics
+        self.on_alert = on_alert
+        self._zone = zoneinfo.ZoneInfo(cfg.timezone)
+        self._codes = cfg.code_map()
+        self._latest: dict[str, Reading] = {}
+        self._acks: dict[str, asyncio.Future[None]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._write_lock = asyncio.Lock()
+        self._db: Db | None = None
+        self._outbox: Outbox | None = None
+        self._acked: set[tuple[str, int]] = set()
+        self._rtd_on = "rtd" in cfg.send
+        self._rtd_interval = cfg.rtd_interval
+        self._min_minutes = cfg.min_interval_minutes
+        self._overtime, self._recount = cfg.overtime, cfg.recount
+        self._refused: AlertEvent | None = None
+        self._qn_last = 0
+        self.connected = asyncio.Event()
+        self.reader_errors = 0
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def attach(self, db: Db, outbox: Outbox) -> None:
+        self._db, self._outbox = db, outbox
+
+    def observe(self, readings: Sequence[Reading]) -> None:
+        for r in readings:
+            if r.site == self.cfg.site and r.quantity in self._codes:
+                self._latest[r.quantity] = r
+
+    # -- connection ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self._db is not None
+        assert self._outbox is not None
+        self._acked = await self._db(self._outbox.hj212_acked, self.name)
+        backoff = Backoff(initial=1.0, maximum=60.0)
+        down_logged = False
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(self.cfg.host, self.cfg.port), 10)
+            except (OSError, TimeoutError) as err:
+                self._metrics.hj212_up.labels(self.name).set(0)
+                if not down_logged:
+                    log.error(
+                        "hj212 %s: platform %s:%d unreachable (%s); retrying",
+                        self.name,
+                        self.cfg.host,
+                        self.cfg.port,
+                        type(err).__name__,
+                    )
+                    down_logged = True
+                await wait_event(stop, backoff.next())
+                continue
+            log.info("hj212 %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
+            down_logged = False
+            backoff.reset()
+            self._writer = writer
+            self.connected.set()
+            self._metrics.hj212_up.labels(self.name).set(1)
+            listener = asyncio.create_task(self._listen(reader))
+            try:
+                await self._session(stop, listener)
+            except (NotAcked, OSError, ConnectionError) as err:
+                log.warning("hj212 %s: connection dropped (%s); pending data waits for the next one", self.name, err)
+            finally:
+                self.connected.clear()
+                self._metrics.hj212_up.labels(self.name).set(0)
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+                writer.close()
+                self._writer = None
+            if not stop.is_set():
+                await wait_event(stop, backoff.next())
+
+    async def _session(self, stop: asyncio.Event, listener: asyncio.Task[None]) -> None:
+        loop = asyncio.get_running_loop()
+        next_rtd = next_beat = loop.time()
+        while not stop.is_set() and not listener.done():
+            now = loop.time()
+            if self._rtd_on and self._latest and now >= next_rtd:
+                await self._send_rtd()
+                next_rtd = now + self._rtd_interval
+            if self.cfg.version == "2025" and now >= next_beat:
+                await self._send(self._packet("9015", []), ack=False)
+                next_beat = now + self.cfg.heartbeat
+            sent = await self._send_due(time.time_ns())
+            if not sent:
+                await wait_event(stop, 1.0)
+        if listener.done() and not stop.is_set():
+            raise ConnectionError("platform closed the connection")
+
+    # -- what is due ------------------------------------------------------------------------------
+
+    async def _send_due(self, now: int, limit: int = 50) -> int:
+        """Send up to ``limit`` unacknowledged periods, oldest first; returns how many."""
+        assert self._db is not None
+        assert self._outbox is not None
+        due: list[tuple[int, str]] = []
+        since = now - int(self.cfg.backfill * NS)
+        for kind in ("min", "hour", "day"):
+            if kind not in self.cfg.send:
+                continue
+            cn, window = KINDS[kind]
+            starts = await self._db(self._outbox.window_starts, self.cfg.site, window, since)
+            for start in {self._period(kind, s) for s in starts}:
+                closed = start + self._length(kind, start) + int(self.cfg.grace * NS) <= now
+                if closed and (cn, start) not in self._acked:
+                    due.append((start, cn))
+        self._metrics.hj212_pending.labels(self.name).set(len(due))
+        oldest = min((s for s, _ in due), default=None)
+        self._metrics.hj212_pending_age.labels(self.name).set((now - oldest) / NS if oldest else 0)
+        for start, cn in sorted(due)[:limit]:
+            packet = await self._period_packet(cn, start)
+            if packet is None:
+                continue
+            await self._send(packet, ack=self.cfg.ack)
+            self._acked.add((cn, start))
+            await self._db(self._outbox.hj212_mark_acked, self.name, cn, start)
+        return min(len(due), limit)
+
+    def _period(self, kind: str, window_start: int) -> int:
+        if kind != "min":
+            return window_start
+        size = self._min_minutes * 60 * NS
+        return window_start // size * size  # Beijing and UTC minutes coincide; N divides an hour
+
+    def _length(self, kind: str, start: int) -> int:
+        return {"min": self._min_minutes * 60, "hour": 3600, "day": 86400}[kind] * NS
+
+    async def _period_packet(self, cn: str, start: int) -> Packet | None:
+        assert self._db is not None
+        assert self._outbox is not None
+        kind = CN_KIND[cn]
+        window = KINDS[kind][1]
+        windows = await self._db(self._outbox.windows, self.cfg.site, window, start, start + self._length(kind, start))
+        items: list[dict[str, str]] = [{"DataTime": self._local(start)}]
+        by_quantity: dict[str, list[Aggregate]] = {}
+        for w in windows:
+            if w.quantity in self._codes:
+                by_quantity.setdefault(w.quantity, []).append(w)
+        for quantity, group in sorted(by_quantity.items()):
+            items.append(_cp_item(self._codes[quantity], group))
+        return self._packet(cn, items) if len(items) > 1 else None
+
+    async def _send_rtd(self) -> None:
+        items: list[dict[str, str]] = [{"DataTime": self._local(max(r.ts for r in self._latest.values()))}]
+        for quantity, r in sorted(self._latest.items()):
+            code = self._codes[quantity]
+            items.append({f"{code}-Rtd": _num(r.value), f"{code}-Flag": r.flag.value})
+        await self._send(self._packet("2011", items), ack=False)
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _qn(self) -> str:
+        now = max(time.time_ns() // 1_000_000, self._qn_last + 1)  # unique per connection, ms resolution
+        self._qn_last = now
+        return datetime.fromtimestamp(now / 1000, self._zone).strftime("%Y%m%d%H%M%S%f")[:17]
+
+    def _packet(self, cn: str, cp: list[dict[str, str]], qn: str = "", st: str = "", ack: bool | None = None) -> Packet:
+        wants = self.cfg.ack if ack is None else ack
+        return Packet(
+            qn or self._qn(),
+            st or self.cfg.st,
+            cn,
+            self.cfg.pw.get_secret_value(),
+            self.cfg.mn,
+            flag_value(self.cfg.version, wants and cn in CN_KIND),
+            None,
+            None,
+            cp,
+        )
+
+    async def _send(self, packet: Packet, ack: bool) -> None:
+        for part in split(packet):
+            await self._send_one(part, ack and bool(part.flag & 1))
+
+    async def _send_one(self, packet: Packet, ack: bool) -> None:
+        data = encode(packet)
+        for attempt in range(self._recount + 1):
+            waiter = asyncio.get_running_loop().create_future() if ack else None
+            if waiter is not None:
+                self._acks[packet.qn] = waiter
+            await self._write(data)
+            result = "sent" if attempt == 0 else "resent"
+            self._metrics.hj212_packets.labels(self.name, packet.cn, result).inc()
+            if waiter is None:
+                return
+            try:
+                await asyncio.wait_for(waiter, self._overtime)
+            except TimeoutError:
+                continue
+            finally:
+                self._acks.pop(packet.qn, None)
+            self._metrics.hj212_packets.labels(self.name, packet.cn, "acked").inc()
+            self._clear_refusal()
+            return
+        self._metrics.hj212_packets.labels(self.name, packet.cn, "unacked").inc()
+        raise NotAcked(f"no 9014 for {packet.cn} QN {packet.qn} after {self._recount + 1} attempts")
+
+    async def _write(self, data: bytes) -> None:
+        writer = self._writer
+        if writer is None:
+            raise ConnectionError("not connected")
+        async with self._write_lock:
+            writer.write(data)
+            await writer.drain()
+
+    # -- what the platform says -------------------------------------------------------------------
+
+    async def _listen(self, reader: asyncio.StreamReader) -> None:
+        frames = FrameReader()
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                return
+            for raw in frames.feed(data):
+                try:
+                    packet = decode_frame(raw)
+                except FrameError as err:
+                    self.reader_errors += 1
+                    self._metrics.errors.labels("hj212", "decode", err.reason).inc()
+                    log.debug("hj212 %s: garbled frame from the platform: %s", self.name, err)
+                    continue
+                await self._handle(packet)
+
+    async def _handle(self, p: Packet) -> None:
+        if p.cn == "9014":
+            waiter = self._acks.get(p.qn)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        if p.cn == "9011":
+            code = p.get("QnRtn") or ""
+            if code in REFUSALS:
+                self._refusal(REFUSALS[code])
+            return
+        handler = {
+            "1000": self._set_timeouts,
+            "1011": self._get_time,
+            "1012": self._set_time,
+            "1061": self._get_rtd,
+            "1062": self._set_rtd,
+            "1063": self._get_min,
+            "1064": self._set_min,
+            "2012": self._stop_rtd,
+            "2011": self._start_rtd,
+        }.get(p.cn)
+        if p.cn in CN_KIND and p.get("BeginTime"):
+            task = asyncio.ensure_future(self._history(p))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif handler is not None:
+            await self._reply(p, "1")
+            await handler(p)
+        elif p.cn not in ("9013", "9012"):
+            await self._reply(p, "8")
+
+    async def _reply(self, request: Packet, qn_rtn: str) -> None:
+        await self._write(encode(self._packet("9011", [{"QnRtn": qn_rtn}], qn=request.qn, st="91", ack=False)))
+
+    async def _result(self, request: Packet, exe_rtn: str) -> None:
+        await self._write(encode(self._packet("9012", [{"ExeRtn": exe_rtn}], qn=request.qn, st="91", ack=False)))
+
+    async def _history(self, p: Packet) -> None:
+        """Answer a history request: 9011, each stored period in the range (acked), 9012."""
+        try:
+            await self._reply(p, "1")
+            begin, end = self._parse_local(p.get("BeginTime") or ""), self._parse_local(p.get("EndTime") or "")
+            kind = CN_KIND[p.cn]
+            assert self._db is not None
+            assert self._outbox is not None
+            starts = await self._db(self._outbox.window_starts, self.cfg.site, KINDS[kind][1], begin)
+            periods = sorted({self._period(kind, s) for s in starts if s <= end})
+            sent = 0
+            for start in periods:
+                packet = await self._period_packet(p.cn, start)
+                if packet is not None:
+                    await self._send(packet, ack=self.cfg.ack)
+                    sent += 1
+            await self._result(p, "1" if sent else "100")
+        except (NotAcked, ConnectionError, OSError, ValueError) as err:
+            log.warning("hj212 %s: history request %s failed: %s", self.name, p.qn, err)
+
+    async def _set_timeouts(self, p: Packet) -> None:
+        self._overtime = float(p.get("OverTime") or self._overtime)
+        self._recount = int(p.get("ReCount") or self._recount)
+        await self._result(p, "1")
+
+    async def _get_time(self, p: Packet) -> None:
+        await self._send(self._packet("1011", [{"SystemTime": self._local(time.time_ns())}], qn=p.qn, ack=False), False)
+        await self._result(p, "1")
+
+    async def _set_time(self, p: Packet) -> None:
+        log.warning(
+            "hj212 %s: platform asked to set the clock to %s; the daemon uses the host clock (NTP)",
+            self.name,
+            p.get("SystemTime"),
+        )
+        await self._result(p, "3")
+
+    async def _get_rtd(self, p: Packet) -> None:
+        await self._send(
+            self._packet("1061", [{"RtdInterval": str(int(self._rtd_interval))}], qn=p.qn, ack=False), False
+        )
+        await self._result(p, "1")
+
+    async def _set_rtd(self, p: Packet) -> None:
+        self._rtd_interval = max(1.0, float(p.get("RtdInterval") or self._rtd_interval))
+        await self._result(p, "1")
+
+    async def _get_min(self, p: Packet) -> None:
+        await self._send(self._packet("1063", [{"MinInterval": str(self._min_minutes)}], qn=p.qn, ack=False), False)
+        await self._result(p, "1")
+
+    async def _set_min(self, p: Packet) -> None:
+        minutes = int(p.get("MinInterval") or self._min_minutes)
+        ok = 1 <= minutes <= 60 and 60 % minutes == 0
+        if ok:
+            self._min_minutes = minutes
+        await self._result(p, "1" if ok else "3")
+
+    async def _stop_rtd(self, p: Packet) -> None:
+        self._rtd_on = False
+        await self._result(p, "1")
+
+    async def _start_rtd(self, p: Packet) -> None:
+        self._rtd_on = True
+        await self._result(p, "1")
+
+    # -- refusals as alerts ---------------------------------------------------------------------
+
+    def _refusal(self, why: str) -> None:
+        self._metrics.errors.labels("hj212", "refused", why.split(" (", maxsplit=1)[0].replace(" ", "_")).inc()
+        if self._refused is not None:
+            return
+        log.error("hj212 %s: platform refuses the station: %s", self.name, why)
+        self._refused = AlertEvent(
+            time.time_ns(),
+            self.cfg.site,
+            f"hj212_{self.name}_refused",
+            "critical",
+            AlertState.FIRING,
+            f"HJ 212 platform {self.name} refuses the station: {why}",
+            1.0,
+            0.0,
+            {"device": "hj212", "quantity": self.name},
+        )
+        if self.on_alert is not None:
+            self.on_alert(self._refused)
+
+    def _clear_refusal(self) -> None:
+        if self._refused is not None and self.on_alert is not None:
+            from dataclasses import replace  # noqa: PLC0415 - rare path
+
+            self.on_alert(
+                replace(
+                    self._refused,
+                    ts=time.time_ns(),
+                    state=AlertState.RESOLVED,
+                    message=f"HJ 212 platform {self.name} accepts the station again",
+                )
+            )
+        self._refused = None
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def _local(self, ts: int) -> str:
+        return datetime.fromtimestamp(ts / NS, self._zone).strftime("%Y%m%d%H%M%S")
+
+    def _parse_local(self, text: str) -> int:
+        return int(datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=self._zone).timestamp()) * NS
+
+
+def _num(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _cp_item(code: str, windows: list[Aggregate]) -> dict[str, str]:
+    """One pollutant's values for a period: combined windows, with the period's flag."""
+    valid = [w for w in windows if w.avg is not None]
+    item: dict[str, str] = {}
+    if valid:
+        weight = sum(max(1, w.valid_count) for w in valid)
+        item[f"{code}-Min"] = _num(min(w.min for w in valid if w.min is not None))
+        item[f"{code}-Avg"] = _num(sum(w.avg * max(1, w.valid_count) for w in valid if w.avg is not None) / weight)
+        item[f"{code}-Max"] = _num(max(w.max for w in valid if w.max is not None))
+    cou = [w.cou for w in windows if w.cou is not None]
+    if cou:
+        item[f"{code}-Cou"] = _num(sum(cou))
+    flags = [w.flag.value for w in windows if not w.valid]
+    item[f"{code}-Flag"] = "N" if not flags and all(w.valid for w in windows) else (flags[0] if flags else "N")
+    return item

@@ -1,0 +1,252 @@
+"""HJ 212 uplink against the project's platform receiver over real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from telemetry import app
+from telemetry.hj212.codec import Packet
+from telemetry.hj212.receiver import Receiver
+from telemetry.model import AlertEvent, Flag, Reading
+from telemetry.pipeline import Pipeline
+from tests.services import free_port
+
+BJ = timezone(timedelta(hours=8))
+NS = 1_000_000_000
+MN = "010000A8900016F000169DC0"
+
+
+def config(tmp: Path, port: int, **platform: object) -> Path:
+    extra = "".join(f", {k}: {v}" for k, v in platform.items())
+    path = tmp / "site.yaml"
+    path.write_text(
+        f"""
+sites: [{{id: s}}]
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp}/outbox.sqlite"}}
+hj212:
+  - {{name: city, host: 127.0.0.1, port: {port}, site: s, mn: {MN}, pw: "${{HJ212_PW:-123456}}", rtd_interval: 1s,
+     overtime: 500ms, recount: 2, grace: 0s, backfill: 3d{extra}}}
+"""
+    )
+    return path
+
+
+@dataclass
+class Daemon:
+    pipeline: Pipeline
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    events: list[AlertEvent]
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+
+async def start(path: Path) -> Daemon:
+    dep = app.load(str(path), {})
+    events: list[AlertEvent] = []
+    stop = asyncio.Event()
+    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        app.serve(
+            dep, stop, observer=lambda _r, e: events.extend(e), registry=CollectorRegistry(), pipeline_ready=ready
+        )
+    )
+    return Daemon(await asyncio.wait_for(ready, 10), stop, task, events)
+
+
+def an_hour(start: datetime, flag_minutes: range = range(0)) -> list[Reading]:
+    t0 = int(start.timestamp()) * NS
+    out = []
+    for m in range(60):
+        ts = t0 + (m * 60 + 5) * NS
+        flag = Flag.C if m in flag_minutes else Flag.N
+        out += [
+            Reading(ts, "s", "an", "cod", 40.0 + m % 10, "mg/L", flag),
+            Reading(ts, "s", "an", "nh3n", 5.0, "mg/L"),
+            Reading(ts, "s", "fm", "flow", 2.0, "m3/h"),
+        ]
+    return out
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def by_cn(packets: list[Packet], cn: str) -> list[Packet]:
+    return [p for p in packets if p.cn == cn]
+
+
+async def test_station_sends_realtime_minute_hour_and_day_data_each_acked(tmp_path: Path, receiver: Receiver) -> None:
+    daemon = await start(config(tmp_path, receiver.port))
+    try:
+        yesterday = datetime.now(BJ).replace(hour=10, minute=0, second=0, microsecond=0) - timedelta(days=1)
+        await daemon.pipeline.emit(an_hour(yesterday, flag_minutes=range(20, 35)))  # 45 valid minutes: still valid
+        await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 55.5, "mg/L")])
+        daemon.pipeline.tick(time.time_ns())
+        packets = await receiver.wait_for(
+            lambda ps: len(by_cn(ps, "2051")) >= 6 and by_cn(ps, "2061") and by_cn(ps, "2031") and by_cn(ps, "2011"), 30
+        )
+        acked = daemon.pipeline.metrics.registry.get_sample_value(
+            "telemetry_hj212_packets_total", {"platform": "city", "cn": "2061", "result": "acked"}
+        )
+    finally:
+        await daemon.close()
+    rtd = by_cn(packets, "2011")[0]
+    assert rtd.get("w01018-Rtd") == "55.5"
+    assert rtd.get("w01018-Flag") == "N"
+    minutes = by_cn(packets, "2051")
+    assert [p.get("DataTime") for p in minutes] == [
+        yesterday.strftime("%Y%m%d") + f"10{m:02d}00" for m in range(0, 60, 10)
+    ]
+    assert minutes[0].get("w01018-Avg") == "44.5"  # 40..49 over ten minutes
+    assert minutes[1].get("w01018-Flag") == "N"
+    assert minutes[2].get("w01018-Flag") == "C"  # 10:20-10:30 all in calibration: sent with its flag,
+    assert minutes[2].get("w01018-Avg") is None  # never with a made-up value
+    assert minutes[2].get("w21003-Avg") == "5"  # the other analyzer was measuring
+    hour = by_cn(packets, "2061")[0]
+    assert hour.get("DataTime") == yesterday.strftime("%Y%m%d%H0000")
+    assert hour.get("w00000-Avg") == "2"
+    assert hour.get("w00000-Cou") == "2"  # m3 in the hour
+    assert hour.get("w21003-Avg") == "5"
+    assert hour.get("w01018-Flag") == "N"
+    day = by_cn(packets, "2031")[0]
+    assert day.get("DataTime") == yesterday.strftime("%Y%m%d000000")
+    assert day.get("w01018-Flag") != "N"  # one valid hour is not a valid day: sent with its flag
+    assert all(p.mn == MN and p.pw == "123456" and p.st == "32" for p in packets)
+    assert acked == 1
+
+
+async def test_outage_and_restart_back_fill_every_period_once_oldest_first(tmp_path: Path) -> None:
+    port = free_port()
+    path = config(tmp_path, port, send="[rtd, min, hour]")
+    daemon = await start(path)  # the platform is down: nothing listens on the port
+    two_hours_ago = datetime.now(BJ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    try:
+        await daemon.pipeline.emit(an_hour(two_hours_ago))
+        daemon.pipeline.tick(time.time_ns())
+        await asyncio.sleep(0.5)  # the uplink tries and fails meanwhile; nothing to await: the platform is away
+    finally:
+        await daemon.close()
+    receiver = Receiver(port=port)
+    await receiver.start()
+    daemon = await start(path)  # restarted daemon, platform back
+    try:
+        packets = await receiver.wait_for(lambda ps: len(by_cn(ps, "2051")) >= 6 and by_cn(ps, "2061"), 30)
+        await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 60.0, "mg/L")])
+        await receiver.wait_for(lambda ps: by_cn(ps, "2011"), 10)  # live data resumes
+    finally:
+        await daemon.close()
+        await receiver.stop()
+    periods = [(p.cn, p.get("DataTime")) for p in packets if p.cn in ("2051", "2061")]
+    assert len(periods) == len(set(periods)) == 7  # each once
+    starts = [p.get("DataTime") for p in packets if p.cn in ("2051", "2061")]
+    assert starts == sorted(starts)  # oldest first
+
+
+async def test_history_request_returns_the_stored_windows_or_exertn_100(tmp_path: Path, receiver: Receiver) -> None:
+    daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
+    hour = datetime.now(BJ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    try:
+        await daemon.pipeline.emit(an_hour(hour))
+        daemon.pipeline.tick(time.time_ns())
+        await asyncio.wait_for(daemon.pipeline.uplinks[0].connected.wait(), 10)
+        begin, end = hour.strftime("%Y%m%d%H%M%S"), (hour + timedelta(minutes=59)).strftime("%Y%m%d%H%M%S")
+        request = Packet(
+            "20261126100000001", "32", "2061", "123456", MN, 5, None, None, [{"BeginTime": begin, "EndTime": end}]
+        )
+        await receiver.send(request)
+        got = await receiver.wait_for(lambda ps: any(p.cn == "9012" and p.qn == request.qn for p in ps), 20)
+        empty = Packet(
+            "20261126100000002",
+            "32",
+            "2061",
+            "123456",
+            MN,
+            5,
+            None,
+            None,
+            [{"BeginTime": "20200101000000", "EndTime": "20200101010000"}],
+        )
+        await receiver.send(empty)
+        none = await receiver.wait_for(lambda ps: any(p.cn == "9012" and p.qn == empty.qn for p in ps), 20)
+    finally:
+        await daemon.close()
+    answer = [p for p in got if p.qn == request.qn or p.cn == "2061"]
+    assert [p.cn for p in answer] == ["9011", "2061", "9012"]
+    assert answer[0].get("QnRtn") == "1"
+    assert answer[1].get("DataTime") == hour.strftime("%Y%m%d%H%M%S")
+    assert answer[2].get("ExeRtn") == "1"
+    assert [p.get("ExeRtn") for p in none if p.qn == empty.qn and p.cn == "9012"] == ["100"]
+
+
+async def test_no_9014_means_resend_recount_times_then_pending_then_sent(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.ack = False
+    daemon = await start(config(tmp_path, receiver.port, send="[hour]"))
+    hour = datetime.now(BJ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    try:
+        await daemon.pipeline.emit(an_hour(hour))
+        daemon.pipeline.tick(time.time_ns())
+        tries = await receiver.wait_for(lambda ps: len(by_cn(ps, "2061")) >= 3, 20)
+        first = by_cn(tries, "2061")[:3]
+        assert len({p.qn for p in first}) == 1  # one packet, sent and resent twice (ReCount 2)
+        receiver.ack = True
+        packets = await receiver.wait_for(lambda ps: len({p.qn for p in by_cn(ps, "2061")}) >= 2, 30)
+        registry = daemon.pipeline.metrics.registry
+        unacked = registry.get_sample_value(
+            "telemetry_hj212_packets_total", {"platform": "city", "cn": "2061", "result": "unacked"}
+        )
+    finally:
+        await daemon.close()
+    assert unacked is not None
+    assert unacked >= 1
+    assert len(by_cn(packets, "2061")) >= 4
+
+
+async def test_a_password_refusal_raises_an_alert(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.refuse = "3"
+    daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
+    manager = daemon.pipeline.desk.manager
+    try:
+        await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 60.0, "mg/L")])
+        await receiver.wait_for(lambda ps: by_cn(ps, "2011"), 10)
+        for _ in range(100):
+            if manager.alerts:
+                break
+            await asyncio.sleep(0.05)  # the answer is handled by the uplink's reader task; bounded poll
+    finally:
+        await daemon.close()
+    [alert] = [a for a in manager.alerts.values() if a.rule == "hj212_city_refused"]
+    assert alert.state == "firing"
+    assert "wrong password" in alert.message
+
+
+async def test_garbage_from_the_platform_is_counted_and_the_link_stays_up(tmp_path: Path, receiver: Receiver) -> None:
+    daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
+    try:
+        uplink = daemon.pipeline.uplinks[0]
+        await asyncio.wait_for(uplink.connected.wait(), 10)
+        for writer in receiver._writers:
+            writer.write(os.urandom(300) + b"##0010garbage!!1234\r\n" + b"##00x")
+            await writer.drain()
+        await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 61.0, "mg/L")])
+        packets = await receiver.wait_for(lambda ps: any(p.get("w01018-Rtd") == "61" for p in ps), 10)
+    finally:
+        await daemon.close()
+    assert uplink.reader_errors >= 1
+    assert by_cn(packets, "2011")
