@@ -20,14 +20,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from telemetry import app
-from telemetry.config import Deployment, InfluxV1, InfluxV2
+from telemetry.config import Deployment
 from telemetry.errors import ConfigError
+from telemetry.hj212.receiver import Receiver
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.pipeline import Pipeline
 from telemetry.receiver import NotificationReceiver
@@ -65,7 +68,7 @@ class LiveView:
             word = "ALERT FIRING " if e.state is AlertState.FIRING else "ALERT RESOLVED"
             _say(f"*** {word} {e.site} {e.rule} [{e.severity}]: {e.message}")
 
-    def render(self, pipeline: Pipeline | None, influx_note: str) -> None:
+    def render(self, pipeline: Pipeline | None, influx_note: str, platform: Receiver | None = None) -> None:
         _say(f"readings committed: {self.readings}")
         for site, values in sorted(self.latest.items()):
             row = "  ".join(
@@ -76,6 +79,10 @@ class LiveView:
         if pipeline is not None:
             waiting = ", ".join(f"{c}: {n}" for c, n in sorted(pipeline.outbox.backlog().items()))
             print(f"          outbox      {waiting or 'no sink'} waiting  ({influx_note})", flush=True)
+        if platform is not None:
+            counts = Counter(p.cn for p in platform.packets)
+            got = ", ".join(f"{cn} x{n}" for cn, n in sorted(counts.items())) or "nothing yet"
+            print(f"          HJ 212      city platform received: {got}", flush=True)
 
 
 def main(config_path: str | None, minutes: float | None) -> int:
@@ -123,24 +130,11 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
     )
 
     tasks: list[asyncio.Task[None]] = []
-    mqtt = next((d for d in dep.devices if d.kind == "mqtt"), None)
-    if mqtt is not None:
-        host, port = getattr(mqtt, "host", "127.0.0.1"), getattr(mqtt, "port", 1883)
-        if _reachable(host, port):
-            tasks.append(asyncio.create_task(MqttPublisher(host, port, demo_sources()).run(stop)))
-            _say(f"simulated weighbridges (Chenxing, Donghai, Ganyu) and Shuangdian pond on mqtt {host}:{port}")
-        else:
-            dep.devices = [d for d in dep.devices if d.kind != "mqtt"]
-            _say(f"no MQTT broker at {host}:{port}: the Chenxing weighbridge part of the demo is off")
-
-    influx_note = "no InfluxDB configured"
-    for sink in dep.config.influxdb:
-        if isinstance(sink, InfluxV1 | InfluxV2):
-            url = urlsplit(sink.url)
-            if _reachable(url.hostname or "127.0.0.1", url.port or 8086):
-                influx_note = f"writing to InfluxDB at {sink.url}"
-            else:
-                influx_note = f"InfluxDB at {sink.url} not reachable: buffering in {dep.config.outbox.path}"
+    publisher = _mqtt_publisher(dep, stop)
+    if publisher is not None:
+        tasks.append(asyncio.create_task(publisher))
+    platform = await _platform(dep)
+    influx_note = _influx_note(dep)
     _say(influx_note)
     if receiver is not None:
         _say(f"alert notifications go to a local receiver at {receiver.url}")
@@ -148,7 +142,7 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
 
     ready: asyncio.Future[Pipeline] = loop.create_future()
     daemon = asyncio.create_task(app.serve(dep, stop, observer=view.observe, pipeline_ready=ready))
-    tasks.append(asyncio.create_task(_printer(view, ready, influx_note, receiver, stop)))
+    tasks.append(asyncio.create_task(_printer(view, ready, influx_note, receiver, stop, platform)))
     if minutes:
         tasks.append(asyncio.create_task(_stop_after(stop, minutes * 60)))
     try:
@@ -157,8 +151,49 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await analyzer.stop()
+        if platform is not None:
+            await platform.stop()
     _say("demo stopped; readings not yet in InfluxDB stay in the outbox for the next run")
     return 0
+
+
+def _mqtt_publisher(dep: Deployment, stop: asyncio.Event) -> Coroutine[Any, Any, None] | None:
+    """The weighbridges and the pond on MQTT, when a broker answers; else the MQTT part is off."""
+    mqtt = next((d for d in dep.devices if d.kind == "mqtt"), None)
+    if mqtt is None:
+        return None
+    host, port = getattr(mqtt, "host", "127.0.0.1"), getattr(mqtt, "port", 1883)
+    if not _reachable(host, port):
+        dep.devices = [d for d in dep.devices if d.kind != "mqtt"]
+        _say(f"no MQTT broker at {host}:{port}: the incinerator and pond part of the demo is off")
+        return None
+    _say(f"simulated weighbridges (Chenxing, Donghai, Ganyu) and Shuangdian pond on mqtt {host}:{port}")
+    return MqttPublisher(host, port, demo_sources()).run(stop)
+
+
+async def _platform(dep: Deployment) -> Receiver | None:
+    """A stand-in for the city platform, unless HJ212_HOST points at a real one."""
+    if "HJ212_HOST" in os.environ or not dep.config.hj212:
+        return None
+    platform = Receiver(port=dep.config.hj212[0].port)
+    try:
+        await platform.start()
+    except OSError as err:
+        _say(f"cannot start the HJ 212 platform stand-in: {err}")
+        return None
+    _say(f"city platform stand-in (HJ 212 receiver) on 127.0.0.1:{platform.port}")
+    return platform
+
+
+def _influx_note(dep: Deployment) -> str:
+    note = "no InfluxDB configured"
+    for sink in dep.config.influxdb:
+        url = urlsplit(sink.url)
+        if _reachable(url.hostname or "127.0.0.1", url.port or 8086):
+            note = f"writing to InfluxDB at {sink.url}"
+        else:
+            note = f"InfluxDB at {sink.url} not reachable: buffering in {dep.config.outbox.path}"
+    return note
 
 
 async def _stop_after(stop: asyncio.Event, seconds: float) -> None:
@@ -172,6 +207,7 @@ async def _printer(
     influx_note: str,
     receiver: NotificationReceiver | None,
     stop: asyncio.Event,
+    platform: Receiver | None = None,
 ) -> None:
     pipeline: Pipeline | None = None
     seen = 0
@@ -185,6 +221,6 @@ async def _printer(
                 _say(f"--> notification received by the supervisors' robot: {msg.get('title', '')}")
             seen = len(receiver.messages)
         if time.monotonic() >= next_render:
-            view.render(pipeline, influx_note)
+            view.render(pipeline, influx_note, platform)
             next_render = time.monotonic() + REFRESH_S
         await wait_event(stop, 0.5)

@@ -97,6 +97,8 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
         "DEMO_COD_FOR": "2s",
         "DEMO_POLL": "500ms",
         "DEMO_POLL_TIMEOUT": "200ms",
+        "HJ212_PORT": str(free_port()),
+        "HJ212_RTD": "2s",
     }
     proc = await telemetry("demo", "--minutes", "0.5", env=env)
     assert proc.stdout is not None
@@ -115,6 +117,7 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
     assert "simulated Diaoyushan analyzers" in text
     assert f"writing to InfluxDB at {influx1.url}" in text
     assert "*** ALERT FIRING  diaoyushan cod_limit [critical]" in text
+    assert "city platform received: 2011 x" in text  # real-time data reached the HJ 212 stand-in
     assert "FIRING" in next(line for line in seen if "notification received" in line and "cod_limit" in line)
     assert proc.returncode == 0, err.decode()
     rows = await eventually(
