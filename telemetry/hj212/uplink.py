@@ -72,8 +72,13 @@ class Uplink:
         self._db, self._outbox = db, outbox
 
     def observe(self, readings: Sequence[Reading]) -> None:
+        """Keep the newest reading per quantity; old readings (a back-filled outage) are not real-time."""
+        fresh = time.time_ns() - int(max(60.0, 3 * self._rtd_interval) * NS)
         for r in readings:
-            if r.site == self.cfg.site and r.quantity in self._codes:
+            if r.site != self.cfg.site or r.quantity not in self._codes or r.ts < fresh:
+                continue
+            current = self._latest.get(r.quantity)
+            if current is None or r.ts >= current.ts:
                 self._latest[r.quantity] = r
 
     # -- connection ------------------------------------------------------------------------------
