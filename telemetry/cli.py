@@ -118,6 +118,9 @@ def _hj212_command(sub: Any) -> None:
     hj.add_argument("action", choices=["crc", "decode", "encode", "receiver"])
     hj.add_argument("--port", type=int, default=0, help="receiver: TCP port to listen on")
     hj.add_argument("--listen", default="0.0.0.0", help="receiver: address to listen on")  # noqa: S104 - a tool
+    hj.add_argument("--request", choices=["2031", "2051", "2061"], help="receiver: ask the station for history")
+    hj.add_argument("--begin", help="receiver: BeginTime yyyyMMddHHmmss (platform local time)")
+    hj.add_argument("--end", help="receiver: EndTime yyyyMMddHHmmss")
     hj.add_argument("data", nargs="?", help="crc: a data segment; decode: a frame (##...)")
     hj.add_argument("--cn", default="2011")
     hj.add_argument("--st", default="32")
@@ -205,7 +208,8 @@ def _deadletters(dep: Deployment, args: argparse.Namespace) -> int:
 
 def _hj212(args: argparse.Namespace) -> int:
     if args.action == "receiver":
-        return asyncio.run(_hj212_receiver(args.listen, args.port))
+        request = (args.request, args.begin, args.end) if args.request else None
+        return asyncio.run(_hj212_receiver(args.listen, args.port, request))
     try:
         if args.action == "crc":
             print(f"{hj212.crc16((args.data or '').encode()):04X}")
@@ -239,8 +243,9 @@ def _hj212(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _hj212_receiver(host: str, port: int) -> int:
-    """A platform stand-in: prints each packet a station sends and acknowledges it (9014)."""
+async def _hj212_receiver(host: str, port: int, request: tuple[str, str, str] | None) -> int:
+    """A platform stand-in: prints each packet a station sends and acknowledges it (9014);
+    with ``request``, asks the first station that connects for that history."""
     receiver = Receiver(host, port, echo=lambda line: print(line, flush=True))
     await receiver.start()
     print(f"HJ 212 receiver on {host}:{receiver.port}; Ctrl-C to stop", flush=True)
@@ -248,6 +253,22 @@ async def _hj212_receiver(host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if request is not None:
+        first = await receiver.wait_for(bool, 24 * 3600)
+        cn, begin, end = request
+        ask = hj212.Packet(
+            datetime.now().strftime("%Y%m%d%H%M%S%f")[:17],
+            first[0].st,
+            cn,
+            first[0].pw,
+            first[0].mn,
+            first[0].flag | 1,
+            None,
+            None,
+            [{"BeginTime": begin, "EndTime": end}],
+        )
+        print(f"-> history request {cn} {begin}..{end}", flush=True)
+        await receiver.send(ask)
     await stop.wait()
     await receiver.stop()
     print(f"{len(receiver.packets)} packets, {receiver.garbled} garbled", flush=True)

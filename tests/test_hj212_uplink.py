@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from telemetry.pipeline import Pipeline
 from tests.services import free_port
 
 BJ = timezone(timedelta(hours=8))
+ROOT = Path(__file__).resolve().parents[1]
 NS = 1_000_000_000
 MN = "010000A8900016F000169DC0"
 
@@ -250,3 +253,48 @@ async def test_garbage_from_the_platform_is_counted_and_the_link_stays_up(tmp_pa
         await daemon.close()
     assert uplink.reader_errors >= 1
     assert by_cn(packets, "2011")
+
+
+async def test_receiver_command_asks_a_station_for_history(tmp_path: Path) -> None:
+    port = free_port()
+    hour = datetime.now(BJ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
+    begin, end = hour.strftime("%Y%m%d%H%M%S"), (hour + timedelta(minutes=59)).strftime("%Y%m%d%H%M%S")
+    tool = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "telemetry.cli",
+        "hj212",
+        "receiver",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--request",
+        "2061",
+        "--begin",
+        begin,
+        "--end",
+        end,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert tool.stdout is not None
+    assert "HJ 212 receiver on" in (await tool.stdout.readline()).decode()
+    daemon = await start(config(tmp_path, port, send="[rtd]"))
+    lines: list[str] = []
+    try:
+        await daemon.pipeline.emit(an_hour(hour))
+        daemon.pipeline.tick(time.time_ns())
+        await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 60.0, "mg/L")])
+        async with asyncio.timeout(30):
+            while not any("CN=9012" in line for line in lines):
+                lines.append((await tool.stdout.readline()).decode())
+    finally:
+        await daemon.close()
+        tool.send_signal(signal.SIGINT)
+        await tool.wait()
+    text = "".join(lines)
+    assert f"-> history request 2061 {begin}..{end}" in text
+    assert "CN=2061;" in text
+    assert f"DataTime={begin}" in text
+    assert "ExeRtn=1" in text
