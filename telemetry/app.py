@@ -91,12 +91,20 @@ async def serve(
     """Run the daemon until ``stop`` is set."""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     stop_http = None
+    current: list[Pipeline] = []
+
+    def readiness() -> tuple[bool, dict[str, Any]]:
+        if not current:
+            return False, {"pipeline": "starting"}
+        return current[0].readiness(dep.config.metrics.ready_sink_age)
+
     if dep.config.metrics.enabled:
         ack_token = dep.config.metrics.ack_token.get_secret_value()
-        stop_http = http.serve(metrics, dep.config.metrics.listen, dep.config.outbox.path, ack_token)
+        stop_http = http.serve(metrics, dep.config.metrics.listen, dep.config.outbox.path, ack_token, readiness)
         log.info("metrics on http://%s/metrics", dep.config.metrics.listen)
     try:
         pipeline = build(dep, metrics, observer)
+        current.append(pipeline)
         for delivery in pipeline.deliveries:
             await asyncio.to_thread(_check_sink, delivery.sink)
         if pipeline_ready is not None:

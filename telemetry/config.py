@@ -168,6 +168,7 @@ class Metrics(Model):
     enabled: bool = True
     listen: Listen = "127.0.0.1:9108"
     ack_token: SecretStr = SecretStr("")
+    ready_sink_age: Duration = 300.0  # /readyz fails when a sink with a backlog accepted nothing for this long
 
 
 class Outbox(Model):

@@ -1,6 +1,9 @@
 """The daemon's HTTP endpoint: Prometheus metrics and the alert desk for people.
 
 - ``GET /metrics``: Prometheus exposition.
+- ``GET /healthz``: 200 while the process serves requests.
+- ``GET /readyz``: 200 when drivers are started, the outbox takes commits and every
+  sink with a backlog accepted a write recently; 503 with the reasons otherwise.
 - ``GET /alerts``: current alerts and silences as JSON (what ``telemetry alerts list`` shows).
 - ``POST /alerts/ID/ack``: acknowledge an alert (stops repeats and escalation); with
   ``metrics.ack_token`` set, the request needs ``Authorization: Bearer TOKEN``.
@@ -32,8 +35,11 @@ class _QuietHandler(WSGIRequestHandler):
         return
 
 
+Readiness = Callable[[], tuple[bool, dict[str, Any]]]
+
+
 def app(
-    metrics: Metrics, outbox_path: str, ack_token: str = ""
+    metrics: Metrics, outbox_path: str, ack_token: str = "", readiness: Readiness | None = None
 ) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     prometheus = make_wsgi_app(metrics.registry)
 
@@ -42,36 +48,49 @@ def app(
         start(status, [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(data)))])
         return [data]
 
+    def alerts_api(environ: dict[str, Any], path: str, method: str) -> tuple[str, Any]:
+        """(status, body) for the /alerts endpoints."""
+        if path == "/alerts" and method == "GET":
+            return "200 OK", read_state(outbox_path, "alerts") or {"alerts": [], "silences": []}
+        parts = path.strip("/").split("/")
+        if not (len(parts) == 3 and parts[0] == "alerts" and parts[2] == "ack" and method == "POST"):
+            return "404 Not Found", {"error": "not found"}
+        given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+        if ack_token and not hmac.compare_digest(given, ack_token):
+            return "401 Unauthorized", {"error": "bearer token required"}
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+        body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
+        by = str(body.get("by", "http"))[:64] if isinstance(body, dict) else "http"
+        add_command(outbox_path, "ack", {"id": parts[1], "by": by})
+        return "202 Accepted", {"queued": True, "id": parts[1]}
+
     def handle(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path == "/metrics":
             return prometheus(environ, start)  # type: ignore[no-any-return]
-        try:
-            if path == "/alerts" and method == "GET":
-                return reply(start, "200 OK", read_state(outbox_path, "alerts") or {"alerts": [], "silences": []})
-            parts = path.strip("/").split("/")
-            if len(parts) == 3 and parts[0] == "alerts" and parts[2] == "ack" and method == "POST":
-                given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
-                if ack_token and not hmac.compare_digest(given, ack_token):
-                    return reply(start, "401 Unauthorized", {"error": "bearer token required"})
-                size = int(environ.get("CONTENT_LENGTH") or 0)
-                body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
-                by = str(body.get("by", "http"))[:64] if isinstance(body, dict) else "http"
-                add_command(outbox_path, "ack", {"id": parts[1], "by": by})
-                return reply(start, "202 Accepted", {"queued": True, "id": parts[1]})
-        except (OutboxError, ValueError) as err:
-            return reply(start, "503 Service Unavailable", {"error": str(err)})
-        return reply(start, "404 Not Found", {"error": "not found"})
+        body: Any
+        if path == "/healthz":
+            status, body = "200 OK", {"status": "ok"}
+        elif path == "/readyz":
+            ready, detail = readiness() if readiness is not None else (False, {"pipeline": "starting"})
+            status, body = ("200 OK" if ready else "503 Service Unavailable"), {"ready": ready, **detail}
+        else:
+            try:
+                status, body = alerts_api(environ, path, method)
+            except (OutboxError, ValueError) as err:
+                status, body = "503 Service Unavailable", {"error": str(err)}
+        return reply(start, status, body)
 
     return handle
 
 
-def serve(metrics: Metrics, listen: str, outbox_path: str, ack_token: str = "") -> Callable[[], None]:
+def serve(
+    metrics: Metrics, listen: str, outbox_path: str, ack_token: str = "", readiness: Readiness | None = None
+) -> Callable[[], None]:
     """Start the endpoint in a thread; returns a function that stops it."""
     host, _, port = listen.rpartition(":")
-    server: WSGIServer = make_server(
-        host.strip("[]"), int(port), app(metrics, outbox_path, ack_token), handler_class=_QuietHandler
-    )
+    handler = app(metrics, outbox_path, ack_token, readiness)
+    server: WSGIServer = make_server(host.strip("[]"), int(port), handler, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
 

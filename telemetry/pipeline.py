@@ -95,7 +95,25 @@ class Pipeline:
         self._dropped_seen = 0
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
+        self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
         self.desk = AlertDesk(manager, notifier, rules, outbox, self.db, metrics)
+
+    def readiness(self, max_sink_age_s: float) -> tuple[bool, dict[str, Any]]:
+        """For /readyz: drivers started, the outbox taking commits, sinks not stuck."""
+        backlog = self.outbox.backlog()
+        stuck = {
+            d.consumer: round(d.lag_seconds())
+            for d in self.deliveries
+            if backlog.get(d.consumer, 0) and d.lag_seconds() > max_sink_age_s
+        }
+        detail: dict[str, Any] = {
+            "drivers_started": self.started.is_set(),
+            "outbox_ok": self.commit_error is None,
+            "sinks_stuck_seconds": stuck,
+        }
+        if self.commit_error:
+            detail["outbox_error"] = self.commit_error
+        return self.started.is_set() and self.commit_error is None and not stuck, detail
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run an outbox method on the outbox's own thread."""
@@ -179,12 +197,14 @@ class Pipeline:
         try:
             await self._append(records, rejected)
         except OutboxError as err:
+            self.commit_error = str(err)
             log.error("outbox commit of %d records failed: %s", len(records), err)
             self.metrics.errors.labels("outbox", "commit", "sqlite").inc()
             for item in items:
                 if item.future is not None and not item.future.done():
                     item.future.set_exception(err)
             return
+        self.commit_error = None
         for item in items:
             if item.future is not None and not item.future.done():
                 item.future.set_result(None)

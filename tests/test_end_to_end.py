@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -344,3 +345,22 @@ async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_
     finally:
         await analyzer.stop()
     assert [("FIRING" in m["title"], "RESOLVED" in m["title"]) for m in messages] == [(True, False), (False, True)]
+
+
+async def test_health_and_readiness_endpoints(plant: Plant) -> None:
+    def get(path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{plant.metrics_port}{path}", timeout=5) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
+    assert await asyncio.to_thread(get, "/healthz") == (200, {"status": "ok"})
+    status, body = await asyncio.to_thread(get, "/readyz")
+    assert status == 200
+    assert body == {"ready": True, "drivers_started": True, "outbox_ok": True, "sinks_stuck_seconds": {}}
+    plant.pipeline.commit_error = "disk I/O error"  # what a failed commit leaves behind
+    status, body = await asyncio.to_thread(get, "/readyz")
+    assert status == 503
+    assert body["outbox_error"] == "disk I/O error"
+    assert (await asyncio.to_thread(get, "/nothing"))[0] == 404
