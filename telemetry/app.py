@@ -115,6 +115,18 @@ async def serve(
             stop_http()
 
 
+def schema() -> dict[str, Any]:
+    """JSON Schema of a deployment file, device kinds included (for editors' completion)."""
+    root = config.Config.model_json_schema(by_alias=True)
+    kinds = [d.config.model_json_schema(by_alias=True, ref_template="#/$defs/{model}") for d in DRIVERS.values()]
+    defs = root.setdefault("$defs", {})
+    for kind in kinds:
+        defs.update(kind.pop("$defs", {}))
+    root["properties"]["devices"]["items"] = {"oneOf": kinds}
+    root["title"] = "plant telemetry deployment"
+    return root
+
+
 async def probe(dep: config.Deployment, out: Callable[[str], None]) -> int:
     """Poll each Modbus device once and say what it read or why it could not; 1 if any failed."""
     metrics = Metrics(CollectorRegistry())

@@ -48,12 +48,14 @@ from telemetry.outbox import (
 log = logging.getLogger("telemetry")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telemetry", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"telemetry {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", required=True, help="deployment YAML file")
+    run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one object per line")
+    sub.add_parser("schema", help="print the JSON Schema of the configuration (for editors)")
     check = sub.add_parser("check", help="validate a configuration and print a summary")
     check.add_argument("-c", "--config", required=True, help="deployment YAML file")
     probe = sub.add_parser(
@@ -93,7 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="simulated plant + daemon on loopback, with a live view")
     demo.add_argument("-c", "--config", default=None, help="demo YAML (default: config/demo.yaml)")
     demo.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     if args.command == "demo":
         from telemetry import demo as demo_mod  # noqa: PLC0415 - only the demo needs the simulators
@@ -103,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _probe_address(args)
     if args.command == "hj212":
         return _hj212(args)
+    if args.command == "schema":
+        print(json.dumps(app.schema(), indent=2, ensure_ascii=False))
+        return 0
     try:
         dep = app.load(args.config)
     except ConfigError as err:
@@ -157,8 +166,8 @@ def _check(dep: Deployment, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(dep: Deployment, _args: argparse.Namespace) -> int:
-    _setup_logging(dep.config.log_level)
+def _run(dep: Deployment, args: argparse.Namespace) -> int:
+    _setup_logging(dep.config.log_level, args.log_format)
     return run_until_signal(dep)
 
 
@@ -275,8 +284,25 @@ async def _hj212_receiver(host: str, port: int, request: tuple[str, str, str] | 
     return 0
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        _JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, handlers=[handler])
     # These libraries log every failed attempt; the daemon logs a device or sink going
     # down and coming back itself, once each.
     logging.getLogger("urllib3").setLevel(max(logging.ERROR, logging.getLevelName(level)))
@@ -434,6 +460,34 @@ COMMANDS = {
 }
 
 
+def likely_mistakes(dep: Deployment) -> list[str]:
+    """Valid but probably wrong: rules nobody feeds, devices nobody watches."""
+    produced: dict[str, set[str]] = {}  # site -> quantities known to be produced
+    dynamic = False  # an MQTT topic or batch names quantities at run time: cannot know them all
+    for device in dep.devices:
+        for quantity in getattr(device, "points", []):
+            produced.setdefault(device.site or "", set()).add(quantity.quantity)
+        for sub in getattr(device, "subscriptions", []):
+            if sub.quantity is None or sub.site is None:
+                dynamic = True
+            else:
+                produced.setdefault(sub.site, set()).add(sub.quantity)
+    notes = []
+    for rule in dep.rules:
+        quantity = getattr(rule, "quantity", None)
+        sites = [rule.site] if rule.site else list(produced)
+        if quantity and not dynamic and not any(quantity in produced.get(s, set()) for s in sites):
+            notes.append(f"rule {rule.name}: no device produces {quantity!r} at {rule.site or 'any site'}")
+    watched = {(r.site, getattr(r, "quantity", None)) for r in dep.rules}
+    for device in dep.devices:
+        quantities = {p.quantity for p in getattr(device, "points", [])}
+        if quantities and not any(
+            (site in (None, device.site)) and (q is None or q in quantities) for site, q in watched
+        ):
+            notes.append(f"device {device.id}: no rule watches its {', '.join(sorted(quantities))}")
+    return notes
+
+
 def summary(dep: Deployment) -> str:
     cfg = dep.config
     out = [f"{dep.file}: valid"]
@@ -456,6 +510,11 @@ def summary(dep: Deployment) -> str:
         )
     out.append(f"metrics: {'http://' + cfg.metrics.listen + '/metrics' if cfg.metrics.enabled else 'off'}")
     out.append(f"outbox: {cfg.outbox.path}")
+    out.append(f"hj212 platforms ({len(cfg.hj212)}):")
+    out += [f"  {p.name:<20} {p.host}:{p.port} site {p.site} MN {p.mn} HJ 212-{p.version}" for p in cfg.hj212]
+    notes = likely_mistakes(dep)
+    out.append(f"warnings ({len(notes)}):")
+    out += [f"  {note}" for note in notes]
     return "\n".join(out)
 
 

@@ -94,8 +94,8 @@ def _check_listen(value: str) -> str:
 
 
 M = TypeVar("M", bound=BaseModel)
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str)]
+Size = Annotated[int, BeforeValidator(parse_size, json_schema_input_type=int | str)]
 Name = Annotated[str, AfterValidator(_check_name)]
 TimeZone = Annotated[str, AfterValidator(_check_zone)]
 Listen = Annotated[str, AfterValidator(_check_listen)]

@@ -1,0 +1,100 @@
+"""The committed JSON Schema is current and describes real configs; `check` warns of likely mistakes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from telemetry import app
+from telemetry.cli import likely_mistakes, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "config" / "schema" / "telemetry.schema.json"
+EXAMPLE = ROOT / "config" / "examples" / "leachate-station.yaml"
+ENV = {"DINGTALK_URL": "dingtalk://t", "SUPERVISOR_MAIL": "mailto://a", "MANAGER_MAIL": "mailto://b", "HJ212_PW": "1"}
+
+
+def test_committed_schema_is_current() -> None:
+    assert json.loads(SCHEMA.read_text()) == json.loads(json.dumps(app.schema())), (
+        "config/schema/telemetry.schema.json is stale: run `telemetry schema > config/schema/telemetry.schema.json`"
+    )
+
+
+def test_example_validates_against_the_schema_and_the_loader() -> None:
+    jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(yaml.safe_load(EXAMPLE.read_text()))
+    dep = app.load(str(EXAMPLE), ENV)
+    assert [d.id for d in dep.devices] == ["cod-analyzer", "nh3n-analyzer", "flowmeter"]
+
+
+def test_schema_catches_what_an_editor_should_underline() -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["devices"][0]["baudrate"] = 1234
+    data["outbox"]["when_full"] = "panic"
+    errors = list(jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).iter_errors(data))
+    assert {tuple(e.absolute_path)[:2] for e in errors} >= {("devices", 0), ("outbox", "when_full")}
+
+
+def test_check_warns_of_rules_nobody_feeds_and_devices_nobody_watches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        """
+sites: [{id: s}]
+devices:
+  - {id: an, kind: modbus, site: s, host: h, timeout: 1s, points: [{quantity: cod, address: 0}]}
+  - {id: fm, kind: modbus, site: s, host: h, unit_id: 2, timeout: 1s, points: [{quantity: flow, address: 0}]}
+rules:
+  - {kind: limit, name: cod, site: s, quantity: cod, above: 100}
+  - {kind: limit, name: tp, site: s, quantity: tp, above: 3}
+"""
+    )
+    dep = app.load(str(config), {})
+    assert likely_mistakes(dep) == [
+        "rule tp: no device produces 'tp' at s",
+        "device fm: no rule watches its flow",
+    ]
+    assert main(["check", "-c", str(config)]) == 0
+    assert "warnings (2):" in capsys.readouterr().out
+
+
+def test_json_log_format_keeps_secrets_out(tmp_path: Path) -> None:
+    import logging  # noqa: PLC0415
+
+    from telemetry.cli import _JsonFormatter  # noqa: PLC0415
+
+    record = logging.LogRecord("drivers.mqtt", logging.ERROR, __file__, 1, "mqtt %s: %s", ("broker", "refused"), None)
+    line = json.loads(_JsonFormatter().format(record))
+    assert (line["level"], line["logger"], line["message"]) == ("ERROR", "drivers.mqtt", "mqtt broker: refused")
+
+
+def test_prometheus_rules_use_metrics_the_daemon_exports() -> None:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from telemetry.metrics import Metrics  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.watch_outbox(lambda: {"influx:x": 0}, lambda: {"influx:x": 0.0})
+    families = list(registry.collect())
+    exported = {f.name for f in families} | {f"{f.name}_total" for f in families if f.type == "counter"} | {"up"}
+    rules = yaml.safe_load((ROOT / "config" / "prometheus" / "telemetry-alerts.yaml").read_text())
+    for rule in rules["groups"][0]["rules"]:
+        for name in re.findall(r"\b(telemetry_[a-z_]+|up)\b", rule["expr"]):
+            assert name in exported, f"{rule['alert']}: {name} is not a metric of the daemon"
+
+
+def test_dockerfile_and_systemd_unit_refer_to_what_exists() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for copied in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE):
+        for name in copied.split():
+            assert (ROOT / name).exists(), name
+    unit = (ROOT / "config" / "systemd" / "telemetry.service").read_text()
+    assert "ExecStart=/usr/local/bin/telemetry run -c /etc/telemetry/telemetry.yaml" in unit
+    assert "NoNewPrivileges=yes" in unit
+    assert "ProtectSystem=strict" in unit
