@@ -91,10 +91,31 @@ def test_prometheus_rules_use_metrics_the_daemon_exports() -> None:
 
 def test_dockerfile_and_systemd_unit_refer_to_what_exists() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for copied in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE):
+    for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, flags=re.MULTILINE):
         for name in copied.split():
             assert (ROOT / name).exists(), name
     unit = (ROOT / "config" / "systemd" / "telemetry.service").read_text()
     assert "ExecStart=/usr/local/bin/telemetry run -c /etc/telemetry/telemetry.yaml" in unit
     assert "NoNewPrivileges=yes" in unit
     assert "ProtectSystem=strict" in unit
+
+
+def test_compose_stack_refers_to_what_exists() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"mosquitto", "influxdb", "grafana", "telemetry"}
+    for name, service in services.items():
+        for dependency in service.get("depends_on", []):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in compose["volumes"], f"{name}: undeclared volume {source}"
+    grafana = services["grafana"]["volumes"]
+    provider = yaml.safe_load((ROOT / "config/grafana/provisioning/dashboards/plant.yaml").read_text())
+    mounted = {v.split(":")[1] for v in grafana}
+    assert provider["providers"][0]["options"]["path"] in mounted  # the provider reads where the dashboards are
+    assert services["telemetry"]["command"][-1] == "/opt/telemetry/config/demo.yaml"
+    assert "COPY config /opt/telemetry/config" in (ROOT / "Dockerfile").read_text()
