@@ -168,6 +168,8 @@ def _check(dep: Deployment, _args: argparse.Namespace) -> int:
 
 def _run(dep: Deployment, args: argparse.Namespace) -> int:
     _setup_logging(dep.config.log_level, args.log_format)
+    for module, level in dep.config.log_levels.items():
+        logging.getLogger(module).setLevel(level)
     return run_until_signal(dep)
 
 
@@ -460,6 +462,22 @@ COMMANDS = {
 }
 
 
+def _shared_series(dep: Deployment) -> list[str]:
+    """Series written by more than one source (they would overwrite each other in InfluxDB)."""
+    notes = []
+    writers: dict[tuple[str, str, str], list[str]] = {}
+    for device in dep.devices:
+        for point in getattr(device, "points", []):
+            writers.setdefault((device.site or "", device.id, point.quantity), []).append(device.id)
+        for sub in getattr(device, "subscriptions", []):
+            if sub.site and sub.device and sub.quantity:
+                writers.setdefault((sub.site, sub.device, sub.quantity), []).append(device.id)
+    for (site, dev, quantity), ids in sorted(writers.items()):
+        if len(ids) > 1:
+            notes.append(f"series {site}/{dev}/{quantity} is written by {len(ids)} sources ({', '.join(ids)})")
+    return notes
+
+
 def likely_mistakes(dep: Deployment) -> list[str]:
     """Valid but probably wrong: rules nobody feeds, devices nobody watches."""
     produced: dict[str, set[str]] = {}  # site -> quantities known to be produced
@@ -478,6 +496,7 @@ def likely_mistakes(dep: Deployment) -> list[str]:
         sites = [rule.site] if rule.site else list(produced)
         if quantity and not dynamic and not any(quantity in produced.get(s, set()) for s in sites):
             notes.append(f"rule {rule.name}: no device produces {quantity!r} at {rule.site or 'any site'}")
+    notes += _shared_series(dep)
     watched = {(r.site, getattr(r, "quantity", None)) for r in dep.rules}
     for device in dep.devices:
         quantities = {p.quantity for p in getattr(device, "points", [])}

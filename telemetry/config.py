@@ -192,6 +192,7 @@ class Config(Model):
     metrics: Metrics = Metrics()
     outbox: Outbox = Outbox()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_levels: dict[str, Literal["DEBUG", "INFO", "WARNING", "ERROR"]] = {}  # per module, e.g. drivers.modbus
 
 
 class Deployment:

@@ -356,8 +356,9 @@ async def test_health_and_readiness_endpoints(plant: Plant) -> None:
             return err.code, json.load(err)
 
     assert await asyncio.to_thread(get, "/healthz") == (200, {"status": "ok"})
+    await asyncio.wait_for(plant.pipeline.started.wait(), 10)  # until then /readyz rightly says 503
     status, body = await asyncio.to_thread(get, "/readyz")
-    assert status == 200
+    assert status == 200, body
     assert body == {"ready": True, "drivers_started": True, "outbox_ok": True, "sinks_stuck_seconds": {}}
     plant.pipeline.commit_error = "disk I/O error"  # what a failed commit leaves behind
     status, body = await asyncio.to_thread(get, "/readyz")

@@ -49,6 +49,7 @@ sites: [{id: s}]
 devices:
   - {id: an, kind: modbus, site: s, host: h, timeout: 1s, points: [{quantity: cod, address: 0}]}
   - {id: fm, kind: modbus, site: s, host: h, unit_id: 2, timeout: 1s, points: [{quantity: flow, address: 0}]}
+  - {id: b, kind: mqtt, host: h, subscriptions: [{topic: x/cod, site: s, device: an, quantity: cod}]}
 rules:
   - {kind: limit, name: cod, site: s, quantity: cod, above: 100}
   - {kind: limit, name: tp, site: s, quantity: tp, above: 3}
@@ -57,10 +58,11 @@ rules:
     dep = app.load(str(config), {})
     assert likely_mistakes(dep) == [
         "rule tp: no device produces 'tp' at s",
+        "series s/an/cod is written by 2 sources (an, b)",
         "device fm: no rule watches its flow",
     ]
     assert main(["check", "-c", str(config)]) == 0
-    assert "warnings (2):" in capsys.readouterr().out
+    assert "warnings (3):" in capsys.readouterr().out
 
 
 def test_json_log_format_keeps_secrets_out(tmp_path: Path) -> None:
