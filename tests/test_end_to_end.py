@@ -16,14 +16,13 @@ from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 import pytest
-from prometheus_client import CollectorRegistry
 
 from drivers.mqtt import MqttDriver
-from telemetry import app
 from telemetry.model import AlertEvent, Reading
 from telemetry.pipeline import Pipeline
 from telemetry.receiver import NotificationReceiver
 from telemetry.simulator import LeachateStation, ModbusAnalyzer
+from tests.daemon import start_daemon
 from tests.services import Influx1, Mosquitto, Victoria, free_port
 
 pytestmark = pytest.mark.service
@@ -157,14 +156,9 @@ def write_config(
 
 
 async def _start_daemon(path: Path) -> tuple[asyncio.Event, asyncio.Task[None], Pipeline, Observed]:
-    dep = app.load(str(path), {})
     observed = Observed()
-    stop = asyncio.Event()
-    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        app.serve(dep, stop, observer=observed, registry=CollectorRegistry(), pipeline_ready=ready)
-    )
-    return stop, task, await asyncio.wait_for(ready, 10), observed
+    daemon = await start_daemon(path, observed)
+    return daemon.stop, daemon.task, daemon.pipeline, observed
 
 
 @pytest.fixture

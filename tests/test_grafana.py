@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-from telemetry import app
 from telemetry.model import Flag, Reading
-from telemetry.pipeline import Pipeline
+from tests.daemon import start_daemon
 from tests.services import Influx1, eventually
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,11 +84,8 @@ metrics: {{enabled: false}}
 outbox: {{path: "{tmp_path}/outbox.sqlite"}}
 """
     )
-    dep = app.load(str(config), {})
-    stop = asyncio.Event()
-    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(app.serve(dep, stop, registry=CollectorRegistry(), pipeline_ready=ready))
-    pipeline = await ready
+    daemon = await start_daemon(config)
+    pipeline = daemon.pipeline
     now = time.time_ns()
     start = now - 30 * 3600 * NS
     readings: list[Reading] = []
@@ -122,8 +117,7 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
             "aggregates and alerts in InfluxDB",
         )
     finally:
-        stop.set()
-        await task
+        await daemon.close()
     empty = []
     for path in DASHBOARDS:
         for where, query in queries(load(path)):

@@ -8,18 +8,15 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from telemetry import app
 from telemetry.hj212.codec import Packet
 from telemetry.hj212.receiver import Receiver
-from telemetry.model import AlertEvent, Flag, Reading
-from telemetry.pipeline import Pipeline
+from telemetry.model import Flag, Reading
+from tests.daemon import RunningDaemon, start_daemon
 from tests.services import free_port
 
 BJ = timezone(timedelta(hours=8))
@@ -44,29 +41,8 @@ hj212:
     return path
 
 
-@dataclass
-class Daemon:
-    pipeline: Pipeline
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-    events: list[AlertEvent]
-
-    async def close(self) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 30)
-
-
-async def start(path: Path) -> Daemon:
-    dep = app.load(str(path), {})
-    events: list[AlertEvent] = []
-    stop = asyncio.Event()
-    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        app.serve(
-            dep, stop, observer=lambda _r, e: events.extend(e), registry=CollectorRegistry(), pipeline_ready=ready
-        )
-    )
-    return Daemon(await asyncio.wait_for(ready, 10), stop, task, events)
+async def start(path: Path) -> RunningDaemon:
+    return await start_daemon(path)
 
 
 def an_hour(start: datetime, flag_minutes: range = range(0)) -> list[Reading]:

@@ -17,12 +17,10 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import CollectorRegistry
 
 from drivers.mqtt import MqttDriver
-from telemetry import app
 from telemetry.outbox import read_dead_letters
-from telemetry.pipeline import Pipeline
+from tests.daemon import start_daemon
 from tests.services import Influx1, Mosquitto, eventually
 
 pytestmark = pytest.mark.service
@@ -52,7 +50,7 @@ outbox: {{path: "{tmp}/outbox.sqlite"}}
     return path
 
 
-def start_daemon(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_process(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "telemetry.cli", "run", "-c", str(cfg)], stderr=out, cwd=ROOT)
 
@@ -92,7 +90,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
 ) -> None:
     cfg = config(tmp_path, unique, mosquitto, influx1)
     log = tmp_path / "daemon.log"
-    daemon = start_daemon(cfg, log)
+    daemon = start_process(cfg, log)
     wait_subscribed(daemon, log, 1)
     publisher = Publisher(mosquitto, f"{unique}/{unique}/meter/flow")
     thread = threading.Thread(target=publisher.run)
@@ -108,7 +106,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     at_kill = count()
     assert at_kill < N, "the daemon finished before it was killed: not a mid-stream kill"
 
-    daemon = start_daemon(cfg, log)
+    daemon = start_process(cfg, log)
     try:
         eventually(lambda: count() >= N, 120, f"all {N} readings in InfluxDB (had {at_kill} at the kill)")
         thread.join(60)
@@ -124,11 +122,8 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
 async def test_topic_levels_cannot_inject_points_or_tags(
     tmp_path: Path, unique: str, mosquitto: Mosquitto, influx1: Influx1
 ) -> None:
-    dep = app.load(str(config(tmp_path, unique, mosquitto, influx1)), {})
-    stop = asyncio.Event()
-    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(app.serve(dep, stop, registry=CollectorRegistry(), pipeline_ready=ready))
-    pipeline = await asyncio.wait_for(ready, 10)
+    daemon = await start_daemon(config(tmp_path, unique, mosquitto, influx1))
+    pipeline = daemon.pipeline
     driver = next(d for d in pipeline.drivers if isinstance(d, MqttDriver))
     await asyncio.wait_for(driver.subscribed.wait(), 10)
     evil = [
@@ -157,8 +152,7 @@ async def test_topic_levels_cannot_inject_points_or_tags(
             "the three acceptable points",
         )
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        await daemon.close()
     got = sorted((r["device"], r["quantity"], r["unit"], r["value"]) for r in rows)
     assert got == [
         ("dev ice,evil=1", "cod", None, 1.0),
@@ -171,6 +165,6 @@ async def test_topic_levels_cannot_inject_points_or_tags(
     assert keys == ["device", "quantity", "site", "unit"]
     fields = sorted(f["fieldKey"] for f in influx1.query(unique, "SHOW FIELD KEYS FROM telemetry"))
     assert fields == ["flag", "value"]
-    [letter] = read_dead_letters(dep.config.outbox.path)
+    [letter] = read_dead_letters(str(tmp_path / "outbox.sqlite"))
     assert letter.reason == "invalid_reading"
     assert "control character" in letter.detail

@@ -9,13 +9,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from telemetry import app
 from telemetry.cli import main
 from telemetry.model import Flag, Reading
-from telemetry.pipeline import Pipeline
 from tests import services
+from tests.daemon import start_daemon
 from tests.services import Influx1, eventually
 
 BJ = timezone(timedelta(hours=8))
@@ -84,11 +82,8 @@ metrics: {{enabled: false}}
 outbox: {{path: "{tmp_path}/outbox.sqlite"}}
 """
     )
-    dep = app.load(str(config), {})
-    stop = asyncio.Event()
-    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(app.serve(dep, stop, registry=CollectorRegistry(), pipeline_ready=ready))
-    pipeline = await ready
+    daemon = await start_daemon(config)
+    pipeline = daemon.pipeline
     hour_ns = 3600 * 10**9
     start = (time.time_ns() // hour_ns - 3) * hour_ns  # a whole hour, three hours ago (UTC+8: whole hours too)
     readings = [
@@ -113,8 +108,7 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
             "two hourly aggregates",
         )
     finally:
-        stop.set()
-        await task
+        await daemon.close()
     cod = next(r for r in rows if r["quantity"] == "cod")
     flow = next(r for r in rows if r["quantity"] == "flow")
     span = f"time >= {start} AND time < {start + hour_ns}"

@@ -12,22 +12,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import CollectorRegistry
 
-from telemetry import app
 from telemetry.cli import main
 from telemetry.model import Reading
 from telemetry.outbox import Outbox, read_status
-from telemetry.pipeline import Pipeline
 from telemetry.receiver import NotificationReceiver
 from tests import services
+from tests.daemon import RunningDaemon, start_daemon
 from tests.services import Influx1, Mosquitto, Victoria, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -49,20 +46,7 @@ def vm(tmp_path: Path) -> Iterator[Victoria]:
         yield server
 
 
-@dataclass
-class Daemon:
-    pipeline: Pipeline
-    registry: CollectorRegistry
-    config: Path
-
-    async def emit(self, readings: list[Reading]) -> None:
-        await self.pipeline.emit(readings)
-
-    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
-        return self.registry.get_sample_value(name, labels or {}) or 0.0
-
-
-async def start(tmp_path: Path, sinks: str, extra: str = "") -> AsyncIterator[Daemon]:
+async def start(tmp_path: Path, sinks: str, extra: str = "") -> RunningDaemon:
     path = tmp_path / "site.yaml"
     path.write_text(
         f"""
@@ -73,17 +57,7 @@ metrics: {{enabled: false}}
 outbox: {{path: "{tmp_path}/outbox.sqlite"{extra}}}
 """
     )
-    dep = app.load(str(path), {})
-    registry = CollectorRegistry()
-    stop = asyncio.Event()
-    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(app.serve(dep, stop, registry=registry, pipeline_ready=ready))
-    pipeline = await asyncio.wait_for(ready, 10)
-    try:
-        yield Daemon(pipeline, registry, path)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    return await start_daemon(path)
 
 
 def series(n: int, t0: int, step: int = 1_000_000) -> list[Reading]:
@@ -107,8 +81,7 @@ async def test_sink_down_while_readings_flow_then_back_exactly_once(
     sinks = (V1 if api == "v1" else V2).format(url=server.url)
     t0 = time.time_ns() - 10**9 * 60
     readings = series(300, t0)
-    gen = start(tmp_path, sinks)
-    daemon = await anext(gen)
+    daemon = await start(tmp_path, sinks)
     try:
         consumer = "influx:local" if api == "v1" else "influx:vm"
         for chunk in range(0, 300, 30):
@@ -117,10 +90,10 @@ async def test_sink_down_while_readings_flow_then_back_exactly_once(
             if chunk == 210:
                 assert daemon.pipeline.outbox.backlog()[consumer] > 0  # it really was held back
                 await asyncio.to_thread(server.start)
-            await daemon.emit(readings[chunk * 3 : (chunk + 30) * 3])
+            await daemon.pipeline.emit(readings[chunk * 3 : (chunk + 30) * 3])
         await asyncio.to_thread(eventually, lambda: daemon.pipeline.outbox.backlog()[consumer] == 0, 60, "drain")
     finally:
-        await anext(gen, None)
+        await daemon.close()
     if api == "v1":
         assert isinstance(server, Influx1)
         rows = server.query("plant", "SELECT value FROM telemetry GROUP BY device")
@@ -145,15 +118,14 @@ async def test_one_bad_point_is_quarantined_and_its_batch_arrives(tmp_path: Path
     now = time.time_ns()
     good = [Reading(now + i, "s", "b", "cod", float(i), "mg/L") for i in range(40)]
     bad = Reading(old + 1, "s", "a", "cod", 99.0, "mg/L")  # same shard as the string value: type conflict
-    gen = start(tmp_path, V1.format(url=influx.url))
-    daemon = await anext(gen)
+    daemon = await start(tmp_path, V1.format(url=influx.url))
     try:
-        await daemon.emit([*good[:20], bad, *good[20:]])
+        await daemon.pipeline.emit([*good[:20], bad, *good[20:]])
         await asyncio.to_thread(eventually, lambda: daemon.pipeline.outbox.backlog()["influx:local"] == 0, 30, "drain")
         [(consumer, record, reason)] = await daemon.pipeline.db(daemon.pipeline.outbox.quarantined)
         assert daemon.sample("telemetry_sink_points_rejected_total", {"sink": "local"}) == 1
     finally:
-        await anext(gen, None)
+        await daemon.close()
     assert consumer == "influx:local"
     assert record == bad
     assert "field type conflict" in reason
@@ -192,12 +164,11 @@ outbox: {{path: "{tmp_path}/outbox.sqlite", max_bytes: 10MB}}
 async def test_disk_budget_drops_the_oldest_counts_and_alerts(tmp_path: Path, receiver: NotificationReceiver) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     sinks = V1.format(url=dead) + f'\nnotify: {{routes: [{{name: ops, urls: ["{receiver.url}"], group_wait: 0s}}]}}'
-    gen = start(tmp_path, sinks, extra=", max_bytes: 300KB")
-    daemon = await anext(gen)
+    daemon = await start(tmp_path, sinks, extra=", max_bytes: 300KB")
     try:
         t0 = time.time_ns()
         for chunk in range(40):
-            await daemon.emit(
+            await daemon.pipeline.emit(
                 [Reading(t0 + chunk * 1000 + i, "s", "a", "cod", float(chunk * 1000 + i)) for i in range(500)]
             )
         dropped = daemon.sample("telemetry_outbox_dropped_total")
@@ -206,7 +177,7 @@ async def test_disk_budget_drops_the_oldest_counts_and_alerts(tmp_path: Path, re
         used = await daemon.pipeline.db(daemon.pipeline.outbox.used_bytes)
         messages = await asyncio.to_thread(receiver.wait_for, 1, 20)
     finally:
-        await anext(gen, None)
+        await daemon.close()
     assert dropped > 0
     assert oldest.value > 0  # the oldest readings went, the newest stayed
     assert used <= 300_000
@@ -217,15 +188,14 @@ async def test_disk_budget_drops_the_oldest_counts_and_alerts(tmp_path: Path, re
 
 async def test_disk_budget_block_holds_drivers_back_until_the_sink_drains(tmp_path: Path, influx: Influx1) -> None:
     await asyncio.to_thread(influx.stop)
-    gen = start(tmp_path, V1.format(url=influx.url), extra=", max_bytes: 300KB, when_full: block")
-    daemon = await anext(gen)
+    daemon = await start(tmp_path, V1.format(url=influx.url), extra=", max_bytes: 300KB, when_full: block")
     try:
         t0 = time.time_ns()
         chunk = 0
         pending = None
         while chunk < 200:
             batch = [Reading(t0 + chunk * 1000 + i, "s", "a", "cod", float(chunk * 1000 + i)) for i in range(500)]
-            pending = asyncio.ensure_future(daemon.emit(batch))
+            pending = asyncio.ensure_future(daemon.pipeline.emit(batch))
             done, _ = await asyncio.wait({pending}, timeout=2.0)
             if not done:
                 break  # the outbox is full: this emit is held back
@@ -237,7 +207,7 @@ async def test_disk_budget_block_holds_drivers_back_until_the_sink_drains(tmp_pa
         await asyncio.wait_for(pending, 60)  # room again: the held emit commits
         await asyncio.to_thread(eventually, lambda: daemon.pipeline.outbox.backlog()["influx:local"] == 0, 60, "drain")
     finally:
-        await anext(gen, None)
+        await daemon.close()
     rows = influx.query("plant", "SELECT count(value) FROM telemetry")
     assert rows[0]["count"] == (chunk + 1) * 500  # nothing dropped
 
@@ -245,12 +215,11 @@ async def test_disk_budget_block_holds_drivers_back_until_the_sink_drains(tmp_pa
 async def test_a_dead_sink_never_delays_the_live_one(tmp_path: Path, influx: Influx1) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     sinks = V1.format(url=influx.url) + "\n" + V2.format(url=dead)
-    gen = start(tmp_path, sinks)
-    daemon = await anext(gen)
+    daemon = await start(tmp_path, sinks)
     try:
         t0 = time.time_ns()
         for i in range(10):
-            await daemon.emit([Reading(t0 + i, "s", "a", "cod", float(i))])
+            await daemon.pipeline.emit([Reading(t0 + i, "s", "a", "cod", float(i))])
             await asyncio.to_thread(
                 eventually,
                 lambda n=i + 1: (
@@ -266,7 +235,7 @@ async def test_a_dead_sink_never_delays_the_live_one(tmp_path: Path, influx: Inf
         backlog = daemon.pipeline.outbox.backlog()
         lag = {d.consumer: d.lag_seconds() for d in daemon.pipeline.deliveries}
     finally:
-        await anext(gen, None)
+        await daemon.close()
     assert backlog == {"influx:local": 0, "influx:vm": 10}
     assert lag["influx:local"] == 0.0
     assert lag["influx:vm"] > 0.0

@@ -1,0 +1,37 @@
+"""The daemon running in the test's event loop: one way to start and stop it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from telemetry import app
+from telemetry.pipeline import Observer, Pipeline
+
+
+@dataclass
+class RunningDaemon:
+    pipeline: Pipeline
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+async def start_daemon(config: Path, observer: Observer | None = None) -> RunningDaemon:
+    """Load ``config`` (no environment) and run the daemon until ``close()``."""
+    dep = app.load(str(config), {})
+    registry = CollectorRegistry()
+    stop = asyncio.Event()
+    ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(app.serve(dep, stop, observer=observer, registry=registry, pipeline_ready=ready))
+    return RunningDaemon(await asyncio.wait_for(ready, 10), stop, task, registry)
