@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _FIELDS = ("site", "device", "quantity")
 _LOG_EVERY_S = 60.0
+MAX_BATCH_READINGS = 1000  # a commit takes messages until it holds this many readings
 
 
 class Subscription(Model):
@@ -187,7 +188,7 @@ class MqttDriver:
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        pending: asyncio.Queue[tuple[asyncio.Future[None] | None, paho.MQTTMessage | None]] = asyncio.Queue()
+        pending: asyncio.Queue[tuple[asyncio.Future[None] | None, list[paho.MQTTMessage]]] = asyncio.Queue()
         acker = asyncio.create_task(self._ack_in_order(pending))
         connection = asyncio.create_task(self._keep_connected(stop))
         stopping = asyncio.create_task(stop.wait())
@@ -198,14 +199,21 @@ class MqttDriver:
                 if getter not in done:
                     getter.cancel()
                     break
-                msg = getter.result()
-                readings, rejected = self._decode(msg)
-                # The task enqueues at once, so commits (and acks) keep arrival order.
+                # Everything that arrived meanwhile goes into one commit: one task, one future,
+                # one fsync for the lot, and the acks still in arrival order.
+                batch = [getter.result()]
+                readings, rejected = self._decode(batch[0])
+                while len(readings) < MAX_BATCH_READINGS and not self._queue.empty():
+                    msg = self._queue.get_nowait()
+                    good, bad = self._decode(msg)
+                    batch.append(msg)
+                    readings += good
+                    rejected += bad
                 future = asyncio.ensure_future(emit(readings, rejected)) if readings or rejected else None
-                pending.put_nowait((future, msg))
+                pending.put_nowait((future, batch))
         finally:
             stopping.cancel()
-            pending.put_nowait((None, None))
+            pending.put_nowait((None, []))
             await acker
             await connection
             await asyncio.to_thread(self._shutdown)
@@ -247,22 +255,23 @@ class MqttDriver:
         self._client.loop_stop()
 
     async def _ack_in_order(
-        self, pending: asyncio.Queue[tuple[asyncio.Future[None] | None, paho.MQTTMessage | None]]
+        self, pending: asyncio.Queue[tuple[asyncio.Future[None] | None, list[paho.MQTTMessage]]]
     ) -> None:
         while True:
-            future, msg = await pending.get()
-            if msg is None:
+            future, batch = await pending.get()
+            if not batch:
                 return
             if future is not None:
                 try:
                     await future
                 except Exception:
                     # Not committed: no ack, so the broker redelivers after reconnecting.
-                    log.exception("%s: could not commit a message from %s; not acknowledged", self.where, msg.topic)
+                    log.exception("%s: could not commit %d messages; not acknowledged", self.where, len(batch))
                     self._metrics.errors.labels("mqtt", "commit", "outbox").inc()
                     continue
-            if msg.qos > 0:
-                self._client.ack(msg.mid, msg.qos)
+            for msg in batch:
+                if msg.qos > 0:
+                    self._client.ack(msg.mid, msg.qos)
 
     def _decode(self, msg: paho.MQTTMessage) -> tuple[list[Reading], list[Rejected]]:
         sub = next((s for s in self.cfg.subscriptions if paho.topic_matches_sub(s.filter, msg.topic)), None)
