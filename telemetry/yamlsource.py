@@ -88,7 +88,13 @@ def load_yaml(file: str, text: str, environ: Mapping[str, str] | None = None) ->
         source.data = {}
         return source
     constructor = yaml.SafeLoader("")
-    source.data = _build(root, (), source, constructor, env)
+    try:
+        source.data = _build(root, (), source, constructor, env)
+    except yaml.YAMLError as err:  # a tag or value PyYAML cannot construct (e.g. a bare '=')
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        source.problems.append(f"{file}:{line}: (syntax): {getattr(err, 'problem', None) or err}")
+        source.data = None
     return source
 
 

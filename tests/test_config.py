@@ -181,3 +181,8 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert f"{bad}:8: devices[0].port: expected a valid integer" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_yaml_that_pyyaml_cannot_construct_is_a_clear_error(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, "=")  # found by tests/test_fuzz.py: it used to escape as a traceback
+    assert problem.startswith(f"{tmp_path / 'site.yaml'}:1: (syntax):")
