@@ -37,10 +37,8 @@ def hj212(data: bytes) -> None:
 
 def payload(data: bytes) -> None:
     for fmt in ("auto", "json", "batch", "number"):
-        try:
+        with contextlib.suppress(PayloadError):
             decode(data, NOW, fmt)  # type: ignore[arg-type]
-        except PayloadError:
-            pass
 
 
 def main() -> None:
