@@ -234,7 +234,7 @@ def _hj212(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            qn = args.qn or datetime.now().strftime("%Y%m%d%H%M%S%f")[:17]
+            qn = args.qn or hj212.qn_now()
             packet = hj212.Packet(
                 qn,
                 args.st,
@@ -268,7 +268,7 @@ async def _hj212_receiver(host: str, port: int, request: tuple[str, str, str] | 
         first = await receiver.wait_for(bool, 24 * 3600)
         cn, begin, end = request
         ask = hj212.Packet(
-            datetime.now().strftime("%Y%m%d%H%M%S%f")[:17],
+            hj212.qn_now(),
             first[0].st,
             cn,
             first[0].pw,

@@ -125,7 +125,6 @@ class Route(Model):
     escalate_after: Duration | None = None
     escalate_to: Name | None = None
     robot_base_url: str = ""
-    continue_: bool = Field(True, alias="continue")
 
 
 class Matchers(Model):

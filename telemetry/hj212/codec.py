@@ -18,6 +18,7 @@ fault raises FrameError saying what is wrong, never anything else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 MAX_SEGMENT = 1024  # data segment characters the standard allows in one packet
 MAX_CP = 950  # CP characters in one packet
@@ -32,6 +33,11 @@ class FrameError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+def qn_now() -> str:
+    """A QN (request id) for now: local time yyyyMMddHHmmssSSS."""
+    return datetime.now().strftime("%Y%m%d%H%M%S%f")[:17]
 
 
 def crc16(data: bytes) -> int:
@@ -235,10 +241,9 @@ def decode_cp(body: str) -> list[dict[str, str]]:
 class FrameReader:
     """Splits a TCP byte stream into frames; garbage between frames is skipped and counted."""
 
-    def __init__(self, max_frame: int = 6 + MAX_LENGTH_FIELD + 6) -> None:
-        self._buffer = bytearray()
+    def __init__(self) -> None:
+        self._buffer = bytearray()  # bounded: a 4-digit length field caps a frame at 10,015 bytes
         self.skipped = 0
-        self._max = max_frame
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -91,7 +90,3 @@ class Receiver:
         async with self._changed:
             self.packets.append(packet)
             self._changed.notify_all()
-
-
-def now_qn() -> str:
-    return datetime.now().strftime("%Y%m%d%H%M%S%f")[:17] or str(time.time_ns())
