@@ -1,7 +1,9 @@
 """A local HTTP receiver for apprise ``json://`` notifications.
 
-Stands in for a DingTalk/WeCom robot in the demo and in the tests: it stores
-every JSON body it receives and lets a caller wait for a number of them.
+Stands in for a chat robot in the demo and in the tests: it stores every JSON
+body it receives (with the request path under ``_path``) and lets a caller wait
+for a number of them. ``answer`` makes it reply with that JSON body, as the
+DingTalk, WeCom and Feishu robots do (``{"errcode": 0, ...}``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ class NotificationReceiver:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, status: int = 200) -> None:
         self.messages: list[dict[str, Any]] = []
         self.status = status
+        self.answer: dict[str, Any] | None = None
         self._cond = threading.Condition()
         receiver = self
 
@@ -32,9 +35,11 @@ class NotificationReceiver:
                     with receiver._cond:
                         receiver.messages.append(body)
                         receiver._cond.notify_all()
+                data = json.dumps(receiver.answer).encode() if receiver.answer is not None else b""
                 self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -47,6 +52,11 @@ class NotificationReceiver:
     @property
     def url(self) -> str:
         return f"json://127.0.0.1:{self.port}/alerts"
+
+    @property
+    def base_url(self) -> str:
+        """http://127.0.0.1:PORT, for a route's ``robot_base_url``."""
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> NotificationReceiver:
         self._thread.start()

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import email
-import json
 import socket
-import threading
 from collections.abc import Iterator
 from email.header import decode_header, make_header
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
@@ -25,6 +22,7 @@ from alerts.rules import RulesEngine
 from telemetry.config import Notify
 from telemetry.metrics import Metrics
 from telemetry.model import Reading
+from telemetry.receiver import NotificationReceiver
 from telemetry.rule_config import EvaluatedRule, RuleConfig
 
 NS = 1_000_000_000
@@ -226,48 +224,17 @@ def test_restart_changes_nothing_in_the_message_log(when: str) -> None:
 # -- delivery ----------------------------------------------------------------------------------
 
 
-class Robot:
-    """A stand-in for the DingTalk robot endpoint: records requests, answers with ``answer``."""
-
-    def __init__(self) -> None:
-        self.answer: dict[str, Any] = {"errcode": 0, "errmsg": "ok"}
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        robot = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                robot.requests.append((self.path, body))
-                data = json.dumps(robot.answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
-def robot() -> Iterator[Robot]:
-    server = Robot()
+def robot() -> Iterator[NotificationReceiver]:
+    server = NotificationReceiver().start()
+    server.answer = {"errcode": 0, "errmsg": "ok"}
     yield server
     server.stop()
 
 
-async def test_a_robot_refusal_with_http_200_is_a_failure_retried_and_surfaced(robot: Robot) -> None:
+async def test_a_robot_refusal_with_http_200_is_a_failure_retried_and_surfaced(robot: NotificationReceiver) -> None:
     robot.answer = {"errcode": 310000, "errmsg": "keywords not in content"}
-    cfg = notify(urls=["dingtalk://SIGNSECRET@tok123"], robot_base_url=robot.url, retries=2)
+    cfg = notify(urls=["dingtalk://SIGNSECRET@tok123"], robot_base_url=robot.base_url, retries=2)
     manager = AlertManager(cfg)
     engine = RulesEngine([rule(kind="limit", name="cod", quantity="cod", above=100)], {"s": "Asia/Shanghai"})
     manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 150.0, "mg/L")]))
@@ -277,11 +244,12 @@ async def test_a_robot_refusal_with_http_200_is_a_failure_retried_and_surfaced(r
     notifier.on_result = lambda m, ok, detail: (results.append((ok, detail)), manager.record(m, ok, 5 * NS))
     [message] = manager.due(5 * NS)
     assert not await notifier.deliver(message, None)
-    assert len(robot.requests) == 3  # tried, and retried twice
+    assert len(robot.messages) == 3  # tried, and retried twice
     assert results == [(False, "dingtalk: refused with code 310000: keywords not in content")]
     assert metrics.registry.get_sample_value("telemetry_notifications_total", {"route": "ops", "result": "failed"}) == 3
     assert [a.rule for a in manager.undelivered()] == ["cod"]
-    path, body = robot.requests[0]
+    body = robot.messages[0]
+    path = body["_path"]
     assert path.startswith("/robot/send?access_token=tok123&timestamp=")
     assert "&sign=" in path
     assert "化学需氧量" in body["markdown"]["text"]
@@ -297,17 +265,17 @@ class _NoWait:
         return 0.0
 
 
-async def test_wecom_and_feishu_answers_are_read(robot: Robot) -> None:
-    route = notify(robot_base_url=robot.url).routes[0]
+async def test_wecom_and_feishu_answers_are_read(robot: NotificationReceiver) -> None:
+    route = notify(robot_base_url=robot.base_url).routes[0]
     robot.answer = {"errcode": 93000, "errmsg": "invalid webhook url"}
     assert await default_send("wecombot://key1", "t", "b", route, True) == Result(
         False, "wecombot: refused with code 93000: invalid webhook url"
     )
     robot.answer = {"code": 0, "msg": "success"}
     assert (await default_send("feishu://hook1", "t", "b", route, True)).ok
-    assert robot.requests[0][0] == "/cgi-bin/webhook/send?key=key1"
-    assert robot.requests[1][0] == "/open-apis/bot/v2/hook/hook1"
-    assert robot.requests[1][1]["content"]["text"] == "t\nb"
+    assert robot.messages[0]["_path"] == "/cgi-bin/webhook/send?key=key1"
+    assert robot.messages[1]["_path"] == "/open-apis/bot/v2/hook/hook1"
+    assert robot.messages[1]["content"]["text"] == "t\nb"
 
 
 def _free_port() -> int:
