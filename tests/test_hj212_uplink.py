@@ -228,6 +228,8 @@ async def test_garbage_from_the_platform_is_counted_and_the_link_stays_up(tmp_pa
     finally:
         await daemon.close()
     assert uplink.reader_errors >= 1
+    garbage = {"component": "hj212", "stage": "read", "error_type": "garbage"}
+    assert daemon.sample("telemetry_errors_total", garbage) >= 300  # every skipped byte counted
     assert by_cn(packets, "2011")
 
 

@@ -267,7 +267,12 @@ class Uplink:
             data = await reader.read(4096)
             if not data:
                 return
-            for raw in frames.feed(data):
+            skipped = frames.skipped
+            received = frames.feed(data)
+            if frames.skipped > skipped:  # bytes between frames: garbage from the line or the platform
+                self.reader_errors += 1
+                self._metrics.errors.labels("hj212", "read", "garbage").inc(frames.skipped - skipped)
+            for raw in received:
                 try:
                     packet = decode_frame(raw)
                 except FrameError as err:
