@@ -1,6 +1,6 @@
-"""MQTT -> outbox -> InfluxDB sustained ingest, against real Mosquitto and InfluxDB 1.x.
+"""MQTT -> outbox -> InfluxDB 1.x and VictoriaMetrics sustained ingest, against real services.
 
-    .venv/bin/python bench/ingest.py [--readings 100000]
+    .venv/bin/python bench/ingest.py [--readings 100000] [--shapes 1,50] [--sinks influxdb1,victoriametrics]
 
 For each message shape (1 reading per message, 50 readings per message) the
 broker is preloaded with QoS 1 messages for the daemon's persistent session while
@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,27 +35,32 @@ from telemetry import app
 from telemetry.pipeline import Pipeline
 from tests import services
 
+PROTOCOL = os.environ.get("BENCH_MQTT", "3.1.1")
+
 
 def preload(broker: services.Mosquitto, topic_prefix: str, messages: int, per_message: int) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{topic_prefix}")
-    client.max_inflight_messages_set(1000)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
+    """QoS 1 messages on ten topics, published by ten ``mosquitto_pub -l`` processes (C, not
+    the process being measured), each message's timestamp unique so every reading is a point."""
     base = time.time() - messages
-    infos = []
-    for i in range(messages):
-        ts = round((base + i) * 1000)
-        if per_message == 1:
-            payload = json.dumps({"value": i % 997, "ts": ts})
-            topic = f"{topic_prefix}/bench/meter{i % 10}/flow"
-        else:
-            payload = json.dumps({"ts": ts, **{f"q{k}": (i + k) % 997 for k in range(per_message)}})
-            topic = f"{topic_prefix}/bench/gw{i % 10}/batch"
-        infos.append(client.publish(topic, payload, qos=1))
-    for info in infos:
-        info.wait_for_publish(120)
-    client.disconnect()
-    client.loop_stop()
+    pubs = []
+    for meter in range(10):
+        lines = []
+        for i in range(meter, messages, 10):
+            ts = round((base + i) * 1000)
+            if per_message == 1:
+                lines.append(json.dumps({"value": i % 997, "ts": ts}))
+            else:
+                lines.append(json.dumps({"ts": ts, **{f"q{k}": (i + k) % 997 for k in range(per_message)}}))
+        topic = (
+            f"{topic_prefix}/bench/meter{meter}/flow" if per_message == 1 else f"{topic_prefix}/bench/gw{meter}/batch"
+        )
+        cmd = ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-l"]
+        pub = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+        pubs.append((pub, "\n".join(lines).encode() + b"\n"))
+    for pub, data in pubs:
+        pub.communicate(data, timeout=300)
+        if pub.returncode:
+            raise SystemExit(f"mosquitto_pub failed with {pub.returncode}")
 
 
 def register_session(broker: services.Mosquitto, client_id: str, topic: str) -> None:
@@ -98,7 +104,7 @@ def raw_rate(broker: services.Mosquitto, topic: str, messages: int) -> float:
 async def daemon_rates(
     tmp: Path,
     broker: services.Mosquitto,
-    influx: services.Influx1,
+    sink: str,
     prefix: str,
     messages: int,
     per_message: int,
@@ -116,9 +122,10 @@ devices:
     host: {broker.host}
     port: {broker.port}
     client_id: {prefix}-daemon
+    protocol: "{PROTOCOL}"
     subscriptions: [{{topic: "{topic}", format: {fmt}}}]
 influxdb:
-  - {{name: local, api: v1, url: "{influx.url}", database: {prefix}, create_database: true}}
+  - {sink}
 metrics: {{enabled: false}}
 outbox: {{path: "{tmp}/{prefix}.sqlite"}}
 log_level: WARNING
@@ -147,6 +154,7 @@ log_level: WARNING
             done.set()
 
     start = time.perf_counter()
+    cpu_start = os.times()
     task = asyncio.create_task(app.serve(dep, stop, observer=observe, registry=registry, pipeline_ready=ready))
     await ready
     await asyncio.wait_for(done.wait(), 600)
@@ -154,6 +162,10 @@ log_level: WARNING
     while (registry.get_sample_value("telemetry_sink_points_written_total", written) or 0) < total:  # noqa: ASYNC110
         await asyncio.sleep(0.05)  # the sink reports progress only as a counter: sampled, 50 ms resolution
     written_at = time.perf_counter()
+    cpu_end = os.times()
+    user = (cpu_end.user - cpu_start.user) / (written_at - start) * 100
+    system = (cpu_end.system - cpu_start.system) / (written_at - start) * 100
+    print(f"daemon_cpu_{prefix}: {user + system:.0f} % of one core ({user:.0f} user, {system:.0f} system)")
     stop.set()
     await task
     return total / (committed_at - start), total / (written_at - start)
@@ -162,6 +174,9 @@ log_level: WARNING
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--readings", type=int, default=100_000)
+    parser.add_argument("--shapes", default="1,50", help="readings per message, comma-separated")
+    parser.add_argument("--sinks", default="influxdb1,victoriametrics", help="comma-separated")
+    parser.add_argument("--raw", type=float, default=0.0, help="skip the bare subscriber, use this rate (profiling)")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}")
     print(f"readings_per_case: {args.readings}")
@@ -170,17 +185,29 @@ def main() -> None:
         tmp = Path(tmp_name)
         (tmp / "m").mkdir()
         (tmp / "i").mkdir()
-        with services.mosquitto(tmp / "m") as broker, services.influxd(tmp / "i") as influx:
-            raw = raw_rate(broker, "rawbench/#", args.readings)
+        (tmp / "v").mkdir()
+        with (
+            services.mosquitto(tmp / "m") as broker,
+            services.influxd(tmp / "i") as influx,
+            services.victoria(tmp / "v") as vm,
+        ):
+            raw = args.raw or raw_rate(broker, "rawbench/#", args.readings)
             print(f"broker_raw_delivery: {raw:.0f} messages/s")
-            for per_message in (1, 50):
-                prefix = f"ingest{per_message}"
-                committed, written = asyncio.run(
-                    daemon_rates(tmp, broker, influx, prefix, args.readings // per_message, per_message)
-                )
-                print(f"ingest_to_outbox_{per_message}_per_message: {committed:.0f} readings/s")
-                print(f"ingest_to_influxdb_{per_message}_per_message: {written:.0f} readings/s")
-                print(f"outbox_rate_vs_raw_broker_{per_message}_per_message: {committed / raw:.2f} ratio")
+            sinks = {
+                "influxdb1": f'{{name: local, api: v1, url: "{influx.url}", database: bench, create_database: true}}',
+                "victoriametrics": f'{{name: local, api: v2, url: "{vm.url}", bucket: bench}}',
+            }
+            for sink_name in args.sinks.split(","):
+                for per_message in [int(s) for s in args.shapes.split(",")]:
+                    prefix = f"{sink_name}_{per_message}_per_message"
+                    messages = args.readings // per_message
+                    committed, written = asyncio.run(
+                        daemon_rates(tmp, broker, sinks[sink_name], prefix, messages, per_message)
+                    )
+                    print(f"ingest_to_outbox_{prefix}: {committed:.0f} readings/s")
+                    print(f"ingest_to_sink_{prefix}: {written:.0f} readings/s")
+                    ratio = committed / per_message / raw  # messages/s against the bare subscriber's messages/s
+                    print(f"outbox_messages_vs_raw_broker_{prefix}: {ratio:.2f} ratio")
     print(f"max_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

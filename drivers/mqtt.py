@@ -19,6 +19,7 @@ in-flight window bounds how many un-acked messages can be queued.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 _FIELDS = ("site", "device", "quantity")
 _LOG_EVERY_S = 60.0
 MAX_BATCH_READINGS = 1000  # a commit takes messages until it holds this many readings
+_ROUTE_CACHE_MAX = 100_000  # topics remembered with their subscription and tags
 
 
 class Subscription(Model):
@@ -148,7 +150,12 @@ class MqttDriver:
         self.cfg = cfg
         self.name = cfg.id
         self._metrics = metrics
-        self._queue: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
+        # paho's thread appends here and wakes the event loop only when it may be asleep:
+        # one wake-up per burst rather than one call_soon_threadsafe per message.
+        self._inbox: collections.deque[paho.MQTTMessage] = collections.deque()
+        self._wake = asyncio.Event()
+        self._wake_pending = False
+        self._routes: dict[str, tuple[Subscription, dict[str, str]] | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
         self._lost = asyncio.Event()
@@ -192,25 +199,28 @@ class MqttDriver:
         acker = asyncio.create_task(self._ack_in_order(pending))
         connection = asyncio.create_task(self._keep_connected(stop))
         stopping = asyncio.create_task(stop.wait())
+        inbox = self._inbox
         try:
-            while True:
-                getter = asyncio.create_task(self._queue.get())
-                done, _ = await asyncio.wait({getter, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                # Everything that arrived meanwhile goes into one commit: one task, one future,
-                # one fsync for the lot, and the acks still in arrival order.
-                batch = [getter.result()]
-                readings, rejected = self._decode(batch[0])
-                while len(readings) < MAX_BATCH_READINGS and not self._queue.empty():
-                    msg = self._queue.get_nowait()
-                    good, bad = self._decode(msg)
-                    batch.append(msg)
-                    readings += good
-                    rejected += bad
-                future = asyncio.ensure_future(emit(readings, rejected)) if readings or rejected else None
-                pending.put_nowait((future, batch))
+            while not stop.is_set():
+                self._wake.clear()
+                self._wake_pending = False  # before draining: a message appended after this wakes us
+                # Everything that arrived meanwhile goes into commits of up to MAX_BATCH_READINGS:
+                # one future and one fsync for the lot, and the acks still in arrival order.
+                while inbox:
+                    batch: list[paho.MQTTMessage] = []
+                    readings: list[Reading] = []
+                    rejected: list[Rejected] = []
+                    while inbox and len(readings) < MAX_BATCH_READINGS:
+                        msg = inbox.popleft()
+                        good, bad = self._decode(msg)
+                        batch.append(msg)
+                        readings += good
+                        rejected += bad
+                    future = asyncio.ensure_future(emit(readings, rejected)) if readings or rejected else None
+                    pending.put_nowait((future, batch))
+                woken = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({woken, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
         finally:
             stopping.cancel()
             pending.put_nowait((None, []))
@@ -273,15 +283,29 @@ class MqttDriver:
                 if msg.qos > 0:
                     self._client.ack(msg.mid, msg.qos)
 
+    def _route(self, topic: str) -> tuple[Subscription, dict[str, str]] | None:
+        """The subscription a topic matched and the tags it yields, remembered per topic:
+        matching filters is most of the cost of a small message."""
+        try:
+            return self._routes[topic]
+        except KeyError:
+            pass
+        sub = next((s for s in self.cfg.subscriptions if paho.topic_matches_sub(s.filter, topic)), None)
+        route = (sub, sub.tags(topic)) if sub is not None else None
+        if len(self._routes) >= _ROUTE_CACHE_MAX:
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
+
     def _decode(self, msg: paho.MQTTMessage) -> tuple[list[Reading], list[Rejected]]:
-        sub = next((s for s in self.cfg.subscriptions if paho.topic_matches_sub(s.filter, msg.topic)), None)
-        if sub is None:
+        route = self._route(msg.topic)
+        if route is None:
             return [], []
+        sub, tags = route
         now = time.time_ns()
         payload = bytes(msg.payload)
         try:
             result = decode(payload, now, sub.format, sub.paths, self.cfg.max_payload_bytes)
-            tags = sub.tags(msg.topic)
             readings = [
                 Reading(
                     ts=d.ts,
@@ -367,7 +391,10 @@ class MqttDriver:
             self._call(self._went_down, "connection", "lost", f"connection lost: {reason}")
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        self._call(self._queue.put_nowait, msg)
+        self._inbox.append(msg)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._call(self._wake.set)
 
 
 def _reason(err: BaseException) -> tuple[str, str]:

@@ -184,6 +184,8 @@ _MISSING: Any = object()
 
 
 def _get(data: Any, path: str) -> Any:
+    if "." not in path:  # the common case, without splitting the path
+        return data.get(path, _MISSING) if isinstance(data, dict) else _MISSING
     for part in path.split("."):
         if isinstance(data, dict) and part in data:
             data = data[part]

@@ -7,6 +7,7 @@ imports none of them.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -38,6 +39,7 @@ FLAG_MEANING: dict[Flag, str] = {
 }
 
 MAX_IDENTIFIER = 128
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters and the backslash
 
 
 def now_ns() -> int:
@@ -57,11 +59,10 @@ def identifier_problem(value: str) -> str | None:
         return "must not be empty"
     if len(value) > MAX_IDENTIFIER:
         return f"longer than {MAX_IDENTIFIER} characters"
-    if "\\" in value:
-        return "contains a backslash"
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        return "contains a control character"
-    return None
+    bad = _FORBIDDEN.search(value)
+    if bad is None:
+        return None
+    return "contains a backslash" if bad.group() == "\\" else "contains a control character"
 
 
 class InvalidReading(ValueError):

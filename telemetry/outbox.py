@@ -13,8 +13,10 @@ Not thread-safe by design: the pipeline calls it from one dedicated thread.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 _KINDS: dict[type, str] = {Reading: "reading", AlertEvent: "alert", Aggregate: "agg"}
+RECENT_MAX = 20_000  # committed records also kept in memory, so caught-up consumers skip the read-back
 DEADLETTER_PAYLOAD_MAX = 4096  # bytes kept of a rejected payload: enough to see what was wrong
 
 
@@ -152,6 +155,9 @@ class Outbox:
             raise OutboxError(f"cannot open outbox {path}: {err}") from err
         self._last_id = max(int(row[0]), int(seq[0]) if seq else 0)
         self._cursors: dict[str, int] = {}
+        # The newest committed records with their ids, in id order and without gaps: a sink
+        # that keeps up takes its batches from here instead of selecting and decoding them.
+        self._recent: deque[tuple[int, Record]] = deque(maxlen=RECENT_MAX)
 
     def register(self, consumer: str) -> int:
         """Make ``consumer`` known; returns its cursor (resumed after a restart)."""
@@ -196,6 +202,13 @@ class Outbox:
             self._rollback()
             raise OutboxError(f"cannot append to outbox {self.path}: {err}") from err
         self._last_id = int(last)
+        if rows:
+            # One writer holds the lock (BEGIN IMMEDIATE), so AUTOINCREMENT ids of one
+            # executemany are consecutive and end at ``last``.
+            first = self._last_id - len(rows) + 1
+            if self._recent and self._recent[-1][0] != first - 1:
+                self._recent.clear()
+            self._recent.extend(zip(range(first, self._last_id + 1), records, strict=True))
         if self.when_full == "drop_oldest" and self.over_budget():
             self._drop_oldest()
         return self._last_id
@@ -270,6 +283,7 @@ class Outbox:
                 deleted = self._db.execute(
                     "DELETE FROM records WHERE id IN (SELECT id FROM records ORDER BY id LIMIT ?)", (n,)
                 ).rowcount
+                self._recent.clear()  # what was dropped must not be delivered from memory either
                 self._db.execute("COMMIT")
             except sqlite3.Error as err:
                 self._rollback()
@@ -279,6 +293,11 @@ class Outbox:
     def begin(self, consumer: str, limit: int) -> Batch:
         """Up to ``limit`` records after ``consumer``'s cursor, oldest first."""
         cursor = self._cursors[consumer]
+        recent = self._recent
+        if recent and recent[0][0] <= cursor + 1 and recent[-1][0] == self._last_id:
+            start = cursor + 1 - recent[0][0]
+            items = list(itertools.islice(recent, start, start + limit))
+            return Batch(consumer, items, items[-1][0] if items else cursor)
         rows = self._db.execute(
             "SELECT id, kind, body FROM records WHERE id > ? ORDER BY id LIMIT ?",
             (cursor, limit),

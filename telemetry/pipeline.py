@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -211,8 +212,8 @@ class Pipeline:
         for wake in self._wakes:
             wake.set()
         readings = [r for r in records if isinstance(r, Reading)]
-        for r in readings:
-            self.metrics.readings.labels(r.site, r.device).inc()
+        for (site, device), n in Counter((r.site, r.device) for r in readings).items():
+            self.metrics.readings.labels(site, device).inc(n)
         if self.aggregator is not None:
             self.aggregator.add(readings)
         for uplink in self.uplinks:

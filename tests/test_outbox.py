@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections import deque
 from pathlib import Path
 
-from telemetry.model import AlertEvent, AlertState, Flag, Reading
+from telemetry.model import AlertEvent, AlertState, Flag, Reading, Record
 from telemetry.outbox import Outbox
 
 
@@ -114,3 +115,30 @@ def test_kill_9_loses_no_committed_record_and_leaves_a_readable_db(tmp_path: Pat
     ids = [rid for rid, _ in box.begin("check", 1_000_000).items]
     assert ids[:committed] == list(range(1, committed + 1))
     assert box._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_batches_served_from_memory_equal_what_the_database_holds(tmp_path: Path) -> None:
+    """A caught-up consumer reads recent records from memory; ids and records must be exactly
+    those a fresh process (reading back from SQLite) sees, across batch edges and the ring's end."""
+    path = str(tmp_path / "o.sqlite")
+    box = Outbox(path)
+    box.register("a")
+    box.register("b")
+    box.append([reading(i) for i in range(7)])
+    box.append([reading(i) for i in range(7, 8)])
+    box.append([reading(i) for i in range(8, 20)])
+    memory: list[tuple[int, Record]] = []
+    while batch := box.begin("a", 6):
+        memory += batch.items
+        box.end(batch)
+    fresh = Outbox(path)
+    assert not fresh._recent  # a reopened outbox has nothing in memory: it reads the database
+    fresh.register("b")
+    assert memory == fresh.begin("b", 100).items
+    assert [rid for rid, _ in memory] == list(range(1, 21))
+    # Behind the ring's start the consumer falls back to the database, without a gap.
+    small = Outbox(str(tmp_path / "small.sqlite"))
+    small._recent = deque(maxlen=5)
+    small.register("c")
+    small.append([reading(i) for i in range(12)])
+    assert [r.value for _, r in small.begin("c", 100).items] == [float(i) for i in range(12)]
