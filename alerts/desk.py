@@ -63,6 +63,10 @@ class AlertDesk:
     def events(self, events: list[AlertEvent]) -> None:
         if self.manager.ingest(events) or events:
             self._dirty = True
+            # What is due goes out now, not at the next tick: with ``group_wait: 0`` a breach
+            # reaches the supervisors in milliseconds. The notifier drops what is in flight.
+            for message in self.manager.due(time.time_ns()):
+                self.notifier.submit(message)
 
     async def tick(self, now_ns: int) -> None:
         """Apply commands, send what is due, save what changed."""

@@ -1,7 +1,8 @@
 """A local HTTP receiver for apprise ``json://`` notifications.
 
 Stands in for a chat robot in the demo and in the tests: it stores every JSON
-body it receives (with the request path under ``_path``) and lets a caller wait
+body it receives (with the request path under ``_path`` and its arrival on
+``time.perf_counter`` under ``_received``) and lets a caller wait
 for a number of them. ``answer`` makes it reply with that JSON body, as the
 DingTalk, WeCom and Feishu robots do (``{"errcode": 0, ...}``).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,6 +33,7 @@ class NotificationReceiver:
                 except ValueError:
                     body = {"raw": raw.decode(errors="replace")}
                 body["_path"] = self.path
+                body["_received"] = time.perf_counter()  # for latency benches in the same process
                 if receiver.status < 300:
                     with receiver._cond:
                         receiver.messages.append(body)

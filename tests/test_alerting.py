@@ -15,6 +15,7 @@ from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
 
+from alerts.desk import AlertDesk
 from alerts.lifecycle import AlertManager, Message, Silence
 from alerts.notify import Notifier, default_send, render
 from alerts.robots import Result
@@ -22,6 +23,7 @@ from alerts.rules import RulesEngine
 from telemetry.config import Notify
 from telemetry.metrics import Metrics
 from telemetry.model import Reading
+from telemetry.outbox import Outbox
 from telemetry.receiver import NotificationReceiver
 from telemetry.rule_config import EvaluatedRule, RuleConfig
 
@@ -328,3 +330,20 @@ def test_english_template_and_grafana_link() -> None:
     assert body.endswith("Dashboard: http://grafana/d/plant?var-site=s")
     assert isinstance(message, Message)
     assert asyncio.iscoroutinefunction(default_send)
+
+
+def test_a_breach_is_handed_to_the_notifier_at_once_when_group_wait_is_zero() -> None:
+    """The desk does not wait for its next tick (1 s) with what is already due."""
+
+    async def direct(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    for wait, expected in (("0s", 1), ("30s", 0)):
+        cfg = notify(group_wait=wait)
+        metrics = Metrics(CollectorRegistry())
+        engine = RulesEngine([rule(kind="limit", name="cod_limit", quantity="cod", above=100)], {"s": "UTC"})
+        notifier = Notifier(cfg.routes, metrics, {"s": "UTC"})
+        desk = AlertDesk(AlertManager(cfg), notifier, engine, Outbox(":memory:"), direct, metrics)
+        now = 1_700_000_000 * NS
+        desk.events(engine.feed([Reading(now, "s", "an", "cod", 150.0, "mg/L")]))
+        assert len(notifier.in_flight) == expected, wait
