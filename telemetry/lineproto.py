@@ -11,6 +11,8 @@ from __future__ import annotations
 from telemetry.model import Aggregate, AlertEvent, Reading, Record
 
 _TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_SERIES_MAX = 100_000
+_series: dict[tuple[str, str, str, str], str] = {}  # a series' escaped measurement and tags, built once
 
 
 def tag(value: str) -> str:
@@ -27,9 +29,15 @@ def number(value: float) -> str:
 
 
 def reading_line(r: Reading) -> str:
-    tags = f"telemetry,device={tag(r.device)},quantity={tag(r.quantity)},site={tag(r.site)}"
-    if r.unit:
-        tags += f",unit={tag(r.unit)}"
+    key = (r.site, r.device, r.quantity, r.unit)
+    tags = _series.get(key)
+    if tags is None:
+        tags = f"telemetry,device={tag(r.device)},quantity={tag(r.quantity)},site={tag(r.site)}"
+        if r.unit:
+            tags += f",unit={tag(r.unit)}"
+        if len(_series) >= _SERIES_MAX:
+            _series.clear()
+        _series[key] = tags
     return f"{tags} flag={string_field(r.flag.value)},value={number(r.value)} {r.ts}"
 
 

@@ -114,9 +114,12 @@ class Mosquitto:
 
 
 @contextmanager
-def mosquitto(tmp: Path, tls: bool = False, user: tuple[str, str] | None = None) -> Iterator[Mosquitto]:
+def mosquitto(
+    tmp: Path, tls: bool = False, user: tuple[str, str] | None = None, default_limits: bool = False
+) -> Iterator[Mosquitto]:
     """A broker with persistence (queued messages survive a restart); optionally TLS with a
-    self-signed CA and a password file instead of anonymous access."""
+    self-signed CA and a password file instead of anonymous access. Its queue limits are
+    raised for the tests' bursts unless ``default_limits`` (Mosquitto's: 1000 queued, 20 in flight)."""
     binary = require("mosquitto")
     port = free_port()
     conf = tmp / "mosquitto.conf"
@@ -126,9 +129,9 @@ def mosquitto(tmp: Path, tls: bool = False, user: tuple[str, str] | None = None)
         "persistence true",
         "user root",  # when started as root, keep root: the temp dir is root's (else: ignored)
         f"persistence_location {tmp}/",
-        "max_queued_messages 1000000",
-        "max_inflight_messages 100",
     ]
+    if not default_limits:
+        lines += ["max_queued_messages 1000000", "max_inflight_messages 100"]
     ca = ""
     if tls:
         ca, cert, key = make_certificates(tmp)
