@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import ssl
 import time
@@ -104,7 +105,7 @@ class Subscription(Model):
 
 
 class Tls(Model):
-    """TLS to the broker. Verification is on unless ``verify: false`` says otherwise."""
+    """TLS to the broker. Verification is on unless ``verify: false`` (with ``insecure: true``)."""
 
     ca_file: str = ""
     cert_file: str = ""
@@ -126,9 +127,27 @@ class MqttConfig(DeviceConfig):
     keepalive: Duration = 30.0
     session_expiry: Duration = 7 * 86400.0
     tls: Tls | None = None
-    share_group: str = ""
+    # A topic level of $share/GROUP/...: no '/', '+' or '#' that would change what is subscribed.
+    share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    insecure: bool = False  # required for a plain connection off this machine, or TLS without verification
     max_payload_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = MAX_PAYLOAD
     subscriptions: Annotated[list[Subscription], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _locked_down(self) -> MqttConfig:
+        if self.insecure:
+            return self
+        if self.tls is None and not _loopback(self.host):
+            raise PydanticCustomError(
+                "insecure",
+                "expected a tls section for a broker off this machine, or insecure: true to send "
+                "credentials and readings in clear text",
+            )
+        if self.tls is not None and not self.tls.verify:
+            raise PydanticCustomError(
+                "insecure", "expected insecure: true with tls.verify: false (anyone in the path can pose as the broker)"
+            )
+        return self
 
     def describe(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"
@@ -395,6 +414,15 @@ class MqttDriver:
         if not self._wake_pending:
             self._wake_pending = True
             self._call(self._wake.set)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _reason(err: BaseException) -> tuple[str, str]:

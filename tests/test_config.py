@@ -186,3 +186,42 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
 def test_yaml_that_pyyaml_cannot_construct_is_a_clear_error(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, "=")  # found by tests/test_fuzz.py: it used to escape as a traceback
     assert problem.startswith(f"{tmp_path / 'site.yaml'}:1: (syntax):")
+
+
+MQTT = VALID.replace(
+    "influxdb:",
+    """  - id: broker
+    kind: mqtt
+    host: HOST
+    subscriptions: [{topic: "plant/{site}/{device}/{quantity}"}]EXTRA
+influxdb:""",
+)
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "expected"),
+    [
+        ("192.0.2.7", "", ":13: devices[1]: expected a tls section for a broker off this machine, or insecure: true"),
+        ("broker.example", "\n    tls: {verify: false}", ":13: devices[1]: expected insecure: true with tls.verify"),
+        ("192.0.2.7", "\n    insecure: true", None),
+        ("192.0.2.7", "\n    tls: {ca_file: /etc/ssl/ca.pem}", None),
+        ("127.0.0.1", "", None),
+        ("localhost", "", None),
+        ("::1", "", None),
+    ],
+)
+def test_plain_or_unverified_mqtt_off_this_machine_needs_insecure_true(
+    tmp_path: Path, host: str, extra: str, expected: str | None
+) -> None:
+    text = MQTT.replace("HOST", host).replace("EXTRA", extra)
+    if expected is None:
+        (tmp_path / "site.yaml").write_text(text)
+        app.load(str(tmp_path / "site.yaml"), {})  # no ConfigError
+    else:
+        [problem] = problems(tmp_path, text)
+        assert expected in problem
+
+
+def test_share_group_cannot_change_the_subscribed_topic(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, MQTT.replace("HOST", "127.0.0.1").replace("EXTRA", "\n    share_group: a/#"))
+    assert "devices[1].share_group" in problem

@@ -49,7 +49,7 @@ sites: [{id: s}]
 devices:
   - {id: an, kind: modbus, site: s, host: h, timeout: 1s, points: [{quantity: cod, address: 0}]}
   - {id: fm, kind: modbus, site: s, host: h, unit_id: 2, timeout: 1s, points: [{quantity: flow, address: 0}]}
-  - {id: b, kind: mqtt, host: h, subscriptions: [{topic: x/cod, site: s, device: an, quantity: cod}]}
+  - {id: b, kind: mqtt, host: localhost, subscriptions: [{topic: x/cod, site: s, device: an, quantity: cod}]}
 rules:
   - {kind: limit, name: cod, site: s, quantity: cod, above: 100}
   - {kind: limit, name: tp, site: s, quantity: tp, above: 3}
