@@ -162,7 +162,7 @@ class Notify(Model):
 
 
 class Metrics(Model):
-    """The HTTP endpoint: /metrics, /alerts, POST /alerts/ID/ack (``ack_token`` guards acks)."""
+    """The HTTP endpoint: /metrics, /alerts, POST /alerts/ID/ack (only with ``ack_token``: it is the Bearer token)."""
 
     enabled: bool = True
     listen: Listen = "127.0.0.1:9108"

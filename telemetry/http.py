@@ -5,8 +5,10 @@
 - ``GET /readyz``: 200 when drivers are started, the outbox takes commits and every
   sink with a backlog accepted a write recently; 503 with the reasons otherwise.
 - ``GET /alerts``: current alerts and silences as JSON (what ``telemetry alerts list`` shows).
-- ``POST /alerts/ID/ack``: acknowledge an alert (stops repeats and escalation); with
-  ``metrics.ack_token`` set, the request needs ``Authorization: Bearer TOKEN``.
+- ``POST /alerts/ID/ack``: acknowledge an alert (stops repeats and escalation); needs
+  ``Authorization: Bearer TOKEN`` with ``metrics.ack_token`` (from the environment);
+  without a configured token the endpoint refuses every ack (403): anyone who can
+  reach the port must not be able to silence a regulated alarm.
 
 Acks go through the same command table as the CLI, so both take the same path.
 Listens on loopback by default; put it behind the plant's reverse proxy to expose it.
@@ -55,8 +57,11 @@ def app(
         parts = path.strip("/").split("/")
         if not (len(parts) == 3 and parts[0] == "alerts" and parts[2] == "ack" and method == "POST"):
             return "404 Not Found", {"error": "not found"}
+        if not ack_token:
+            off = "acks over HTTP are off: set metrics.ack_token, or use `telemetry alerts ack`"
+            return "403 Forbidden", {"error": off}
         given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
-        if ack_token and not hmac.compare_digest(given, ack_token):
+        if not hmac.compare_digest(given.encode(), ack_token.encode()):
             return "401 Unauthorized", {"error": "bearer token required"}
         size = int(environ.get("CONTENT_LENGTH") or 0)
         body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}

@@ -123,6 +123,7 @@ notify:
       group_interval: 0s
 metrics:
   listen: 127.0.0.1:{metrics_port}
+  ack_token: {site}-ack-token
 outbox:
   path: {state}/outbox.sqlite
 """
@@ -311,14 +312,21 @@ async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_
         await asyncio.to_thread(receiver.wait_for, 1, 20)
         [alert] = [a for a in pipeline.desk.manager.alerts.values() if a.state == "firing"]
 
-        def ack() -> dict[str, Any]:
+        def ack(token: str) -> tuple[int, dict[str, Any]]:
             request = urllib.request.Request(
-                f"http://127.0.0.1:{metrics_port}/alerts/{alert.id}/ack", data=b'{"by": "zhang"}', method="POST"
+                f"http://127.0.0.1:{metrics_port}/alerts/{alert.id}/ack",
+                data=b'{"by": "zhang"}',
+                method="POST",
+                headers={"Authorization": f"Bearer {token}"},
             )
-            with urllib.request.urlopen(request, timeout=5) as resp:
-                return json.load(resp)
+            try:
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    return resp.status, json.load(resp)
+            except urllib.error.HTTPError as err:
+                return err.code, json.load(err)
 
-        assert (await asyncio.to_thread(ack))["queued"] is True
+        assert (await asyncio.to_thread(ack, "guess"))[0] == 401
+        assert await asyncio.to_thread(ack, f"{unique}-ack-token") == (202, {"queued": True, "id": alert.id})
         await pipeline.desk.save()
         stop.set()
         await asyncio.wait_for(task, 30)
