@@ -89,6 +89,8 @@ async def serve(
     pipeline_ready: asyncio.Future[Pipeline] | None = None,
 ) -> None:
     """Run the daemon until ``stop`` is set."""
+    for warning in dep.warnings:
+        log.warning("%s", warning)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     stop_http = None
     current: list[Pipeline] = []

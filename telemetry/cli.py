@@ -531,7 +531,7 @@ def summary(dep: Deployment) -> str:
     out.append(f"outbox: {cfg.outbox.path}")
     out.append(f"hj212 platforms ({len(cfg.hj212)}):")
     out += [f"  {p.name:<20} {p.host}:{p.port} site {p.site} MN {p.mn} HJ 212-{p.version}" for p in cfg.hj212]
-    notes = likely_mistakes(dep)
+    notes = dep.warnings + likely_mistakes(dep)
     out.append(f"warnings ({len(notes)}):")
     out += [f"  {note}" for note in notes]
     return "\n".join(out)

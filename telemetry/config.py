@@ -205,6 +205,7 @@ class Deployment:
         self.config = config
         self.devices = devices
         self.rules: list[EvaluatedRule] = rules if rules is not None else []  # standards expanded
+        self.warnings: list[str] = []  # valid but unsafe: logged at start-up, shown by `telemetry check`
 
     def site(self, site_id: str) -> Site:
         return next(s for s in self.config.sites if s.id == site_id)
@@ -248,7 +249,60 @@ def parse(
     rules = _expand_rules(config, file, src, problems) if config is not None else []
     if problems or config is None:
         raise ConfigError(sorted(set(problems), key=_line_key))
-    return Deployment(file, config, devices, rules)
+    dep = Deployment(file, config, devices, rules)
+    dep.warnings = secret_warnings(src)
+    return dep
+
+
+# A URL is hidden in error messages (it may carry credentials) but not warned about.
+_SECRET_KEYS = tuple(w for w in _SECRET_WORDS if w != "url")
+
+
+def secret_warnings(src: Source) -> list[str]:
+    """Secrets written into the config file (they belong in the environment or a file of
+    their own), and secret files, or a config holding secrets, that every user can read."""
+    warnings: list[str] = []
+    literal = False
+
+    def walk(value: Any, path: Path) -> None:
+        nonlocal literal
+        if isinstance(value, Mapping):
+            for key, child in value.items():
+                walk(child, (*path, key))
+            return
+        if isinstance(value, list):
+            for i, child in enumerate(value):
+                walk(child, (*path, i))
+            return
+        keys = [str(p).lower() for p in path if isinstance(p, str)]
+        last = keys[-1] if keys else ""
+        if last.endswith("_file") and any(w in last for w in _SECRET_KEYS) and value:
+            warnings.extend(_world_readable(str(value), f"{src.file}:{src.line_of(path)}: {dotted(path)}"))
+        elif (
+            value not in ("", None)
+            and any(w in k for k in keys[-2:] for w in _SECRET_KEYS)
+            and path not in src.from_env
+        ):
+            literal = True
+            warnings.append(
+                f"{src.file}:{src.line_of(path)}: {dotted(path)}: a secret written into the config file; "
+                "take it from the environment (${VAR}) or a file readable only by the daemon"
+            )
+
+    walk(src.data, ())
+    if literal:
+        warnings += _world_readable(src.file, f"{src.file} (holds secrets)")
+    return warnings
+
+
+def _world_readable(file: str, what: str) -> list[str]:
+    try:
+        mode = pathlib.Path(file).stat().st_mode
+    except OSError:
+        return []  # a missing file is reported where it is opened
+    if mode & 0o004:
+        return [f"{what}: {file} is readable by every user on this machine (mode {mode & 0o777:o}); chmod o-r it"]
+    return []
 
 
 def standards_dir(config: Config, file: str) -> pathlib.Path:

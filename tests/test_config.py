@@ -225,3 +225,28 @@ def test_plain_or_unverified_mqtt_off_this_machine_needs_insecure_true(
 def test_share_group_cannot_change_the_subscribed_topic(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, MQTT.replace("HOST", "127.0.0.1").replace("EXTRA", "\n    share_group: a/#"))
     assert "devices[1].share_group" in problem
+
+
+def test_secrets_written_in_the_config_or_readable_by_everyone_are_warned_of(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt.pw"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644)
+    text = (
+        MQTT.replace("HOST", "127.0.0.1").replace("EXTRA", f"\n    username: plant\n    password_file: {secret}")
+        + "metrics: {ack_token: literal-token}\nnotify:\n  routes: [{name: ops, urls: ['${ALERT_URL}']}]\n"
+    )
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    path.chmod(0o644)
+    warnings = app.load(str(path), {"ALERT_URL": "dingtalk://secret-token"}).warnings
+    assert warnings == [
+        f"{path}:18: devices[1].password_file: {secret} is readable by every user on this machine (mode 644); "
+        "chmod o-r it",
+        f"{path}:28: metrics.ack_token: a secret written into the config file; take it from the environment "
+        "(${VAR}) or a file readable only by the daemon",
+        f"{path} (holds secrets): {path} is readable by every user on this machine (mode 644); chmod o-r it",
+    ]
+    assert not any("literal-token" in w or "hunter2" in w or "secret-token" in w for w in warnings)
+    secret.chmod(0o600)
+    path.write_text(text.replace("literal-token", "'${ACK_TOKEN}'"))
+    assert app.load(str(path), {"ALERT_URL": "x://y", "ACK_TOKEN": "t"}).warnings == []
