@@ -129,6 +129,8 @@ class Delivery:
         except SinkError as err:
             if err.retryable:
                 raise
+            # Counted here too: a refusal that halving works around must still show in the metrics.
+            self._metrics.sink_errors.labels(self.sink.name, err.reason).inc()
             if len(lines) == 1:
                 rid, text = lines[0]
                 log.warning("sink %s: server refused a point, quarantined: %s | %s", self.sink.name, err, text[:200])

@@ -1,0 +1,200 @@
+"""Fault injection: the daemon as a real process (so it can be SIGKILLed), an HTTP proxy
+in front of InfluxDB that misbehaves on demand, and ground truth to check against.
+
+Every reading a scenario publishes has a unique value and timestamp, so "every
+committed reading is in InfluxDB exactly once" is checked as: the values InfluxDB
+holds are exactly the values published (minus what a scenario deliberately had
+quarantined), no more, no fewer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests.services import Influx1, Mosquitto, eventually, require
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FaultProxy:
+    """Forwards HTTP to ``target`` unless ``mode`` says otherwise:
+
+    ``pass``; ``down`` (the connection is closed without an answer); ``slow`` (answers
+    after ``delay`` s); ``500``; ``503`` (with ``Retry-After: 1``); ``413`` (a write of
+    more than ``max_lines`` lines is refused as too large); ``400`` (a write holding
+    ``poison`` is refused as bad data, as InfluxDB does for a type conflict).
+    ``seen`` counts what the proxy did, by mode.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target.removeprefix("http://")
+        self.mode = "pass"
+        self.delay = 2.0
+        self.max_lines = 200
+        self.poison = b"value=666.0"
+        self.seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                proxy._handle(self, b"")
+
+            def do_POST(self) -> None:
+                proxy._handle(self, self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def count(self, what: str) -> int:
+        with self._lock:
+            return self.seen.get(what, 0)
+
+    def _note(self, what: str) -> None:
+        with self._lock:
+            self.seen[what] = self.seen.get(what, 0) + 1
+
+    def _handle(self, req: BaseHTTPRequestHandler, body: bytes) -> None:
+        mode = self.mode
+        is_write = req.path.startswith("/write") or req.path.startswith("/api/v2/write")
+        text = gzip.decompress(body) if body and req.headers.get("Content-Encoding") == "gzip" else body
+        if is_write and mode == "down":
+            self._note("down")
+            req.close_connection = True
+            req.connection.close()
+            return
+        if is_write and mode in ("500", "503"):
+            self._note(mode)
+            self._answer(req, int(mode), b'{"error": "injected"}', {"Retry-After": "1"} if mode == "503" else {})
+            return
+        if is_write and mode == "413" and text.count(b"\n") + 1 > self.max_lines:
+            self._note("413")
+            self._answer(req, 413, b'{"error": "Request Entity Too Large"}', {})
+            return
+        if is_write and mode == "400" and self.poison in text:
+            self._note("400")
+            self._answer(req, 400, b'{"error": "partial write: field type conflict"}', {})
+            return
+        if is_write and mode == "slow":
+            self._note("slow")
+            time.sleep(self.delay)  # the injected fault itself: a server that takes its time
+        self._forward(req, body)
+
+    def _forward(self, req: BaseHTTPRequestHandler, body: bytes) -> None:
+        conn = http.client.HTTPConnection(self.target, timeout=30)
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in ("host", "connection")}
+        conn.request(req.command, req.path, body=body or None, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        passthrough = {k: v for k, v in resp.getheaders() if k.lower() not in ("transfer-encoding", "connection")}
+        self._answer(req, resp.status, data, passthrough, keep_length=False)
+        conn.close()
+        if req.path.startswith("/write"):
+            self._note(f"forwarded_{resp.status}")
+
+    @staticmethod
+    def _answer(
+        req: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str], keep_length: bool = False
+    ) -> None:
+        req.send_response(status)
+        for key, value in headers.items():
+            if key.lower() != "content-length" or keep_length:
+                req.send_header(key, value)
+        req.send_header("Content-Length", str(len(data)))
+        req.end_headers()
+        req.wfile.write(data)
+
+
+class Daemon:
+    """``telemetry run`` as a child process: start, SIGKILL, restart, read its /metrics."""
+
+    def __init__(self, cfg: Path, metrics_port: int, env: dict[str, str] | None = None) -> None:
+        self.cfg, self.port, self.env = cfg, metrics_port, env
+        self.log = cfg.with_suffix(".log")
+        self.proc = self.start()
+        self.kills = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as out:
+            cmd = [sys.executable, "-m", "telemetry.cli", "run", "-c", str(self.cfg)]
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out, env=self.env)
+        return self.proc
+
+    def kill9(self) -> None:
+        """SIGKILL (no shutdown at all), then start again."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.kills += 1
+        self.start()
+
+    def stop(self) -> int:
+        """SIGTERM; the exit code (0: a clean shutdown)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        return self.proc.returncode
+
+    def alive(self) -> bool:
+        assert self.proc.poll() is None, f"the daemon died: {self.log.read_text()[-3000:]}"
+        return True
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of /metrics summed over the labels not given (0 while not listening)."""
+        self.alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith((name + "{", name + " ")):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait(self, name: str, at_least: float = 1, timeout: float = 60, **labels: str) -> float:
+        return eventually(
+            lambda: (v := self.metric(name, **labels)) >= at_least and v, timeout, f"{name}{labels} >= {at_least}"
+        )
+
+
+def publish(broker: Mosquitto, topic: str, values: range, base_ms: int, username: str = "", password: str = "") -> None:
+    """QoS 1 messages ``{"value": v, "ts": base_ms + v}``, through ``mosquitto_pub -l``."""
+    cmd = [require("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-l"]
+    if username:
+        cmd += ["-u", username, "-P", password]
+    lines = "".join(f'{{"value": {v}, "ts": {base_ms + v}}}\n' for v in values)
+    subprocess.run(cmd, input=lines.encode(), check=True, timeout=60)
+
+
+def values_in(influx: Influx1, db: str, quantity: str = "flow") -> list[int]:
+    rows = influx.query(db, f"SELECT value FROM telemetry WHERE quantity = '{quantity}'")
+    return sorted(int(r["value"]) for r in rows)
+
+
+def count_in(influx: Influx1, db: str) -> int:
+    rows = influx.query(db, "SELECT count(value) FROM telemetry")
+    return int(rows[0]["count"]) if rows else 0
