@@ -157,7 +157,8 @@ class MqttConfig(DeviceConfig):
     def secret(self) -> str | None:
         """The password, from ``password`` or ``password_file`` (first line)."""
         if self.password_file:
-            return Path(self.password_file).read_text(encoding="utf-8").splitlines()[0]
+            lines = Path(self.password_file).read_text(encoding="utf-8").splitlines()
+            return lines[0] if lines else ""
         return self.password.get_secret_value() or None
 
     def subscribe_filter(self, sub: Subscription) -> str:
@@ -193,8 +194,6 @@ class MqttDriver:
             manual_ack=True,
             reconnect_on_failure=False,  # reconnecting is ours: back-off, reasons, metrics
         )
-        if cfg.username:
-            self._client.username_pw_set(cfg.username, cfg.secret())
         if cfg.tls is not None:
             self._client.tls_set(
                 ca_certs=cfg.tls.ca_file or None,
@@ -270,6 +269,8 @@ class MqttDriver:
 
     def _connect(self) -> None:
         self._session_up = False
+        if self.cfg.username:  # read again each time: a rotated password_file needs no restart
+            self._client.username_pw_set(self.cfg.username, self.cfg.secret())
         if self.cfg.protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = int(self.cfg.session_expiry)
