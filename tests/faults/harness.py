@@ -9,9 +9,13 @@ quarantined), no more, no fewer.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
+import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -198,3 +202,98 @@ def values_in(influx: Influx1, db: str, quantity: str = "flow") -> list[int]:
 def count_in(influx: Influx1, db: str) -> int:
     rows = influx.query(db, "SELECT count(value) FROM telemetry")
     return int(rows[0]["count"]) if rows else 0
+
+
+class ModbusFaultProxy:
+    """Modbus TCP between the daemon and a device, misbehaving on demand: ``pass``;
+    ``silent`` (requests swallowed: the device times out); ``garbage`` (random bytes for
+    an answer); ``cut`` (half of the real answer, then the connection closes)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
+        self.mode = "pass"
+        self.seen: dict[str, int] = {}
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)  # accept() wakes up to see _stop
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._clients: list[socket.socket] = []
+        self._workers: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._accept, name="modbus-fault-proxy", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+        for client in self._clients:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+        for worker in self._workers:
+            worker.join(5)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            self._clients.append(client)
+            worker = threading.Thread(target=self._serve, args=(client,), name="modbus-fault-conn", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.upstream), timeout=5) as device:
+            while True:
+                request = _frame(client)
+                if request is None:
+                    return
+                mode = self.mode
+                self.seen[mode] = self.seen.get(mode, 0) + 1
+                if mode == "silent":
+                    continue
+                if mode == "garbage":
+                    client.sendall(request[:2] + os.urandom(10))
+                    continue
+                device.sendall(request)
+                answer = _frame(device)
+                if answer is None:
+                    return
+                if mode == "cut":
+                    client.sendall(answer[: len(answer) // 2])
+                    return
+                client.sendall(answer)
+
+
+def _frame(sock: socket.socket) -> bytes | None:
+    """One Modbus TCP frame (MBAP header + PDU), or None when the peer closed."""
+    header = _exactly(sock, 7)
+    if header is None:
+        return None
+    body = _exactly(sock, int.from_bytes(header[4:6], "big") - 1)
+    return None if body is None else header + body
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def committed(outbox: Path) -> int:
+    """How many records the outbox ever committed (AUTOINCREMENT's high-water mark): with no
+    rules and no aggregation, every one is a reading."""
+    with sqlite3.connect(outbox) as db:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+    return int(row[0]) if row else 0
