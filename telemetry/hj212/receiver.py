@@ -3,8 +3,9 @@
 Listens for stations, logs and keeps every packet, checks its CRC (a garbled
 frame is counted, never fatal), answers 9014 to packets that ask for it, and can
 send commands such as history requests to a connected station. ``ack`` off,
-``wrong_qn`` or ``refuse`` (a QnRtn code, e.g. "3" for a wrong password) make it
-misbehave the way real platforms sometimes do.
+``wrong_qn``, ``hang_up`` (close the connection on every data packet) or ``refuse``
+(a QnRtn code, e.g. "3" for a wrong password) make it misbehave the way real
+platforms sometimes do.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Receiver:
         self.garbled = 0
         self.ack = True
         self.wrong_qn = False
+        self.hang_up = False
         self.refuse: str | None = None
         self._echo = echo
         self._server: asyncio.Server | None = None
@@ -79,14 +81,17 @@ class Receiver:
             return
         if self._echo is not None:
             self._echo(f"{datetime.now():%H:%M:%S} <- {raw.decode(errors='replace').rstrip()}")
-        if self.refuse and packet.cn not in ("9011", "9012", "9013", "9014"):
+        if self.hang_up and packet.cn not in ("9011", "9012", "9013", "9014"):
+            writer.close()  # as a platform that restarts or drops idle-looking stations does
+        elif self.refuse and packet.cn not in ("9011", "9012", "9013", "9014"):
             writer.write(
                 encode(Packet(packet.qn, "91", "9011", packet.pw, packet.mn, 4, None, None, [{"QnRtn": self.refuse}]))
             )
         elif packet.wants_ack and self.ack:
             qn = str(int(packet.qn) + 1) if self.wrong_qn else packet.qn
             writer.write(encode(Packet(qn, "91", "9014", packet.pw, packet.mn, packet.flag & ~1, None, None, [])))
-        await writer.drain()
+        if not writer.is_closing():
+            await writer.drain()
         async with self._changed:
             self.packets.append(packet)
             self._changed.notify_all()

@@ -194,6 +194,12 @@ def publish(broker: Mosquitto, topic: str, values: range, base_ms: int, username
     subprocess.run(cmd, input=lines.encode(), check=True, timeout=60)
 
 
+def publish_lines(broker: Mosquitto, topic: str, lines: list[str]) -> None:
+    """QoS 1 messages, one per line, through ``mosquitto_pub -l``."""
+    cmd = [require("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-l"]
+    subprocess.run(cmd, input="".join(f"{line}\n" for line in lines).encode(), check=True, timeout=60)
+
+
 def values_in(influx: Influx1, db: str, quantity: str = "flow") -> list[int]:
     rows = influx.query(db, f"SELECT value FROM telemetry WHERE quantity = '{quantity}'")
     return sorted(int(r["value"]) for r in rows)
