@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,6 +49,16 @@ _FIELDS = ("site", "device", "quantity")
 _LOG_EVERY_S = 60.0
 MAX_BATCH_READINGS = 1000  # a commit takes messages until it holds this many readings
 _ROUTE_CACHE_MAX = 100_000  # topics remembered with their subscription and tags
+
+
+@dataclass
+class _Pending:
+    """Messages handed over in one emit, waiting for their commit before they are acked."""
+
+    future: asyncio.Future[None] | None
+    batch: list[paho.MQTTMessage]
+    readings: list[Reading]
+    rejected: list[Rejected]
 
 
 class Subscription(Model):
@@ -213,8 +224,8 @@ class MqttDriver:
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        pending: asyncio.Queue[tuple[asyncio.Future[None] | None, list[paho.MQTTMessage]]] = asyncio.Queue()
-        acker = asyncio.create_task(self._ack_in_order(pending))
+        pending: asyncio.Queue[_Pending] = asyncio.Queue()
+        acker = asyncio.create_task(self._ack_in_order(pending, emit, stop))
         connection = asyncio.create_task(self._keep_connected(stop))
         stopping = asyncio.create_task(stop.wait())
         inbox = self._inbox
@@ -235,13 +246,13 @@ class MqttDriver:
                         readings += good
                         rejected += bad
                     future = asyncio.ensure_future(emit(readings, rejected)) if readings or rejected else None
-                    pending.put_nowait((future, batch))
+                    pending.put_nowait(_Pending(future, batch, readings, rejected))
                 woken = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait({woken, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 woken.cancel()
         finally:
             stopping.cancel()
-            pending.put_nowait((None, []))
+            pending.put_nowait(_Pending(None, [], [], []))
             await acker
             await connection
             await asyncio.to_thread(self._shutdown)
@@ -284,22 +295,31 @@ class MqttDriver:
         self._client.disconnect()
         self._client.loop_stop()
 
-    async def _ack_in_order(
-        self, pending: asyncio.Queue[tuple[asyncio.Future[None] | None, list[paho.MQTTMessage]]]
-    ) -> None:
+    async def _ack_in_order(self, pending: asyncio.Queue[_Pending], emit: Emit, stop: asyncio.Event) -> None:
+        """Ack each batch once committed, in arrival order. A failed commit (a full disk) is
+        retried with back-off, holding the acks behind it: the broker's in-flight window then
+        holds back further messages, and nothing waits for a reconnect to be redelivered."""
+        retry = Backoff(initial=1.0, maximum=30.0)
         while True:
-            future, batch = await pending.get()
-            if not batch:
+            item = await pending.get()
+            if not item.batch:
                 return
-            if future is not None:
+            future = item.future
+            while future is not None:
                 try:
                     await future
-                except Exception:
-                    # Not committed: no ack, so the broker redelivers after reconnecting.
-                    log.exception("%s: could not commit %d messages; not acknowledged", self.where, len(batch))
+                    break
+                except Exception as err:  # whatever the commit raised, the batch is kept and retried
                     self._metrics.errors.labels("mqtt", "commit", "outbox").inc()
-                    continue
-            for msg in batch:
+                    if retry.attempts == 0:
+                        log.error("%s: could not commit %d messages (%s); retrying", self.where, len(item.batch), err)
+                    if await wait_event(stop, retry.next()):
+                        return  # not acknowledged: the broker sends them again to the next run
+                    future = asyncio.ensure_future(emit(item.readings, item.rejected))
+            if retry.attempts:
+                log.info("%s: committed again after %d failed attempts", self.where, retry.attempts)
+                retry.reset()
+            for msg in item.batch:
                 if msg.qos > 0:
                     self._client.ack(msg.mid, msg.qos)
 

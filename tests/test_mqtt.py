@@ -69,13 +69,19 @@ class Collector:
     """An ``emit`` that records readings and dead letters; optionally fails like a failed commit."""
 
     def __init__(
-        self, want: int, fail: bool = False, want_rejected: int = 0, changed: asyncio.Condition | None = None
+        self,
+        want: int,
+        fail: bool = False,
+        want_rejected: int = 0,
+        changed: asyncio.Condition | None = None,
+        fail_first: int = 0,
     ) -> None:
         self.readings: list[Reading] = []
         self.rejected: list[Rejected] = []
         self.want = want
         self.want_rejected = want_rejected
         self.fail = fail
+        self.fail_first = fail_first  # this many calls fail, then commits work again (a disk freed)
         self.done = asyncio.Event()
         self.calls = 0
         self._changed = changed or asyncio.Condition()  # shared, to wait on several collectors at once
@@ -84,6 +90,8 @@ class Collector:
         self.calls += 1
         if self.fail:
             self.done.set()
+            raise OSError("disk full")
+        if self.calls <= self.fail_first:
             raise OSError("disk full")
         self.readings += readings
         self.rejected += rejected
@@ -171,6 +179,21 @@ async def test_message_not_committed_is_not_acked_and_comes_back(mosquitto: Mosq
     again = Collector(want=1)
     await run_until(make(mosquitto, unique), again)  # new connection, same session: redelivery
     assert [r.value for r in again.readings] == [7]
+
+
+async def test_a_failed_commit_is_retried_in_place_and_acked_once_it_succeeds(
+    mosquitto: Mosquitto, unique: str
+) -> None:
+    """No reconnect needed: the batch waits in memory, unacknowledged, until a commit works."""
+    recovering = Collector(want=2, fail_first=2)
+    topic = f"{unique}/s/d/q"
+    await run_until(make(mosquitto, unique), recovering, lambda: publish(mosquitto, [(topic, b"8"), (topic, b"9")]))
+    assert recovering.calls >= 3
+    assert sorted(r.value for r in recovering.readings) == [8, 9]
+    await asyncio.to_thread(publish, mosquitto, [(topic, b"10")])
+    after = Collector(want=1)
+    await run_until(make(mosquitto, unique), after)  # same session: only the new message, nothing redelivered
+    assert [r.value for r in after.readings] == [10]
 
 
 async def test_bad_payloads_are_counted_dead_lettered_logged_once_and_the_stream_goes_on(
