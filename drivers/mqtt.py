@@ -254,6 +254,10 @@ class MqttDriver:
             stopping.cancel()
             pending.put_nowait(_Pending(None, [], [], []))
             await acker
+            while not pending.empty():  # left unacknowledged for the next run; their failures are known
+                left = pending.get_nowait().future
+                if left is not None:
+                    left.add_done_callback(_retrieved)
             await connection
             await asyncio.to_thread(self._shutdown)
 
@@ -307,6 +311,8 @@ class MqttDriver:
             future = item.future
             while future is not None:
                 try:
+                    if not await _done_or_stopped(future, stop):
+                        return  # stopping while the commit waits (a full disk): not acknowledged
                     await future
                     break
                 except Exception as err:  # whatever the commit raised, the batch is kept and retried
@@ -435,6 +441,25 @@ class MqttDriver:
         if not self._wake_pending:
             self._wake_pending = True
             self._call(self._wake.set)
+
+
+async def _done_or_stopped(future: asyncio.Future[None], stop: asyncio.Event) -> bool:
+    """Wait for ``future``; False if ``stop`` came first (the future is left to finish)."""
+    if future.done():
+        return True
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    waiting: set[asyncio.Future[Any]] = {future, stopping}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if future.done():
+        return True
+    future.add_done_callback(_retrieved)
+    return False
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _loopback(host: str) -> bool:

@@ -46,6 +46,7 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
             synchronous=cfg.outbox.synchronous,
             deadletter_max=cfg.outbox.deadletter_max,
             max_bytes=cfg.outbox.max_bytes,
+            min_free=cfg.outbox.min_free,
             when_full=cfg.outbox.when_full,
         ),
         drivers=drivers,

@@ -175,6 +175,8 @@ class Outbox(Model):
     commit_max: Annotated[int, Field(gt=0, le=100_000)] = 5000
     deadletter_max: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
     max_bytes: Size | None = None
+    # Commits wait (back-pressure, an alert, /readyz 503) while the disk has less than this free.
+    min_free: Size = 64 << 20
     when_full: Literal["drop_oldest", "block"] = "drop_oldest"
     synchronous: Literal["full", "normal"] = "full"
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from telemetry.errors import SinkError
+from telemetry.errors import OutboxError, SinkError
 from telemetry.lineproto import line
 from telemetry.metrics import Metrics
 from telemetry.outbox import Batch, Outbox
@@ -100,7 +100,17 @@ class Delivery:
             else:
                 log.debug("sink %s: still failing: %s", self.sink.name, err)
             return False
-        await self._db(self._outbox.end, batch)
+        try:
+            await self._db(self._outbox.end, batch)
+        except OutboxError as err:
+            # Written but not marked: the batch goes again later, harmlessly (InfluxDB overwrites
+            # the same points). A full disk must not stop the one thing that frees it.
+            self._metrics.errors.labels("outbox", "advance", "sqlite").inc()
+            self._delay = self._backoff.next()
+            if not self._failing:
+                log.error("sink %s: written, but the outbox could not record it; retrying: %s", self.sink.name, err)
+                self._failing = True
+            return False
         self.pending_since = None
         if self._progress is not None:
             self._progress.set()

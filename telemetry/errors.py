@@ -52,3 +52,7 @@ class OutboxError(TelemetryError):
 
 class OutboxFull(OutboxError):
     """The outbox is over its disk budget and its policy is to apply back-pressure."""
+
+
+class OutboxFullDisk(OutboxError):
+    """The disk under the outbox is full (SQLITE_FULL)."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
+import os
 import sqlite3
 import time
 from collections import deque
@@ -24,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from telemetry.errors import OutboxError, OutboxFull
+from telemetry.errors import OutboxError, OutboxFull, OutboxFullDisk
 from telemetry.model import Aggregate, AlertEvent, Reading, Record, Rejected
 
 _SCHEMA = """
@@ -94,6 +96,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 _KINDS: dict[type, str] = {Reading: "reading", AlertEvent: "alert", Aggregate: "agg"}
+log = logging.getLogger(__name__)
+RESERVE_BYTES = 1 << 20  # kept free beside the database: deleting delivered records needs room too
+MIN_FREE_BYTES = 64 << 20  # default: below this much free disk, commits wait (back-pressure) instead of failing
+WAL_CHECKPOINT_PAGES = 256  # a checkpoint copies at most this many pages (1 MiB) into the database file
 RECENT_MAX = 20_000  # committed records also kept in memory, so caught-up consumers skip the read-back
 DEADLETTER_PAYLOAD_MAX = 4096  # bytes kept of a rejected payload: enough to see what was wrong
 
@@ -135,17 +141,24 @@ class Outbox:
         deadletter_max: int = 10_000,
         max_bytes: int | None = None,
         when_full: str = "drop_oldest",
+        min_free: int = MIN_FREE_BYTES,
     ) -> None:
         self.path = path
         self.deadletter_max = deadletter_max
         self.max_bytes = max_bytes
         self.when_full = when_full
+        self.min_free = min_free  # more than a checkpoint can take: the file system never fills
         self.dropped = 0  # records deleted by the disk budget before every consumer took them
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # Pages of delivered records go back to the file system on demand (new databases only:
+            # SQLite fixes this when the first table is made).
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks back after a burst
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             self._db.execute("PRAGMA busy_timeout=5000")  # the CLI may write a command meanwhile
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
@@ -158,6 +171,10 @@ class Outbox:
         # The newest committed records with their ids, in id order and without gaps: a sink
         # that keeps up takes its batches from here instead of selecting and decoding them.
         self._recent: deque[tuple[int, Record]] = deque(maxlen=RECENT_MAX)
+        # A full disk would leave no room for the very writes that free space (cursor moves and
+        # deletes go through the WAL too): a reserve file is given up when that happens.
+        self._reserve = Path(f"{path}.reserve") if path != ":memory:" else None
+        self._make_reserve()
 
     def register(self, consumer: str) -> int:
         """Make ``consumer`` known; returns its cursor (resumed after a restart)."""
@@ -181,6 +198,10 @@ class Outbox:
             return self._last_id
         if self.when_full == "block" and self.over_budget():
             raise OutboxFull(f"outbox {self.path} is over its budget of {self.max_bytes} bytes")
+        if (free := self.room()) < self.min_free:
+            raise OutboxFull(
+                f"disk under outbox {self.path} nearly full ({free} bytes free): holding new readings back"
+            )
         rows = [encode(r) for r in records]
         last = self._last_id
         try:
@@ -266,6 +287,37 @@ class Outbox:
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
         return int((count - free) * page)
 
+    def disk_free(self) -> int:
+        """Bytes free on the outbox's file system (``:memory:``: unlimited)."""
+        if self.path == ":memory:":
+            return 1 << 62
+        st = os.statvfs(Path(self.path).parent)
+        return st.f_bavail * st.f_frsize
+
+    def room(self) -> int:
+        """Bytes free on the disk; when short of ``min_free``, after giving back what it can."""
+        free = self.disk_free()
+        if free < 2 * self.min_free:
+            self._reclaim()
+            free = self.disk_free()
+        return free
+
+    def _reclaim(self) -> None:
+        """Give the file system back what delivered records left: the WAL beyond its last
+        checkpoint, and the database's free pages. Best effort on a nearly full disk."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            # In steps the WAL can hold (executescript runs each to completion; execute would
+            # free one page), each checkpointed so the file shrinks before the next.
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            while free:  # (an outbox made before auto_vacuum was set frees nothing: the loop ends)
+                self._db.executescript(f"PRAGMA incremental_vacuum({WAL_CHECKPOINT_PAGES // 2});")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                left = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+                if left >= free:
+                    break
+                free = left
+
     def over_budget(self, fraction: float = 1.0) -> bool:
         return self.max_bytes is not None and self.used_bytes() > self.max_bytes * fraction
 
@@ -306,7 +358,20 @@ class Outbox:
         return Batch(consumer, items, items[-1][0] if items else cursor)
 
     def end(self, batch: Batch) -> None:
-        """Finish ``batch``: quarantine its rejected records and advance the cursor."""
+        """Finish ``batch``: quarantine its rejected records and advance the cursor.
+
+        On a full disk, the reserve file is deleted and the step tried once more, so
+        delivered records can still be deleted and new ones committed again."""
+        try:
+            self._end(batch)
+        except OutboxFullDisk:
+            if not self._release_reserve():
+                raise
+            self._end(batch)
+        if self._reserve is not None and not self._reserve.exists() and self.count() == 0:
+            self._make_reserve()  # caught up: take the reserve back for the next time
+
+    def _end(self, batch: Batch) -> None:
         refused = {rid for rid, _ in batch.rejected}
         bodies = {rid: encode(rec) for rid, rec in batch.items if rid in refused}
         now = time.time_ns()
@@ -322,8 +387,29 @@ class Outbox:
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
-            raise OutboxError(f"cannot advance {batch.consumer} in outbox {self.path}: {err}") from err
+            kind = OutboxFullDisk if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL else OutboxError
+            raise kind(f"cannot advance {batch.consumer} in outbox {self.path}: {err}") from err
         self._cursors[batch.consumer] = batch.last_id
+
+    def _make_reserve(self) -> None:
+        if self._reserve is None or self._reserve.exists():
+            return
+        try:
+            with self._reserve.open("wb") as f:
+                f.write(bytes(RESERVE_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:  # no room for it now: try again when the outbox is empty
+            self._reserve.unlink(missing_ok=True)
+
+    def _release_reserve(self) -> bool:
+        if self._reserve is None or not self._reserve.exists():
+            return False
+        self._reserve.unlink()
+        log.error(
+            "outbox %s: disk full; released its %d-byte reserve to delete what was delivered", self.path, RESERVE_BYTES
+        )
+        return True
 
     def _dead_letters(self, rejected: Sequence[Rejected]) -> None:
         self._db.executemany(

@@ -89,6 +89,7 @@ class Pipeline:
         self._wakes: list[asyncio.Event] = []
         self.deliveries: list[Delivery] = []
         self._progress = asyncio.Event()  # a sink advanced its cursor: the outbox may have room again
+        self._stopping = False
         for sink in sinks:
             wake = asyncio.Event()
             self._wakes.append(wake)
@@ -149,6 +150,8 @@ class Pipeline:
             await self._until_stopped(stop, [committer, *drivers, *sinks, notifier])
         finally:
             driver_stop.set()
+            self._stopping = True
+            self._progress.set()  # a commit waiting for room gives up: its messages stay unacknowledged
             await _settle(drivers, "driver")
             self._queue.put_nowait(None)
             await _settle([committer], "committer")
@@ -226,20 +229,24 @@ class Pipeline:
         await self._watch_budget()
 
     async def _append(self, records: list[Record], rejected: list[Rejected]) -> None:
-        """Commit; while the outbox is full under ``when_full: block``, wait for the sinks."""
+        """Commit; while the outbox is full under ``when_full: block`` or its disk nearly full,
+        wait for the sinks to make room (until shutdown: then the commit fails)."""
         while True:
             try:
                 with self.metrics.commit_seconds.time():
                     await self.db(self.outbox.append, records, rejected)
                 return
-            except OutboxFull:
-                self._budget_firing("outbox over its disk budget: holding new readings back until sinks catch up")
+            except OutboxFull as err:
+                if self._stopping:
+                    raise
+                self.commit_error = str(err)  # /readyz says so while it lasts
+                self._budget_firing(str(err))
                 self._progress.clear()
                 await wait_event(self._progress, 1.0)
 
     async def _watch_budget(self) -> None:
         """Count what the disk budget dropped; fire an alert on trouble, resolve it below half the budget."""
-        if self.outbox.max_bytes is None:
+        if self.outbox.max_bytes is None and self._budget_alert is None:
             return
         dropped = self.outbox.dropped - self._dropped_seen
         if dropped:
@@ -247,13 +254,17 @@ class Pipeline:
             self.metrics.outbox_dropped.inc(dropped)
             log.error("outbox over its disk budget: dropped the %d oldest undelivered records", dropped)
             self._budget_firing(f"outbox over its disk budget: dropped {self._dropped_seen} oldest undelivered records")
-        elif self._budget_alert is not None and not await self.db(self.outbox.over_budget, 0.5):
+        elif (
+            self._budget_alert is not None
+            and not await self.db(self.outbox.over_budget, 0.5)
+            and await self.db(self.outbox.room) >= 2 * self.outbox.min_free
+        ):
             self._record_event(
                 replace(
                     self._budget_alert,
                     ts=time.time_ns(),
                     state=AlertState.RESOLVED,
-                    message="outbox back under half of its disk budget",
+                    message="outbox back under half of its disk budget, with room on its disk",
                 )
             )
             self._budget_alert = None
@@ -285,12 +296,15 @@ class Pipeline:
         self.desk.events([event])
 
     async def _ticker(self, stop: asyncio.Event) -> None:
-        """Close due aggregate windows and let time-based rules look, every ``tick_s``."""
+        """Close due aggregate windows, let time-based rules look and see whether the outbox
+        has room again, every ``tick_s``."""
         loop = asyncio.get_running_loop()
         last_snapshot = loop.time()
         while not await wait_event(stop, self.tick_s):
             self.tick(time.time_ns())
             await self.desk.tick(time.time_ns())
+            if self._budget_alert is not None:
+                await self._watch_budget()  # resolves it once there is room, even with nothing new to commit
             if loop.time() - last_snapshot >= self.snapshot_s:
                 await self._snapshot()
                 last_snapshot = loop.time()

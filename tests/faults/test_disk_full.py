@@ -1,0 +1,88 @@
+"""The outbox's disk filling up (an 8 MB tmpfs) while InfluxDB is away, with a SIGKILL while it
+is nearly full: commits wait (back-pressure), an alert and readiness say so, MQTT messages wait unacknowledged,
+and once the sink drains and frees pages every reading is in InfluxDB exactly once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import Daemon, FaultProxy, count_in, publish, values_in
+from tests.services import Influx1, Mosquitto, eventually, free_port
+
+pytestmark = pytest.mark.service
+N = 50_000
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, check=False
+    )
+    if result.returncode:
+        message = f"cannot mount an 8 MB tmpfs (needs root): {result.stderr.decode().strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def ready(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_disk_full_then_freed_loses_nothing(
+    tmp_path: Path, small_disk: Path, unique: str, mosquitto: Mosquitto, influx1: Influx1
+) -> None:
+    proxy = FaultProxy(influx1.url)
+    proxy.mode = "down"
+    port = free_port()
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(
+        f"""
+sites: [{{id: {unique}}}]
+devices:
+  - {{id: broker, kind: mqtt, host: {mosquitto.host}, port: {mosquitto.port}, client_id: {unique},
+     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}
+influxdb:
+  - {{name: local, api: v1, url: "{proxy.url}", database: {unique}, flush_interval: 100ms, batch_size: 2000}}
+aggregation: {{enabled: false}}
+metrics: {{listen: "127.0.0.1:{port}"}}
+outbox: {{path: "{small_disk}/outbox.sqlite", min_free: 2MiB}}
+"""
+    )
+    daemon = Daemon(cfg, port)
+    try:
+        daemon.wait("telemetry_device_up", timeout=30)
+        influx1.create(unique)
+        base_ms = int(time.time() * 1000) - 10 * N
+        publish(mosquitto, f"{unique}/{unique}/meter/flow", range(N), base_ms)
+        daemon.wait("telemetry_alert_events_total", rule="outbox_full", state="firing", timeout=60)
+        assert ready(port) == 503
+        daemon.kill9()  # while the disk is full
+        daemon.wait("telemetry_device_up", timeout=30)
+        proxy.mode = "pass"
+        eventually(lambda: count_in(influx1, unique) >= N, 120, f"{N} readings in InfluxDB")
+        eventually(lambda: ready(port) == 200, 30, "ready again")
+        daemon.wait("telemetry_alert_events_total", rule="outbox_full", state="resolved", timeout=30)
+        assert values_in(influx1, unique) == list(range(N))
+    finally:
+        code = daemon.stop()
+        proxy.close()
+    assert code == 0, daemon.log.read_text()[-3000:]
