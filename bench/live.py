@@ -35,6 +35,7 @@ from tests import services
 from tests.daemon import start_daemon
 
 PUBLISHERS = 4
+PROTOCOL = os.environ.get("BENCH_MQTT", "3.1.1")  # the daemon's MQTT version: 3.1.1 or 5
 
 
 def publish(broker: services.Mosquitto, prefix: str, rate: float | None, seconds: float) -> tuple[int, float]:
@@ -122,6 +123,7 @@ devices:
     host: {broker.host}
     port: {broker.port}
     client_id: {prefix}-daemon
+    protocol: "{PROTOCOL}"
     subscriptions: [{{topic: "{prefix}/{{site}}/{{device}}/{{quantity}}", format: json}}]
 metrics: {{enabled: false}}
 outbox: {{path: "{tmp}/{prefix}.sqlite"}}

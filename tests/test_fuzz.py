@@ -3,22 +3,25 @@ and what is accepted survives the trip."""
 
 from __future__ import annotations
 
+import math
 import re
+import struct
 import time
 import urllib.parse
 import urllib.request
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers import DRIVERS
+from drivers import DRIVERS, modbus_decode, mqtt_decode
 from telemetry import config
 from telemetry.errors import ConfigError
 from telemetry.lineproto import reading_line
-from telemetry.model import InvalidReading, Reading
+from telemetry.model import Flag, InvalidReading, Reading
 from tests.services import Influx1
 
 PROBLEM = re.compile(r"^site\.yaml(:\d+)?: ")
@@ -111,3 +114,97 @@ def test_tag_values_survive_the_trip_through_influxdb_unchanged(
     assert rows[0]["value"] == 1.5
     measurements = {m["name"] for m in influx1.query(db, "SHOW MEASUREMENTS")}
     assert measurements == {"telemetry"}
+
+
+PAYLOAD_REASONS = {
+    "bad_entry", "bad_flag", "bad_json", "bad_ts", "bad_unit", "bad_value", "empty", "implausible_ts",
+    "no_quantity", "no_value", "not_a_batch", "not_a_number", "not_an_object", "not_finite", "too_large",
+}  # fmt: skip
+NOW_NS = 1_764_000_000 * 10**9
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+payloads = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS) if _jsonable(v) else b"null"),
+    st.dictionaries(st.sampled_from(["value", "ts", "flag", "unit", "quantity", "cod"]), json_values).map(
+        lambda v: orjson.dumps(v) if _jsonable(v) else b"{}"
+    ),
+)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+    return True
+
+
+@given(payload=payloads, fmt=st.sampled_from(["auto", "number", "json", "batch"]))
+@settings(max_examples=500, deadline=None)
+def test_any_payload_is_decoded_or_rejected_with_a_known_reason(payload: bytes, fmt: str) -> None:
+    rejection: mqtt_decode.PayloadError | None = None
+    try:
+        result = mqtt_decode.decode(payload, NOW_NS, fmt)  # type: ignore[arg-type]
+    except mqtt_decode.PayloadError as err:
+        rejection = err
+    if rejection is not None:
+        assert rejection.reason in PAYLOAD_REASONS
+        assert str(rejection)  # explained
+        return
+    assert result.readings  # accepted means at least one reading
+    for decoded in result.readings:
+        assert math.isfinite(decoded.value)
+        assert decoded.ts >= 946_684_800 * 10**9  # never before 2000
+    for error in result.errors:  # a batch keeps its good entries and explains the bad ones
+        assert error.reason in PAYLOAD_REASONS
+
+
+@given(
+    value=st.floats(allow_nan=False, allow_infinity=False),
+    ts_ms=st.integers(1_000_000_000_000, NOW_NS // 10**6),
+    flag=st.sampled_from(list(Flag)),
+    unit=st.text(max_size=10),
+)
+@settings(max_examples=300, deadline=None)
+def test_an_accepted_json_reading_round_trips(value: float, ts_ms: int, flag: Flag, unit: str) -> None:
+    payload = orjson.dumps({"value": value, "ts": ts_ms, "flag": flag.value, "unit": unit})
+    [decoded] = mqtt_decode.decode(payload, NOW_NS, "json").readings
+    assert (decoded.value, decoded.ts, decoded.flag, decoded.unit) == (value, ts_ms * 10**6, flag, unit)
+
+
+@given(
+    type_name=st.sampled_from(modbus_decode.NUMERIC_TYPES),
+    order=st.sampled_from(modbus_decode.BYTE_ORDERS),
+    data=st.data(),
+)
+@settings(max_examples=500, deadline=None)
+def test_register_codec_round_trips_every_type_and_byte_order(type_name: str, order: str, data: Any) -> None:
+    fmt = ">" + modbus_decode.TYPES[type_name].fmt
+    if fmt[1] in "fd":
+        value = data.draw(st.floats(allow_nan=False, width=32 if fmt[1] == "f" else 64))
+    else:
+        bits = struct.calcsize(fmt) * 8
+        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if fmt[1].islower() else (0, (1 << bits) - 1)
+        value = data.draw(st.integers(low, high))
+    registers = modbus_decode.encode(value, type_name, order)  # type: ignore[arg-type]
+    assert all(0 <= r <= 0xFFFF for r in registers)
+    assert len(registers) == modbus_decode.TYPES[type_name].registers
+    assert modbus_decode.decode(registers, type_name, order) == float(value)  # type: ignore[arg-type]
+
+
+@given(
+    type_name=st.sampled_from(modbus_decode.NUMERIC_TYPES),
+    order=st.sampled_from(modbus_decode.BYTE_ORDERS),
+    registers=st.lists(st.integers(0, 0xFFFF), min_size=4, max_size=4),
+)
+def test_any_register_contents_decode_to_a_number(type_name: str, order: str, registers: list[int]) -> None:
+    """A device can hold anything: decoding never fails; NaN or infinity is refused later as a reading."""
+    value = modbus_decode.decode(registers, type_name, order)  # type: ignore[arg-type]
+    assert isinstance(value, float)
+    if not math.isfinite(value):
+        with pytest.raises(InvalidReading):
+            Reading(0, "s", "d", "q", value).check()
