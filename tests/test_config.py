@@ -250,3 +250,26 @@ def test_secrets_written_in_the_config_or_readable_by_everyone_are_warned_of(tmp
     secret.chmod(0o600)
     path.write_text(text.replace("literal-token", "'${ACK_TOKEN}'"))
     assert app.load(str(path), {"ALERT_URL": "x://y", "ACK_TOKEN": "t"}).warnings == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        ("mn", "'0100;CN=9014'", "hj212[0].mn"),
+        ("pw", "'12&&CN=2011'", "hj212[0].pw"),
+        ("st", "'3;'", "hj212[0].st"),
+        ("codes", "{cod: 'w01018;x-Rtd=1'}", "hj212[0].codes.cod"),
+    ],
+)
+def test_hj212_fields_that_reach_a_frame_cannot_carry_separators(
+    tmp_path: Path, field: str, value: str, where: str
+) -> None:
+    platform = {"mn": "'010000A8900016F000169DC0'", "pw": "'123456'", "st": "'32'", "codes": "{}"} | {field: value}
+    text = VALID + (
+        "hj212:\n  - {name: city, host: 127.0.0.1, port: 9212, site: s1, "
+        + ", ".join(f"{k}: {v}" for k, v in platform.items())
+        + "}\n"
+    )
+    [problem] = problems(tmp_path, text)
+    assert f": {where}: " in problem
+    assert "&&CN" not in problem  # a PW is never echoed, even a bad one

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from telemetry.config_base import Duration, Model, Name, TimeZone
@@ -35,18 +36,26 @@ CODES_2005 = {
 }
 
 
+def _frame_safe_secret(value: SecretStr) -> SecretStr:
+    if not re.fullmatch(r"[A-Za-z0-9_.@#$%^*+-]{1,16}", value.get_secret_value()):
+        raise PydanticCustomError("pw", "expected 1-16 letters, digits or _.@#$%^*+- (no ; , = & in an HJ 212 PW)")
+    return value
+
+
 class Platform(Model):
     name: Name
     host: str
     port: Annotated[int, Field(gt=0, lt=65536)]
     site: Name
-    mn: Annotated[str, Field(min_length=1, max_length=24)]
-    pw: SecretStr
-    st: str = "32"
+    # Everything that goes into a frame's header or CP keys is restricted to characters with
+    # no meaning in HJ 212 (';', ',', '=', '&&' separate fields): no field can be injected.
+    mn: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,24}$")]
+    pw: Annotated[SecretStr, AfterValidator(_frame_safe_secret)]
+    st: Annotated[str, Field(pattern=r"^[0-9]{2}$")] = "32"
     version: Literal["2017", "2025"] = "2017"
     timezone: TimeZone = "Asia/Shanghai"
     code_set: Literal["2017", "2005"] = "2017"
-    codes: dict[Name, str] = {}  # overrides and additions to the code set
+    codes: dict[Name, Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,12}$")]] = {}  # overrides and additions
     send: list[Literal["rtd", "min", "hour", "day"]] = ["rtd", "min", "hour", "day"]
     rtd_interval: Duration = 30.0
     min_interval_minutes: Annotated[int, Field(ge=1, le=60)] = 10
