@@ -63,20 +63,21 @@ def fill(path: str, consumer: str, readings: int) -> float:
     return readings / elapsed
 
 
-async def drain(config: Path, consumer: str) -> tuple[float, float]:
+async def drain(config: Path, consumer: str) -> tuple[float, float, float]:
     dep = app.load(str(config), {})
+    before = rss_mib()
     stop = asyncio.Event()
     ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
     start = time.perf_counter()
     task = asyncio.create_task(app.serve(dep, stop, registry=CollectorRegistry(), pipeline_ready=ready))
     pipeline = await ready
     held = rss_mib()
-    while pipeline.outbox.backlog()[consumer] > 0:  # noqa: ASYNC110 - sampling progress, 50 ms resolution
+    while pipeline.outbox.backlog().get(consumer, 1) > 0:  # noqa: ASYNC110 - sampling progress, 50 ms resolution
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - start
     stop.set()
     await task
-    return elapsed, held
+    return elapsed, held, before
 
 
 def main() -> None:
@@ -103,12 +104,13 @@ def main() -> None:
                     f"sites: [{{id: bench}}]\ninfluxdb: [{sink}]\nmetrics: {{enabled: false}}\n"
                     f'outbox: {{path: "{outbox}"}}\nlog_level: WARNING\n'
                 )
-                elapsed, held = asyncio.run(drain(config, "influx:sink"))
+                elapsed, held, before = asyncio.run(drain(config, "influx:sink"))
                 print(f"outbox_fill_rate_{name}: {rate:.0f} readings/s")
                 print(f"outbox_file_size_{name}: {size / 1e6:.0f} MB")
                 print(f"drain_time_{name}: {elapsed:.1f} s")
                 print(f"drain_rate_{name}: {args.readings / elapsed:.0f} readings/s")
                 print(f"rss_with_backlog_held_{name}: {held:.0f} MiB")
+                print(f"rss_increase_with_backlog_held_{name}: {held - before:.1f} MiB (daemon started on it)")
     print(f"rss_after: {rss_mib():.0f} MiB")
     print(f"max_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
