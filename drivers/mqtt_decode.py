@@ -139,15 +139,7 @@ def _batch_of(data: Any, received_ns: int, paths: Paths) -> Result:
             except PayloadError as err:
                 errors.append(PayloadError(err.reason, f"entry {i}: {err}"))
     elif isinstance(data, dict):
-        shared = {k: data[k] for k in (paths.ts, paths.flag, paths.unit) if k in data}
-        for key, item in data.items():
-            if key in shared:
-                continue
-            try:
-                entry = dict(shared) | (item if isinstance(item, dict) else {paths.value: item})
-                out.append(_entry(entry, received_ns, paths, str(key)))
-            except PayloadError as err:
-                errors.append(PayloadError(err.reason, f"{key}: {err}"))
+        _by_name(data, received_ns, paths, out, errors)
     else:
         raise PayloadError("not_a_batch", f"expected a JSON list or object, found {_kind(data)}")
     if not out:
@@ -155,6 +147,28 @@ def _batch_of(data: Any, received_ns: int, paths: Paths) -> Result:
             raise errors[0]
         raise PayloadError("empty", "batch holds no readings")
     return Result(out, errors)
+
+
+def _by_name(
+    data: dict[str, Any], received_ns: int, paths: Paths, out: list[Decoded], errors: list[PayloadError]
+) -> None:
+    """``{"ts": ..., "cod": 41.5, "nh3n": {"value": 2.1, "flag": "C"}}``: one reading per name."""
+    shared = {k: data[k] for k in (paths.ts, paths.flag, paths.unit) if k in data}
+    try:  # the shared ts/flag/unit, decoded once for the plain numbers of a gateway's scan
+        common: Decoded | None = _entry({**shared, paths.value: 0}, received_ns, paths, None)
+    except PayloadError:
+        common = None  # each entry reports the problem, as below
+    for key, item in data.items():
+        if key in shared:
+            continue
+        if common is not None and type(item) in (int, float) and math.isfinite(item):
+            out.append(Decoded(float(item), common.ts, common.flag, common.unit, str(key)))
+            continue
+        try:
+            entry = dict(shared) | (item if isinstance(item, dict) else {paths.value: item})
+            out.append(_entry(entry, received_ns, paths, str(key)))
+        except PayloadError as err:
+            errors.append(PayloadError(err.reason, f"{key}: {err}"))
 
 
 def _entry(data: dict[str, Any], received_ns: int, paths: Paths, quantity: str | None) -> Decoded:
