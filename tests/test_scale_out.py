@@ -3,20 +3,15 @@ reading lands in InfluxDB exactly once, and killing one mid-stream loses nothing
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.services import Influx1, Mosquitto, eventually, free_port, require
+from tests.faults.harness import Daemon, count_in, publish, values_in
+from tests.services import Influx1, Mosquitto, eventually, free_port
 
 pytestmark = pytest.mark.service
-ROOT = Path(__file__).resolve().parents[1]
 N = 20_000
 
 
@@ -43,75 +38,30 @@ outbox: {{path: "{tmp}/{name}.sqlite"}}
     return path
 
 
-class Instance:
-    def __init__(self, cfg: Path, log: Path, port: int) -> None:
-        self.cfg, self.log, self.port = cfg, log, port
-        self.proc = self.start()
-
-    def start(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as out:
-            cmd = [sys.executable, "-m", "telemetry.cli", "run", "-c", str(self.cfg)]
-            self.proc = subprocess.Popen(cmd, stderr=out, cwd=ROOT)
-        return self.proc
-
-    def subscribed(self, times: int) -> None:
-        def ready() -> bool:
-            assert self.proc.poll() is None, self.log.read_text()
-            return self.log.read_text().count("subscribed to") >= times
-
-        eventually(ready, 30, f"{self.cfg.stem} to subscribe")
-
-    def readings(self) -> float:
-        """Readings this process committed (telemetry_readings_total, summed over series)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("telemetry_readings_total{")
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-
-
 def test_two_instances_share_a_stream_each_reading_lands_once_and_a_kill_loses_nothing(
     tmp_path: Path, unique: str, mosquitto: Mosquitto, influx1: Influx1
 ) -> None:
-    ports = [free_port(), free_port()]
     a, b = (
-        Instance(instance_config(tmp_path, unique, name, mosquitto, influx1, port), tmp_path / f"{name}.log", port)
-        for name, port in zip(("a", "b"), ports, strict=True)
+        Daemon(instance_config(tmp_path, unique, name, mosquitto, influx1, port), port)
+        for name, port in (("a", free_port()), ("b", free_port()))
     )
     try:
-        a.subscribed(1)
-        b.subscribed(1)
+        a.wait("telemetry_device_up", timeout=30)
+        b.wait("telemetry_device_up", timeout=30)
         base_ms = int(time.time() * 1000) - N
-        lines = "".join(f'{{"value": {i}, "ts": {base_ms + i}}}\n' for i in range(N))
-        topic = f"{unique}/{unique}/meter/flow"
-        publish = [require("mosquitto_pub"), "-h", mosquitto.host, "-p", str(mosquitto.port), "-q", "1"]
-        subprocess.run([*publish, "-t", topic, "-l"], input=lines.encode(), check=True, timeout=60)
-
-        def count() -> int:
-            rows = influx1.query(unique, "SELECT count(value) FROM telemetry")
-            return int(rows[0]["count"]) if rows else 0
-
+        publish(mosquitto, f"{unique}/{unique}/meter/flow", range(N), base_ms)
         # Both instances take part before one is killed: the broker really splits the stream.
-        eventually(lambda: a.readings() > 0 and b.readings() > 0, 60, "both instances to commit readings")
-        taken_by_a = a.readings()
-        os.kill(a.proc.pid, signal.SIGKILL)
-        a.proc.wait()
-        at_kill = count()
+        b.wait("telemetry_readings_total")
+        taken_by_a = a.wait("telemetry_readings_total")
+        a.kill9()  # mid-stream; the broker keeps a's unacknowledged messages and re-sends them on restart
+        at_kill = count_in(influx1, unique)
         assert at_kill < N, "the stream was done before the kill: not a mid-stream kill"
-        # The broker keeps a's unacknowledged messages in its session and re-sends them on restart.
-        a.start()
-        eventually(lambda: count() >= N, 120, f"all {N} readings in InfluxDB (had {at_kill} at the kill)")
-        eventually(lambda: b.readings() + a.readings() + taken_by_a >= N, 30, "the instances' counters to add up")
-        rows = influx1.query(unique, "SELECT value FROM telemetry")
+        eventually(lambda: count_in(influx1, unique) >= N, 120, f"all {N} readings in InfluxDB (had {at_kill})")
+        total = lambda: a.metric("telemetry_readings_total") + b.metric("telemetry_readings_total") + taken_by_a  # noqa: E731
+        eventually(lambda: total() >= N, 30, "the instances' counters to add up")
+        values = values_in(influx1, unique)
     finally:
-        a.stop()
-        b.stop()
-    values = sorted(int(r["value"]) for r in rows)
+        codes = a.stop(), b.stop()
     assert values == list(range(N))  # every reading exactly once in InfluxDB: none missing, none doubled
-    assert {r["time"] for r in rows} == {(base_ms + i) * 1_000_000 for i in range(N)}
     assert 0 < taken_by_a < N
+    assert codes == (0, 0)
