@@ -368,8 +368,9 @@ class Outbox:
             if not self._release_reserve():
                 raise
             self._end(batch)
-        if self._reserve is not None and not self._reserve.exists() and self.count() == 0:
-            self._make_reserve()  # caught up: take the reserve back for the next time
+        caught_up = min(self._cursors.values()) >= self._last_id  # (no COUNT(*) over a big backlog)
+        if caught_up and self._reserve is not None and not self._reserve.exists():
+            self._make_reserve()  # take the reserve back for the next time
 
     def _end(self, batch: Batch) -> None:
         refused = {rid for rid, _ in batch.rejected}

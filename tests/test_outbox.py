@@ -10,6 +10,9 @@ import textwrap
 from collections import deque
 from pathlib import Path
 
+import pytest
+
+from telemetry.errors import OutboxFull
 from telemetry.model import AlertEvent, AlertState, Flag, Reading, Record
 from telemetry.outbox import Outbox
 
@@ -142,3 +145,16 @@ def test_batches_served_from_memory_equal_what_the_database_holds(tmp_path: Path
     small.register("c")
     small.append([reading(i) for i in range(12)])
     assert [r.value for _, r in small.begin("c", 100).items] == [float(i) for i in range(12)]
+
+
+def test_commits_wait_when_the_disk_is_short_of_min_free_and_a_reserve_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = Outbox(str(path), min_free=1 << 62)  # more than any disk has: always "nearly full"
+    box.register("a")
+    assert (tmp_path / "o.sqlite.reserve").stat().st_size == 1 << 20  # room kept for deletes
+    with pytest.raises(OutboxFull, match="nearly full"):
+        box.append([reading(1)])
+    assert box.count() == 0  # nothing half-written
+    box.min_free = 0
+    box.append([reading(2)])
+    assert box.count() == 1
