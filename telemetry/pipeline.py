@@ -299,9 +299,13 @@ class Pipeline:
         """Close due aggregate windows, let time-based rules look and see whether the outbox
         has room again, every ``tick_s``."""
         loop = asyncio.get_running_loop()
-        last_snapshot = loop.time()
+        last_snapshot = started = loop.time()
+        # After a start, what sources kept meanwhile (an MQTT session's backlog) arrives first:
+        # windows are not closed for one grace period, so an outage's windows close complete
+        # instead of with whatever part of the backlog had arrived by the first tick.
+        hold_s = self.aggregator.grace / 1e9 if self.aggregator is not None else 0.0
         while not await wait_event(stop, self.tick_s):
-            self.tick(time.time_ns())
+            self.tick(time.time_ns(), close_windows=loop.time() - started >= hold_s)
             await self.desk.tick(time.time_ns())
             if self._budget_alert is not None:
                 await self._watch_budget()  # resolves it once there is room, even with nothing new to commit
@@ -309,10 +313,10 @@ class Pipeline:
                 await self._snapshot()
                 last_snapshot = loop.time()
 
-    def tick(self, now_ns: int) -> list[AlertEvent]:
+    def tick(self, now_ns: int, close_windows: bool = True) -> list[AlertEvent]:
         """Close due windows (committed, judged by window rules) and run the time-based rules."""
         closed: list[Aggregate] = []
-        if self.aggregator is not None:
+        if self.aggregator is not None and close_windows:
             closed = self.aggregator.advance(now_ns)
             self.aggregator.prune_flow(now_ns - 3 * 86400 * 1_000_000_000)
         if closed:

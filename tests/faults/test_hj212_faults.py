@@ -35,6 +35,7 @@ influxdb:
 hj212:
   - {{name: city, host: 127.0.0.1, port: {hj212}, site: {unique}, mn: "010000A8900016F000169DC0", pw: "123456",
      send: [min, hour], overtime: 300ms, recount: 1, grace: 0s, backfill: 1d}}
+aggregation: {{grace: 2s}}
 metrics: {{listen: "127.0.0.1:{port}"}}
 outbox: {{path: "{tmp}/outbox.sqlite"}}
 """
@@ -78,7 +79,7 @@ async def test_platform_fault_with_a_kill_in_the_middle_ends_with_every_window_a
         hour, lines = an_hour_ago(unique)
         for topic, messages in lines.items():
             await asyncio.to_thread(publish_lines, mosquitto, topic, messages)
-        daemon.start()  # the hour arrives from the broker before the first aggregation tick
+        daemon.start()  # the hour arrives from the broker; its windows close after one grace period
         await platform.wait_for(lambda ps: len(data_packets(ps)) >= 2, 30)
         await asyncio.to_thread(daemon.wait, "telemetry_hj212_pending", 1, 30)
         daemon.kill9()  # during the fault
