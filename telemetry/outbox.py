@@ -148,6 +148,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.when_full = when_full
         self.min_free = min_free  # more than a checkpoint can take: the file system never fills
+        self._reclaimed_at = -1e9
         self.dropped = 0  # records deleted by the disk budget before every consumer took them
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +298,8 @@ class Outbox:
     def room(self) -> int:
         """Bytes free on the disk; when short of ``min_free``, after giving back what it can."""
         free = self.disk_free()
-        if free < 2 * self.min_free:
+        if free < 2 * self.min_free and time.monotonic() - self._reclaimed_at >= 5.0:
+            self._reclaimed_at = time.monotonic()  # a checkpoint per commit would slow ingest to a crawl
             self._reclaim()
             free = self.disk_free()
         return free
