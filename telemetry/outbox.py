@@ -99,7 +99,7 @@ _KINDS: dict[type, str] = {Reading: "reading", AlertEvent: "alert", Aggregate: "
 log = logging.getLogger(__name__)
 RESERVE_BYTES = 1 << 20  # kept free beside the database: deleting delivered records needs room too
 MIN_FREE_BYTES = 64 << 20  # default: below this much free disk, commits wait (back-pressure) instead of failing
-WAL_CHECKPOINT_PAGES = 256  # a checkpoint copies at most this many pages (1 MiB) into the database file
+WAL_CHECKPOINT_PAGES = 1000  # SQLite's default; fewer when min_free is small (see Outbox.__init__)
 RECENT_MAX = 20_000  # committed records also kept in memory, so caught-up consumers skip the read-back
 DEADLETTER_PAYLOAD_MAX = 4096  # bytes kept of a rejected payload: enough to see what was wrong
 
@@ -159,7 +159,12 @@ class Outbox:
             self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA journal_size_limit=16777216")  # the WAL shrinks back after a burst
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            # A checkpoint copies the WAL into the database file: keep it well under min_free, so
+            # it never takes the last bytes of a disk. Not smaller than needed: each checkpoint
+            # is an fsync inside some commit, which shows in alert latency.
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._checkpoint_pages = max(64, min(WAL_CHECKPOINT_PAGES, min_free // 4 // page))
+            self._db.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
             self._db.execute("PRAGMA busy_timeout=5000")  # the CLI may write a command meanwhile
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
@@ -313,7 +318,7 @@ class Outbox:
             # free one page), each checkpointed so the file shrinks before the next.
             free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
             while free:  # (an outbox made before auto_vacuum was set frees nothing: the loop ends)
-                self._db.executescript(f"PRAGMA incremental_vacuum({WAL_CHECKPOINT_PAGES // 2});")
+                self._db.executescript(f"PRAGMA incremental_vacuum({self._checkpoint_pages // 2});")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 left = self._db.execute("PRAGMA freelist_count").fetchone()[0]
                 if left >= free:
@@ -398,10 +403,8 @@ class Outbox:
         if self._reserve is None or self._reserve.exists():
             return
         try:
-            with self._reserve.open("wb") as f:
+            with self._reserve.open("wb") as f:  # the write reserves the blocks; no fsync on the start-up path
                 f.write(bytes(RESERVE_BYTES))
-                f.flush()
-                os.fsync(f.fileno())
         except OSError:  # no room for it now: try again when the outbox is empty
             self._reserve.unlink(missing_ok=True)
 
