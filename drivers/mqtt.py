@@ -311,8 +311,8 @@ class MqttDriver:
             future = item.future
             while future is not None:
                 try:
-                    if not await _done_or_stopped(future, stop):
-                        return  # stopping while the commit waits (a full disk): not acknowledged
+                    # On a clean stop this still waits: what gets committed gets acknowledged. A
+                    # commit waiting for disk space fails at shutdown instead (Pipeline._append).
                     await future
                     break
                 except Exception as err:  # whatever the commit raised, the batch is kept and retried
@@ -441,20 +441,6 @@ class MqttDriver:
         if not self._wake_pending:
             self._wake_pending = True
             self._call(self._wake.set)
-
-
-async def _done_or_stopped(future: asyncio.Future[None], stop: asyncio.Event) -> bool:
-    """Wait for ``future``; False if ``stop`` came first (the future is left to finish)."""
-    if future.done():
-        return True
-    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-    waiting: set[asyncio.Future[Any]] = {future, stopping}
-    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if future.done():
-        return True
-    future.add_done_callback(_retrieved)
-    return False
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:
