@@ -276,15 +276,12 @@ def secret_warnings(src: Source) -> list[str]:
             for i, child in enumerate(value):
                 walk(child, (*path, i))
             return
-        keys = [str(p).lower() for p in path if isinstance(p, str)]
-        last = keys[-1] if keys else ""
-        if last.endswith("_file") and any(w in last for w in _SECRET_KEYS) and value:
-            warnings.extend(_world_readable(str(value), f"{src.file}:{src.line_of(path)}: {dotted(path)}"))
-        elif (
-            value not in ("", None)
-            and any(w in k for k in keys[-2:] for w in _SECRET_KEYS)
-            and path not in src.from_env
-        ):
+        if not _may_be_secret(path, _SECRET_KEYS):
+            return
+        if str(path[-1]).lower().endswith("_file"):
+            if value:
+                warnings.extend(_world_readable(str(value), f"{src.file}:{src.line_of(path)}: {dotted(path)}"))
+        elif value not in ("", None) and path not in src.from_env:
             literal = True
             warnings.append(
                 f"{src.file}:{src.line_of(path)}: {dotted(path)}: a secret written into the config file; "
@@ -295,6 +292,13 @@ def secret_warnings(src: Source) -> list[str]:
     if literal:
         warnings += _world_readable(src.file, f"{src.file} (holds secrets)")
     return warnings
+
+
+def _may_be_secret(path: Path, words: tuple[str, ...] = _SECRET_WORDS) -> bool:
+    """A key whose name holds a secret word (``password``, ``ack_token``), or anything under
+    one (each of ``urls``). Error messages hide such values; the loader warns of literal ones."""
+    last = str(path[-1]).lower() if path else ""
+    return any(w in last for w in words) or any(isinstance(p, str) and p.lower() in words for p in path)
 
 
 def _world_readable(file: str, what: str) -> list[str]:
@@ -413,10 +417,7 @@ _PATTERN_HINTS = {r"^https?://[^\s/]+": "a URL starting with http:// or https://
 def _found(value: Any, path: Path, src: Source) -> str:
     if path in src.from_env:
         return "a value taken from the environment"
-    last = str(path[-1]).lower() if path else ""
-    if any(word in last for word in _SECRET_WORDS) or any(
-        isinstance(p, str) and p.lower() in _SECRET_WORDS for p in path
-    ):
+    if _may_be_secret(path):
         return f"{_kind(value)} (not shown: may be a secret)"
     if isinstance(value, Mapping | list):
         return _kind(value)
