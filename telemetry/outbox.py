@@ -162,8 +162,8 @@ class Outbox:
             # A checkpoint copies the WAL into the database file: keep it well under min_free, so
             # it never takes the last bytes of a disk. Not smaller than needed: each checkpoint
             # is an fsync inside some commit, which shows in alert latency.
-            page = self._db.execute("PRAGMA page_size").fetchone()[0]
-            self._checkpoint_pages = max(64, min(WAL_CHECKPOINT_PAGES, min_free // 4 // page))
+            self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self._checkpoint_pages = max(64, min(WAL_CHECKPOINT_PAGES, min_free // 4 // self._page))
             self._db.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
             self._db.execute("PRAGMA busy_timeout=5000")  # the CLI may write a command meanwhile
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
@@ -288,10 +288,9 @@ class Outbox:
 
     def used_bytes(self) -> int:
         """Bytes of the database in use (pages not on the free list)."""
-        page = self._db.execute("PRAGMA page_size").fetchone()[0]
         count = self._db.execute("PRAGMA page_count").fetchone()[0]
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((count - free) * page)
+        return int((count - free) * self._page)
 
     def disk_free(self) -> int:
         """Bytes free on the outbox's file system (``:memory:``: unlimited)."""
