@@ -30,6 +30,48 @@ from tests.services import Influx1, Mosquitto, eventually, require
 ROOT = Path(__file__).resolve().parents[2]
 
 
+SINK = ", create_database: true, flush_interval: 100ms"
+
+
+def mqtt_device(unique: str, broker: Mosquitto, extra: str = "") -> str:
+    """The scenarios' MQTT device: one reading per message on ``UNIQUE/{site}/{device}/{quantity}``."""
+    return (
+        f"{{id: broker, kind: mqtt, host: {broker.host}, port: {broker.port}, client_id: {unique}{extra},\n"
+        f'     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}'
+    )
+
+
+def site_config(
+    tmp: Path,
+    unique: str,
+    port: int,
+    device: str,
+    influx_url: str,
+    *,
+    sink: str = SINK,
+    sections: str = "",
+    outbox: str = "",
+    site: str = "",
+) -> Path:
+    """A scenario's config: site ``unique``, one device, one InfluxDB 1.x sink (database
+    ``unique``, ``sink`` added to its options), ``sections`` (YAML lines), /metrics on ``port``,
+    the outbox in ``tmp`` unless ``outbox`` gives its options."""
+    path = tmp / "site.yaml"
+    path.write_text(
+        f"""
+sites: [{{id: {unique}{site}}}]
+devices:
+  - {device}
+influxdb:
+  - {{name: local, api: v1, url: "{influx_url}", database: {unique}{sink}}}
+{sections}
+metrics: {{listen: "127.0.0.1:{port}"}}
+outbox: {{{outbox or f'path: "{tmp}/outbox.sqlite"'}}}
+"""
+    )
+    return path
+
+
 class FaultProxy:
     """Forwards HTTP to ``target`` unless ``mode`` says otherwise:
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import services
-from tests.faults.harness import Daemon, count_in, publish, values_in
+from tests.faults.harness import Daemon, count_in, mqtt_device, publish, site_config, values_in
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -18,20 +18,7 @@ N = 2000
 
 
 def config(tmp: Path, unique: str, broker: Mosquitto, influx: Influx1, port: int, auth: str = "") -> Path:
-    path = tmp / "site.yaml"
-    path.write_text(
-        f"""
-sites: [{{id: {unique}}}]
-devices:
-  - {{id: broker, kind: mqtt, host: {broker.host}, port: {broker.port}, client_id: {unique}, keepalive: 5s{auth},
-     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}
-influxdb:
-  - {{name: local, api: v1, url: "{influx.url}", database: {unique}, create_database: true, flush_interval: 100ms}}
-metrics: {{listen: "127.0.0.1:{port}"}}
-outbox: {{path: "{tmp}/outbox.sqlite"}}
-"""
-    )
-    return path
+    return site_config(tmp, unique, port, mqtt_device(unique, broker, f", keepalive: 5s{auth}"), influx.url)
 
 
 def test_broker_stopped_and_restarted_with_a_kill_while_it_is_down(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from telemetry.simulator import RegisterServer
-from tests.faults.harness import Daemon, committed
+from tests.faults.harness import Daemon, committed, site_config
 from tests.services import Influx1, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -46,22 +46,12 @@ def test_clock_stepping_back_and_forward(tmp_path: Path, unique: str, influx1: I
     clock = tmp_path / "clock"
     clock.write_text("+0\n")
     port = free_port()
-    cfg = tmp_path / "site.yaml"
-    cfg.write_text(
-        f"""
-sites: [{{id: {unique}}}]
-devices:
-  - {{id: analyzer, kind: modbus, site: {unique}, host: 127.0.0.1, port: {device.port}, interval: 200ms,
-     timeout: 100ms, retries: 0, points: [{{quantity: cod, address: 0, type: float32, unit: mg/L}}]}}
-rules:
-  - {{kind: nodata, name: cod_silent, quantity: cod, for: 10s}}
-influxdb:
-  - {{name: local, api: v1, url: "{influx1.url}", database: {unique}, create_database: true, flush_interval: 100ms}}
-aggregation: {{grace: 0s}}
-metrics: {{listen: "127.0.0.1:{port}"}}
-outbox: {{path: "{tmp_path}/outbox.sqlite"}}
-"""
-    )
+    analyzer = f"""{{id: analyzer, kind: modbus, site: {unique}, host: 127.0.0.1, port: {device.port}, interval: 200ms,
+     timeout: 100ms, retries: 0, points: [{{quantity: cod, address: 0, type: float32, unit: mg/L}}]}}"""
+    sections = """rules:
+  - {kind: nodata, name: cod_silent, quantity: cod, for: 10s}
+aggregation: {grace: 0s}"""
+    cfg = site_config(tmp_path, unique, port, analyzer, influx1.url, sections=sections)
     env = {
         **os.environ,
         "LD_PRELOAD": LIBFAKETIME,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Daemon, FaultProxy, count_in, publish, values_in
+from tests.faults.harness import Daemon, FaultProxy, count_in, mqtt_device, publish, site_config, values_in
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -54,19 +54,15 @@ def test_disk_full_then_freed_loses_nothing(
     proxy = FaultProxy(influx1.url)
     proxy.mode = "down"
     port = free_port()
-    cfg = tmp_path / "site.yaml"
-    cfg.write_text(
-        f"""
-sites: [{{id: {unique}}}]
-devices:
-  - {{id: broker, kind: mqtt, host: {mosquitto.host}, port: {mosquitto.port}, client_id: {unique},
-     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}
-influxdb:
-  - {{name: local, api: v1, url: "{proxy.url}", database: {unique}, flush_interval: 100ms, batch_size: 2000}}
-aggregation: {{enabled: false}}
-metrics: {{listen: "127.0.0.1:{port}"}}
-outbox: {{path: "{small_disk}/outbox.sqlite", min_free: 2MiB}}
-"""
+    cfg = site_config(
+        tmp_path,
+        unique,
+        port,
+        mqtt_device(unique, mosquitto),
+        proxy.url,
+        sink=", flush_interval: 100ms, batch_size: 2000",
+        sections="aggregation: {enabled: false}",
+        outbox=f'path: "{small_disk}/outbox.sqlite", min_free: 2MiB',
     )
     daemon = Daemon(cfg, port)
     try:

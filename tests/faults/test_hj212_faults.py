@@ -14,7 +14,7 @@ import pytest
 
 from telemetry.hj212.codec import Packet
 from telemetry.hj212.receiver import Receiver
-from tests.faults.harness import Daemon, publish_lines
+from tests.faults.harness import Daemon, mqtt_device, publish_lines, site_config
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -23,24 +23,11 @@ NS = 1_000_000_000
 
 
 def config(tmp: Path, unique: str, broker: Mosquitto, influx: Influx1, hj212: int, port: int) -> Path:
-    path = tmp / "site.yaml"
-    path.write_text(
-        f"""
-sites: [{{id: {unique}}}]
-devices:
-  - {{id: broker, kind: mqtt, host: {broker.host}, port: {broker.port}, client_id: {unique},
-     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}
-influxdb:
-  - {{name: local, api: v1, url: "{influx.url}", database: {unique}, create_database: true, flush_interval: 100ms}}
-hj212:
+    sections = f"""hj212:
   - {{name: city, host: 127.0.0.1, port: {hj212}, site: {unique}, mn: "010000A8900016F000169DC0", pw: "123456",
      send: [min, hour], overtime: 300ms, recount: 1, grace: 0s, backfill: 1d}}
-aggregation: {{grace: 2s}}
-metrics: {{listen: "127.0.0.1:{port}"}}
-outbox: {{path: "{tmp}/outbox.sqlite"}}
-"""
-    )
-    return path
+aggregation: {{grace: 2s}}"""
+    return site_config(tmp, unique, port, mqtt_device(unique, broker), influx.url, sections=sections)
 
 
 def an_hour_ago(unique: str) -> tuple[datetime, dict[str, list[str]]]:

@@ -13,29 +13,17 @@ from pathlib import Path
 import pytest
 
 from telemetry.simulator import RegisterServer
-from tests.faults.harness import Daemon, ModbusFaultProxy, committed, count_in
+from tests.faults.harness import Daemon, ModbusFaultProxy, committed, count_in, site_config
 from tests.services import Influx1, eventually, free_port
 
 pytestmark = pytest.mark.service
 
 
 def config(tmp: Path, unique: str, modbus_port: int, influx: Influx1, port: int) -> Path:
-    path = tmp / "site.yaml"
-    path.write_text(
-        f"""
-sites: [{{id: {unique}}}]
-devices:
-  - {{id: analyzer, kind: modbus, site: {unique}, host: 127.0.0.1, port: {modbus_port}, interval: 500ms,
+    device = f"""{{id: analyzer, kind: modbus, site: {unique}, host: 127.0.0.1, port: {modbus_port}, interval: 500ms,
      timeout: 200ms, retries: 0,
-     points: [{{quantity: cod, address: 0, type: float32, unit: mg/L}}, {{quantity: ph, address: 2, type: float32}}]}}
-influxdb:
-  - {{name: local, api: v1, url: "{influx.url}", database: {unique}, create_database: true, flush_interval: 100ms}}
-aggregation: {{enabled: false}}
-metrics: {{listen: "127.0.0.1:{port}"}}
-outbox: {{path: "{tmp}/outbox.sqlite"}}
-"""
-    )
-    return path
+     points: [{{quantity: cod, address: 0, type: float32, unit: mg/L}}, {{quantity: ph, address: 2, type: float32}}]}}"""
+    return site_config(tmp, unique, port, device, influx.url, sections="aggregation: {enabled: false}")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.faults.harness import Daemon, publish_lines
+from tests.faults.harness import Daemon, mqtt_device, publish_lines, site_config
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -25,19 +25,15 @@ def test_an_outage_backlog_fills_its_windows_before_they_close(
     tmp_path: Path, unique: str, mosquitto: Mosquitto, influx1: Influx1
 ) -> None:
     port = free_port()
-    cfg = tmp_path / "site.yaml"
-    cfg.write_text(
-        f"""
-sites: [{{id: {unique}, timezone: UTC}}]
-devices:
-  - {{id: broker, kind: mqtt, host: {mosquitto.host}, port: {mosquitto.port}, client_id: {unique},
-     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}
-influxdb:
-  - {{name: local, api: v1, url: "{influx1.url}", database: {unique}, create_database: true}}
-aggregation: {{windows: [1m, 1h], grace: 10s}}
-metrics: {{listen: "127.0.0.1:{port}"}}
-outbox: {{path: "{tmp_path}/outbox.sqlite"}}
-"""
+    cfg = site_config(
+        tmp_path,
+        unique,
+        port,
+        mqtt_device(unique, mosquitto),
+        influx1.url,
+        sink=", create_database: true",
+        sections="aggregation: {windows: [1m, 1h], grace: 10s}",
+        site=", timezone: UTC",
     )
     daemon = Daemon(cfg, port)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Daemon, FaultProxy, count_in, publish, values_in
+from tests.faults.harness import SINK, Daemon, FaultProxy, count_in, mqtt_device, publish, site_config, values_in
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -19,21 +19,8 @@ N = 3000
 
 
 def config(tmp: Path, unique: str, broker: Mosquitto, influx_url: str, port: int) -> Path:
-    path = tmp / "site.yaml"
-    path.write_text(
-        f"""
-sites: [{{id: {unique}}}]
-devices:
-  - {{id: broker, kind: mqtt, host: {broker.host}, port: {broker.port}, client_id: {unique},
-     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}
-influxdb:
-  - {{name: local, api: v1, url: "{influx_url}", database: {unique}, create_database: true,
-     flush_interval: 100ms, batch_size: 1000, timeout: 5s}}
-metrics: {{listen: "127.0.0.1:{port}"}}
-outbox: {{path: "{tmp}/outbox.sqlite"}}
-"""
-    )
-    return path
+    sink = f"{SINK}, batch_size: 1000, timeout: 5s"
+    return site_config(tmp, unique, port, mqtt_device(unique, broker), influx_url, sink=sink)
 
 
 # mode -> (the metric that shows the fault, its labels); 413 and 400 depend on the data, so they stay on.
