@@ -19,6 +19,7 @@ Open windows are plain data, so ``snapshot``/``restore`` let a restart resume th
 
 from __future__ import annotations
 
+import functools
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ from telemetry.model import Aggregate, Flag, Reading
 NS = 1_000_000_000
 WINDOW_NS = {"1m": 60 * NS, "1h": 3600 * NS, "1d": 86400 * NS}
 _QUARTER_NS = 900 * NS
+
+
+@functools.lru_cache(maxsize=10_000)
+def _utc_offset(zone: zoneinfo.ZoneInfo | None, quarter: int) -> int:
+    """A zone's UTC offset in ns during one quarter hour (zone changes fall on quarter hours),
+    remembered: per reading, datetime.fromtimestamp was a hot spot."""
+    if zone is None:
+        return 8 * 3600 * NS  # HJ 212 platforms keep Beijing time
+    delta = datetime.fromtimestamp(quarter * _QUARTER_NS / NS, zone).utcoffset()
+    return int(delta.total_seconds()) * NS if delta else 0
+
+
 FLOW_TO_M3H = {"m3/h": 1.0, "L/s": 3.6, "l/s": 3.6, "m3/s": 3600.0, "t/h": 1.0}
 
 
@@ -95,7 +108,6 @@ class Aggregator:
         self._open: dict[str, dict[Key, dict[int, _Acc]]] = {w: {} for w in ("1m", "1h", "1d")}
         self._flow_volume: dict[tuple[str, str, int], float] = {}  # (site, window, start) -> m3
         self.late = 0  # readings that arrived after their window closed
-        self._offsets: dict[tuple[str, int], int] = {}
 
     def add(self, readings: Iterable[Reading]) -> None:
         for r in readings:
@@ -226,20 +238,7 @@ class Aggregator:
         )
 
     def _offset(self, site: str, ts: int) -> int:
-        """The site's UTC offset at ``ts``, remembered per quarter hour (zone changes fall on those)."""
-        key = (site, ts // _QUARTER_NS)
-        offset = self._offsets.get(key)
-        if offset is None:
-            zone = self._zones.get(site)
-            if zone is None:
-                offset = 8 * 3600 * NS  # HJ 212 platforms keep Beijing time
-            else:
-                delta = datetime.fromtimestamp(ts / NS, zone).utcoffset()
-                offset = int(delta.total_seconds()) * NS if delta else 0
-            if len(self._offsets) >= 10_000:
-                self._offsets.clear()
-            self._offsets[key] = offset
-        return offset
+        return _utc_offset(self._zones.get(site), ts // _QUARTER_NS)
 
     def open_windows(self) -> int:
         return sum(len(s) for w in self._open.values() for s in w.values())

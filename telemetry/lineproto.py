@@ -8,11 +8,11 @@ escaped; string fields escape quotes and backslashes.
 
 from __future__ import annotations
 
+import functools
+
 from telemetry.model import Aggregate, AlertEvent, Reading, Record
 
 _TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
-_SERIES_MAX = 100_000
-_series: dict[tuple[str, str, str, str], str] = {}  # a series' escaped measurement and tags, built once
 
 
 def tag(value: str) -> str:
@@ -28,16 +28,14 @@ def number(value: float) -> str:
     return repr(float(value))
 
 
+@functools.lru_cache(maxsize=100_000)  # a series' escaped measurement and tags, built once
+def _reading_tags(site: str, device: str, quantity: str, unit: str) -> str:
+    tags = f"telemetry,device={tag(device)},quantity={tag(quantity)},site={tag(site)}"
+    return tags + f",unit={tag(unit)}" if unit else tags
+
+
 def reading_line(r: Reading) -> str:
-    key = (r.site, r.device, r.quantity, r.unit)
-    tags = _series.get(key)
-    if tags is None:
-        tags = f"telemetry,device={tag(r.device)},quantity={tag(r.quantity)},site={tag(r.site)}"
-        if r.unit:
-            tags += f",unit={tag(r.unit)}"
-        if len(_series) >= _SERIES_MAX:
-            _series.clear()
-        _series[key] = tags
+    tags = _reading_tags(r.site, r.device, r.quantity, r.unit)
     return f"{tags} flag={string_field(r.flag.value)},value={number(r.value)} {r.ts}"
 
 

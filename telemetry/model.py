@@ -6,6 +6,7 @@ imports none of them.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -40,8 +41,6 @@ FLAG_MEANING: dict[Flag, str] = {
 
 MAX_IDENTIFIER = 128
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters and the backslash
-_GOOD_MAX = 100_000
-_good: set[str] = set()  # identifiers already found good: most readings repeat a few names
 
 
 def now_ns() -> int:
@@ -49,6 +48,7 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+@functools.lru_cache(maxsize=100_000)  # most readings repeat a few names
 def identifier_problem(value: str) -> str | None:
     """Why ``value`` cannot be a site, device, quantity or unit name, or None.
 
@@ -57,17 +57,12 @@ def identifier_problem(value: str) -> str | None:
     backslash can swallow the separator after it, so both are refused here
     rather than mangled in the sink.
     """
-    if value in _good:
-        return None
     if not value:
         return "must not be empty"
     if len(value) > MAX_IDENTIFIER:
         return f"longer than {MAX_IDENTIFIER} characters"
     bad = _FORBIDDEN.search(value)
     if bad is None:
-        if len(_good) >= _GOOD_MAX:
-            _good.clear()
-        _good.add(value)
         return None
     return "contains a backslash" if bad.group() == "\\" else "contains a control character"
 
