@@ -9,11 +9,46 @@ DingTalk, WeCom and Feishu robots do (``{"errcode": 0, ...}``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+class StoppableHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server whose ``stop`` ends every open connection and joins every
+    handler thread: with daemon threads, a keep-alive connection or a request still being
+    answered outlives the server and its test."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def stop(self) -> None:
+        """Stop accepting, wake handlers blocked reading from a client, and wait for them."""
+        self.shutdown()
+        with self._open_lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self.server_close()
 
 
 class NotificationReceiver:
@@ -47,8 +82,7 @@ class NotificationReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = StoppableHTTPServer((host, port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="receiver", daemon=True)
 
@@ -66,8 +100,7 @@ class NotificationReceiver:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         self._thread.join(timeout=5)
 
     def wait_for(self, count: int, timeout: float) -> list[dict[str, Any]]:

@@ -21,10 +21,11 @@ import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from telemetry.receiver import StoppableHTTPServer
 from tests.services import Influx1, Mosquitto, eventually, require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,15 +103,13 @@ class FaultProxy:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = StoppableHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         self._thread.join(5)
 
     def count(self, what: str) -> int:
@@ -148,7 +147,7 @@ class FaultProxy:
         self._forward(req, body)
 
     def _forward(self, req: BaseHTTPRequestHandler, body: bytes) -> None:
-        conn = http.client.HTTPConnection(self.target, timeout=30)
+        conn = http.client.HTTPConnection(self.target, timeout=10)
         headers = {k: v for k, v in req.headers.items() if k.lower() not in ("host", "connection")}
         conn.request(req.command, req.path, body=body or None, headers=headers)
         resp = conn.getresponse()
