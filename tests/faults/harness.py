@@ -228,17 +228,21 @@ class Daemon:
 
 def publish(broker: Mosquitto, topic: str, values: range, base_ms: int, username: str = "", password: str = "") -> None:
     """QoS 1 messages ``{"value": v, "ts": base_ms + v}``, through ``mosquitto_pub -l``."""
+    lines = [f'{{"value": {v}, "ts": {base_ms + v}}}' for v in values]
+    publish_lines(broker, topic, lines, username, password)
+
+
+PUB_CHUNK = 50_000  # mosquitto_pub -l queues what it reads; past 65,535 its message ids wrap and it quits early
+
+
+def publish_lines(broker: Mosquitto, topic: str, lines: list[str], username: str = "", password: str = "") -> None:
+    """QoS 1 messages, one per line, through ``mosquitto_pub -l`` (one process per chunk)."""
     cmd = [require("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-l"]
     if username:
         cmd += ["-u", username, "-P", password]
-    lines = "".join(f'{{"value": {v}, "ts": {base_ms + v}}}\n' for v in values)
-    subprocess.run(cmd, input=lines.encode(), check=True, timeout=60)
-
-
-def publish_lines(broker: Mosquitto, topic: str, lines: list[str]) -> None:
-    """QoS 1 messages, one per line, through ``mosquitto_pub -l``."""
-    cmd = [require("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-l"]
-    subprocess.run(cmd, input="".join(f"{line}\n" for line in lines).encode(), check=True, timeout=60)
+    for start in range(0, len(lines), PUB_CHUNK):
+        chunk = "".join(f"{line}\n" for line in lines[start : start + PUB_CHUNK])
+        subprocess.run(cmd, input=chunk.encode(), check=True, timeout=60)
 
 
 def values_in(influx: Influx1, db: str, quantity: str = "flow") -> list[int]:
