@@ -352,15 +352,10 @@ class MqttDriver:
         payload = bytes(msg.payload)
         try:
             result = decode(payload, now, sub.format, sub.paths, self.cfg.max_payload_bytes)
-            readings = [
+            site, device, quantity = tags["site"], tags["device"], tags.get("quantity") or ""
+            readings = [  # positional: keywords double the cost of building a named tuple
                 Reading(
-                    ts=d.ts,
-                    site=tags["site"],
-                    device=tags["device"],
-                    quantity=d.quantity or tags.get("quantity") or "",
-                    value=d.value,
-                    unit=d.unit if d.unit is not None else sub.unit,
-                    flag=d.flag,
+                    d.ts, site, device, d.quantity or quantity, d.value, sub.unit if d.unit is None else d.unit, d.flag
                 ).check()
                 for d in result.readings
             ]

@@ -274,9 +274,10 @@ def _worst(flags: Mapping[str, int]) -> Flag:
 
 
 def _acc_dict(acc: _Acc) -> dict[str, Any]:
-    bits = acc.minutes
-    return {**acc.__dict__, "minutes": [m for m in range(bits.bit_length()) if bits >> m & 1]}
+    return {**acc.__dict__, "minutes": f"{acc.minutes:x}"}  # hex: JSON numbers stop at 64 bits
 
 
 def _acc_from(data: Mapping[str, Any]) -> _Acc:
-    return _Acc(**{**data, "minutes": sum(1 << m for m in set(data["minutes"]))})
+    minutes = data["minutes"]  # a list of minute numbers in snapshots of earlier versions
+    bits = int(minutes, 16) if isinstance(minutes, str) else sum(1 << m for m in set(minutes))
+    return _Acc(**{**data, "minutes": bits})

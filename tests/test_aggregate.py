@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 import pytest
 
 from telemetry.aggregate import NS, Aggregator, Validity
@@ -119,8 +121,14 @@ def test_snapshot_and_restore_resume_open_windows() -> None:
     a = agg()
     start = at(2026, 3, 1, 10)
     a.add(minutes(start, 30, 10.0))
-    b = agg()
-    b.restore(a.snapshot())
-    b.add(minutes(start + 30 * 60 * NS, 30, 20.0))
-    [hour] = closed(b, start + 3660 * NS, "1h")
-    assert (hour.count, hour.avg, hour.valid) == (60, 15.0, True)
+    snapshot = orjson.loads(orjson.dumps(a.snapshot()))  # as the outbox stores it
+    older = copy.deepcopy(snapshot)  # earlier versions kept valid minutes as a list of numbers
+    for _, _, acc in older["open"]["1h"]:
+        acc["minutes"] = [m for m in range(60) if int(acc["minutes"], 16) >> m & 1]
+    assert older["open"]["1h"][0][2]["minutes"] == list(range(30))
+    for saved in (snapshot, older):
+        b = agg()
+        b.restore(saved)
+        b.add(minutes(start + 30 * 60 * NS, 30, 20.0))
+        [hour] = closed(b, start + 3660 * NS, "1h")
+        assert (hour.count, hour.avg, hour.valid) == (60, 15.0, True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections import deque
 from pathlib import Path
 
+import orjson
 import pytest
 
 from telemetry.errors import OutboxFull
@@ -44,6 +46,23 @@ def test_cursors_and_records_survive_reopen(tmp_path: Path) -> None:
     box = Outbox(path)
     assert box.register("a") == 3
     assert [r.value for _, r in box.begin("a", 10).items] == [3, 4]
+
+
+def test_readings_committed_as_objects_by_an_older_version_are_still_delivered(tmp_path: Path) -> None:
+    """Readings are stored as compact rows now; an outbox kept over an upgrade holds objects."""
+    path = str(tmp_path / "o.sqlite")
+    box = Outbox(path)
+    box.register("a")
+    box.append([reading(0)])
+    box.close()
+    old = reading(1)._replace(flag=Flag.C)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO records (kind, body) VALUES ('reading', ?)", (orjson.dumps(old.to_dict()),))
+        stored = [body for (body,) in db.execute("SELECT body FROM records ORDER BY id")]
+    assert [body[:1] for body in stored] == [b"[", b"{"]
+    box = Outbox(path)  # reopened: nothing in memory, both come from the file
+    box.register("a")
+    assert [r for _, r in box.begin("a", 10).items] == [reading(0), old]
 
 
 def test_records_everyone_took_are_compacted_and_ids_never_reused(tmp_path: Path) -> None:
