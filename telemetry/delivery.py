@@ -59,12 +59,24 @@ class Delivery:
                 await _wait_any(self._wake, stop, 5.0)
                 continue
             if len(batch) < self.sink.batch_size and not stop.is_set():
-                # Let a batch fill for up to flush_interval: fewer, larger requests.
-                await wait_event(stop, self.sink.flush_interval)
+                await self._fill(stop)
                 batch = await self._db(self._outbox.begin, self.consumer, self.sink.batch_size)
             if not await self.deliver(batch):
                 await wait_event(stop, self._delay)
         await self._final_flush()
+
+    async def _fill(self, stop: asyncio.Event) -> None:
+        """Let a batch fill for up to flush_interval (fewer, larger requests), but no longer than
+        it takes to fill: under load a full batch goes at once instead of after a fixed pause."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.sink.flush_interval
+        # backlog() reads two counters the outbox thread keeps; no need to queue behind a commit.
+        while not stop.is_set() and self._outbox.backlog().get(self.consumer, 0) < self.sink.batch_size:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()  # set by every commit
+            await _wait_any(self._wake, stop, left)
 
     async def _final_flush(self, budget: float = 10.0) -> None:
         """At shutdown, send what is still pending while the sink accepts it, for a bounded time."""

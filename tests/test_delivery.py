@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -82,3 +83,36 @@ async def test_transient_failure_keeps_the_batch_for_the_next_attempt(tmp_path: 
     assert box.backlog() == {"influx:fake": 0}
     errors = {"sink": "fake", "error_type": "network"}
     assert metrics.registry.get_sample_value("telemetry_sink_write_errors_total", errors) == 2
+
+
+async def test_a_batch_goes_as_soon_as_it_is_full_not_after_the_flush_interval(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    full = threading.Event()
+
+    class Sink(FakeSink):
+        batch_size, flush_interval = 10, 60.0
+
+        def write(self, lines: list[str]) -> None:
+            super().write(lines)
+            full.set()
+
+    sink = Sink()
+    wake, stop = asyncio.Event(), asyncio.Event()
+
+    async def db(fn, *args):  # type: ignore[no-untyped-def]
+        return fn(*args)
+
+    delivery = Delivery(sink, box, db, Metrics(CollectorRegistry()), wake)
+    box.register(delivery.consumer)
+    box.append([Reading(i, "s", "d", "cod", float(i)) for i in range(3)])
+    runner = asyncio.create_task(delivery.run(stop))
+    for _ in range(5):
+        await asyncio.sleep(0)  # let it take the first 3 and start waiting for more
+    assert sink.calls == 0
+    box.append([Reading(i, "s", "d", "cod", float(i)) for i in range(3, 10)])
+    wake.set()  # what a commit does
+    assert await asyncio.to_thread(full.wait, 10)  # long before the 60 s flush interval
+    assert len(sink.written) == 10
+    assert sink.calls == 1
+    stop.set()
+    await runner
