@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,11 @@ class Daemon:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
-    def wait(self, name: str, at_least: float = 1, timeout: float = 60, **labels: str) -> float:
+    def wait(
+        self, name: str, at_least: float = 1, timeout: float = 60, where: Mapping[str, str] | None = None, **labels: str
+    ) -> float:
+        """Until the metric reaches ``at_least``; labels as keywords, or a built set as ``where``."""
+        labels = {**(where or {}), **labels}
         return eventually(
             lambda: (v := self.metric(name, **labels)) >= at_least and v, timeout, f"{name}{labels} >= {at_least}"
         )

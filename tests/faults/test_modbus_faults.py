@@ -55,12 +55,14 @@ def test_device_fault_with_a_kill_in_the_middle(
         else:
             proxy.mode = mode
         labels = {"error_type": FAULTS[mode]} if FAULTS[mode] else {}
-        daemon.wait("telemetry_device_errors_total", errors_before + 1, device="analyzer", **labels)
+        daemon.wait("telemetry_device_errors_total", errors_before + 1, where={"device": "analyzer", **labels})
         # A device that answers with an exception still answers: up, but no readings.
         up_during = 1 if mode == "exception" else 0
         eventually(lambda: daemon.metric("telemetry_device_up", device="analyzer") == up_during, 30, "device state")
         daemon.kill9()  # during the fault
-        daemon.wait("telemetry_device_errors_total", device="analyzer", **labels)  # the new process meets it too
+        daemon.wait(
+            "telemetry_device_errors_total", where={"device": "analyzer", **labels}
+        )  # the new process meets it too
         assert daemon.metric("telemetry_device_up", device="analyzer") == up_during
         during = count_in(influx1, unique)
         time.sleep(1.5)  # three poll intervals of the broken device: nothing may be fabricated meanwhile

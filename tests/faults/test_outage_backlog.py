@@ -61,7 +61,7 @@ def test_an_outage_backlog_fills_its_windows_before_they_close(
                 rows = db.execute("SELECT body FROM windows WHERE window = '1h' AND start_ns = ?", (t0 * 10**9,))
                 return [orjson.loads(body) for (body,) in rows]
 
-        closed = eventually(lambda: len(hours()) == SERIES and hours(), 60, "the hour's windows to close")
+        closed = eventually(lambda: h if len(h := hours()) == SERIES else None, 60, "the hour's windows to close")
     finally:
         code = daemon.stop()
     assert code == 0

@@ -51,11 +51,11 @@ def test_sink_fault_with_a_kill_in_the_middle_loses_and_duplicates_nothing(
         if mode == "slow":
             eventually(lambda: proxy.count("slow") >= 1, 30, "a slowed write")
         else:
-            daemon.wait(metric, **labels)
+            daemon.wait(metric, where=labels)
         daemon.kill9()  # in the middle of the fault
         daemon.wait("telemetry_device_up", timeout=30)
         if mode in ("down", "500", "503"):
-            daemon.wait(metric, **labels)  # the restarted daemon meets the fault too
+            daemon.wait(metric, where=labels)  # the restarted daemon meets the fault too
             proxy.mode = "pass"
         expected = [v for v in range(N) if not (mode == "400" and v == 666)]
         eventually(lambda: count_in(influx1, unique) >= len(expected), 90, f"{len(expected)} readings in InfluxDB")
