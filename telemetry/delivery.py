@@ -52,17 +52,29 @@ class Delivery:
         self.pending_since: int | None = None  # reading time of the oldest record not yet accepted
 
     async def run(self, stop: asyncio.Event) -> None:
+        size = self.sink.batch_size
+        # Behind a full batch there is likely another: it is read (and decoded) on the outbox
+        # thread while this one is written, and taken if this one was accepted.
+        ahead: asyncio.Future[Batch] | None = None
         while not stop.is_set():
             self._wake.clear()
-            batch: Batch = await self._db(self._outbox.begin, self.consumer, self.sink.batch_size)
+            batch: Batch = await (ahead or self._db(self._outbox.begin, self.consumer, size))
+            ahead = None
             if not batch:
                 await _wait_any(self._wake, stop, 5.0)
                 continue
-            if len(batch) < self.sink.batch_size and not stop.is_set():
+            if len(batch) < size and not stop.is_set():
                 await self._fill(stop)
-                batch = await self._db(self._outbox.begin, self.consumer, self.sink.batch_size)
+                batch = await self._db(self._outbox.begin, self.consumer, size)
+            if len(batch) == size:
+                ahead = asyncio.ensure_future(self._db(self._outbox.begin, self.consumer, size, batch.last_id))
             if not await self.deliver(batch):
+                if ahead is not None:
+                    await ahead  # read for nothing: after a failure the cursor decides what goes next
+                    ahead = None
                 await wait_event(stop, self._delay)
+        if ahead is not None:
+            await ahead  # not delivered: the final flush starts again from the cursor
         await self._final_flush()
 
     async def _fill(self, stop: asyncio.Event) -> None:

@@ -351,9 +351,10 @@ class Outbox:
                 raise OutboxError(f"cannot drop old records from outbox {self.path}: {err}") from err
             self.dropped += deleted
 
-    def begin(self, consumer: str, limit: int) -> Batch:
-        """Up to ``limit`` records after ``consumer``'s cursor, oldest first."""
-        cursor = self._cursors[consumer]
+    def begin(self, consumer: str, limit: int, after: int | None = None) -> Batch:
+        """Up to ``limit`` records after ``consumer``'s cursor (or after record ``after``: the
+        batch that follows one not yet ended), oldest first."""
+        cursor = self._cursors[consumer] if after is None else after
         recent = self._recent
         if recent and recent[0][0] <= cursor + 1 and recent[-1][0] == self._last_id:
             start = cursor + 1 - recent[0][0]

@@ -14,6 +14,7 @@ from telemetry.metrics import Metrics
 from telemetry.model import Reading
 from telemetry.outbox import Outbox
 from telemetry.sinks import BAD_DATA
+from telemetry.timing import Backoff
 
 
 class FakeSink:
@@ -116,3 +117,36 @@ async def test_a_batch_goes_as_soon_as_it_is_full_not_after_the_flush_interval(t
     assert sink.calls == 1
     stop.set()
     await runner
+
+
+async def test_the_batch_read_ahead_is_dropped_when_the_one_before_fails(tmp_path: Path) -> None:
+    """Full batches are read ahead while the previous one is written; a failed write must
+    not let the next batch go first, nor lose or repeat anything."""
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    done = threading.Event()
+
+    class Sink(FakeSink):
+        batch_size, flush_interval = 10, 60.0
+
+        def write(self, lines: list[str]) -> None:
+            self.down = 1 if self.calls == 1 else 0  # the second write fails once
+            super().write(lines)
+            if len(self.written) == 30:  # the last 5 wait for the flush interval, or the stop
+                done.set()
+
+    sink = Sink()
+    stop = asyncio.Event()
+
+    async def db(fn, *args):  # type: ignore[no-untyped-def]
+        return fn(*args)
+
+    delivery = Delivery(sink, box, db, Metrics(CollectorRegistry()), asyncio.Event(), Backoff(0.01, 0.01))
+    box.register(delivery.consumer)
+    box.append([Reading(i, "s", "d", "cod", float(i)) for i in range(35)])
+    runner = asyncio.create_task(delivery.run(stop))
+    assert await asyncio.to_thread(done.wait, 10)
+    stop.set()
+    await runner
+    assert [float(line.split("value=")[1].split()[0]) for line in sink.written] == list(range(35))
+    assert sink.calls == 5  # 10, 10 refused, the same 10 again, 10, and the last 5 at the final flush
+    assert box.backlog() == {"influx:fake": 0}
