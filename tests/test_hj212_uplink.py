@@ -17,7 +17,7 @@ from telemetry.hj212.codec import Packet
 from telemetry.hj212.receiver import Receiver
 from telemetry.model import Flag, Reading
 from tests.daemon import RunningDaemon, start_daemon
-from tests.services import free_port
+from tests.services import eventually, free_port
 
 BJ = timezone(timedelta(hours=8))
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,16 @@ async def test_outage_and_restart_back_fill_every_period_once_oldest_first(tmp_p
     try:
         await daemon.pipeline.emit(an_hour(two_hours_ago))
         daemon.pipeline.tick(time.time_ns())
-        await asyncio.sleep(0.5)  # the uplink tries and fails meanwhile; nothing to await: the platform is away
+        # While the platform is away, the metrics say what waits for it: six 2051 periods and one 2061.
+        pending = {"platform": "city"}
+        await asyncio.to_thread(
+            eventually,
+            lambda: daemon.registry.get_sample_value("telemetry_hj212_pending", pending) == 7,
+            30,
+            "7 pending",
+        )
+        age = daemon.registry.get_sample_value("telemetry_hj212_pending_age_seconds", pending) or 0
+        assert 2 * 3600 <= age < 3 * 3600
     finally:
         await daemon.close()
     receiver = Receiver(port=port)

@@ -103,6 +103,7 @@ class Uplink:
                         type(err).__name__,
                     )
                     down_logged = True
+                await self._due(time.time_ns())  # what waits is shown while the platform is away too
                 await wait_event(stop, backoff.next())
                 continue
             log.info("hj212 %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
@@ -149,6 +150,21 @@ class Uplink:
         """Send up to ``limit`` unacknowledged periods, oldest first; returns how many."""
         assert self._db is not None
         assert self._outbox is not None
+        due = await self._due(now)
+        for start, cn in due[:limit]:
+            packet = await self._period_packet(cn, start)
+            if packet is None:
+                continue
+            await self._send(packet, ack=self.cfg.ack)
+            self._acked.add((cn, start))
+            await self._db(self._outbox.hj212_mark_acked, self.name, cn, start)
+        return min(len(due), limit)
+
+    async def _due(self, now: int) -> list[tuple[int, str]]:
+        """Closed periods not acknowledged yet, oldest first, as (start, CN); sets the pending
+        gauges, which matter most while the platform is away."""
+        assert self._db is not None
+        assert self._outbox is not None
         due: list[tuple[int, str]] = []
         since = now - int(self.cfg.backfill * NS)
         for kind in ("min", "hour", "day"):
@@ -163,14 +179,7 @@ class Uplink:
         self._metrics.hj212_pending.labels(self.name).set(len(due))
         oldest = min((s for s, _ in due), default=None)
         self._metrics.hj212_pending_age.labels(self.name).set((now - oldest) / NS if oldest else 0)
-        for start, cn in sorted(due)[:limit]:
-            packet = await self._period_packet(cn, start)
-            if packet is None:
-                continue
-            await self._send(packet, ack=self.cfg.ack)
-            self._acked.add((cn, start))
-            await self._db(self._outbox.hj212_mark_acked, self.name, cn, start)
-        return min(len(due), limit)
+        return sorted(due)
 
     def _period(self, kind: str, window_start: int) -> int:
         if kind != "min":
