@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,9 +306,27 @@ class Victoria(Server):
         with urllib.request.urlopen(f"{self.url}/api/v1/export?{params}", timeout=10) as resp:
             return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
 
+    def promql(self, expr: str) -> list[dict[str, Any]]:
+        """The series an instant query returns, through the Prometheus query API Grafana uses."""
+        params = urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{params}", timeout=10) as resp:
+            body = json.load(resp)
+        if body.get("status") != "success":
+            raise AssertionError(f"{expr}: {body}")
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        params = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{self.url}/api/v1/label/{label}/values?{params}", timeout=10) as resp:
+            values: list[str] = json.load(resp)["data"]
+        return values
+
 
 @contextmanager
-def victoria(tmp: Path) -> Iterator[Victoria]:
+def victoria(tmp: Path, scrape: Sequence[str] = ()) -> Iterator[Victoria]:
+    """VictoriaMetrics; with ``scrape`` (host:port targets) it also scrapes their /metrics
+    every second, as Prometheus would, and answers the Prometheus query API."""
     binary = require("victoria-metrics")
     port = free_port()
     cmd = [
@@ -319,6 +337,14 @@ def victoria(tmp: Path) -> Iterator[Victoria]:
         "-search.latencyOffset=0s",
         "-loggerLevel=ERROR",
     ]
+    if scrape:
+        targets = ", ".join(f'"{t}"' for t in scrape)
+        config = tmp / "scrape.yaml"
+        config.write_text(
+            "global: {scrape_interval: 1s}\n"
+            f"scrape_configs: [{{job_name: telemetry, static_configs: [{{targets: [{targets}]}}]}}]\n"
+        )
+        cmd.append(f"-promscrape.config={config}")
     with _process(cmd, tmp / "victoria.log", port, "victoria-metrics") as proc:
         server = Victoria(f"http://127.0.0.1:{port}", proc, cmd, tmp / "victoria.log", port)
         try:

@@ -15,11 +15,14 @@ import yaml
 
 from telemetry.model import Flag, Reading
 from tests.daemon import start_daemon
-from tests.services import Influx1, eventually
+from tests.faults.harness import publish_lines
+from tests.services import Influx1, Mosquitto, eventually, free_port, victoria
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "config" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+HEALTH = GRAFANA / "dashboards" / "daemon-health.json"  # Prometheus: the daemon's own metrics
+PLANT = [path for path in DASHBOARDS if path != HEALTH]  # InfluxDB: the plants' data
 NS = 1_000_000_000
 
 
@@ -29,18 +32,27 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    out = [(f"panel {p['id']} {p['title']}", t["query"]) for p in dashboard["panels"] for t in p["targets"]]
+    """Every query of a dashboard: InfluxQL (``query``) or PromQL (``expr``) by its datasource."""
+    out = [
+        (f"panel {p['id']} {p['title']}", t.get("query") or t["expr"])
+        for p in dashboard["panels"]
+        for t in p["targets"]
+    ]
     out += [(f"variable {v['name']}", v["query"]) for v in dashboard["templating"]["list"]]
     out += [(f"annotation {a['name']}", a["query"]) for a in dashboard["annotations"]["list"]]
     return out
 
 
 def test_dashboards_have_the_structure_grafana_provisioning_loads() -> None:
-    datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "influxdb.yaml").read_text())
-    uids = {d["uid"] for d in datasources["datasources"]}
+    uids = {
+        d["uid"]
+        for path in (GRAFANA / "provisioning" / "datasources").glob("*.yaml")
+        for d in yaml.safe_load(path.read_text())["datasources"]
+    }
+    assert uids == {"influxdb-plant", "prometheus-telemetry"}
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "plant.yaml").read_text())
     assert provider["providers"][0]["type"] == "file"
-    assert len(DASHBOARDS) == 3
+    assert len(DASHBOARDS) == 4
     seen_uids = set()
     for path in DASHBOARDS:
         board = load(path)
@@ -50,8 +62,10 @@ def test_dashboards_have_the_structure_grafana_provisioning_loads() -> None:
         assert board["schemaVersion"] >= 36
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+        wanted = "prometheus-telemetry" if path == HEALTH else "influxdb-plant"
         for p in board["panels"]:
-            assert p["datasource"]["uid"] in uids, f"{path.name} panel {p['id']}: unknown datasource"
+            assert p["datasource"]["uid"] == wanted, f"{path.name} panel {p['id']}: datasource"
+            assert all(t["datasource"]["uid"] == wanted for t in p["targets"])
             assert p["targets"], f"{path.name} panel {p['id']}: no query"
             assert set(p["gridPos"]) == {"x", "y", "w", "h"}
             assert re.search(r"[\u4e00-\u9fff]", p["title"]), "titles are Chinese first, English in description"
@@ -119,9 +133,72 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
     finally:
         await daemon.close()
     empty = []
-    for path in DASHBOARDS:
+    for path in PLANT:
         for where, query in queries(load(path)):
             rows = await asyncio.to_thread(influx1.query, unique, expand(query))
             if not rows:
                 empty.append(f"{path.name} {where}: {expand(query)}")
     assert empty == []
+
+
+def promql(query: str) -> str:
+    """A panel's expression as Grafana sends it, for all instances."""
+    return query.replace("$__rate_interval", "1m").replace('"$instance"', '".*"')
+
+
+@pytest.mark.service
+async def test_every_health_panel_returns_data_from_a_scraped_daemon(
+    tmp_path: Path, unique: str, mosquitto: Mosquitto, influx1: Influx1
+) -> None:
+    """A real daemon, scraped every second by VictoriaMetrics (the Prometheus query API):
+    readings, a rejected payload, a firing alert, a sink that is away, an HJ 212 platform
+    that is away — and then every panel of the health dashboard has something to show."""
+    metrics_port = free_port()
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        f"""
+sites: [{{id: plant}}]
+devices:
+  - {{id: broker, kind: mqtt, host: {mosquitto.host}, port: {mosquitto.port},
+     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}
+influxdb:
+  - {{name: local, api: v1, url: "{influx1.url}", database: {unique}, create_database: true, flush_interval: 100ms}}
+  - {{name: away, api: v1, url: "http://127.0.0.1:{free_port()}", database: plant, flush_interval: 100ms}}
+rules: [{{kind: limit, name: cod_limit, site: plant, quantity: cod, above: 100}}]
+hj212: [{{name: city, host: 127.0.0.1, port: {free_port()}, site: plant, mn: "010000A8900016F000169DC0",
+          pw: "123456", rtd_interval: 1s}}]
+metrics: {{listen: "127.0.0.1:{metrics_port}"}}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+"""
+    )
+    board = load(HEALTH)
+    daemon = await start_daemon(config)
+    try:
+        with victoria(tmp_path, scrape=[f"127.0.0.1:{metrics_port}"]) as vm:
+            await asyncio.to_thread(
+                eventually,
+                lambda: daemon.registry.get_sample_value("telemetry_device_up", {"device": "broker"}),
+                30,
+                "up",
+            )
+            topic = f"{unique}/plant/analyzer/cod"
+            publish_lines(mosquitto, topic, ['{"value": 60}', "not json"])
+            panels = queries(board)[:-1]  # the last is the instance variable, checked below
+
+            def without_data() -> list[str]:
+                publish_lines(mosquitto, topic, ['{"value": 150}'])  # a live plant: rates need data in their window
+                return [f"{where}: {promql(q)}" for where, q in panels if not vm.promql(promql(q))]
+
+            try:
+                await asyncio.to_thread(eventually, lambda: not without_data(), 60, "every health panel to have data")
+            except AssertionError:
+                raise AssertionError(f"panels without data: {without_data()}") from None
+            [(where, variable)] = queries(board)[-1:]
+            assert variable == "label_values(telemetry_readings_total, instance)", where
+            assert f"127.0.0.1:{metrics_port}" in vm.label_values("instance", "telemetry_readings_total")
+            firing = vm.promql('telemetry_alerts_firing{rule="cod_limit"}')
+            assert [s["value"][1] for s in firing] == ["1"]
+            rejected = vm.promql("telemetry_readings_rejected_total")
+            assert sum(float(s["value"][1]) for s in rejected) == 1
+    finally:
+        await daemon.close()

@@ -105,7 +105,7 @@ def test_dockerfile_and_systemd_unit_refer_to_what_exists() -> None:
 def test_compose_stack_refers_to_what_exists() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"mosquitto", "influxdb", "grafana", "telemetry"}
+    assert set(services) == {"mosquitto", "influxdb", "prometheus", "grafana", "telemetry"}
     for name, service in services.items():
         for dependency in service.get("depends_on", []):
             assert dependency in services, f"{name} depends on unknown {dependency}"
@@ -120,4 +120,13 @@ def test_compose_stack_refers_to_what_exists() -> None:
     mounted = {v.split(":")[1] for v in grafana}
     assert provider["providers"][0]["options"]["path"] in mounted  # the provider reads where the dashboards are
     assert services["telemetry"]["command"][-1] == "/opt/telemetry/config/demo.yaml"
+    # Prometheus scrapes the daemon where it listens, and loads the rules from where they are mounted.
+    scrape = yaml.safe_load((ROOT / "config/prometheus/prometheus.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["job_name"] == "telemetry"  # what TelemetryDown matches
+    port = services["telemetry"]["environment"]["METRICS_LISTEN"].rpartition(":")[2]
+    assert job["static_configs"][0]["targets"] == [f"telemetry:{port}"]
+    mounted = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert set(scrape["rule_files"]) <= mounted
+    assert services["grafana"]["environment"]["PROMETHEUS_URL"] == "http://prometheus:9090"
     assert "COPY config /opt/telemetry/config" in (ROOT / "Dockerfile").read_text()
