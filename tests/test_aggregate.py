@@ -14,8 +14,8 @@ from telemetry.model import Aggregate, Flag, Reading
 BJ = timezone(timedelta(hours=8))
 
 
-def at(*args: int) -> int:
-    return int(datetime(*args, tzinfo=BJ).timestamp()) * NS  # type: ignore[misc]
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=BJ).timestamp()) * NS
 
 
 def minutes(

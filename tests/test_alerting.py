@@ -26,6 +26,7 @@ from telemetry.model import Reading
 from telemetry.outbox import Outbox
 from telemetry.receiver import NotificationReceiver
 from telemetry.rule_config import EvaluatedRule, RuleConfig
+from telemetry.timing import Backoff
 
 NS = 1_000_000_000
 MIN = 60 * NS
@@ -241,9 +242,14 @@ async def test_a_robot_refusal_with_http_200_is_a_failure_retried_and_surfaced(r
     engine = RulesEngine([rule(kind="limit", name="cod", quantity="cod", above=100)], {"s": "Asia/Shanghai"})
     manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 150.0, "mg/L")]))
     metrics = Metrics(CollectorRegistry())
-    notifier = Notifier(cfg.routes, metrics, {"s": "Asia/Shanghai"}, backoff=_NoWait)
+    notifier = Notifier(cfg.routes, metrics, {"s": "Asia/Shanghai"}, backoff=lambda: Backoff(0.0, 0.0))
     results: list[tuple[bool, str]] = []
-    notifier.on_result = lambda m, ok, detail: (results.append((ok, detail)), manager.record(m, ok, 5 * NS))
+
+    def on_result(m: Message, ok: bool, detail: str) -> None:
+        results.append((ok, detail))
+        manager.record(m, ok, 5 * NS)
+
+    notifier.on_result = on_result
     [message] = manager.due(5 * NS)
     assert not await notifier.deliver(message, None)
     assert len(robot.messages) == 3  # tried, and retried twice
@@ -260,11 +266,6 @@ async def test_a_robot_refusal_with_http_200_is_a_failure_retried_and_surfaced(r
     [again] = manager.due(66 * NS)
     assert await notifier.deliver(again, None)
     assert manager.undelivered() == []
-
-
-class _NoWait:
-    def next(self, hint: float | None = None) -> float:
-        return 0.0
 
 
 async def test_wecom_and_feishu_answers_are_read(robot: NotificationReceiver) -> None:
@@ -312,7 +313,9 @@ async def test_email_arrives_with_the_chinese_template_intact() -> None:
     mail = email.message_from_bytes(envelope.content)
     subject = str(make_header(decode_header(mail["Subject"])))
     parts = [p for p in mail.walk() if p.get_content_type() == "text/plain"]
-    text = parts[0].get_payload(decode=True).decode(parts[0].get_content_charset() or "utf-8")
+    payload = parts[0].get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    text = payload.decode(parts[0].get_content_charset() or "utf-8")
     assert subject == "【告警 FIRING】 s · cod_limit"
     assert "化学需氧量：数值 123.4 mg/L，限值 100 mg/L" in text
     assert envelope.rcpt_tos == ["supervisor@example.com"]

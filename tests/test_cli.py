@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from telemetry.simulator import LeachateStation, ModbusAnalyzer
-from tests.services import Influx1, Mosquitto, free_port
-from tests.test_end_to_end import eventually
+from tests.services import Influx1, Mosquitto, eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +62,7 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
             assert proc.returncode is None, "telemetry run exited early"
             return influx1.query(unique, "SELECT count(value) FROM telemetry")
 
-        await eventually(written, 30, "readings")
+        await asyncio.to_thread(eventually, written, 30, "readings")
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
@@ -120,7 +119,8 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
     assert "city platform received: 2011 x" in text  # real-time data reached the HJ 212 stand-in
     assert "FIRING" in next(line for line in seen if "notification received" in line and "cod_limit" in line)
     assert proc.returncode == 0, err.decode()
-    rows = await eventually(
+    rows = await asyncio.to_thread(
+        eventually,
         lambda: influx1.query(unique, "SELECT * FROM telemetry WHERE site='chenxing' LIMIT 1"),
         20,
         "MQTT demo data",

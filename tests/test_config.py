@@ -11,6 +11,7 @@ import pytest
 from telemetry import app
 from telemetry.config import parse_duration
 from telemetry.errors import ConfigError
+from telemetry.rule_config import LimitRule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,9 @@ def test_valid_config_loads_with_typed_values(tmp_path: Path) -> None:
     assert device.kind == "modbus"
     assert device.interval == 5.0  # type: ignore[attr-defined]
     assert dep.config.influxdb[0].api == "v1"
-    assert dep.config.rules[0].above == 100
+    rule = dep.config.rules[0]
+    assert isinstance(rule, LimitRule)
+    assert rule.above == 100
 
 
 def test_unknown_key_names_file_line_path_and_the_legal_keys(tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.mqtt import MqttDriver
 from telemetry.model import AlertEvent, Reading
@@ -23,22 +24,9 @@ from telemetry.pipeline import Pipeline
 from telemetry.receiver import NotificationReceiver
 from telemetry.simulator import LeachateStation, ModbusAnalyzer
 from tests.daemon import start_daemon
-from tests.services import Influx1, Mosquitto, Victoria, free_port
+from tests.services import Influx1, Mosquitto, Victoria, eventually, free_port
 
 pytestmark = pytest.mark.service
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll a real server (off the event loop) until ``probe`` returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await asyncio.to_thread(probe)
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 class Observed:
@@ -186,7 +174,7 @@ async def plant(
 
 
 def publish(broker: Mosquitto, topic: str, payload: dict[str, Any]) -> None:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client = paho.Client(CallbackAPIVersion.VERSION2)
     client.connect(broker.host, broker.port)
     client.loop_start()
     client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(5)
@@ -206,7 +194,8 @@ async def test_modbus_and_mqtt_readings_reach_influxdb_1x_and_victoriametrics(
     await asyncio.to_thread(publish, mosquitto, f"plants/{site}/weighbridge/throughput", payload)
     await plant.observed.until(lambda: any(r.quantity == "throughput" for r in plant.observed.readings))
 
-    cod = await eventually(
+    cod = await asyncio.to_thread(
+        eventually,
         lambda: influx1.query(site, f"SELECT * FROM telemetry WHERE quantity='cod' AND site='{site}'"),
         20,
         "Modbus COD in InfluxDB 1.x",
@@ -215,7 +204,8 @@ async def test_modbus_and_mqtt_readings_reach_influxdb_1x_and_victoriametrics(
     assert cod[0]["value"] == pytest.approx(expected.value)
     assert (cod[0]["device"], cod[0]["unit"], cod[0]["flag"]) == ("analyzer", "mg/L", "N")
 
-    rows = await eventually(
+    rows = await asyncio.to_thread(
+        eventually,
         lambda: influx1.query(site, "SELECT * FROM telemetry WHERE quantity='throughput'"),
         20,
         "MQTT throughput in InfluxDB 1.x",
@@ -228,7 +218,7 @@ async def test_modbus_and_mqtt_readings_reach_influxdb_1x_and_victoriametrics(
         series = victoria.export(f'{{__name__="telemetry_value",site="{site}"}}')
         return series if {s["metric"]["quantity"] for s in series} >= {"cod", "throughput"} else []
 
-    series = await eventually(in_victoria, 20, "both readings in VictoriaMetrics")
+    series = await asyncio.to_thread(eventually, in_victoria, 20, "both readings in VictoriaMetrics")
     throughput = next(s for s in series if s["metric"]["quantity"] == "throughput")
     assert throughput["metric"] | {"__name__": "x"} == {
         "__name__": "x",
@@ -245,7 +235,7 @@ async def test_modbus_and_mqtt_readings_reach_influxdb_1x_and_victoriametrics(
 
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{plant.metrics_port}/metrics", timeout=5) as resp:
-            return resp.read().decode()
+            return str(resp.read().decode())
 
     text = await asyncio.to_thread(scrape)
     assert f'telemetry_readings_total{{device="analyzer",site="{site}"}}' in text
@@ -281,8 +271,9 @@ async def test_threshold_breach_sends_one_firing_and_one_resolved_notification(
     assert "back to 55" in resolved["message"]
     assert resolved["type"] == "success"
 
-    alerts = await eventually(
-        lambda: (rows := influx1.query(plant.db, "SELECT * FROM alerts")) and len(rows) == 2 and rows,
+    alerts = await asyncio.to_thread(
+        eventually,
+        lambda: rows if len(rows := influx1.query(plant.db, "SELECT * FROM alerts")) == 2 else None,
         20,
         "both alert events in InfluxDB",
     )

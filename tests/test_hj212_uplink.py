@@ -143,7 +143,7 @@ async def test_outage_and_restart_back_fill_every_period_once_oldest_first(tmp_p
         await receiver.stop()
     periods = [(p.cn, p.get("DataTime")) for p in packets if p.cn in ("2051", "2061")]
     assert len(periods) == len(set(periods)) == 7  # each once
-    starts = [p.get("DataTime") for p in packets if p.cn in ("2051", "2061")]
+    starts = [p.get("DataTime") or "" for p in packets if p.cn in ("2051", "2061")]
     assert starts == sorted(starts)  # oldest first
 
 

@@ -7,7 +7,7 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from drivers.modbus_config import ModbusConfig
 from drivers.modbus_decode import BYTE_ORDERS, TYPES
 from drivers.modbus_link import LinkPool
 from telemetry.metrics import Metrics
-from telemetry.model import Flag, Reading
+from telemetry.model import Flag, Reading, Rejected
 from telemetry.simulator import RegisterServer
 from tests.services import free_port
 
@@ -414,7 +414,7 @@ async def test_a_dead_and_a_failing_device_do_not_delay_the_other_eighteen(
     stamps: dict[str, list[int]] = {d.name: [] for d in drivers}
     stop = asyncio.Event()
 
-    async def emit(readings: Any) -> None:
+    async def emit(readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
         for r in readings:
             stamps[r.device].append(r.ts)
         if all(len(stamps[f"d{i}"]) >= 8 for i in range(2, 20)):

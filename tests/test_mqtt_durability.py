@@ -147,7 +147,7 @@ async def test_topic_levels_cannot_inject_points_or_tags(
         await asyncio.to_thread(send)
         rows: list[dict[str, Any]] = await asyncio.to_thread(
             eventually,
-            lambda: (r := influx1.query(unique, "SELECT * FROM telemetry")) and len(r) >= 3 and r,
+            lambda: r if len(r := influx1.query(unique, "SELECT * FROM telemetry")) >= 3 else None,
             20,
             "the three acceptable points",
         )

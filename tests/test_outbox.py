@@ -16,7 +16,14 @@ import pytest
 
 from telemetry.errors import OutboxFull
 from telemetry.model import AlertEvent, AlertState, Flag, Reading, Record
-from telemetry.outbox import Outbox
+from telemetry.outbox import Batch, Outbox
+
+
+def values(batch: Batch) -> list[float]:
+    """The values of a batch that holds only readings."""
+    readings = [r for _, r in batch.items if isinstance(r, Reading)]
+    assert len(readings) == len(batch.items)
+    return [r.value for r in readings]
 
 
 def reading(i: int, site: str = "s") -> Reading:
@@ -29,11 +36,11 @@ def test_append_then_each_consumer_reads_through_its_own_cursor(tmp_path: Path) 
     box.register("b")
     box.append([reading(i) for i in range(10)])
     first = box.begin("a", 4)
-    assert [r.value for _, r in first.items] == [0, 1, 2, 3]
+    assert values(first) == [0, 1, 2, 3]
     box.end(first)
     assert box.backlog() == {"a": 6, "b": 10}
-    assert [r.value for _, r in box.begin("a", 100).items] == [4, 5, 6, 7, 8, 9]
-    assert [r.value for _, r in box.begin("b", 2).items] == [0, 1]
+    assert values(box.begin("a", 100)) == [4, 5, 6, 7, 8, 9]
+    assert values(box.begin("b", 2)) == [0, 1]
 
 
 def test_cursors_and_records_survive_reopen(tmp_path: Path) -> None:
@@ -45,7 +52,7 @@ def test_cursors_and_records_survive_reopen(tmp_path: Path) -> None:
     box.close()
     box = Outbox(path)
     assert box.register("a") == 3
-    assert [r.value for _, r in box.begin("a", 10).items] == [3, 4]
+    assert values(box.begin("a", 10)) == [3, 4]
 
 
 def test_readings_committed_as_objects_by_an_older_version_are_still_delivered(tmp_path: Path) -> None:
@@ -108,7 +115,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from telemetry.model import Reading
-    from telemetry.outbox import Outbox
+    from telemetry.outbox import Batch, Outbox
     box = Outbox(sys.argv[1])
     i = 0
     while True:
@@ -163,7 +170,7 @@ def test_batches_served_from_memory_equal_what_the_database_holds(tmp_path: Path
     small._recent = deque(maxlen=5)
     small.register("c")
     small.append([reading(i) for i in range(12)])
-    assert [r.value for _, r in small.begin("c", 100).items] == [float(i) for i in range(12)]
+    assert values(small.begin("c", 100)) == [float(i) for i in range(12)]
 
 
 def test_commits_wait_when_the_disk_is_short_of_min_free_and_a_reserve_is_kept(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ STANDARDS = Path(__file__).resolve().parents[1] / "config" / "standards"
 ZONES = {"s": "Asia/Shanghai"}
 
 
-def at(*args: int) -> int:
-    return int(datetime(*args, tzinfo=BJ).timestamp()) * NS  # type: ignore[misc]
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=BJ).timestamp()) * NS
 
 
 def rule(**kw: Any) -> EvaluatedRule:
@@ -277,10 +277,11 @@ def test_maintenance_too_long() -> None:
 
 @pytest.mark.parametrize("kind", ["stock", "flatline", "rate"])
 def test_rules_filter_by_site_and_device(kind: str) -> None:
-    extra: dict[str, Any] = {
+    extras: dict[str, dict[str, Any]] = {
         "stock": {"capacity": 10},
         "flatline": {"for": "1s"},
         "rate": {"max_per_minute": 1},
-    }[kind]
+    }
+    extra = extras[kind]
     engine = RulesEngine([rule(kind=kind, quantity="cod", device="other", **extra)])
     assert engine.feed([r(0, 1), r(10, 100), r(20, 100), r(30, 1000)]) == []

@@ -103,7 +103,7 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
         pipeline.tick(start + 2 * hour_ns)
         rows = await asyncio.to_thread(
             eventually,
-            lambda: (r := influx.query("plant", AGG_1H)) and len(r) == 2 and r,
+            lambda: r if len(r := influx.query("plant", AGG_1H)) == 2 else None,
             20,
             "two hourly aggregates",
         )

@@ -76,7 +76,7 @@ def cli(*args: str, env: dict[str, str]) -> str:
 def get(url: str, token: str = "") -> str:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     with urllib.request.urlopen(request, timeout=5) as resp:
-        return resp.read().decode()
+        return str(resp.read().decode())
 
 
 def test_nothing_the_daemon_emits_holds_a_secret(tmp_path: Path, victoria: Victoria) -> None:

@@ -47,7 +47,8 @@ class Receiver:
             self._server = None
         self._writers.clear()
 
-    async def wait_for(self, predicate: Callable[[list[Packet]], bool], timeout: float) -> list[Packet]:
+    async def wait_for(self, predicate: Callable[[list[Packet]], object], timeout: float) -> list[Packet]:
+        """Until ``predicate(packets)`` is true (any truthy value); then every packet so far."""
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.packets)), timeout)
             return list(self.packets)
