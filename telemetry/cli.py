@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import dataclasses
 import json
 import logging
@@ -99,22 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread that contends for malloc its own arena (up to 8 per core) and
-    rarely returns their freed memory: the outbox thread's SQLite work held ~45 MiB that way
-    (bench/soak.py at 10,000 readings/s: 172 MiB against 126 MiB with two arenas, same
-    throughput). The same as MALLOC_ARENA_MAX=2, set before the daemon starts its threads;
-    a no-op where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        return
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _limit_malloc_arenas()
 
     if args.command == "demo":
         from telemetry import demo as demo_mod  # noqa: PLC0415 - only the demo needs the simulators
