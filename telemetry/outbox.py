@@ -185,13 +185,12 @@ class Outbox:
         self._reserve = Path(f"{path}.reserve") if path != ":memory:" else None
         self._make_reserve()
 
-    def register(self, consumer: str, from_now: bool = False) -> int:
-        """Make ``consumer`` known; returns its cursor (resumed after a restart). A new consumer
-        starts at the first record, or ``from_now`` after the records already there."""
+    def register(self, consumer: str) -> int:
+        """Make ``consumer`` known; returns its cursor (resumed after a restart)."""
         row = self._db.execute("SELECT last_id FROM cursors WHERE consumer = ?", (consumer,)).fetchone()
         if row is None:
-            cursor = self._last_id if from_now else 0
-            self._db.execute("INSERT INTO cursors (consumer, last_id) VALUES (?, ?)", (consumer, cursor))
+            self._db.execute("INSERT INTO cursors (consumer, last_id) VALUES (?, 0)", (consumer,))
+            cursor = 0
         else:
             cursor = int(row[0])
         self._cursors[consumer] = cursor
@@ -269,21 +268,8 @@ class Outbox:
             "INSERT OR REPLACE INTO hj212_acked VALUES (?, ?, ?, ?)", (platform, cn, start_ns, time.time_ns())
         )
 
-    def save_state(self, name: str, body: bytes, covers: tuple[str, int] | None = None) -> None:
-        """Keep a named state. ``covers=(consumer, last_id)``: the state accounts for every record
-        up to ``last_id``; that consumer's cursor moves there in the same transaction, and the
-        records after it are kept (not compacted) for a restart to replay onto the state."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO state (name, body) VALUES (?, ?)", (name, body))
-            if covers is not None:
-                self._move_cursor(*covers)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as err:
-            self._rollback()
-            raise OutboxError(f"cannot save {name} state in outbox {self.path}: {err}") from err
-        if covers is not None:
-            self._cursors[covers[0]] = covers[1]
+    def save_state(self, name: str, body: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state (name, body) VALUES (?, ?)", (name, body))
 
     def load_state(self, name: str) -> bytes | None:
         row = self._db.execute("SELECT body FROM state WHERE name = ?", (name,)).fetchone()
@@ -406,19 +392,15 @@ class Outbox:
                 "INSERT INTO quarantine (consumer, record_id, kind, body, reason, at_ns) VALUES (?, ?, ?, ?, ?, ?)",
                 [(batch.consumer, rid, *bodies[rid], reason, now) for rid, reason in batch.rejected],
             )
-            self._move_cursor(batch.consumer, batch.last_id)
+            self._db.execute("UPDATE cursors SET last_id = ? WHERE consumer = ?", (batch.last_id, batch.consumer))
+            floor = min(batch.last_id if c == batch.consumer else v for c, v in self._cursors.items())
+            self._db.execute("DELETE FROM records WHERE id <= ?", (floor,))
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
             kind = OutboxFullDisk if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL else OutboxError
             raise kind(f"cannot advance {batch.consumer} in outbox {self.path}: {err}") from err
         self._cursors[batch.consumer] = batch.last_id
-
-    def _move_cursor(self, consumer: str, last_id: int) -> None:
-        """Inside a transaction: move a cursor and delete what every consumer has now taken."""
-        self._db.execute("UPDATE cursors SET last_id = ? WHERE consumer = ?", (last_id, consumer))
-        floor = min(last_id if c == consumer else v for c, v in self._cursors.items())
-        self._db.execute("DELETE FROM records WHERE id <= ?", (floor,))
 
     def _make_reserve(self) -> None:
         if self._reserve is None or self._reserve.exists():

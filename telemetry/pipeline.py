@@ -43,10 +43,6 @@ from telemetry.timing import wait_event
 log = logging.getLogger(__name__)
 
 
-AGGREGATOR = "aggregator"  # the outbox consumer whose cursor is the last record the aggregate snapshot covers
-REPLAY_BATCH = 5000
-
-
 @dataclass
 class _Item:
     records: Sequence[Record]
@@ -99,11 +95,6 @@ class Pipeline:
             self._wakes.append(wake)
             self.deliveries.append(Delivery(sink, outbox, self.db, metrics, wake, progress=self._progress))
         self._dropped_seen = 0
-        self._aggregated_until = 0  # id of the last committed record the aggregator has seen
-        # Windows the aggregator closed (and so no longer holds) that are not committed yet: a
-        # snapshot carries them, so a crash before their commit does not lose them.
-        self._uncommitted: list[list[Aggregate]] = []
-        self._snapshot_soon = False  # the outbox is full: free what the aggregator's cursor holds
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
         self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
@@ -141,11 +132,11 @@ class Pipeline:
             await self.db(self.outbox.register, delivery.consumer)
         await self.desk.restore()
         if self.aggregator is not None:
-            await self._resume_aggregates(self.aggregator)
-        self.metrics.watch_outbox(
-            lambda: {c: n for c, n in self.outbox.backlog().items() if c != AGGREGATOR},
-            lambda: {d.consumer: d.lag_seconds() for d in self.deliveries},
-        )
+            saved = await self.db(self.outbox.load_state, "aggregator")
+            if saved:
+                self.aggregator.restore(orjson.loads(saved))
+                log.info("resumed %d open aggregate windows", self.aggregator.open_windows())
+        self.metrics.watch_outbox(self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries})
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
         committer = asyncio.create_task(self._commit_loop(), name="committer")
@@ -174,33 +165,6 @@ class Pipeline:
                 await asyncio.to_thread(delivery.sink.close)
             await self.db(self.outbox.close)
             self._executor.shutdown(wait=True)
-
-    async def _resume_aggregates(self, aggregator: Aggregator) -> None:
-        """Open windows as of the last snapshot, plus the readings committed after it: those are
-        still in the outbox (its cursor holds them), so a SIGKILL between snapshots loses no
-        reading from a window, and no window closes again with only part of its readings."""
-        covered = await self.db(self.outbox.register, AGGREGATOR, True)
-        saved = await self.db(self.outbox.load_state, "aggregator")
-        if saved:
-            state = orjson.loads(saved)
-            uncommitted = [Aggregate.from_dict(a) for a in state.pop("uncommitted", [])]
-            aggregator.restore(state)
-            if uncommitted:  # closed before the crash, never committed: the committer takes them first
-                self._uncommitted.append(uncommitted)
-                self._queue.put_nowait(_Item(uncommitted, None))
-        position, replayed = covered, 0
-        while batch := await self.db(self.outbox.begin, AGGREGATOR, REPLAY_BATCH, position):
-            readings = [r for _, r in batch.items if isinstance(r, Reading)]
-            aggregator.add(readings)
-            replayed += len(readings)
-            position = batch.last_id
-        self._aggregated_until = position
-        if saved or replayed:
-            log.info(
-                "resumed %d open aggregate windows (%d readings committed after their last snapshot replayed)",
-                aggregator.open_windows(),
-                replayed,
-            )
 
     async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for ``stop``; a task that dies on its own is logged and stops the daemon."""
@@ -235,7 +199,7 @@ class Pipeline:
         records = [r for item in items for r in item.records]
         rejected = [r for item in items for r in item.rejected]
         try:
-            last = await self._append(records, rejected)
+            await self._append(records, rejected)
         except OutboxError as err:
             self.commit_error = str(err)
             log.error("outbox commit of %d records failed: %s", len(records), err)
@@ -253,12 +217,8 @@ class Pipeline:
         readings = [r for r in records if isinstance(r, Reading)]
         for (site, device), n in Counter((r.site, r.device) for r in readings).items():
             self.metrics.readings.labels(site, device).inc(n)
-        if self._uncommitted:
-            done = {id(item.records) for item in items}
-            self._uncommitted = [closed for closed in self._uncommitted if id(closed) not in done]
         if self.aggregator is not None:
             self.aggregator.add(readings)
-            self._aggregated_until = last
         for uplink in self.uplinks:
             uplink.observe(readings)
         events = self.rules.feed(readings)
@@ -268,20 +228,19 @@ class Pipeline:
             self.observer(readings, events)
         await self._watch_budget()
 
-    async def _append(self, records: list[Record], rejected: list[Rejected]) -> int:
+    async def _append(self, records: list[Record], rejected: list[Rejected]) -> None:
         """Commit; while the outbox is full under ``when_full: block`` or its disk nearly full,
         wait for the sinks to make room (until shutdown: then the commit fails)."""
         while True:
             try:
                 with self.metrics.commit_seconds.time():
-                    last: int = await self.db(self.outbox.append, records, rejected)
-                return last
+                    await self.db(self.outbox.append, records, rejected)
+                return
             except OutboxFull as err:
                 if self._stopping:
                     raise
                 self.commit_error = str(err)  # /readyz says so while it lasts
                 self._budget_firing(str(err))
-                self._snapshot_soon = True  # records only the aggregator's cursor holds can go
                 self._progress.clear()
                 await wait_event(self._progress, 1.0)
 
@@ -350,7 +309,7 @@ class Pipeline:
             await self.desk.tick(time.time_ns())
             if self._budget_alert is not None:
                 await self._watch_budget()  # resolves it once there is room, even with nothing new to commit
-            if self._snapshot_soon or loop.time() - last_snapshot >= self.snapshot_s:
+            if loop.time() - last_snapshot >= self.snapshot_s:
                 await self._snapshot()
                 last_snapshot = loop.time()
 
@@ -361,7 +320,6 @@ class Pipeline:
             closed = self.aggregator.advance(now_ns)
             self.aggregator.prune_flow(now_ns - 3 * 86400 * 1_000_000_000)
         if closed:
-            self._uncommitted.append(closed)
             self._queue.put_nowait(_Item(closed, None))
         events = self.rules.on_windows(closed) + self.rules.tick(now_ns)
         for event in events:
@@ -371,14 +329,9 @@ class Pipeline:
         return events
 
     async def _snapshot(self) -> None:
-        """Save the open windows (and closed ones not committed yet) with the id of the last
-        record they account for: a restart replays only what came after."""
-        self._snapshot_soon = False
-        if self.aggregator is None:
-            return
-        state = self.aggregator.snapshot()
-        state["uncommitted"] = [a.to_dict() for closed in self._uncommitted for a in closed]
-        await self.db(self.outbox.save_state, "aggregator", orjson.dumps(state), (AGGREGATOR, self._aggregated_until))
+        if self.aggregator is not None:
+            body = orjson.dumps(self.aggregator.snapshot())
+            await self.db(self.outbox.save_state, "aggregator", body)
 
 
 async def _settle(tasks: list[asyncio.Task[None]], what: str, timeout: float = 15.0) -> None:

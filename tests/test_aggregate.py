@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import orjson
 import pytest
 
 from telemetry.aggregate import NS, Aggregator, Validity
 from telemetry.model import Aggregate, Flag, Reading
-from telemetry.outbox import Outbox
-from tests.daemon import start_daemon
 
 BJ = timezone(timedelta(hours=8))
 
@@ -135,23 +132,3 @@ def test_snapshot_and_restore_resume_open_windows() -> None:
         b.add(minutes(start + 30 * 60 * NS, 30, 20.0))
         [hour] = closed(b, start + 3660 * NS, "1h")
         assert (hour.count, hour.avg, hour.valid) == (60, 15.0, True)
-
-
-async def test_closed_windows_a_snapshot_holds_uncommitted_are_committed_on_restart(tmp_path: Path) -> None:
-    """A window closes, leaves the aggregator and waits in the commit queue; a snapshot taken
-    then carries it, so a crash before its commit does not lose it."""
-    path = tmp_path / "outbox.sqlite"
-    hour = Aggregate(at(2026, 3, 1, 10), "1h", "s", "an", "cod", "mg/L", 40.0, 45.0, 50.0, 60, 60, True, None)
-    box = Outbox(str(path))
-    state = {"open": {}, "flow": [], "closed_until": {}, "uncommitted": [hour.to_dict()]}
-    box.save_state("aggregator", orjson.dumps(state))
-    box.close()
-    config = tmp_path / "site.yaml"
-    config.write_text(f'sites: [{{id: s}}]\nmetrics: {{enabled: false}}\noutbox: {{path: "{path}"}}\n')
-    daemon = await start_daemon(config)
-    try:
-        await daemon.pipeline.emit([])  # the committer has taken everything queued before this
-        stored = await daemon.pipeline.db(daemon.pipeline.outbox.windows, "s", "1h", hour.ts, hour.ts + 1)
-    finally:
-        await daemon.close()
-    assert stored == [hour]

@@ -236,7 +236,7 @@ async def test_a_dead_sink_never_delays_the_live_one(tmp_path: Path, influx: Inf
         lag = {d.consumer: d.lag_seconds() for d in daemon.pipeline.deliveries}
     finally:
         await daemon.close()
-    assert {sink: backlog[sink] for sink in ("influx:local", "influx:vm")} == {"influx:local": 0, "influx:vm": 10}
+    assert backlog == {"influx:local": 0, "influx:vm": 10}
     assert lag["influx:local"] == 0.0
     assert lag["influx:vm"] > 0.0
 

@@ -9,24 +9,16 @@ import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.faults.harness import Daemon, count_in, mqtt_device, publish_lines, site_config, values_in
+from tests.faults.harness import Daemon, mqtt_device, publish_lines, site_config
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
 pytestmark = pytest.mark.service
 SERIES = 30
 PER_MINUTE = 10
-
-
-def hours(outbox: Path, t0: int) -> list[dict[str, Any]]:
-    """The closed 1h windows starting at ``t0`` (s), as the HJ 212 uplink reads them."""
-    with sqlite3.connect(outbox) as db:
-        rows = db.execute("SELECT body FROM windows WHERE window = '1h' AND start_ns = ?", (t0 * 10**9,))
-        return [orjson.loads(body) for (body,) in rows]
 
 
 def test_an_outage_backlog_fills_its_windows_before_they_close(
@@ -64,9 +56,12 @@ def test_an_outage_backlog_fills_its_windows_before_they_close(
         drained_in = time.monotonic() - started
         outbox = tmp_path / "outbox.sqlite"
 
-        closed = eventually(
-            lambda: h if len(h := hours(outbox, t0)) == SERIES else None, 60, "the hour's windows to close"
-        )
+        def hours() -> list[dict[str, object]]:
+            with sqlite3.connect(outbox) as db:
+                rows = db.execute("SELECT body FROM windows WHERE window = '1h' AND start_ns = ?", (t0 * 10**9,))
+                return [orjson.loads(body) for (body,) in rows]
+
+        closed = eventually(lambda: h if len(h := hours()) == SERIES else None, 60, "the hour's windows to close")
     finally:
         code = daemon.stop()
     assert code == 0
@@ -74,42 +69,3 @@ def test_an_outage_backlog_fills_its_windows_before_they_close(
     assert sorted((w["valid_count"], w["valid"]) for w in closed) == [(60 * PER_MINUTE, True)] * SERIES, (
         f"backlog drained in {drained_in:.1f} s"
     )
-
-
-def test_a_kill_between_aggregate_snapshots_loses_no_reading_from_a_window(
-    tmp_path: Path, unique: str, mosquitto: Mosquitto, influx1: Influx1
-) -> None:
-    """Open windows are snapshotted every 30 s; readings committed after the last snapshot
-    are replayed from the outbox on restart. Killed before any snapshot, the restarted
-    daemon still closes the hour with every reading (before: with none of them, so no 2061)."""
-    port = free_port()
-    cfg = site_config(
-        tmp_path,
-        unique,
-        port,
-        mqtt_device(unique, mosquitto),
-        influx1.url,
-        sink=", create_database: true",
-        sections="aggregation: {windows: [1m, 1h], grace: 20s}",  # windows of a past hour close 20 s after a start
-        site=", timezone: UTC",
-    )
-    outbox = tmp_path / "outbox.sqlite"
-    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
-    t0 = int(hour.timestamp())
-    daemon = Daemon(cfg, port)
-    try:
-        daemon.wait("telemetry_device_up", timeout=30)
-        lines = [json.dumps({"value": 40.0 + m % 7, "ts": t0 + m * 60}) for m in range(60)]
-        publish_lines(mosquitto, f"{unique}/{unique}/an/cod", lines)
-        daemon.wait("telemetry_readings_total", 60, timeout=30)
-        assert hours(outbox, t0) == [], "the window closed before the kill: the scenario needs a larger grace"
-        daemon.kill9()  # the first snapshot is 30 s after the start: none holds these readings
-        closed = eventually(lambda: h if (h := hours(outbox, t0)) else None, 60, "the hour's window to close")
-        eventually(lambda: count_in(influx1, unique) >= 60, 30, "the readings in InfluxDB")
-    finally:
-        code = daemon.stop()
-    assert code == 0
-    assert daemon.kills == 1
-    [window] = closed
-    assert (window["count"], window["valid_count"], window["valid"]) == (60, 60, True)
-    assert values_in(influx1, unique, "cod") == sorted(40 + m % 7 for m in range(60))  # each once
