@@ -261,6 +261,37 @@ class Aggregator:
         self._flow_volume = {tuple(k): v for k, v in data.get("flow", [])}
         self._closed_until = {k: int(v) for k, v in data.get("closed_until", {}).items()}
 
+    def sites(self) -> set[str]:
+        """Configured sites and any an open window belongs to."""
+        return set(self._zones) | {key[0] for series in self._open.values() for key in series}
+
+    def closed_until(self, window: str) -> int:
+        return self._closed_until.get(window, 0)
+
+    def adopt_hours(self, hours: Iterable[Aggregate]) -> None:
+        """After a restore: hours closed and stored after the snapshot go into their day windows
+        as they did when they closed (flow first: pollutant days are weighted by hourly flow)."""
+        if "1d" not in self.windows:
+            return
+        for hour in sorted(hours, key=lambda a: (a.quantity != self.flow, a.ts)):
+            if hour.quantity == self.flow and hour.cou is not None:
+                self._flow_volume[(hour.site, "1h", hour.ts)] = hour.cou
+            self._feed_day((hour.site, hour.device, hour.quantity), hour)
+
+    def committed(self, window: str, last_start: int) -> int:
+        """After a restore: windows of this size starting at or before ``last_start`` were closed
+        and stored after the snapshot was taken (windows close by time, all series at once).
+        Forget them, and treat their readings as late, instead of closing them again with only
+        the readings the snapshot held, over the complete aggregates. Returns how many went."""
+        size = WINDOW_NS[window]
+        self._closed_until[window] = max(self._closed_until.get(window, 0), last_start + size + self.grace)
+        dropped = 0
+        for series in self._open[window].values():
+            for start in [s for s in series if s <= last_start]:
+                del series[start]
+                dropped += 1
+        return dropped
+
     def prune_flow(self, before_ns: int) -> None:
         """Forget flow volumes of windows that started before ``before_ns`` (they closed long ago)."""
         self._flow_volume = {k: v for k, v in self._flow_volume.items() if k[2] >= before_ns}

@@ -259,6 +259,13 @@ class Outbox:
         ).fetchall()
         return [int(r[0]) for r in rows]
 
+    def last_window_start(self, site: str, window: str) -> int | None:
+        """Start of the newest closed ``window`` stored for ``site`` (None: none stored)."""
+        row = self._db.execute(
+            "SELECT MAX(start_ns) FROM windows WHERE site = ? AND window = ?", (site, window)
+        ).fetchone()
+        return int(row[0]) if row[0] is not None else None
+
     def hj212_acked(self, platform: str) -> set[tuple[str, int]]:
         rows = self._db.execute("SELECT cn, start_ns FROM hj212_acked WHERE platform = ?", (platform,)).fetchall()
         return {(str(cn), int(start)) for cn, start in rows}

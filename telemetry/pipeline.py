@@ -29,7 +29,7 @@ from alerts.desk import AlertDesk
 from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
-from telemetry.aggregate import Aggregator
+from telemetry.aggregate import WINDOW_NS, Aggregator
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError, OutboxFull
 from telemetry.hj212.uplink import Uplink
@@ -134,8 +134,7 @@ class Pipeline:
         if self.aggregator is not None:
             saved = await self.db(self.outbox.load_state, "aggregator")
             if saved:
-                self.aggregator.restore(orjson.loads(saved))
-                log.info("resumed %d open aggregate windows", self.aggregator.open_windows())
+                await self._restore_aggregates(self.aggregator, orjson.loads(saved))
         self.metrics.watch_outbox(self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries})
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
@@ -165,6 +164,29 @@ class Pipeline:
                 await asyncio.to_thread(delivery.sink.close)
             await self.db(self.outbox.close)
             self._executor.shutdown(wait=True)
+
+    async def _restore_aggregates(self, aggregator: Aggregator, state: dict[str, Any]) -> None:
+        """Open windows as of the last snapshot (every ``snapshot_s``), minus those closed and
+        stored after it: after a SIGKILL those would otherwise close again with part of their
+        readings and overwrite the complete aggregates (InfluxDB point and windows row)."""
+        aggregator.restore(state)
+        sites = aggregator.sites()
+        dropped = 0
+        for window in ("1m", "1h", "1d"):  # hours before days: a day takes the hours closed meanwhile
+            starts = [await self.db(self.outbox.last_window_start, site, window) for site in sites]
+            known = [s for s in starts if s is not None]
+            if not known:
+                continue
+            if window == "1h":  # closed after the snapshot: not in its day windows yet
+                since = aggregator.closed_until("1h") - WINDOW_NS["1h"] - aggregator.grace + 1
+                for site in sites:
+                    aggregator.adopt_hours(await self.db(self.outbox.windows, site, "1h", since, max(known) + 1))
+            dropped += aggregator.committed(window, max(known))
+        log.info(
+            "resumed %d open aggregate windows (%d already closed and stored after the snapshot: left as they are)",
+            aggregator.open_windows(),
+            dropped,
+        )
 
     async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for ``stop``; a task that dies on its own is logged and stops the daemon."""

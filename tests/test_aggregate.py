@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import orjson
 import pytest
 
 from telemetry.aggregate import NS, Aggregator, Validity
 from telemetry.model import Aggregate, Flag, Reading
+from telemetry.outbox import Outbox
+from tests.daemon import start_daemon
 
 BJ = timezone(timedelta(hours=8))
 
@@ -132,3 +135,39 @@ def test_snapshot_and_restore_resume_open_windows() -> None:
         b.add(minutes(start + 30 * 60 * NS, 30, 20.0))
         [hour] = closed(b, start + 3660 * NS, "1h")
         assert (hour.count, hour.avg, hour.valid) == (60, 15.0, True)
+
+
+async def test_after_a_kill_windows_stored_since_the_snapshot_are_not_closed_again_with_less(tmp_path: Path) -> None:
+    """The snapshot holds half of an hour; the whole hour closed and was stored after it; then a
+    SIGKILL. On restart the restored half must not close again over the stored hour, and the
+    day takes the stored hour, as it did when the hour closed."""
+    hour_start = at(2026, 3, 1, 10)
+    day_start = at(2026, 3, 1)
+    before = agg()
+    before.add(minutes(hour_start, 30, 40.0))  # the snapshot: 30 of the hour's 60 minutes
+    snapshot = before.snapshot()
+    whole = agg()
+    whole.add(minutes(hour_start, 60, 40.0))
+    [stored] = closed(whole, hour_start + 3600 * NS + 61 * NS, "1h")  # closed after the snapshot
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(str(path))
+    box.append([stored])
+    box.save_state("aggregator", orjson.dumps(snapshot))
+    box.close()
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        f"sites: [{{id: s}}]\naggregation: {{windows: [1h, 1d], grace: 60s}}\n"
+        f'metrics: {{enabled: false}}\noutbox: {{path: "{path}"}}\n'
+    )
+    daemon = await start_daemon(config)
+    try:
+        pipeline = daemon.pipeline
+        await pipeline.started.wait()  # state restored
+        pipeline.tick(day_start + 86400 * NS + 61 * NS)  # every window of that day is due now
+        await pipeline.emit([])  # the committer has taken what the tick closed
+        hours = await pipeline.db(pipeline.outbox.windows, "s", "1h", hour_start, hour_start + 1)
+        days = await pipeline.db(pipeline.outbox.windows, "s", "1d", day_start, day_start + 1)
+    finally:
+        await daemon.close()
+    assert [(h.count, h.valid) for h in hours] == [(60, True)]  # not replaced by the half hour
+    assert [d.count for d in days] == [60]  # the day took the stored hour
