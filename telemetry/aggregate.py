@@ -265,14 +265,17 @@ class Aggregator:
         """Configured sites and any an open window belongs to."""
         return set(self._zones) | {key[0] for series in self._open.values() for key in series}
 
-    def closed_until(self, window: str) -> int:
-        return self._closed_until.get(window, 0)
+    def adoptable_hours_since(self) -> int | None:
+        """After a restore: the earliest start of an hour that closed after the snapshot (its
+        day window does not hold it yet), or None when no days are aggregated."""
+        if "1d" not in self.windows:
+            return None
+        return self._closed_until.get("1h", 0) - WINDOW_NS["1h"] - self.grace + 1
 
     def adopt_hours(self, hours: Iterable[Aggregate]) -> None:
-        """After a restore: hours closed and stored after the snapshot go into their day windows
-        as they did when they closed (flow first: pollutant days are weighted by hourly flow)."""
-        if "1d" not in self.windows:
-            return
+        """Hours closed and stored after the snapshot (see ``adoptable_hours_since``) go into
+        their day windows as they did when they closed (flow first: pollutant days are
+        weighted by hourly flow)."""
         for hour in sorted(hours, key=lambda a: (a.quantity != self.flow, a.ts)):
             if hour.quantity == self.flow and hour.cou is not None:
                 self._flow_volume[(hour.site, "1h", hour.ts)] = hour.cou

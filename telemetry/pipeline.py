@@ -29,7 +29,7 @@ from alerts.desk import AlertDesk
 from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
-from telemetry.aggregate import WINDOW_NS, Aggregator
+from telemetry.aggregate import Aggregator
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError, OutboxFull
 from telemetry.hj212.uplink import Uplink
@@ -177,11 +177,12 @@ class Pipeline:
             known = [s for s in starts if s is not None]
             if not known:
                 continue
-            if window == "1h":  # closed after the snapshot: not in its day windows yet
-                since = aggregator.closed_until("1h") - WINDOW_NS["1h"] - aggregator.grace + 1
+            last = max(known)
+            since = aggregator.adoptable_hours_since() if window == "1h" else None
+            if since is not None:  # hours closed after the snapshot: not in their day windows yet
                 for site in sites:
-                    aggregator.adopt_hours(await self.db(self.outbox.windows, site, "1h", since, max(known) + 1))
-            dropped += aggregator.committed(window, max(known))
+                    aggregator.adopt_hours(await self.db(self.outbox.windows, site, "1h", since, last + 1))
+            dropped += aggregator.committed(window, last)
         log.info(
             "resumed %d open aggregate windows (%d already closed and stored after the snapshot: left as they are)",
             aggregator.open_windows(),
