@@ -51,6 +51,12 @@ class RuleState:
     def firing_keys(self) -> list[str]:
         return list(self._firing)
 
+    def shift(self, delta_ns: int) -> None:
+        """The host clock stepped by ``delta_ns``: move the times this state measures from
+        with it, so the step neither counts as time held or silent nor takes time away."""
+        self._since = {k: t + delta_ns for k, t in self._since.items()}
+        self._clear_since = {k: t + delta_ns for k, t in self._clear_since.items()}
+
     def _judge(
         self, key: str, breached: bool, ts: int, for_s: float, event: Callable[[AlertState], AlertEvent]
     ) -> list[AlertEvent]:
@@ -234,6 +240,10 @@ class NodataState(RuleState):
         super().load(data)
         self._last = {k: (int(t), Reading.from_dict(d)) for k, (t, d) in data.get("last", {}).items()}
 
+    def shift(self, delta_ns: int) -> None:
+        super().shift(delta_ns)
+        self._last = {k: (t + delta_ns, item) for k, (t, item) in self._last.items()}
+
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
             return []
@@ -281,6 +291,10 @@ class FlatlineState(RuleState):
         super().load(data)
         self._run = {k: (int(t), float(v)) for k, (t, v) in data.get("run", {}).items()}
 
+    def shift(self, delta_ns: int) -> None:
+        super().shift(delta_ns)
+        self._run = {k: (t + delta_ns, v) for k, (t, v) in self._run.items()}
+
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
             return []
@@ -316,6 +330,10 @@ class RateState(RuleState):
         super().load(data)
         self._last = {k: (int(t), float(v)) for k, (t, v) in data.get("last", {}).items()}
 
+    def shift(self, delta_ns: int) -> None:
+        super().shift(delta_ns)
+        self._last = {k: (t + delta_ns, v) for k, (t, v) in self._last.items()}
+
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
             return []
@@ -349,6 +367,10 @@ class MaintenanceState(RuleState):
     def load(self, data: Mapping[str, Any]) -> None:
         super().load(data)
         self._flagged = {k: (int(t), Reading.from_dict(d)) for k, (t, d) in data.get("flagged", {}).items()}
+
+    def shift(self, delta_ns: int) -> None:
+        super().shift(delta_ns)
+        self._flagged = {k: (t + delta_ns, r) for k, (t, r) in self._flagged.items()}
 
     def _series(self, r: Reading) -> str:
         return _key(r) if self.rule.quantity is not None else f"{r.site}/{r.device}"
@@ -411,6 +433,12 @@ class CapacityState(RuleState):
             day.total = float(total)
             day.last = (int(last[0]), float(last[1])) if last else None
             day.item = Reading.from_dict(item) if item else None
+
+    def shift(self, delta_ns: int) -> None:
+        super().shift(delta_ns)  # day boundaries stay on the calendar; the last sample moves
+        for day in self._days.values():
+            if day.last is not None:
+                day.last = (day.last[0] + delta_ns, day.last[1])
 
     @property
     def _over(self) -> float:

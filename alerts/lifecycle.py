@@ -282,6 +282,23 @@ class AlertManager:
             self._group_sent[gkey] = now
             self._group_first.pop(gkey, None)
 
+    def clock_stepped(self, delta_ns: int) -> None:
+        """The host clock stepped: move the times group_wait, group_interval, repeat, retry
+        and escalation count from, so a step forward does not make them all due at once and
+        a step back does not hold them. Silences keep the wall-clock times people gave."""
+
+        def moved(times: dict[str, int]) -> dict[str, int]:
+            return {k: t + delta_ns for k, t in times.items()}
+
+        self._group_sent = moved(self._group_sent)
+        self._group_first = moved(self._group_first)
+        for alert in self.alerts.values():
+            alert.started_ns += delta_ns
+            if alert.resolved_ns is not None:
+                alert.resolved_ns += delta_ns
+            alert.sent_firing = moved(alert.sent_firing)
+            alert.failed = moved(alert.failed)
+
     def prune(self, now: int, keep_resolved_s: float = 86400.0) -> None:
         """Forget resolved alerts whose resolve was sent (or never needed) a while ago."""
         for aid, alert in list(self.alerts.items()):

@@ -59,6 +59,11 @@ class RulesEngine:
             events += entry.state.on_tick(now_ns)
         return events
 
+    def clock_stepped(self, delta_ns: int) -> None:
+        """The host clock stepped (``telemetry.clock``): every rule moves its timers with it."""
+        for entry in self._entries:
+            entry.state.shift(delta_ns)
+
     def snapshot(self) -> dict[str, Any]:
         """Per-rule state (firing, pending, running totals) to survive a restart."""
         return {e.rule.name: {"kind": e.rule.kind, "state": e.state.dump()} for e in self._entries}

@@ -112,6 +112,11 @@ class Metrics:
             ["sink"],
             registry=registry,
         )
+        self.clock_steps = Counter(
+            "telemetry_clock_steps_total",
+            "Steps of the host wall clock of a second or more (seen against the monotonic clock)",
+            registry=registry,
+        )
         self.alerts_firing = Gauge(
             "telemetry_alerts_firing",
             "Alerts currently firing",

@@ -30,6 +30,7 @@ from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
+from telemetry.clock import ClockWatch
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError, OutboxFull
 from telemetry.hj212.uplink import Uplink
@@ -99,6 +100,7 @@ class Pipeline:
         self.started = asyncio.Event()
         self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
         self.desk = AlertDesk(manager, notifier, rules, outbox, self.db, metrics)
+        self.clock = ClockWatch()
 
     def readiness(self, max_sink_age_s: float) -> tuple[bool, dict[str, Any]]:
         """For /readyz: drivers started, the outbox taking commits, sinks not stuck."""
@@ -244,7 +246,8 @@ class Pipeline:
             self.aggregator.add(readings)
         for uplink in self.uplinks:
             uplink.observe(readings)
-        events = self.rules.feed(readings)
+        self._watch_clock()
+        events = self.rules.feed(self.clock.align(readings))
         for event in events:
             self._record_event(event)
         if self.observer is not None:
@@ -328,6 +331,7 @@ class Pipeline:
         # instead of with whatever part of the backlog had arrived by the first tick.
         hold_s = self.aggregator.grace / 1e9 if self.aggregator is not None else 0.0
         while not await wait_event(stop, self.tick_s):
+            self._watch_clock()
             self.tick(time.time_ns(), close_windows=loop.time() - started >= hold_s)
             await self.desk.tick(time.time_ns())
             if self._budget_alert is not None:
@@ -335,6 +339,15 @@ class Pipeline:
             if loop.time() - last_snapshot >= self.snapshot_s:
                 await self._snapshot()
                 last_snapshot = loop.time()
+
+    def _watch_clock(self) -> None:
+        """A step of the host clock moves rule and notification timers with it (``telemetry.clock``)."""
+        delta = self.clock.check()
+        if delta:
+            log.warning("host clock stepped %+.1f s; rule and notification timers moved with it", delta / 1e9)
+            self.metrics.clock_steps.inc()
+            self.rules.clock_stepped(delta)
+            self.desk.manager.clock_stepped(delta)
 
     def tick(self, now_ns: int, close_windows: bool = True) -> list[AlertEvent]:
         """Close due windows (committed, judged by window rules) and run the time-based rules."""
