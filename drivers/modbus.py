@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from drivers.modbus_config import ModbusConfig, ModbusPoint, StatusRegister
@@ -34,7 +35,7 @@ from drivers.modbus_plan import Block
 from telemetry.metrics import Metrics
 from telemetry.model import Flag, InvalidReading, Reading
 from telemetry.protocols import Emit
-from telemetry.timing import wait_event
+from telemetry.timing import until_committed, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,12 @@ class ModbusDriver:
         try:
             while not stop.is_set():
                 readings = await self.poll()
-                if readings:
-                    await emit(readings)
+                if (
+                    readings
+                    and await until_committed(emit(readings), partial(emit, readings), stop, self._commit_failed)
+                    is None
+                ):
+                    log.warning("%s: stopped with %d readings of one poll uncommitted", self.where, len(readings))
                 next_at += self.cfg.interval
                 now = loop.time()
                 if next_at < now:  # a poll overran: skip the slots it missed, keep the phase
@@ -75,6 +80,12 @@ class ModbusDriver:
                 await wait_event(stop, next_at - now)
         finally:
             self.close()
+
+    def _commit_failed(self, err: BaseException, attempt: int) -> None:
+        """Polling waits for the outbox: the poll's readings are kept, the next ones not taken."""
+        self._metrics.errors.labels("modbus", "commit", "outbox").inc()
+        if attempt == 1:
+            log.error("%s: could not commit a poll (%s); retrying, polling paused", self.where, err)
 
     def close(self) -> None:
         if self.link is not None:

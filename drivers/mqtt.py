@@ -26,6 +26,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,7 +42,7 @@ from telemetry.config import DeviceConfig, Duration, Model, Name
 from telemetry.metrics import Metrics
 from telemetry.model import InvalidReading, Reading, Rejected
 from telemetry.protocols import Emit
-from telemetry.timing import Backoff, wait_event
+from telemetry.timing import Backoff, until_committed, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -303,31 +304,28 @@ class MqttDriver:
         """Ack each batch once committed, in arrival order. A failed commit (a full disk) is
         retried with back-off, holding the acks behind it: the broker's in-flight window then
         holds back further messages, and nothing waits for a reconnect to be redelivered."""
-        retry = Backoff(initial=1.0, maximum=30.0)
         while True:
             item = await pending.get()
             if not item.batch:
                 return
-            future = item.future
-            while future is not None:
-                try:
-                    # On a clean stop this still waits: what gets committed gets acknowledged. A
-                    # commit waiting for disk space fails at shutdown instead (Pipeline._append).
-                    await future
-                    break
-                except Exception as err:  # whatever the commit raised, the batch is kept and retried
-                    self._metrics.errors.labels("mqtt", "commit", "outbox").inc()
-                    if retry.attempts == 0:
-                        log.error("%s: could not commit %d messages (%s); retrying", self.where, len(item.batch), err)
-                    if await wait_event(stop, retry.next()):
-                        return  # not acknowledged: the broker sends them again to the next run
-                    future = asyncio.ensure_future(emit(item.readings, item.rejected))
-            if retry.attempts:
-                log.info("%s: committed again after %d failed attempts", self.where, retry.attempts)
-                retry.reset()
+            if item.future is not None:
+                # On a clean stop this still waits: what gets committed gets acknowledged. A
+                # commit waiting for disk space fails at shutdown instead (Pipeline._append).
+                failures = await until_committed(
+                    item.future, partial(emit, item.readings, item.rejected), stop, partial(self._commit_failed, item)
+                )
+                if failures is None:
+                    return  # not acknowledged: the broker sends them again to the next run
+                if failures:
+                    log.info("%s: committed again after %d failed attempts", self.where, failures)
             for msg in item.batch:
                 if msg.qos > 0:
                     self._client.ack(msg.mid, msg.qos)
+
+    def _commit_failed(self, item: _Pending, err: BaseException, attempt: int) -> None:
+        self._metrics.errors.labels("mqtt", "commit", "outbox").inc()
+        if attempt == 1:
+            log.error("%s: could not commit %d messages (%s); retrying", self.where, len(item.batch), err)
 
     def _route(self, topic: str) -> tuple[Subscription, dict[str, str]] | None:
         """The subscription a topic matched and the tags it yields, remembered per topic:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -38,3 +38,26 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+async def until_committed(
+    first: Awaitable[None],
+    again: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    failed: Callable[[BaseException, int], None],
+) -> int | None:
+    """Await a commit; while it fails (a broken or full disk), report it through ``failed``
+    (the error and how many attempts failed so far) and try ``again`` with back-off, so the
+    data stays with its source instead of being dropped. The number of failed attempts once
+    it succeeds; None if ``stop`` came first, the data still uncommitted."""
+    retry = Backoff(initial=1.0, maximum=30.0)
+    attempt = first
+    while True:
+        try:
+            await attempt
+            return retry.attempts
+        except Exception as err:  # whatever the commit raised, the data is kept and retried
+            failed(err, retry.attempts + 1)
+            if await wait_event(stop, retry.next()):
+                return None
+            attempt = again()

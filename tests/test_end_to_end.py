@@ -19,6 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.mqtt import MqttDriver
+from telemetry.errors import OutboxError
 from telemetry.model import AlertEvent, Reading
 from telemetry.pipeline import Pipeline
 from telemetry.receiver import NotificationReceiver
@@ -340,7 +341,7 @@ async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_
     assert [("FIRING" in m["title"], "RESOLVED" in m["title"]) for m in messages] == [(True, False), (False, True)]
 
 
-async def test_health_and_readiness_endpoints(plant: Plant) -> None:
+async def test_health_and_readiness_endpoints(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
     def get(path: str) -> tuple[int, dict[str, Any]]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{plant.metrics_port}{path}", timeout=5) as resp:
@@ -353,8 +354,14 @@ async def test_health_and_readiness_endpoints(plant: Plant) -> None:
     status, body = await asyncio.to_thread(get, "/readyz")
     assert status == 200, body
     assert body == {"ready": True, "drivers_started": True, "outbox_ok": True, "sinks_stuck_seconds": {}}
-    plant.pipeline.commit_error = "disk I/O error"  # what a failed commit leaves behind
-    status, body = await asyncio.to_thread(get, "/readyz")
-    assert status == 503
-    assert body["outbox_error"] == "disk I/O error"
+    outbox = plant.pipeline.outbox
+
+    def failing_append(*args: Any) -> None:
+        raise OutboxError("disk I/O error")
+
+    monkeypatch.setattr(outbox, "append", failing_append)  # commits fail as on a broken disk
+    await asyncio.to_thread(eventually, lambda: get("/readyz")[0] == 503, 10, "/readyz to report the failure")
+    assert (await asyncio.to_thread(get, "/readyz"))[1]["outbox_error"] == "disk I/O error"
+    monkeypatch.undo()  # the disk is back: the next commit succeeds and readiness with it
+    await asyncio.to_thread(eventually, lambda: get("/readyz")[0] == 200, 10, "/readyz to recover")
     assert (await asyncio.to_thread(get, "/nothing"))[0] == 404

@@ -19,6 +19,7 @@ from drivers.modbus import ModbusDriver
 from drivers.modbus_config import ModbusConfig
 from drivers.modbus_decode import BYTE_ORDERS, TYPES
 from drivers.modbus_link import LinkPool
+from telemetry.errors import OutboxError
 from telemetry.metrics import Metrics
 from telemetry.model import Flag, Reading, Rejected
 from telemetry.simulator import RegisterServer
@@ -490,3 +491,29 @@ devices:
     dead = out[out.index("dead") :]
     assert "no readings" in dead
     assert "problem: connection refused or timed out" in dead
+
+
+async def test_a_failed_commit_is_retried_and_polling_waits_for_it(server: RegisterServer) -> None:
+    drv, metrics = driver(device(server.port, [{"quantity": "cod", "address": 0}], interval="300ms"))
+    stop = asyncio.Event()
+    attempts: list[list[int]] = []
+    committed: list[int] = []
+
+    async def emit(readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
+        attempts.append([r.ts for r in readings])
+        if len(attempts) <= 2:
+            raise OutboxError("disk I/O error")  # a broken disk, twice
+        committed.extend(r.ts for r in readings)
+        if len(committed) >= 2:
+            stop.set()
+
+    await asyncio.wait_for(drv.run(emit, stop), 15)
+    assert attempts[0] == attempts[1] == attempts[2]  # the same poll, not a new one each time
+    assert committed[0] == attempts[0][0]
+    assert committed[1] > committed[0]  # polling went on afterwards
+    assert (
+        metrics.registry.get_sample_value(
+            "telemetry_errors_total", {"component": "modbus", "stage": "commit", "error_type": "outbox"}
+        )
+        == 2
+    )
