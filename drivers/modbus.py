@@ -67,12 +67,8 @@ class ModbusDriver:
         try:
             while not stop.is_set():
                 readings = await self.poll()
-                if (
-                    readings
-                    and await until_committed(emit(readings), partial(emit, readings), stop, self._commit_failed)
-                    is None
-                ):
-                    log.warning("%s: stopped with %d readings of one poll uncommitted", self.where, len(readings))
+                if readings:
+                    await self._commit(emit, readings, stop)
                 next_at += self.cfg.interval
                 now = loop.time()
                 if next_at < now:  # a poll overran: skip the slots it missed, keep the phase
@@ -81,8 +77,13 @@ class ModbusDriver:
         finally:
             self.close()
 
+    async def _commit(self, emit: Emit, readings: list[Reading], stop: asyncio.Event) -> None:
+        """A failed commit is retried and polling waits for it: the poll's readings are kept,
+        the next ones not taken (a device's history is not ours to hold in memory)."""
+        if await until_committed(emit(readings), partial(emit, readings), stop, self._commit_failed) is None:
+            log.warning("%s: stopped with %d readings of one poll uncommitted", self.where, len(readings))
+
     def _commit_failed(self, err: BaseException, attempt: int) -> None:
-        """Polling waits for the outbox: the poll's readings are kept, the next ones not taken."""
         self._metrics.errors.labels("modbus", "commit", "outbox").inc()
         if attempt == 1:
             log.error("%s: could not commit a poll (%s); retrying, polling paused", self.where, err)
