@@ -195,11 +195,22 @@ class Daemon:
         self.start()
 
     def stop(self) -> int:
-        """SIGTERM; the exit code (0: a clean shutdown)."""
+        """SIGTERM once the daemon is up; the exit code (0: a clean shutdown). A daemon just
+        restarted may still be in the interpreter's start-up, before any program can handle
+        a signal; it handles SIGTERM from the moment /metrics answers."""
+        if self.proc.poll() is None:
+            eventually(lambda: self.proc.poll() is not None or self._listening(), 30, "the daemon to come up")
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
         return self.proc.returncode
+
+    def _listening(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5):
+                return True
+        except OSError:
+            return False
 
     def alive(self) -> bool:
         assert self.proc.poll() is None, f"the daemon died: {self.log.read_text()[-3000:]}"
