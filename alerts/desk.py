@@ -79,6 +79,13 @@ class AlertDesk:
         if self._dirty:
             await self.save()
 
+    def clock_stepped(self, delta_ns: int) -> None:
+        """Rule and notification timers move with a host clock step, and are saved so that a
+        restart (which cannot see a step made before it) keeps them moved."""
+        self.rules.clock_stepped(delta_ns)
+        self.manager.clock_stepped(delta_ns)
+        self._dirty = True
+
     async def save(self) -> None:
         self._dirty = False
         await self._db(self._outbox.save_state, "alerts", orjson.dumps(self.manager.snapshot()))

@@ -346,8 +346,7 @@ class Pipeline:
         if delta:
             log.warning("host clock stepped %+.1f s; rule and notification timers moved with it", delta / 1e9)
             self.metrics.clock_steps.inc()
-            self.rules.clock_stepped(delta)
-            self.desk.manager.clock_stepped(delta)
+            self.desk.clock_stepped(delta)
 
     def tick(self, now_ns: int, close_windows: bool = True) -> list[AlertEvent]:
         """Close due windows (committed, judged by window rules) and run the time-based rules."""

@@ -3,9 +3,19 @@ move with them, so a step is neither silence, nor a condition held, nor a due re
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from alerts.desk import AlertDesk
+from alerts.lifecycle import AlertManager
+from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry.clock import SETTLE_NS, ClockWatch
+from telemetry.metrics import Metrics
 from telemetry.model import AlertEvent, Reading
+from telemetry.outbox import Outbox
 from tests.test_alerting import Desk, notify
 from tests.test_rules import r, rule, states
 
@@ -123,3 +133,22 @@ def test_notification_timers_move_with_a_step() -> None:
         (1800, "escalation"),  # 30 min after it started, not at the step
         (3600, "firing"),  # the hourly repeat, not at the step
     ]
+
+
+async def test_the_moved_timers_are_saved_for_a_restart() -> None:
+    """A restarted daemon cannot see a step made before it started: it must find them moved."""
+
+    async def direct(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    cfg = notify(group_wait="1h")
+    metrics = Metrics(CollectorRegistry())
+    engine = RulesEngine([rule(kind="nodata", name="silent", quantity="cod", **{"for": "10m"})], {"s": "UTC"})
+    outbox = Outbox(":memory:")
+    desk = AlertDesk(AlertManager(cfg), Notifier(cfg.routes, metrics, {"s": "UTC"}), engine, outbox, direct, metrics)
+    engine.feed([r(0, 1)])
+    await desk.save()
+    desk.clock_stepped(HOUR * NS)
+    await desk.tick(HOUR * NS)
+    saved = orjson.loads(outbox.load_state("rules") or b"{}")
+    assert saved["silent"]["state"]["last"]["s/an/cod"][0] == HOUR * NS  # the reading at 0, moved by the step
