@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from telemetry.model import Aggregate, Flag, Reading
 
 NS = 1_000_000_000
@@ -243,16 +245,27 @@ class Aggregator:
     def open_windows(self) -> int:
         return sum(len(s) for w in self._open.values() for s in w.values())
 
-    def snapshot(self) -> dict[str, Any]:
-        """Open windows as plain data, for a restart to resume them."""
-        return {
-            "open": {
-                w: [[list(k), start, _acc_dict(acc)] for k, s in series.items() for start, acc in s.items()]
-                for w, series in self._open.items()
-            },
-            "flow": [[list(k), v] for k, v in self._flow_volume.items()],
-            "closed_until": dict(self._closed_until),
-        }
+    def snapshot(self) -> bytes:
+        """Open windows as JSON, for a restart to resume them (``restore`` takes it parsed).
+
+        Written window by window into one buffer: building the whole state as lists and dicts
+        first was a transient of ~30 MiB every 30 s at 7,000 series, and objects the MQTT
+        thread allocated meanwhile pinned that memory (soak RSS stepped up ~50 MiB at times).
+        """
+        buf = bytearray(b'{"open":{')
+        for i, (window, series) in enumerate(self._open.items()):
+            buf += b'%s"%s":[' % (b"," if i else b"", window.encode())
+            first = True
+            for key, opened in series.items():
+                for start, acc in opened.items():
+                    if not first:
+                        buf += b","
+                    buf += orjson.dumps([key, start, _acc_dict(acc)])
+                    first = False
+            buf += b"]"
+        buf += b'},"flow":' + orjson.dumps([[k, v] for k, v in self._flow_volume.items()])
+        buf += b',"closed_until":' + orjson.dumps(self._closed_until) + b"}"
+        return bytes(buf)
 
     def restore(self, data: Mapping[str, Any]) -> None:
         for window, entries in data.get("open", {}).items():

@@ -365,7 +365,7 @@ class Pipeline:
 
     async def _snapshot(self) -> None:
         if self.aggregator is not None:
-            body = orjson.dumps(self.aggregator.snapshot())
+            body = self.aggregator.snapshot()
             await self.db(self.outbox.save_state, "aggregator", body)
 
 

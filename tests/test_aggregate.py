@@ -124,7 +124,7 @@ def test_snapshot_and_restore_resume_open_windows() -> None:
     a = agg()
     start = at(2026, 3, 1, 10)
     a.add(minutes(start, 30, 10.0))
-    snapshot = orjson.loads(orjson.dumps(a.snapshot()))  # as the outbox stores it
+    snapshot = orjson.loads(a.snapshot())  # as the outbox stores it
     older = copy.deepcopy(snapshot)  # earlier versions kept valid minutes as a list of numbers
     for _, _, acc in older["open"]["1h"]:
         acc["minutes"] = [m for m in range(60) if int(acc["minutes"], 16) >> m & 1]
@@ -152,7 +152,7 @@ async def test_after_a_kill_windows_stored_since_the_snapshot_are_not_closed_aga
     path = tmp_path / "outbox.sqlite"
     box = Outbox(str(path))
     box.append([stored])
-    box.save_state("aggregator", orjson.dumps(snapshot))
+    box.save_state("aggregator", snapshot)
     box.close()
     config = tmp_path / "site.yaml"
     config.write_text(
