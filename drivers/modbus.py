@@ -80,7 +80,7 @@ class ModbusDriver:
     async def _commit(self, emit: Emit, readings: list[Reading], stop: asyncio.Event) -> None:
         """A failed commit is retried and polling waits for it: the poll's readings are kept,
         the next ones not taken (a device's history is not ours to hold in memory)."""
-        if await until_committed(emit(readings), partial(emit, readings), stop, self._commit_failed) is None:
+        if await until_committed(partial(emit, readings), stop, self._commit_failed) is None:
             log.warning("%s: stopped with %d readings of one poll uncommitted", self.where, len(readings))
 
     def _commit_failed(self, err: BaseException, attempt: int) -> None:

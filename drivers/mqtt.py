@@ -311,9 +311,8 @@ class MqttDriver:
             if item.future is not None:
                 # On a clean stop this still waits: what gets committed gets acknowledged. A
                 # commit waiting for disk space fails at shutdown instead (Pipeline._append).
-                failures = await until_committed(
-                    item.future, partial(emit, item.readings, item.rejected), stop, partial(self._commit_failed, item)
-                )
+                commit = partial(emit, item.readings, item.rejected)
+                failures = await until_committed(commit, stop, partial(self._commit_failed, item), item.future)
                 if failures is None:
                     return  # not acknowledged: the broker sends them again to the next run
                 if failures:

@@ -41,17 +41,18 @@ class Backoff:
 
 
 async def until_committed(
-    first: Awaitable[None],
-    again: Callable[[], Awaitable[None]],
+    commit: Callable[[], Awaitable[None]],
     stop: asyncio.Event,
     failed: Callable[[BaseException, int], None],
+    first: Awaitable[None] | None = None,
 ) -> int | None:
-    """Await a commit; while it fails (a broken or full disk), report it through ``failed``
-    (the error and how many attempts failed so far) and try ``again`` with back-off, so the
-    data stays with its source instead of being dropped. The number of failed attempts once
-    it succeeds; None if ``stop`` came first, the data still uncommitted."""
+    """Await a commit (``first`` if one is already under way, else ``commit()``); while it
+    fails (a broken or full disk), report it through ``failed`` (the error and how many
+    attempts failed so far) and ``commit()`` again with back-off, so the data stays with its
+    source instead of being dropped. The number of failed attempts once it succeeds; None if
+    ``stop`` came first, the data still uncommitted."""
     retry = Backoff(initial=1.0, maximum=30.0)
-    attempt = first
+    attempt = first if first is not None else commit()
     while True:
         try:
             await attempt
@@ -60,4 +61,4 @@ async def until_committed(
             failed(err, retry.attempts + 1)
             if await wait_event(stop, retry.next()):
                 return None
-            attempt = again()
+            attempt = commit()
