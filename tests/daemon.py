@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from telemetry import app
 from telemetry.pipeline import Observer, Pipeline
+
+
+async def direct_db(fn: Callable[..., Any], *args: Any) -> Any:
+    """``Pipeline.db`` without the outbox's thread: for tests of what the pipeline drives
+    (deliveries, the alert desk) with an outbox in the test's own thread."""
+    return fn(*args)
 
 
 @dataclass

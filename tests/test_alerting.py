@@ -27,6 +27,7 @@ from telemetry.outbox import Outbox
 from telemetry.receiver import NotificationReceiver
 from telemetry.rule_config import EvaluatedRule, RuleConfig
 from telemetry.timing import Backoff
+from tests.daemon import direct_db
 
 NS = 1_000_000_000
 MIN = 60 * NS
@@ -338,15 +339,12 @@ def test_english_template_and_grafana_link() -> None:
 def test_a_breach_is_handed_to_the_notifier_at_once_when_group_wait_is_zero() -> None:
     """The desk does not wait for its next tick (1 s) with what is already due."""
 
-    async def direct(fn: Any, *args: Any) -> Any:
-        return fn(*args)
-
     for wait, expected in (("0s", 1), ("30s", 0)):
         cfg = notify(group_wait=wait)
         metrics = Metrics(CollectorRegistry())
         engine = RulesEngine([rule(kind="limit", name="cod_limit", quantity="cod", above=100)], {"s": "UTC"})
         notifier = Notifier(cfg.routes, metrics, {"s": "UTC"})
-        desk = AlertDesk(AlertManager(cfg), notifier, engine, Outbox(":memory:"), direct, metrics)
+        desk = AlertDesk(AlertManager(cfg), notifier, engine, Outbox(":memory:"), direct_db, metrics)
         now = 1_700_000_000 * NS
         desk.events(engine.feed([Reading(now, "s", "an", "cod", 150.0, "mg/L")]))
         assert len(notifier.in_flight) == expected, wait

@@ -3,8 +3,6 @@ move with them, so a step is neither silence, nor a condition held, nor a due re
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from prometheus_client import CollectorRegistry
 
@@ -16,6 +14,7 @@ from telemetry.clock import SETTLE_NS, ClockWatch
 from telemetry.metrics import Metrics
 from telemetry.model import AlertEvent, Reading
 from telemetry.outbox import Outbox
+from tests.daemon import direct_db
 from tests.test_alerting import Desk, notify
 from tests.test_rules import r, rule, states
 
@@ -138,14 +137,11 @@ def test_notification_timers_move_with_a_step() -> None:
 async def test_the_moved_timers_are_saved_for_a_restart() -> None:
     """A restarted daemon cannot see a step made before it started: it must find them moved."""
 
-    async def direct(fn: Any, *args: Any) -> Any:
-        return fn(*args)
-
     cfg = notify(group_wait="1h")
     metrics = Metrics(CollectorRegistry())
     engine = RulesEngine([rule(kind="nodata", name="silent", quantity="cod", **{"for": "10m"})], {"s": "UTC"})
     outbox = Outbox(":memory:")
-    desk = AlertDesk(AlertManager(cfg), Notifier(cfg.routes, metrics, {"s": "UTC"}), engine, outbox, direct, metrics)
+    desk = AlertDesk(AlertManager(cfg), Notifier(cfg.routes, metrics, {"s": "UTC"}), engine, outbox, direct_db, metrics)
     engine.feed([r(0, 1)])
     await desk.save()
     desk.clock_stepped(HOUR * NS)

@@ -15,6 +15,7 @@ from telemetry.model import Reading
 from telemetry.outbox import Outbox
 from telemetry.sinks import BAD_DATA
 from telemetry.timing import Backoff
+from tests.daemon import direct_db
 
 
 class FakeSink:
@@ -44,10 +45,7 @@ class FakeSink:
 
 
 async def run_once(sink: FakeSink, box: Outbox, metrics: Metrics) -> Delivery:
-    async def db(fn, *args):  # type: ignore[no-untyped-def]
-        return fn(*args)
-
-    delivery = Delivery(sink, box, db, metrics, asyncio.Event())
+    delivery = Delivery(sink, box, direct_db, metrics, asyncio.Event())
     box.register(delivery.consumer)
     return delivery
 
@@ -100,10 +98,7 @@ async def test_a_batch_goes_as_soon_as_it_is_full_not_after_the_flush_interval(t
     sink = Sink()
     wake, stop = asyncio.Event(), asyncio.Event()
 
-    async def db(fn, *args):  # type: ignore[no-untyped-def]
-        return fn(*args)
-
-    delivery = Delivery(sink, box, db, Metrics(CollectorRegistry()), wake)
+    delivery = Delivery(sink, box, direct_db, Metrics(CollectorRegistry()), wake)
     box.register(delivery.consumer)
     box.append([Reading(i, "s", "d", "cod", float(i)) for i in range(3)])
     runner = asyncio.create_task(delivery.run(stop))
@@ -137,10 +132,7 @@ async def test_the_batch_read_ahead_is_dropped_when_the_one_before_fails(tmp_pat
     sink = Sink()
     stop = asyncio.Event()
 
-    async def db(fn, *args):  # type: ignore[no-untyped-def]
-        return fn(*args)
-
-    delivery = Delivery(sink, box, db, Metrics(CollectorRegistry()), asyncio.Event(), Backoff(0.01, 0.01))
+    delivery = Delivery(sink, box, direct_db, Metrics(CollectorRegistry()), asyncio.Event(), Backoff(0.01, 0.01))
     box.register(delivery.consumer)
     box.append([Reading(i, "s", "d", "cod", float(i)) for i in range(35)])
     runner = asyncio.create_task(delivery.run(stop))
