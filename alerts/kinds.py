@@ -7,13 +7,12 @@ A window too thin to judge yields an ``insufficient_data`` record, never a breac
 
 from __future__ import annotations
 
-import zoneinfo
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from functools import partial
 from typing import Any
 
+from telemetry.calendar import Calendar, calendar
 from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Reading
 from telemetry.rule_config import (
     CapacityRule,
@@ -27,17 +26,22 @@ from telemetry.rule_config import (
 )
 
 NS = 1_000_000_000
-DAY_NS = 86400 * NS
 WINDOW_WORDS = {"1m": "minute mean", "1h": "hourly mean", "1d": "daily mean"}
+
+
+def _no_point(item: Reading | Aggregate) -> str:
+    return ""
 
 
 class RuleState:
     def __init__(self, rule: Any, zones: Mapping[str, str]) -> None:
         self.rule = rule
-        self._zones = {site: zoneinfo.ZoneInfo(zone) for site, zone in zones.items()}
+        self._calendars = {site: calendar(zone) for site, zone in zones.items()}
         self._firing: dict[str, AlertEvent] = {}
         self._since: dict[str, int] = {}
         self._clear_since: dict[str, int] = {}
+        self.point_of: Callable[[Reading | Aggregate], str] = _no_point  # the engine knows the points
+        self.counts: Counter[str] = Counter()  # data this rule adjusted or ignored, by reason (metrics)
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         return []
@@ -103,6 +107,7 @@ class RuleState:
         template = self.rule.message
         fields = {"site": item.site, "device": item.device, "quantity": item.quantity, "unit": item.unit}
         message = template.format(**fields, value=value, limit=limit, state=state.value) if template else default
+        point = item.point if isinstance(item, Aggregate) else self.point_of(item)
         return AlertEvent(
             ts=ts,
             site=item.site,
@@ -112,14 +117,17 @@ class RuleState:
             message=message,
             value=value,
             limit=limit,
-            labels={"device": item.device, "quantity": item.quantity, "unit": item.unit, **labels},
+            labels={
+                "device": item.device,
+                "quantity": item.quantity,
+                "unit": item.unit,
+                **({"point": point} if point else {}),
+                **labels,
+            },
         )
 
-    def _day_start(self, site: str, ts: int) -> int:
-        zone = self._zones.get(site, zoneinfo.ZoneInfo("Asia/Shanghai"))
-        local = datetime.fromtimestamp(ts / NS, zone)
-        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        return int(midnight.timestamp()) * NS
+    def calendar(self, site: str) -> Calendar:
+        return self._calendars.get(site) or calendar()
 
 
 def _key(item: Reading | Aggregate, *extra: str) -> str:
@@ -401,16 +409,26 @@ class MaintenanceState(RuleState):
 
 
 class _Day:
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, end: int) -> None:
         self.start = start
+        self.end = end
         self.total = 0.0
         self.last: tuple[int, float] | None = None
         self.item: Reading | None = None
 
 
 class CapacityState(RuleState):
-    """Daily totals: a rate integrated over time, or a totalizer's increments (with reset
-    and rollover), per local plant day; judged at the day's end, projected during it."""
+    """Daily totals: a rate integrated over time, or a totalizer's increments, per local plant
+    day (23 or 25 hours on DST days); judged at the day's end, projected during it.
+
+    A totalizer that reads lower than before: past the top of a counter that wraps
+    (``rollover``), the wrap; at or under ``reset_fraction`` of the old value, a reset (the
+    new value is what it counted since); a step back within ``jitter_fraction`` of the old
+    value, jitter (ignored; the old value stays the baseline, so nothing counts twice); any
+    other step back, a replaced or re-set meter (counted from the new value on). Each is
+    counted (``telemetry_totalizer_steps_total``); adding the whole counter reading to a day
+    made "today ends at 750,239 t of 750 t" out of 0.1 t of jitter.
+    """
 
     rule: CapacityRule
 
@@ -420,7 +438,7 @@ class CapacityState(RuleState):
 
     def dump(self) -> dict[str, Any]:
         days = {
-            k: [d.start, d.total, list(d.last) if d.last else None, d.item.to_dict() if d.item else None]
+            k: [d.start, d.total, list(d.last) if d.last else None, d.item.to_dict() if d.item else None, d.end]
             for k, d in self._days.items()
         }
         return {**super().dump(), "days": days}
@@ -428,8 +446,9 @@ class CapacityState(RuleState):
     def load(self, data: Mapping[str, Any]) -> None:
         super().load(data)
         self._days = {}
-        for key, (start, total, last, item) in data.get("days", {}).items():
-            day = self._days[key] = _Day(int(start))
+        for key, (start, total, last, item, *end) in data.get("days", {}).items():
+            site = key.split("/", 1)[0]
+            day = self._days[key] = _Day(int(start), int(end[0]) if end else self.calendar(site).day_end(int(start)))
             day.total = float(total)
             day.last = (int(last[0]), float(last[1])) if last else None
             day.item = Reading.from_dict(item) if item else None
@@ -448,7 +467,8 @@ class CapacityState(RuleState):
         if r.flag is not Flag.N:
             return []
         key = f"{r.site}/{r.device}"
-        start = self._day_start(r.site, r.ts)
+        cal = self.calendar(r.site)
+        start = cal.day_start(r.ts)
         day = self._days.get(key)
         events: list[AlertEvent] = []
         carry = None
@@ -456,14 +476,16 @@ class CapacityState(RuleState):
             events += self._close(key, day)
             carry = day.last
             day = None
+        if day is not None and start < day.start:
+            return events  # a reading of a day already judged
         if day is None:
-            day = self._days[key] = _Day(start)
+            day = self._days[key] = _Day(start, cal.day_end(start))
             day.last = carry if self.rule.source == "totalizer" else None
         self._accumulate(day, r)
         day.item = r
         elapsed = r.ts - day.start
         if elapsed >= self.rule.project_after * NS:
-            projected = day.total * DAY_NS / elapsed
+            projected = day.total * (day.end - day.start) / elapsed
             events += self._judge(
                 key + "/projection",
                 projected > self._over,
@@ -483,17 +505,27 @@ class CapacityState(RuleState):
             if 0 < hours * 3600 <= self.rule.max_gap:
                 day.total += (last[1] + r.value) / 2 * hours  # trapezoid: t/h x h = t
             return
-        delta = r.value - last[1]
-        if delta < 0:
-            rollover = self.rule.rollover
-            # Past the top of a counter that wraps, it is a rollover; otherwise the meter was reset.
-            delta = r.value + rollover - last[1] if rollover and last[1] > rollover * 0.5 else r.value
-        day.total += delta
+        old, new = last[1], r.value
+        if new >= old:
+            day.total += new - old
+            return
+        rollover = self.rule.rollover
+        if rollover and old > rollover * 0.5:
+            self.counts["rollover"] += 1
+            day.total += new + rollover - old
+        elif new <= old * self.rule.reset_fraction:
+            self.counts["reset"] += 1
+            day.total += max(new, 0.0)
+        elif old - new <= abs(old) * self.rule.jitter_fraction:
+            self.counts["jitter"] += 1
+            day.last = last  # the old reading stays the baseline: the step back is not counted again
+        else:
+            self.counts["rebase"] += 1  # a replaced or re-set meter: count on from its new value
 
     def on_tick(self, now_ns: int) -> list[AlertEvent]:
         events = []
         for key, day in list(self._days.items()):
-            if day.start + DAY_NS + self.rule.grace * NS <= now_ns:
+            if day.end + self.rule.grace * NS <= now_ns:
                 events += self._close(key, day)
                 del self._days[key]
         return events
@@ -502,7 +534,7 @@ class CapacityState(RuleState):
         item = day.item
         if item is None:
             return []
-        end = day.start + DAY_NS
+        end = day.end
         total = day.total
         events = self._judge(
             key + "/projection",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
-from telemetry.model import AlertEvent, Flag, Reading
+from telemetry.model import Aggregate, AlertEvent, Flag, Reading
 
 TICK_NS = 60 * 1_000_000_000  # time-based rules look once a minute of replayed time
 
@@ -23,15 +23,18 @@ def replay(
     aggregator: Aggregator | None,
     readings: Iterable[Reading],
     until_ns: int | None = None,
+    windows: list[Aggregate] | None = None,
 ) -> list[AlertEvent]:
+    """The alert events the readings give, in event time; the closed windows go to ``windows``."""
     events: list[AlertEvent] = []
+    closed = windows if windows is not None else []
     last_tick = None
     last_ts = 0
     for reading in sorted(readings, key=lambda r: r.ts):
         if last_tick is None or reading.ts - last_tick >= TICK_NS:
             t = reading.ts if last_tick is None else last_tick + TICK_NS
             while t <= reading.ts:  # the minutes a gap spans are ticked, so silence is noticed
-                events += _advance(engine, aggregator, t)
+                events += _advance(engine, aggregator, t, closed)
                 last_tick = t
                 t += TICK_NS
         if aggregator is not None:
@@ -41,14 +44,15 @@ def replay(
     end = until_ns if until_ns is not None else last_ts
     t = (last_tick or end) + TICK_NS
     while t < end:
-        events += _advance(engine, aggregator, t)
+        events += _advance(engine, aggregator, t, closed)
         t += TICK_NS
-    events += _advance(engine, aggregator, end)
+    events += _advance(engine, aggregator, end, closed)
     return events
 
 
-def _advance(engine: RulesEngine, aggregator: Aggregator | None, now: int) -> list[AlertEvent]:
+def _advance(engine: RulesEngine, aggregator: Aggregator | None, now: int, out: list[Aggregate]) -> list[AlertEvent]:
     closed = aggregator.advance(now) if aggregator is not None else []
+    out += closed
     return engine.on_windows(closed) + engine.tick(now)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from alerts.kinds import KINDS, RuleState
 from telemetry.model import Aggregate, AlertEvent, Reading
+from telemetry.points import Points
 from telemetry.rule_config import EvaluatedRule
 
 
@@ -26,13 +27,27 @@ class _Entry:
 
 
 class RulesEngine:
-    def __init__(self, rules: Iterable[EvaluatedRule], zones: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, rules: Iterable[EvaluatedRule], zones: Mapping[str, str] | None = None, points: Points | None = None
+    ) -> None:
         zones = dict(zones or {})
+        self.points = points if points is not None else Points.from_config(zones, ())
         self._entries = [_Entry(rule, KINDS[rule.kind](rule, zones)) for rule in rules]
         self._by_quantity: dict[str | None, list[_Entry]] = {}
         for entry in self._entries:
+            entry.state.point_of = self._point_id
             self._by_quantity.setdefault(getattr(entry.rule, "quantity", None), []).append(entry)
         self.evaluations = 0
+
+    def _point_id(self, item: Reading | Aggregate) -> str:
+        if isinstance(item, Aggregate):
+            return item.point
+        point = self.points.point_of(item.site, item.device, item.quantity)
+        return point.id if point is not None else ""
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """What rules adjusted or ignored in the data, by (rule, reason), for the metrics."""
+        return {(e.rule.name, why): n for e in self._entries for why, n in e.state.counts.items()}
 
     def _for(self, quantity: str) -> list[_Entry]:
         return self._by_quantity.get(quantity, []) + self._by_quantity.get(None, [])
@@ -47,7 +62,8 @@ class RulesEngine:
         events: list[AlertEvent] = []
         for item in items:
             for entry in self._for(item.quantity):
-                if entry.rule.matches(item.site, item.device):
+                rule = entry.rule
+                if rule.matches(item.site, item.device) and (rule.point is None or rule.point == self._point_id(item)):
                     self.evaluations += 1
                     events += call(entry, item)
         return events

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zoneinfo
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from drivers.modbus_config import ModbusConfig, ModbusPoint, StatusRegister
-from drivers.modbus_decode import BIT_TABLES, decode
+from drivers.modbus_decode import BIT_TABLES, ByteOrder, decode
 from drivers.modbus_link import (
     ILLEGAL_ADDRESS,
     DeviceException,
@@ -55,6 +57,9 @@ class ModbusDriver:
         self._comm_lost = False
         self._bad: set[int] = set()
         self._flag_for = _status_targets(cfg)
+        self._sample_keys = cfg.sample_time_keys()
+        self._samples: dict[int, tuple[list[int], int]] = {}  # point -> (sample-time registers, stamp)
+        self._bad_sample: set[int] = set()
         self.last_error: str | None = None  # the latest problem, for the probe; cleared by a clean poll
 
     @property
@@ -148,8 +153,9 @@ class ModbusDriver:
                 continue
             value = self._value(point, words)
             flag = next((statuses[i] for i in self._flag_for[key] if statuses.get(i, Flag.N) is not Flag.N), comm_flag)
+            stamp = self._sample_ts(key, point, raw, ts) if point.sample_time is not None else ts
             try:
-                reading = Reading(ts, self.cfg.site, self.cfg.id, point.quantity, value, point.unit, flag).check()
+                reading = Reading(stamp, self.cfg.site, self.cfg.id, point.quantity, value, point.unit, flag).check()
             except InvalidReading as err:
                 self._metrics.rejected.labels(self.cfg.id, "invalid_value").inc()
                 self._point_failed(key, str(err))
@@ -160,6 +166,33 @@ class ModbusDriver:
             out.append(reading)
         return out
 
+    def _sample_ts(self, key: int, point: ModbusPoint, raw: dict[int, list[int]], poll_ts: int) -> int:
+        """The analyzer's sample time of the value the point holds: every poll of one result carries
+        the same stamp, so the result enters aggregation once. Unreadable, or later than the poll,
+        or older than ``max_age``: the poll's time when the registers change (counted, logged once)."""
+        spec = point.sample_time
+        assert spec is not None
+        words = raw.get(self._sample_keys[key])
+        seen = self._samples.get(key)
+        if words is not None and seen is not None and seen[0] == words:
+            return seen[1]
+        stamp = decode_sample_time(words, spec.format, spec.byte_order or self.cfg.byte_order, spec.timezone)
+        if stamp is None or not poll_ts - spec.max_age * 1e9 <= stamp <= poll_ts + _SAMPLE_AHEAD_NS:
+            self._count("sample_time")
+            if key not in self._bad_sample:
+                self._bad_sample.add(key)
+                shown = "unreadable" if stamp is None else _iso(stamp)
+                log.error(
+                    "%s: %s sample time %s not believed; using the poll's time", self.where, point.quantity, shown
+                )
+            stamp = poll_ts
+        elif key in self._bad_sample:
+            self._bad_sample.discard(key)
+            log.info("%s: %s sample time believable again", self.where, point.quantity)
+        if words is not None:
+            self._samples[key] = (words, stamp)
+        return stamp
+
     def _value(self, point: ModbusPoint, words: list[int]) -> float:
         table, _ = self.cfg.resolve(point.address, point.table)
         if table in BIT_TABLES:
@@ -169,7 +202,13 @@ class ModbusDriver:
         return raw * point.scale + point.offset
 
     def _point_failed(self, key: int, why: str) -> None:
-        name = self.cfg.points[key].quantity if key < len(self.cfg.points) else "status register"
+        sampled = {k: p for p, k in self._sample_keys.items()}
+        if key < len(self.cfg.points):
+            name = self.cfg.points[key].quantity
+        elif key in sampled:
+            name = f"sample time of {self.cfg.points[sampled[key]].quantity}"
+        else:
+            name = "status register"
         self.last_error = f"{name} {why}"
         if key in self._bad:
             return
@@ -198,6 +237,35 @@ class ModbusDriver:
         if self._down is not None:
             log.info("%s: device answering again", self.where)
             self._down = None
+
+
+_SAMPLE_AHEAD_NS = 300 * 1_000_000_000  # an analyzer clock up to 5 min ahead of the host is believed
+
+
+def decode_sample_time(words: list[int] | None, fmt: str, order: ByteOrder, zone: str) -> int | None:
+    """UTC ns of a sample time in ``epoch``, ``ymdhms`` or ``ymdhms_bcd`` registers; None when not a time."""
+    if words is None:
+        return None
+    try:
+        if fmt == "epoch":
+            return int(decode(words, "uint32", order)) * 1_000_000_000
+        if fmt == "ymdhms_bcd":
+            digits = "".join(f"{w:04x}" for w in words[:3])
+            if not digits.isdigit():
+                return None
+            parts = [int(digits[i : i + 2]) for i in range(0, 12, 2)]
+            parts[0] += 2000
+        else:
+            parts = list(words[:6])
+        year, month, day, hour, minute, second = parts
+        local = datetime(year, month, day, hour, minute, second, tzinfo=zoneinfo.ZoneInfo(zone))
+    except (ValueError, OverflowError):
+        return None
+    return int(local.timestamp()) * 1_000_000_000
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds")
 
 
 def _status_targets(cfg: ModbusConfig) -> list[list[int]]:

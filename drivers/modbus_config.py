@@ -21,7 +21,8 @@ from pydantic_core import PydanticCustomError
 from drivers.modbus_decode import BIT_TABLES, NUMERIC_TYPES, TYPES, ByteOrder, Table, parse_modicon
 from drivers.modbus_link import LinkSpec
 from drivers.modbus_plan import MAX_REGISTERS, Block, Span, plan
-from telemetry.config import DeviceConfig, Duration, Model, Name
+from telemetry.config import DeviceConfig, Duration, KnownSeries, Model, Name
+from telemetry.config_base import TimeZone
 from telemetry.model import Flag
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -44,6 +45,26 @@ def load_profile(name: str) -> dict[str, Any]:
     return dict(data)
 
 
+SAMPLE_TIME_REGISTERS = {"epoch": 2, "ymdhms": 6, "ymdhms_bcd": 3}
+
+
+class SampleTime(Model):
+    """Where an analyzer with a measuring cycle keeps the sample time of the result a point holds.
+
+    ``epoch``: seconds since 1970 (UTC) as uint32; ``ymdhms``: six registers year, month, day,
+    hour, minute, second of the analyzer's clock in ``timezone``; ``ymdhms_bcd``: three
+    registers 0xYYMM, 0xDDhh, 0xmmss. A time later than the poll (+5 min) or older than
+    ``max_age`` is not believed: the reading then takes the poll's time (counted, logged once).
+    """
+
+    address: int | str
+    table: Table | None = None
+    format: Literal["epoch", "ymdhms", "ymdhms_bcd"] = "ymdhms"
+    byte_order: ByteOrder | None = None
+    timezone: TimeZone = "Asia/Shanghai"
+    max_age: Duration = 86400.0
+
+
 class ModbusPoint(Model):
     quantity: Name
     address: int | str
@@ -54,6 +75,7 @@ class ModbusPoint(Model):
     scale: float = 1.0
     offset: float = 0.0
     unit: str = ""
+    sample_time: SampleTime | None = None
 
 
 class StatusRegister(Model):
@@ -145,15 +167,7 @@ class ModbusConfig(DeviceConfig):
             raise PydanticCustomError("points", "expected at least one point (or a profile)", {"at": "points"})
         quantities = [p.quantity for p in self.points]
         for i, point in enumerate(self.points):
-            self.resolve(point.address, point.table, f"points.{i}")
-            if quantities.index(point.quantity) != i:
-                raise PydanticCustomError(
-                    "dup",
-                    "expected each quantity once, found {q} again",
-                    {"q": point.quantity, "at": f"points.{i}"},
-                )
-            if point.bit is not None and point.type != "bool":
-                raise PydanticCustomError("bit", "expected 'bit' only with type bool", {"at": f"points.{i}.bit"})
+            self._check_point(i, point, quantities)
         for i, status in enumerate(self.status):
             table, _ = self.resolve(status.address, status.table, f"status.{i}")
             if table in BIT_TABLES:
@@ -169,6 +183,24 @@ class ModbusConfig(DeviceConfig):
                     )
         return self
 
+    def _check_point(self, i: int, point: ModbusPoint, quantities: list[str]) -> None:
+        self.resolve(point.address, point.table, f"points.{i}")
+        if quantities.index(point.quantity) != i:
+            raise PydanticCustomError(
+                "dup", "expected each quantity once, found {q} again", {"q": point.quantity, "at": f"points.{i}"}
+            )
+        if point.bit is not None and point.type != "bool":
+            raise PydanticCustomError("bit", "expected 'bit' only with type bool", {"at": f"points.{i}.bit"})
+        if point.sample_time is not None:
+            self._check_sample_time(point.sample_time, f"points.{i}.sample_time")
+
+    def _check_sample_time(self, sample: SampleTime, at: str) -> None:
+        table, _ = self.resolve(sample.address, sample.table, at)
+        if table in BIT_TABLES:
+            raise PydanticCustomError(
+                "sample_time", "expected a holding or input register for the sample time", {"at": f"{at}.address"}
+            )
+
     def describe(self) -> str:
         profile = f", profile {self.profile}" if self.profile else ""
         return (
@@ -178,6 +210,22 @@ class ModbusConfig(DeviceConfig):
 
     def blocks(self) -> list[Block]:
         return plan(self.spans(), self.max_gap, self.max_registers)
+
+    def known_series(self) -> list[KnownSeries]:
+        return [KnownSeries(self.site, self.id, p.quantity, p.unit, ("points",)) for p in self.points]
+
+    def sampled_series(self) -> list[KnownSeries]:
+        return [
+            KnownSeries(self.site, self.id, p.quantity, p.unit, ("points",))
+            for p in self.points
+            if p.sample_time is not None
+        ]
+
+    def sample_time_keys(self) -> dict[int, int]:
+        """Point index -> span key of its sample-time registers (keys after the status registers')."""
+        first = len(self.points) + len(self.status)
+        indexes = [i for i, p in enumerate(self.points) if p.sample_time is not None]
+        return {point: first + n for n, point in enumerate(indexes)}
 
     @classmethod
     def cross_check(cls, devices: list[DeviceConfig]) -> list[tuple[DeviceConfig, str, str]]:
@@ -255,6 +303,11 @@ class ModbusConfig(DeviceConfig):
         for i, status in enumerate(self.status):
             table, address = self.resolve(status.address, status.table)
             out.append(Span(len(self.points) + i, table, address, TYPES[status.type].registers))
+        for index, key in self.sample_time_keys().items():
+            sample = self.points[index].sample_time
+            assert sample is not None
+            table, address = self.resolve(sample.address, sample.table)
+            out.append(Span(key, table, address, SAMPLE_TIME_REGISTERS[sample.format]))
         return out
 
 

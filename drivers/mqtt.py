@@ -38,7 +38,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from drivers.mqtt_decode import MAX_PAYLOAD, FormatName, Paths, PayloadError, decode
-from telemetry.config import DeviceConfig, Duration, Model, Name
+from telemetry.config import DeviceConfig, Duration, KnownSeries, Model, Name
 from telemetry.metrics import Metrics
 from telemetry.model import InvalidReading, Reading, Rejected
 from telemetry.protocols import Emit
@@ -160,6 +160,13 @@ class MqttConfig(DeviceConfig):
                 "insecure", "expected insecure: true with tls.verify: false (anyone in the path can pose as the broker)"
             )
         return self
+
+    def known_series(self) -> list[KnownSeries]:
+        return [
+            KnownSeries(sub.site, sub.device, sub.quantity, sub.unit or None, ("subscriptions", i))
+            for i, sub in enumerate(self.subscriptions)
+            if sub.site and sub.device and sub.quantity
+        ]
 
     def describe(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"

@@ -1,16 +1,26 @@
-"""Minute, hour and day windows per series, aligned to each site's local time.
+"""Minute, hour and day windows per series, on each site's local calendar, per monitoring point.
 
 The regulator judges averages, not instants: a limit applies to the hourly or
-daily mean of valid data (HJ 75/76, HJ 356). Here:
+daily mean of valid data (HJ 75/76, HJ 356). Here (every number configurable,
+the water ones unverified against HJ 356-2019's own text, see README):
 - only ``N``-flagged values are valid; min/avg/max cover valid values only;
-- a minute is valid with one valid value; an hour with ``hour_min_valid_minutes``
-  valid minutes (default 45); a day with ``day_min_valid_hours`` valid hours
-  (default 20), each overridable per quantity (an analyzer with an hourly cycle
-  gives one value an hour: set its ``hour_min_valid_minutes`` to 1);
-- a day's average is the mean of its valid hours, flow-weighted by each hour's
-  flow volume when ``flow_weighted_daily`` and the site's flow is known;
-- ``cou``: flow volume in m3 (flow in m3/h, or L/s converted) and pollutant mass
-  in kg (mg/L x m3 / 1000), from the same site's flow in the same window;
+- a minute is valid with one valid value; an hour of a continuous analyzer with
+  ``hour_min_valid_minutes`` valid minutes (45); a day with ``day_min_valid_hours``
+  valid hours (20);
+- an analyzer with a measuring ``cycle`` holds its result in a register: one value
+  per cycle enters aggregation (a new sample time, or a changed value, or the same
+  value a whole cycle later), stamped with its sample time. Its hour is the mean of
+  the measurements in it (valid with ``hour_min_measurements``, 1); for cycles above
+  an hour, an hour without a measurement carries the last valid one while it is at
+  most one cycle old (``hour_value: carry``; ``measured`` leaves such hours invalid);
+- a value below the quantity's ``detection_limit`` counts as half the limit
+  (``below_detection``: ``half``, ``limit``, ``zero`` or ``keep``);
+- a day's mean is Σ(Cᵢ·Vᵢ)/ΣVᵢ over its valid hours, Vᵢ the hour's volume of the
+  point's own flow: a zero-flow hour weighs nothing. When a valid hour has no volume
+  (no flow series, or it was down) or the day discharged nothing, the day is the
+  arithmetic mean of its valid hours, and ``method`` says ``arithmetic``;
+- ``cou``: flow volume in m3 and pollutant mass in kg (mg/L x m3 / 1000, mg/m3 x m3 / 1e6)
+  from the point's flow in the same window; negative readings never make negative mass;
 - a window closes ``grace`` after its end (late readings inside the grace count),
   by ``advance(now)``: the daemon calls it on a clock tick, a replay with event time.
 
@@ -19,39 +29,95 @@ Open windows are plain data, so ``snapshot``/``restore`` let a restart resume th
 
 from __future__ import annotations
 
-import functools
-import zoneinfo
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import orjson
 
+from telemetry.calendar import FIXED_NS, HOUR_NS, MINUTE_NS, NS, Calendar, calendar
 from telemetry.model import Aggregate, Flag, Reading
+from telemetry.points import Point, Points
 
-NS = 1_000_000_000
-WINDOW_NS = {"1m": 60 * NS, "1h": 3600 * NS, "1d": 86400 * NS}
-_QUARTER_NS = 900 * NS
+WINDOW_NS = {"1m": MINUTE_NS, "1h": HOUR_NS, "1d": 86400 * NS}  # a day's real length: the calendar
 
-
-@functools.lru_cache(maxsize=10_000)
-def _utc_offset(zone: zoneinfo.ZoneInfo | None, quarter: int) -> int:
-    """A zone's UTC offset in ns during one quarter hour (zone changes fall on quarter hours),
-    remembered: per reading, datetime.fromtimestamp was a hot spot."""
-    if zone is None:
-        return 8 * 3600 * NS  # HJ 212 platforms keep Beijing time
-    delta = datetime.fromtimestamp(quarter * _QUARTER_NS / NS, zone).utcoffset()
-    return int(delta.total_seconds()) * NS if delta else 0
-
-
-FLOW_TO_M3H = {"m3/h": 1.0, "L/s": 3.6, "l/s": 3.6, "m3/s": 3600.0, "t/h": 1.0}
+FLOW_TO_M3H = {
+    "m3/h": 1.0,
+    "L/s": 3.6,
+    "l/s": 3.6,
+    "m3/s": 3600.0,
+    "m3/min": 60.0,
+    "L/min": 0.06,
+    "l/min": 0.06,
+    "m3/d": 1 / 24,
+    "t/h": 1.0,  # water: a tonne is a cubic metre
+}
+# Concentration unit -> kg per (unit x m3).
+MASS_PER_M3 = {"mg/L": 1e-3, "mg/l": 1e-3, "g/m3": 1e-3, "ug/L": 1e-6, "µg/L": 1e-6, "mg/m3": 1e-6}
 
 
 @dataclass(frozen=True)
 class Validity:
+    """How one series' windows are judged (the defaults, or a quantity's overrides)."""
+
     hour_min_valid_minutes: int = 45
     day_min_valid_hours: int = 20
+    cycle_s: float = 0.0  # the analyzer's measuring cycle; 0: a continuous reading
+    sampled: bool = False  # readings carry the analyzer's sample time (repeated until the next sample)
+    hour_value: Literal["measured", "carry"] = "carry"
+    hour_min_measurements: int = 1
+    detection_limit: float | None = None
+    below_detection: Literal["half", "limit", "zero", "keep"] = "half"
+
+
+@dataclass(frozen=True)
+class Override:
+    """Settings for the series it selects (by quantity, and optionally site, point, device).
+    Every matching override applies in order; the keys it sets win over earlier ones."""
+
+    quantity: str
+    settings: Mapping[str, Any]
+    site: str | None = None
+    point: str | None = None
+    device: str | None = None
+
+    def selects(self, site: str, device: str, quantity: str, point: Point | None) -> bool:
+        return (
+            self.quantity == quantity
+            and self.site in (None, site)
+            and self.device in (None, device)
+            and (self.point is None or (point is not None and point.id == self.point))
+        )
+
+
+SeriesRules = Callable[[str, str, str, Point | None], Validity]
+_VALIDITY_FIELDS = {f.name for f in fields(Validity)}
+
+
+def rules_from(default: Validity = Validity(), overrides: Sequence[Override] = ()) -> SeriesRules:
+    def resolve(site: str, device: str, quantity: str, point: Point | None) -> Validity:
+        settings: dict[str, Any] = {}
+        for override in overrides:
+            if override.selects(site, device, quantity, point):
+                settings.update({k: v for k, v in override.settings.items() if v is not None})
+        if not settings:
+            return default
+        unknown = set(settings) - _VALIDITY_FIELDS
+        if unknown:
+            raise ValueError(f"unknown aggregation settings {sorted(unknown)}")
+        return Validity(**{**default.__dict__, **settings})
+
+    return resolve
+
+
+@dataclass(frozen=True)
+class _Series:
+    """What the aggregator knows of one series, resolved once."""
+
+    rules: Validity
+    point: Point | None
+    is_flow: bool
+    cal: Calendar
 
 
 @dataclass
@@ -69,7 +135,9 @@ class _Acc:
     # up to 1,440 ints per series in a day window: hundreds of MB by evening at 7,000 series.
     minutes: int = 0
     flags: dict[str, int] = field(default_factory=dict)
-    hours: list[list[Any]] = field(default_factory=list)  # day: [start, avg, valid, low, high, volume]
+    hours: list[list[Any]] = field(default_factory=list)  # day: [start, avg, valid, low, high, volume, cou]
+    sample: int = 0  # ts of the newest valid value (the sample time, for a cycle)
+    carry: list[Any] | None = None  # a cyclic series' hour: [ts, value] of the last measurement before it
 
     def add(self, r: Reading) -> None:
         self.count += 1
@@ -80,7 +148,8 @@ class _Acc:
         self.total += r.value
         self.low = r.value if self.low is None else min(self.low, r.value)
         self.high = r.value if self.high is None else max(self.high, r.value)
-        self.minutes |= 1 << ((r.ts - self.start) // (60 * NS))
+        self.minutes |= 1 << ((r.ts - self.start) // MINUTE_NS)
+        self.sample = max(self.sample, r.ts)
 
 
 Key = tuple[str, str, str]  # site, device, quantity
@@ -93,53 +162,140 @@ class Aggregator:
         windows: Iterable[str] = ("1m", "1h", "1d"),
         grace_s: float = 120.0,
         validity: Validity = Validity(),
-        overrides: Mapping[str, Validity] | None = None,
-        flow_quantity: str = "flow",
+        rules: SeriesRules | None = None,
+        points: Points | None = None,
         flow_weighted_daily: bool = True,
     ) -> None:
-        self._zones = {site: zoneinfo.ZoneInfo(zone) for site, zone in zones.items()}
+        self._cals = {site: calendar(zone) for site, zone in zones.items()}
+        self.points = points if points is not None else Points.from_config(zones, ())
         self.windows = [w for w in ("1m", "1h", "1d") if w in set(windows)]
         # Days are built from closed hours, so hours are kept whenever days are wanted.
         self._levels = [w for w in ("1m", "1h") if w in self.windows or (w == "1h" and "1d" in self.windows)]
         self._closed_until: dict[str, int] = {}
         self.grace = int(grace_s * NS)
-        self._validity = validity
-        self._overrides = dict(overrides or {})
-        self.flow = flow_quantity
+        self._rules = rules if rules is not None else rules_from(validity)
         self.flow_weighted = flow_weighted_daily
         self._open: dict[str, dict[Key, dict[int, _Acc]]] = {w: {} for w in ("1m", "1h", "1d")}
-        self._flow_volume: dict[tuple[str, str, int], float] = {}  # (site, window, start) -> m3
+        self._flow_volume: dict[tuple[str, str, int], float] = {}  # (point, window, start) -> m3
+        self._samples: dict[Key, tuple[int, float]] = {}  # cyclic series: the last valid measurement
+        self._series_cache: dict[Key, _Series] = {}
         self.late = 0  # readings that arrived after their window closed
+        self.held = 0  # readings of a cyclic series repeating a measurement already taken
+
+    def _series(self, key: Key) -> _Series:
+        found = self._series_cache.get(key)
+        if found is None:
+            site, device, quantity = key
+            point = self.points.point_of(site, device, quantity)
+            is_flow = point.is_flow(device, quantity) if point is not None else quantity == self.points.flow_quantity
+            found = _Series(self._rules(site, device, quantity, point), point, is_flow, self.calendar(site))
+            if len(self._series_cache) > 200_000:  # series names come from topics others control
+                self._series_cache.clear()
+            self._series_cache[key] = found
+        return found
+
+    def calendar(self, site: str) -> Calendar:
+        return self._cals.get(site) or calendar()
+
+    def cycle_of(self, key: Key) -> tuple[float, bool]:
+        """A series' measuring cycle in seconds (0: continuous) and whether its readings carry
+        the analyzer's sample time (for the uplink's freshness and ``SampleTime``)."""
+        rules = self._series(key).rules
+        return rules.cycle_s, rules.sampled
+
+    def closed_through(self, window: str) -> int:
+        """Every window of this size ending at or before this time has closed."""
+        return self._closed_until.get(window, 0) - self.grace
 
     def add(self, readings: Iterable[Reading]) -> None:
-        for r in readings:
-            offset = self._offset(r.site, r.ts)
+        for reading in readings:
+            r = reading
             key = (r.site, r.device, r.quantity)
+            series = self._series(key)
+            rules = series.rules
+            if r.flag is Flag.N:
+                if rules.cycle_s and not self._new_measurement(key, r, series):
+                    self.held += 1
+                    self._count_in_hour(key, r, series)
+                    continue
+                if _below(rules, r.value):
+                    r = r._replace(value=_below_detection(rules))
+            offset = series.cal.offset(r.ts)
             late = False
             for window in self._levels:
-                size = WINDOW_NS[window]
+                size = FIXED_NS[window]
                 start = (r.ts + offset) // size * size - offset
                 if start + size + self.grace <= self._closed_until.get(window, 0):
                     late = True
                     continue
-                series = self._open[window].setdefault(key, {})
-                acc = series.get(start)
+                opened = self._open[window].setdefault(key, {})
+                acc = opened.get(start)
                 if acc is None:
-                    acc = series[start] = _Acc(start, r.unit)
+                    acc = opened[start] = self._new_acc(key, window, start, r.unit, rules)
                 acc.add(r)
             self.late += late
 
+    def _new_acc(self, key: Key, window: str, start: int, unit: str, rules: Validity) -> _Acc:
+        acc = _Acc(start, unit)
+        if window == "1h" and rules.cycle_s and (last := self._samples.get(key)) is not None:
+            acc.carry = list(last)  # readings come in time order: the last measurement before this window
+        return acc
+
+    def _new_measurement(self, key: Key, r: Reading, series: _Series) -> bool:
+        """Whether a valid reading of a cyclic series is a new measurement, not the held one again."""
+        rules = series.rules
+        last = self._samples.get(key)
+        if last is not None:
+            ts, value = last
+            if r.ts <= ts:
+                return False  # the same sample time again (or older)
+            if not rules.sampled and r.value == value and r.ts - ts < rules.cycle_s * NS:
+                return False  # unchanged within the cycle: the register still holds the last result
+            self._open_carried(key, series, ts, series.cal.start("1h", r.ts))  # the hours in between
+        self._samples[key] = (r.ts, r.value)
+        return True
+
+    def _count_in_hour(self, key: Key, r: Reading, series: _Series) -> None:
+        """A held value still says the analyzer answered: its hour exists (it may carry a value)."""
+        if "1h" not in self._levels:
+            return
+        start = series.cal.start("1h", r.ts)
+        if start + HOUR_NS + self.grace <= self._closed_until.get("1h", 0):
+            return
+        opened = self._open["1h"].setdefault(key, {})
+        acc = opened.get(start)
+        if acc is None:
+            acc = opened[start] = self._new_acc(key, "1h", start, r.unit, series.rules)
+        acc.count += 1
+
+    def _open_carried(self, key: Key, series: _Series, measured: int, until: int) -> None:
+        """Open the hours after a measurement that its cycle (longer than an hour) covers, up to
+        ``until``, so they close carrying it even when no reading falls in them: with a sample-time
+        register every poll carries the sample's time, so later hours see no reading at all."""
+        rules = series.rules
+        if rules.hour_value != "carry" or rules.cycle_s * NS <= HOUR_NS or "1h" not in self._levels:
+            return
+        closed = self._closed_until.get("1h", 0)
+        opened = self._open["1h"].setdefault(key, {})
+        start = series.cal.start("1h", measured) + HOUR_NS
+        while start + HOUR_NS - measured <= rules.cycle_s * NS and start < until:
+            if start not in opened and start + HOUR_NS + self.grace > closed:
+                opened[start] = self._new_acc(key, "1h", start, "", rules)
+            start += HOUR_NS
+
     def advance(self, now_ns: int) -> list[Aggregate]:
         """Close every window whose end + grace has passed; minute, then hour, then day."""
+        for key, (measured, _) in self._samples.items():  # hours the last measurement covers, now due
+            self._open_carried(key, self._series(key), measured, now_ns - self.grace - HOUR_NS + 1)
         out: list[Aggregate] = []
         for window in [*self._levels, "1d"]:
-            size = WINDOW_NS[window]
             due: list[tuple[Key, _Acc]] = []
             for key, series in self._open[window].items():
-                for start in [s for s in series if s + size + self.grace <= now_ns]:
+                cal = self._series(key).cal
+                for start in [s for s in series if cal.end(window, s) + self.grace <= now_ns]:
                     due.append((key, series.pop(start)))
-            # Flow first: a pollutant's mass needs the same window's flow volume.
-            due.sort(key=lambda item: (item[0][2] != self.flow, item[1].start, item[0]))
+            # Flow first: a pollutant's mass and its day's weights need the same window's flow volume.
+            due.sort(key=lambda item: (not self._series(item[0]).is_flow, item[1].start, item[0]))
             for key, acc in due:
                 agg = self._close(window, key, acc)
                 if window in self.windows:
@@ -151,13 +307,36 @@ class Aggregator:
 
     def _close(self, window: str, key: Key, acc: _Acc) -> Aggregate:
         site, device, quantity = key
-        size = WINDOW_NS[window]
-        rules = self._overrides.get(quantity, self._validity)
+        series = self._series(key)
+        rules = series.rules
         if window == "1d":
-            return self._close_day(key, acc, rules)
+            return self._close_day(key, acc, series)
         avg = acc.total / acc.valid_count if acc.valid_count else None
-        valid = acc.valid_count > 0 if window == "1m" else acc.minutes.bit_count() >= rules.hour_min_valid_minutes
-        cou = self._cou(site, window, acc.start, quantity, acc.unit, avg, size)
+        low, high = acc.low, acc.high
+        sample = acc.sample or None
+        method = ""
+        if window == "1m":
+            valid = acc.valid_count > 0
+        elif rules.cycle_s:
+            method = "cycles"
+            valid = acc.valid_count >= rules.hour_min_measurements
+            hour_end = acc.start + HOUR_NS
+            carry = acc.carry
+            if (
+                not acc.valid_count
+                and rules.hour_value == "carry"
+                and carry is not None
+                and hour_end - carry[0] <= rules.cycle_s * NS
+            ):
+                sample, value = int(carry[0]), float(carry[1])
+                avg = _below_detection(rules) if _below(rules, value) else value
+                low = high = avg
+                valid, method = True, "carried"
+        else:
+            method = "minutes"
+            valid = acc.minutes.bit_count() >= rules.hour_min_valid_minutes
+        size = FIXED_NS[window]
+        cou = self._cou(series, window, acc.start, acc.unit, avg, size)
         agg = Aggregate(
             acc.start,
             window,
@@ -165,63 +344,73 @@ class Aggregator:
             device,
             quantity,
             acc.unit,
-            acc.low,
+            low,
             avg,
-            acc.high,
+            high,
             acc.count,
             acc.valid_count,
             valid,
             cou,
             Flag.N if valid else _worst(acc.flags),
+            series.point.id if series.point else "",
+            method,
+            sample if rules.cycle_s else None,
         )
         if window == "1h" and "1d" in self.windows:
             self._feed_day(key, agg)
         return agg
 
-    def _cou(
-        self, site: str, window: str, start: int, quantity: str, unit: str, avg: float | None, size: int
-    ) -> float | None:
+    def _cou(self, series: _Series, window: str, start: int, unit: str, avg: float | None, size: int) -> float | None:
         if avg is None:
             return None
-        if quantity == self.flow:
-            volume = avg * FLOW_TO_M3H.get(unit, 1.0) * size / (3600 * NS)
-            self._flow_volume[(site, window, start)] = volume
+        point = series.point
+        if series.is_flow:
+            volume = max(avg, 0.0) * FLOW_TO_M3H.get(unit, 1.0) * size / HOUR_NS
+            if point is not None:
+                self._flow_volume[(point.id, window, start)] = volume
             return volume
-        volume_m3 = self._flow_volume.get((site, window, start))
-        if volume_m3 is None or unit not in ("mg/L", "mg/l"):
+        factor = MASS_PER_M3.get(unit)
+        flow = self._flow_volume.get((point.id, window, start)) if point is not None else None
+        if flow is None or factor is None:
             return None
-        return avg * volume_m3 / 1000.0  # mg/L x m3 = g; /1000 = kg
+        return max(avg, 0.0) * flow * factor  # a negative reading (analyzer offset) is no negative mass
 
     def _feed_day(self, key: Key, hour: Aggregate) -> None:
-        offset = self._offset(hour.site, hour.ts)
-        size = WINDOW_NS["1d"]
-        start = (hour.ts + offset) // size * size - offset
-        series = self._open["1d"].setdefault(key, {})
-        acc = series.get(start) or series.setdefault(start, _Acc(start, hour.unit))
+        series = self._series(key)
+        start = series.cal.day_start(hour.ts)
+        opened = self._open["1d"].setdefault(key, {})
+        acc = opened.get(start) or opened.setdefault(start, _Acc(start, hour.unit))
         acc.count += hour.count
         acc.valid_count += hour.valid_count
         for flag in (hour.flag,) if hour.flag is not Flag.N else ():
             acc.flags[flag.value] = acc.flags.get(flag.value, 0) + 1
-        volume = self._flow_volume.get((hour.site, "1h", hour.ts))
+        point = series.point
+        volume = self._flow_volume.get((point.id, "1h", hour.ts)) if point is not None else None
         acc.hours.append([hour.ts, hour.avg, hour.valid, hour.min, hour.max, volume, hour.cou])
 
-    def _close_day(self, key: Key, acc: _Acc, rules: Validity) -> Aggregate:
+    def _close_day(self, key: Key, acc: _Acc, series: _Series) -> Aggregate:
         site, device, quantity = key
         valid_hours = [h for h in acc.hours if h[2] and h[1] is not None]
-        valid = len(valid_hours) >= rules.day_min_valid_hours
+        valid = len(valid_hours) >= series.rules.day_min_valid_hours
         avg = None
+        method = ""
         if valid_hours:
-            weights = [h[5] for h in valid_hours]
-            if self.flow_weighted and quantity != self.flow and all(w for w in weights):
-                avg = sum(h[1] * h[5] for h in valid_hours) / sum(weights)
+            volumes = [h[5] for h in valid_hours]
+            weighted = (
+                self.flow_weighted and not series.is_flow and all(v is not None for v in volumes) and sum(volumes) > 0
+            )
+            if weighted:
+                avg = sum(h[1] * h[5] for h in valid_hours) / sum(volumes)
+                method = "flow"
             else:
                 avg = sum(h[1] for h in valid_hours) / len(valid_hours)
+                method = "arithmetic"
         lows = [h[3] for h in valid_hours if h[3] is not None]
         highs = [h[4] for h in valid_hours if h[4] is not None]
         parts = [h[6] for h in acc.hours if h[6] is not None]
         cou = sum(parts) if parts else None
-        if quantity == self.flow and cou is not None:
-            self._flow_volume[(site, "1d", acc.start)] = cou
+        if series.is_flow and cou is not None and series.point is not None:
+            self._flow_volume[(series.point.id, "1d", acc.start)] = cou
         return Aggregate(
             acc.start,
             "1d",
@@ -237,10 +426,9 @@ class Aggregator:
             valid,
             cou,
             Flag.N if valid else _worst(acc.flags),
+            series.point.id if series.point else "",
+            method,
         )
-
-    def _offset(self, site: str, ts: int) -> int:
-        return _utc_offset(self._zones.get(site), ts // _QUARTER_NS)
 
     def open_windows(self) -> int:
         return sum(len(s) for w in self._open.values() for s in w.values())
@@ -264,6 +452,7 @@ class Aggregator:
                     first = False
             buf += b"]"
         buf += b'},"flow":' + orjson.dumps([[k, v] for k, v in self._flow_volume.items()])
+        buf += b',"samples":' + orjson.dumps([[k, v] for k, v in self._samples.items()])
         buf += b',"closed_until":' + orjson.dumps(self._closed_until) + b"}"
         return bytes(buf)
 
@@ -272,35 +461,38 @@ class Aggregator:
             for key, start, acc in entries:
                 self._open[window].setdefault(tuple(key), {})[int(start)] = _acc_from(acc)
         self._flow_volume = {tuple(k): v for k, v in data.get("flow", [])}
+        self._samples = {tuple(k): (int(t), float(v)) for k, (t, v) in data.get("samples", [])}
         self._closed_until = {k: int(v) for k, v in data.get("closed_until", {}).items()}
 
     def sites(self) -> set[str]:
         """Configured sites and any an open window belongs to."""
-        return set(self._zones) | {key[0] for series in self._open.values() for key in series}
+        return set(self._cals) | {key[0] for series in self._open.values() for key in series}
 
     def adoptable_hours_since(self) -> int | None:
         """After a restore: the earliest start of an hour that closed after the snapshot (its
         day window does not hold it yet), or None when no days are aggregated."""
         if "1d" not in self.windows:
             return None
-        return self._closed_until.get("1h", 0) - WINDOW_NS["1h"] - self.grace + 1
+        return self._closed_until.get("1h", 0) - HOUR_NS - self.grace + 1
 
     def adopt_hours(self, hours: Iterable[Aggregate]) -> None:
         """Hours closed and stored after the snapshot (see ``adoptable_hours_since``) go into
         their day windows as they did when they closed (flow first: pollutant days are
         weighted by hourly flow)."""
-        for hour in sorted(hours, key=lambda a: (a.quantity != self.flow, a.ts)):
-            if hour.quantity == self.flow and hour.cou is not None:
-                self._flow_volume[(hour.site, "1h", hour.ts)] = hour.cou
-            self._feed_day((hour.site, hour.device, hour.quantity), hour)
+        keyed = [((h.site, h.device, h.quantity), h) for h in hours]
+        for key, hour in sorted(keyed, key=lambda kh: (not self._series(kh[0]).is_flow, kh[1].ts)):
+            series = self._series(key)
+            if series.is_flow and hour.cou is not None and series.point is not None:
+                self._flow_volume[(series.point.id, "1h", hour.ts)] = hour.cou
+            self._feed_day(key, hour)
 
-    def committed(self, window: str, last_start: int) -> int:
+    def committed(self, window: str, last_start: int, site: str | None = None) -> int:
         """After a restore: windows of this size starting at or before ``last_start`` were closed
         and stored after the snapshot was taken (windows close by time, all series at once).
         Forget them, and treat their readings as late, instead of closing them again with only
         the readings the snapshot held, over the complete aggregates. Returns how many went."""
-        size = WINDOW_NS[window]
-        self._closed_until[window] = max(self._closed_until.get(window, 0), last_start + size + self.grace)
+        end = self.calendar(site or "").end(window, last_start)
+        self._closed_until[window] = max(self._closed_until.get(window, 0), end + self.grace)
         dropped = 0
         for series in self._open[window].values():
             for start in [s for s in series if s <= last_start]:
@@ -308,9 +500,20 @@ class Aggregator:
                 dropped += 1
         return dropped
 
-    def prune_flow(self, before_ns: int) -> None:
-        """Forget flow volumes of windows that started before ``before_ns`` (they closed long ago)."""
+    def prune(self, before_ns: int) -> None:
+        """Forget flow volumes of windows that started before ``before_ns`` (they closed long ago),
+        and the measurements of cyclic series silent since then."""
         self._flow_volume = {k: v for k, v in self._flow_volume.items() if k[2] >= before_ns}
+        self._samples = {k: last for k, last in self._samples.items() if last[0] >= before_ns}
+
+
+def _below(rules: Validity, value: float) -> bool:
+    return rules.detection_limit is not None and value < rules.detection_limit and rules.below_detection != "keep"
+
+
+def _below_detection(rules: Validity) -> float:
+    limit = rules.detection_limit or 0.0
+    return {"half": limit / 2, "limit": limit, "zero": 0.0}[rules.below_detection]
 
 
 def _worst(flags: Mapping[str, int]) -> Flag:

@@ -20,7 +20,7 @@ from drivers import DRIVERS, modbus_probe
 from drivers.modbus import ModbusConfig, ModbusDriver
 from drivers.mqtt_decode import parse_timestamp
 from telemetry import config, http, sinks
-from telemetry.aggregate import Aggregator, Validity
+from telemetry.aggregate import Aggregator, Override, Validity, rules_from
 from telemetry.errors import SinkError
 from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
@@ -51,33 +51,33 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         ),
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],
-        rules=RulesEngine(dep.rules, zones),
+        rules=RulesEngine(dep.rules, zones, dep.points),
         manager=AlertManager(cfg.notify, parse_time=parse_timestamp),
         notifier=Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
         metrics=metrics,
         commit_max=cfg.outbox.commit_max,
         observer=observer,
         aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
-        uplinks=[Uplink(platform, metrics) for platform in cfg.hj212],
+        uplinks=[Uplink(platform, dep.platform_point(platform), metrics) for platform in cfg.hj212],
     )
 
 
 def aggregator(dep: config.Deployment) -> Aggregator:
     agg = dep.config.aggregation
     default = Validity(agg.hour_min_valid_minutes, agg.day_min_valid_hours)
+    # Sample-time registers first: what the aggregation section says explicitly wins.
+    overrides = [
+        Override(s.quantity, {"sampled": True}, site=s.site, device=s.device)
+        for d in dep.devices
+        for s in d.sampled_series()
+    ]
+    overrides += [Override(o.quantity, o.settings(), o.site, o.point, o.device) for o in agg.overrides]
     return Aggregator(
         {s.id: s.timezone for s in dep.config.sites},
         windows=agg.windows,
         grace_s=agg.grace,
-        validity=default,
-        overrides={
-            o.quantity: Validity(
-                o.hour_min_valid_minutes or default.hour_min_valid_minutes,
-                o.day_min_valid_hours or default.day_min_valid_hours,
-            )
-            for o in agg.overrides
-        },
-        flow_quantity=agg.flow_quantity,
+        rules=rules_from(default, overrides),
+        points=dep.points,
         flow_weighted_daily=agg.flow_weighted_daily,
     )
 

@@ -28,13 +28,18 @@ from drivers.modbus_decode import NUMERIC_TYPES
 from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
 from drivers.mqtt_decode import PayloadError, parse_timestamp
 from telemetry import __version__, app
+from telemetry.aggregate import Aggregator
+from telemetry.calendar import calendar
 from telemetry.config import Deployment
 from telemetry.config_base import parse_duration
 from telemetry.errors import ConfigError, OutboxError
 from telemetry.hj212 import codec as hj212
+from telemetry.hj212 import units
+from telemetry.hj212.config import Platform
+from telemetry.hj212.periods import KINDS, PointEncoder
 from telemetry.hj212.receiver import Receiver
 from telemetry.lineproto import line
-from telemetry.model import AlertState
+from telemetry.model import Aggregate, AlertState
 from telemetry.outbox import (
     Status,
     add_command,
@@ -44,6 +49,7 @@ from telemetry.outbox import (
     read_state,
     read_status,
 )
+from telemetry.points import Point
 
 log = logging.getLogger("telemetry")
 
@@ -87,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     rules.add_argument("-c", "--config", required=True, help="deployment YAML file (rules, sites, aggregation)")
     rules.add_argument("--input", required=True, help="CSV: ts,site,device,quantity,value[,unit][,flag]")
     rules.add_argument("--at", default=None, help="evaluate up to this time (ISO 8601 or epoch); default: last reading")
+    rules.add_argument(
+        "--windows", default="", help="also print the closed windows of these sizes (e.g. 1h,1d): means, validity, Cou"
+    )
+    rules.add_argument("--hj212", default=None, metavar="PLATFORM", help="also print what that platform would receive")
     outbox = sub.add_parser("outbox", help="the local store-and-forward buffer")
     outbox.add_argument("action", choices=["status", "quarantine"])
     outbox.add_argument("what", nargs="?", choices=["list"], help="quarantine list")
@@ -374,14 +384,61 @@ def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     except (OSError, ValueError, PayloadError) as err:
         print(f"cannot read input: {err}", file=sys.stderr)
         return 2
+    platform = next((p for p in dep.config.hj212 if p.name == args.hj212), None)
+    if args.hj212 and platform is None:
+        print(f"no hj212 platform {args.hj212!r} in {dep.file}", file=sys.stderr)
+        return 2
     zones = {s.id: s.timezone for s in dep.config.sites}
     aggregator = app.aggregator(dep) if dep.config.aggregation.enabled else None
-    events = replay(RulesEngine(dep.rules, zones), aggregator, readings, until)
+    windows: list[Aggregate] = []
+    events = replay(RulesEngine(dep.rules, zones, dep.points), aggregator, readings, until, windows)
     for e in sorted(events, key=lambda e: e.ts):
         print(f"{_local(e.ts)}  {e.state.value:<17} {e.rule:<28} {e.site:<12} {e.message}")
+    shown = {w.strip() for w in args.windows.split(",") if w.strip()}
+    for w in sorted(windows, key=lambda w: (w.window, w.ts, w.point, w.device, w.quantity)):
+        if w.window in shown:
+            print(window_line(w, zones.get(w.site)))
+    if platform is not None and aggregator is not None:
+        for line in hj212_lines(dep, platform, aggregator, windows):
+            print(line)
     firing = sum(e.state is AlertState.FIRING for e in events)
     print(f"{len(readings)} readings replayed: {len(events)} events, {firing} firing")
     return 0
+
+
+def window_line(w: Aggregate, zone: str | None) -> str:
+    """One closed window as ``key=value`` fields, its start in the site's local time."""
+    start = calendar(zone).local(w.ts).isoformat()
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.10g}"
+
+    return (
+        f"window {w.window} {start} point={w.point or '-'} series={w.site}/{w.device}/{w.quantity}"
+        f" avg={num(w.avg)} min={num(w.min)} max={num(w.max)} unit={w.unit or '-'} count={w.count}"
+        f" valid_count={w.valid_count} valid={'yes' if w.valid else 'no'} flag={w.flag.value}"
+        f" method={w.method or '-'} cou={num(w.cou)}"
+    )
+
+
+def hj212_lines(dep: Deployment, platform: Platform, aggregator: Aggregator, windows: list[Aggregate]) -> list[str]:
+    """The periods (2051/2061/2031) the platform would receive from these windows, as CP text."""
+    point = dep.platform_point(platform)
+    encoder = PointEncoder(platform, point, dep.site(point.site).timezone, aggregator.cycle_of)
+    out = []
+    for kind in ("min", "hour", "day"):
+        cn, window = KINDS[kind]
+        if kind not in platform.send:
+            continue
+        periods: dict[int, list[Aggregate]] = {}
+        for w in windows:
+            if w.window == window:
+                periods.setdefault(encoder.period(kind, w.ts), []).append(w)
+        for start, group in sorted(periods.items()):
+            items = encoder.period_items(kind, start, group)
+            if items is not None:
+                out.append(f"hj212 {platform.name} MN={platform.mn} CN={cn} CP={hj212.encode_cp(items)}")
+    return out
 
 
 def _alerts(dep: Deployment, args: argparse.Namespace) -> int:
@@ -497,6 +554,7 @@ def likely_mistakes(dep: Deployment) -> list[str]:
         if quantity and not dynamic and not any(quantity in produced.get(s, set()) for s in sites):
             notes.append(f"rule {rule.name}: no device produces {quantity!r} at {rule.site or 'any site'}")
     notes += _shared_series(dep)
+    notes += _point_mistakes(dep)
     watched = {(r.site, getattr(r, "quantity", None)) for r in dep.rules}
     for device in dep.devices:
         quantities = {p.quantity for p in getattr(device, "points", [])}
@@ -507,11 +565,58 @@ def likely_mistakes(dep: Deployment) -> list[str]:
     return notes
 
 
+def point_line(p: Point) -> str:
+    devices = "every device of the site" if p.devices is None else ", ".join(sorted(p.devices))
+    quantities = "" if p.quantities is None else f" ({', '.join(sorted(p.quantities))})"
+    flow = f"{p.flow_device or '*'}/{p.flow_quantity}"
+    origin = "inferred: the site declares no points" if p.inferred else "declared"
+    return f"{p.id:<20} site {p.site}, {p.kind}: {devices}{quantities}; flow {flow} [{origin}]"
+
+
+def _point_mistakes(dep: Deployment) -> list[str]:
+    """Two flow meters in one inferred point (an inlet and an outlet), and point devices nobody produces."""
+    notes = []
+    known = [s for d in dep.devices for s in d.known_series()]
+    named = {(s.site, s.device) for s in known}
+    dynamic = any(
+        sub.device is None for d in dep.devices for sub in getattr(d, "subscriptions", [])
+    )  # an MQTT topic names devices at run time
+    for point in dep.points.all:
+        flows = sorted({s.device for s in known if s.site == point.site and point.is_flow(s.device, s.quantity)})
+        if point.inferred and len(flows) > 1:
+            notes.append(
+                f"site {point.site}: {len(flows)} flow meters ({', '.join(flows)}) in its one inferred point;"
+                " declare 'points' (an inlet and an outlet) so volumes and masses are not mixed"
+            )
+        for device in sorted(point.devices or ()):
+            if not dynamic and (point.site, device) not in named:
+                notes.append(f"point {point.id}: no configured device {device!r} at site {point.site}")
+    for platform in dep.config.hj212:
+        point = dep.platform_point(platform)
+        codes = platform.code_map(point.kind)
+        for s in known:
+            code = codes.get(s.quantity)
+            if (
+                s.unit == ""
+                and s.site == point.site
+                and code
+                and units.wire_unit(code)
+                and point.holds(s.device, s.quantity)
+            ):
+                notes.append(
+                    f"{s.site}/{s.device}/{s.quantity}: no unit, so hj212 {platform.name} sends it as if in"
+                    f" {units.wire_unit(code)} ({code}); give the point its unit"
+                )
+    return notes
+
+
 def summary(dep: Deployment) -> str:
     cfg = dep.config
     out = [f"{dep.file}: valid"]
     out.append(f"sites ({len(cfg.sites)}):")
     out += [f"  {s.id:<20} {s.timezone:<16} {s.name}" for s in cfg.sites]
+    out.append(f"monitoring points ({len(dep.points.all)}):")
+    out += [f"  {point_line(p)}" for p in dep.points.all]
     out.append(f"devices ({len(dep.devices)}):")
     for d in dep.devices:
         out.append(f"  {d.id:<20} {d.kind:<7} site {d.site or '(from topic)'}: {d.describe()}")
@@ -530,7 +635,10 @@ def summary(dep: Deployment) -> str:
     out.append(f"metrics: {'http://' + cfg.metrics.listen + '/metrics' if cfg.metrics.enabled else 'off'}")
     out.append(f"outbox: {cfg.outbox.path}")
     out.append(f"hj212 platforms ({len(cfg.hj212)}):")
-    out += [f"  {p.name:<20} {p.host}:{p.port} site {p.site} MN {p.mn} HJ 212-{p.version}" for p in cfg.hj212]
+    out += [
+        f"  {p.name:<20} {p.host}:{p.port} point {dep.platform_point(p).id} MN {p.mn} HJ 212-{p.version}"
+        for p in cfg.hj212
+    ]
     notes = dep.warnings + likely_mistakes(dep)
     out.append(f"warnings ({len(notes)}):")
     out += [f"  {note}" for note in notes]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pathlib
 from collections import Counter
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     Field,
@@ -36,7 +36,9 @@ from telemetry.config_base import (
     parse_size,
 )
 from telemetry.errors import ConfigError
+from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
+from telemetry.points import Point, PointConfig, Points
 from telemetry.rule_config import Aggregation, EvaluatedRule, RuleConfig, StandardRule, expand_standard
 from telemetry.yamlsource import Path, Source, dotted, load_yaml
 
@@ -51,6 +53,16 @@ class Site(Model):
     timezone: TimeZone = "Asia/Shanghai"
 
 
+class KnownSeries(NamedTuple):
+    """A series a device is known to produce before it runs (``unit`` None: set by the payload)."""
+
+    site: str
+    device: str
+    quantity: str
+    unit: str | None
+    where: Path  # the config path (below the device) that declares it
+
+
 class DeviceConfig(Model):
     """Fields every driver section has; each driver's config class extends it."""
 
@@ -61,6 +73,15 @@ class DeviceConfig(Model):
     def describe(self) -> str:
         """One line for ``telemetry check``: where the device is reached."""
         return self.kind
+
+    def known_series(self) -> list[KnownSeries]:
+        """The series this device produces that the configuration names in full (others come
+        from topics and payloads at run time)."""
+        return []
+
+    def sampled_series(self) -> list[KnownSeries]:
+        """Series whose readings carry the analyzer's sample time (a sample-time register)."""
+        return []
 
     @classmethod
     def cross_check(cls, devices: list[DeviceConfig]) -> list[tuple[DeviceConfig, str, str]]:
@@ -183,6 +204,7 @@ class Outbox(Model):
 
 class Config(Model):
     sites: Annotated[list[Site], Field(min_length=1)]
+    points: list[PointConfig] = []
     devices: list[dict[str, Any]] = []
     influxdb: list[Sink] = []
     rules: list[RuleConfig] = []
@@ -208,9 +230,36 @@ class Deployment:
         self.devices = devices
         self.rules: list[EvaluatedRule] = rules if rules is not None else []  # standards expanded
         self.warnings: list[str] = []  # valid but unsafe: logged at start-up, shown by `telemetry check`
+        self.points = points_of(config)
 
     def site(self, site_id: str) -> Site:
         return next(s for s in self.config.sites if s.id == site_id)
+
+    def platform_point(self, platform: Platform) -> Point:
+        """The monitoring point a platform connection uploads (checked at load)."""
+        return resolve_point(self.points, platform.point, platform.site)
+
+
+def points_of(config: Config) -> Points:
+    return Points.from_config([s.id for s in config.sites], config.points, config.aggregation.flow_quantity)
+
+
+def resolve_point(points: Points, point: str | None, site: str | None) -> Point:
+    """The point a rule or platform names: ``point``, or the only point of ``site``.
+    Raises ValueError saying what was expected."""
+    if point is not None:
+        found = points.by_id.get(point)
+        if found is None:
+            known = ", ".join(sorted(points.by_id)) or "none"
+            raise ValueError(f"expected a monitoring point ({known}), found {point!r}")
+        if site is not None and found.site != site:
+            raise ValueError(f"expected a point of site {site!r}, found {point!r} of site {found.site!r}")
+        return found
+    candidates = points.of_site(site or "")
+    if len(candidates) != 1:
+        names = ", ".join(p.id for p in candidates)
+        raise ValueError(f"expected 'point': site {site!r} has {len(candidates)} monitoring points ({names})")
+    return candidates[0]
 
 
 def load(
@@ -323,12 +372,20 @@ def standards_dir(config: Config, file: str) -> pathlib.Path:
 def _expand_rules(config: Config, file: str, src: Source, problems: list[str]) -> list[EvaluatedRule]:
     out: list[EvaluatedRule] = []
     directory = standards_dir(config, file)
+    points = points_of(config)
     for index, rule in enumerate(config.rules):
         if not isinstance(rule, StandardRule):
             out.append(rule)
             continue
+        standard = rule
+        if rule.point is None:  # a standard judges an outfall: the site's only point
+            try:
+                standard = rule.model_copy(update={"point": resolve_point(points, None, rule.site).id})
+            except ValueError as err:
+                problems.append(_at(src, ("rules", index, "site"), str(err)))
+                continue
         try:
-            out.extend(expand_standard(rule, directory))
+            out.extend(expand_standard(standard, directory))
         except (ValueError, OSError) as err:
             problems.append(_at(src, ("rules", index, "tables"), str(err)))
     twice = sorted(name for name, n in Counter(r.name for r in out).items() if n > 1)
@@ -480,4 +537,107 @@ def _cross_checks(config: Config, devices: list[DeviceConfig], src: Source) -> l
     for index, route in enumerate(config.notify.routes):
         for j, site in enumerate(route.sites):
             known(("notify", "routes", index, "sites", j), site)
+    problems += _point_checks(config, devices, raw_ids, src)
     return problems
+
+
+def _point_checks(config: Config, devices: list[DeviceConfig], raw_ids: list[str], src: Source) -> list[str]:
+    """Monitoring points: unique, unambiguous, named correctly by rules and platforms, the units
+    of what each platform uploads convertible into the units HJ 212 prescribes, and a cycle
+    for every analyzer whose sample time is read."""
+    problems = _declared_points(config, src)
+    if problems:
+        return problems
+    points = points_of(config)
+
+    def named(path: Path, point: str | None, site: str | None) -> Point | None:
+        try:
+            return resolve_point(points, point, site)
+        except ValueError as err:
+            problems.append(_at(src, (*path, "point" if point is not None else "site"), str(err)))
+            return None
+
+    for index, rule in enumerate(config.rules):
+        if rule.point is not None:
+            named(("rules", index), rule.point, rule.site)
+    for index, override in enumerate(config.aggregation.overrides):
+        if override.point is not None:
+            named(("aggregation", "overrides", index), override.point, override.site)
+    series = [(raw_ids.index(d.id), s) for d in devices for s in d.known_series()]
+    for index, platform in enumerate(config.hj212):
+        point = named(("hj212", index), platform.point, platform.site)
+        if point is not None:
+            problems += _unit_problems(platform, point, series, src)
+    for device in devices:
+        for sampled in device.sampled_series():
+            if not _has_cycle(config, points, sampled):
+                message = (
+                    f"expected the analyzer's measuring cycle for a sample-time register: add "
+                    f"{{quantity: {sampled.quantity}, device: {sampled.device}, cycle: 1h}} to aggregation.overrides"
+                )
+                problems.append(_at(src, ("devices", raw_ids.index(device.id), *sampled.where), message))
+    return problems
+
+
+def _declared_points(config: Config, src: Source) -> list[str]:
+    problems: list[str] = []
+    site_ids = {s.id for s in config.sites}
+    inferred = site_ids - {p.site for p in config.points}
+    for index, point in enumerate(config.points):
+        at: Path = ("points", index)
+        if any(p.id == point.id for p in config.points[:index]):
+            problems.append(_at(src, (*at, "id"), f"expected a unique id, found {point.id!r} again"))
+        if point.site not in site_ids:
+            problems.append(_at(src, (*at, "site"), f"expected a site from 'sites', found {point.site!r}"))
+        if point.id in inferred:
+            problems.append(_at(src, (*at, "id"), f"expected an id other than site {point.id!r} (its inferred point)"))
+        if point.flow.device is not None and point.flow.device not in point.devices:
+            message = f"expected one of the point's devices {point.devices}"
+            problems.append(_at(src, (*at, "flow", "device"), message))
+        for other in config.points[:index]:
+            shared = _overlap(point, other)
+            if shared:
+                message = f"expected each series in one point; {shared} is also in {other.id!r}"
+                problems.append(_at(src, (*at, "devices"), message))
+    return problems
+
+
+def _unit_problems(platform: Platform, point: Point, series: list[tuple[int, KnownSeries]], src: Source) -> list[str]:
+    problems = []
+    codes = platform.code_map(point.kind)
+    for device_index, known in series:
+        code = codes.get(known.quantity)
+        if code is None or known.unit is None or known.site != point.site:
+            continue
+        if point.holds(known.device, known.quantity) and units.factor(known.unit, code) is None:
+            message = (
+                f"expected a unit convertible to {units.wire_unit(code)} for {known.quantity} ({code}),"
+                f" uploaded to hj212 {platform.name!r}, found {known.unit!r}"
+            )
+            problems.append(_at(src, ("devices", device_index, *known.where), message))
+    return problems
+
+
+def _has_cycle(config: Config, points: Points, series: KnownSeries) -> bool:
+    point = points.point_of(series.site, series.device, series.quantity)
+    return any(
+        o.quantity == series.quantity
+        and o.cycle is not None
+        and o.site in (None, series.site)
+        and o.device in (None, series.device)
+        and (o.point is None or (point is not None and o.point == point.id))
+        for o in config.aggregation.overrides
+    )
+
+
+def _overlap(a: PointConfig, b: PointConfig) -> str:
+    """A series two points of one site would both claim, as text ("" when none)."""
+    if a.site != b.site:
+        return ""
+    devices = sorted(set(a.devices) & set(b.devices))
+    if not devices:
+        return ""
+    if a.quantities and b.quantities:
+        quantities = sorted(set(a.quantities) & set(b.quantities))
+        return f"{devices[0]}/{quantities[0]}" if quantities else ""
+    return f"{devices[0]}/{(a.quantities or b.quantities or ['*'])[0]}"

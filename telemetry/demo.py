@@ -34,7 +34,7 @@ from telemetry.hj212.receiver import Receiver
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.pipeline import Pipeline
 from telemetry.receiver import NotificationReceiver
-from telemetry.simulator import LeachateStation, ModbusAnalyzer, MqttPublisher, demo_sources
+from telemetry.simulator import LeachateInlet, LeachateStation, ModbusAnalyzer, MqttPublisher, demo_sources
 from telemetry.timing import wait_event
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
@@ -57,12 +57,12 @@ class LiveView:
     """Latest value per site and quantity, alert transitions as they happen."""
 
     def __init__(self) -> None:
-        self.latest: dict[str, dict[str, Reading]] = {}
+        self.latest: dict[str, dict[str, Reading]] = {}  # "site/device" -> quantity -> newest
         self.readings = 0
 
     def observe(self, readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
         for r in readings:
-            self.latest.setdefault(r.site, {})[r.quantity] = r
+            self.latest.setdefault(f"{r.site}/{r.device}", {})[r.quantity] = r
         self.readings += len(readings)
         for e in events:
             word = "ALERT FIRING " if e.state is AlertState.FIRING else "ALERT RESOLVED"
@@ -75,7 +75,7 @@ class LiveView:
                 f"{q} {r.value:.2f} {r.unit}".rstrip() + ("" if r.flag is Flag.N else f" [{r.flag.value}]")
                 for q, r in sorted(values.items())
             )
-            print(f"          {site:<11} {row}", flush=True)
+            print(f"          {site:<30} {row}", flush=True)
         if pipeline is not None:
             waiting = ", ".join(f"{c}: {n}" for c, n in sorted(pipeline.outbox.backlog().items()))
             print(f"          outbox      {waiting or 'no sink'} waiting  ({influx_note})", flush=True)
@@ -117,7 +117,9 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
     view = LiveView()
     station = LeachateStation(excursion_at=float(os.environ.get("DEMO_EXCURSION_AT", "60")))
     modbus = next(d for d in dep.devices if d.kind == "modbus")
-    analyzer = ModbusAnalyzer(station, getattr(modbus, "host", "127.0.0.1"), getattr(modbus, "port", 15020))
+    analyzer = ModbusAnalyzer(
+        station, getattr(modbus, "host", "127.0.0.1"), getattr(modbus, "port", 15020), inlet=LeachateInlet()
+    )
     try:
         await analyzer.start()
     except (OSError, RuntimeError) as err:

@@ -43,17 +43,26 @@ def reading_line(r: Reading) -> str:
 
 
 def alert_line(e: AlertEvent) -> str:
-    tags = f"alerts,rule={tag(e.rule)},severity={tag(e.severity)},site={tag(e.site)},state={tag(e.state.value)}"
+    """Tagged by device, point and quantity where the event has them: two devices' events at one
+    tick are two points, not one overwriting the other."""
+    labels = e.labels
+    tags = "alerts" + "".join(f",{k}={tag(labels[k])}" for k in ("device", "point", "quantity") if labels.get(k))
+    tags += f",rule={tag(e.rule)},severity={tag(e.severity)},site={tag(e.site)},state={tag(e.state.value)}"
     fields = f"limit={number(e.limit)},message={string_field(e.message)},value={number(e.value)}"
     return f"{tags} {fields} {e.ts}"
 
 
 def agg_line(a: Aggregate) -> str:
-    tags = f"telemetry_agg,device={tag(a.device)},quantity={tag(a.quantity)},site={tag(a.site)}"
+    tags = f"telemetry_agg,device={tag(a.device)}"
+    if a.point:
+        tags += f",point={tag(a.point)}"
+    tags += f",quantity={tag(a.quantity)},site={tag(a.site)}"
     if a.unit:
         tags += f",unit={tag(a.unit)}"
     tags += f",window={tag(a.window)}"
     fields = [f"count={a.count}i", f"flag={string_field(a.flag.value)}"]
+    if a.method:
+        fields.append(f"method={string_field(a.method)}")
     fields += [
         f"{name}={number(v)}"
         for name, v in (("avg", a.avg), ("cou", a.cou), ("max", a.max), ("min", a.min))

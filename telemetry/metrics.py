@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -162,6 +162,12 @@ class Metrics:
             registry=registry,
         )
 
+    def watch_data(
+        self, rule_counts: Callable[[], Mapping[tuple[str, str], int]], aggregation: Callable[[], Mapping[str, int]]
+    ) -> None:
+        """Report what rules and the aggregator adjusted or left out of the data, read at scrape time."""
+        self.registry.register(_DataCollector(rule_counts, aggregation))
+
     def watch_outbox(self, backlog: Callable[[], Mapping[str, int]], lag: Callable[[], Mapping[str, float]]) -> None:
         """Report each consumer's backlog (records) and lag (seconds), read at scrape time."""
         self.registry.register(_BacklogCollector(backlog, lag))
@@ -189,3 +195,31 @@ class _BacklogCollector(Collector):
         for consumer, seconds in sorted(self._lag().items()):
             lag.add_metric([consumer], seconds)
         yield lag
+
+
+class _DataCollector(Collector):
+    def __init__(
+        self, rule_counts: Callable[[], Mapping[tuple[str, str], int]], aggregation: Callable[[], Mapping[str, int]]
+    ) -> None:
+        self._rules = rule_counts
+        self._aggregation = aggregation
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        steps = CounterMetricFamily(
+            "telemetry_totalizer_steps",
+            "Totalizer readings lower than the one before, per capacity rule, by what they were taken for"
+            " (jitter: ignored; reset; rollover; rebase: a replaced or re-set meter)",
+            labels=["rule", "step"],
+        )
+        for (rule, step), count in sorted(self._rules().items()):
+            steps.add_metric([rule, step], count)
+        yield steps
+        left = CounterMetricFamily(
+            "telemetry_aggregation_readings_skipped",
+            "Readings not aggregated: late (their window had closed) or held (a cyclic analyzer's result"
+            " read again before its next measurement)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._aggregation().items()):
+            left.add_metric([reason], count)
+        yield left

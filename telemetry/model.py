@@ -196,7 +196,12 @@ class Aggregate:
 
     ``valid`` follows the validity rules (enough ``N`` minutes in an hour, hours in a
     day); min/avg/max cover valid values only and are None when there were none.
-    ``cou`` is the cumulative amount: m3 for flow, kg for a pollutant (needs flow).
+    ``cou`` is the cumulative amount: m3 for flow, kg for a pollutant (needs the point's flow).
+    ``point`` is the monitoring point the series belongs to ("" for none). ``method`` says how
+    the value was formed: an hour from ``minutes`` (continuous analyzers), from ``cycles``
+    (one value per measuring cycle) or ``carried`` (the last valid measurement of a cycle
+    longer than an hour); a day ``flow``-weighted or ``arithmetic``. ``sample_ts`` is the
+    analyzer's sample time of the value, where the series has measuring cycles.
     """
 
     ts: int
@@ -213,6 +218,9 @@ class Aggregate:
     valid: bool
     cou: float | None = None
     flag: Flag = Flag.N
+    point: str = ""
+    method: str = ""
+    sample_ts: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -230,6 +238,9 @@ class Aggregate:
             "valid": self.valid,
             "cou": self.cou,
             "flag": self.flag.value,
+            "point": self.point,
+            "method": self.method,
+            "sample_ts": self.sample_ts,
         }
 
     @classmethod

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS windows (  -- closed aggregate windows, for the HJ 21
     window TEXT NOT NULL,
     start_ns INTEGER NOT NULL,
     body BLOB NOT NULL,
+    point TEXT NOT NULL DEFAULT '',  -- the monitoring point ('' in rows stored before points existed)
     PRIMARY KEY (site, device, quantity, window, start_ns)
 );
 CREATE INDEX IF NOT EXISTS windows_by_site ON windows (site, window, start_ns);
@@ -171,6 +172,7 @@ class Outbox:
             self._db.execute("PRAGMA busy_timeout=5000")  # the CLI may write a command meanwhile
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
+            _migrate(self._db)
             row = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()
             seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         except sqlite3.Error as err:
@@ -221,12 +223,16 @@ class Outbox:
             if rejected:
                 self._dead_letters(rejected)
             windows = [
-                (r.site, r.device, r.quantity, r.window, r.ts, b)
+                (r.site, r.device, r.quantity, r.window, r.ts, b, r.point)
                 for r, (_, b) in zip(records, rows, strict=True)
                 if isinstance(r, Aggregate)
             ]
             if windows:
-                self._db.executemany("INSERT OR REPLACE INTO windows VALUES (?, ?, ?, ?, ?, ?)", windows)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO windows (site, device, quantity, window, start_ns, body, point)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    windows,
+                )
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
@@ -243,19 +249,21 @@ class Outbox:
             self._drop_oldest()
         return self._last_id
 
-    def windows(self, site: str, window: str, start_ns: int, end_ns: int) -> list[Aggregate]:
-        """Closed windows of a site starting in [start_ns, end_ns), oldest first."""
+    def windows(
+        self, site: str, window: str, start_ns: int, end_ns: int, points: Sequence[str] | None = None
+    ) -> list[Aggregate]:
+        """Closed windows of a site (of these monitoring points) starting in [start_ns, end_ns), oldest first."""
         rows = self._db.execute(
-            "SELECT body FROM windows WHERE site = ? AND window = ? AND start_ns >= ? AND start_ns < ?"
-            " ORDER BY start_ns, device, quantity",
-            (site, window, start_ns, end_ns),
+            "SELECT body FROM windows WHERE site = ? AND window = ? AND start_ns >= ? AND start_ns < ?"  # noqa: S608
+            f" AND {_POINTS} ORDER BY start_ns, device, quantity",  # a constant clause: no input in the text
+            (site, window, start_ns, end_ns, *_points(points)),
         ).fetchall()
         return [Aggregate.from_dict(orjson.loads(body)) for (body,) in rows]
 
-    def window_starts(self, site: str, window: str, since_ns: int) -> list[int]:
+    def window_starts(self, site: str, window: str, since_ns: int, points: Sequence[str] | None = None) -> list[int]:
         rows = self._db.execute(
-            "SELECT DISTINCT start_ns FROM windows WHERE site = ? AND window = ? AND start_ns >= ?",
-            (site, window, since_ns),
+            f"SELECT DISTINCT start_ns FROM windows WHERE site = ? AND window = ? AND start_ns >= ? AND {_POINTS}",  # noqa: S608
+            (site, window, since_ns, *_points(points)),
         ).fetchall()
         return [int(r[0]) for r in rows]
 
@@ -461,6 +469,24 @@ class Outbox:
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # nothing open: the failure came before BEGIN
             self._db.execute("ROLLBACK")
+
+
+_POINTS = "(? IS NULL OR point IN (?, ?))"  # any point, or one of (at most) two
+
+
+def _points(points: Sequence[str] | None) -> tuple[str | None, str | None, str | None]:
+    if not points:
+        return None, None, None
+    if len(points) > 2:
+        raise ValueError("at most two point names")
+    return points[0], points[0], points[-1]
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database written by an earlier version up to this schema."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(windows)")}
+    if "point" not in columns:  # before monitoring points: every row belongs to its site's inferred point
+        db.execute("ALTER TABLE windows ADD COLUMN point TEXT NOT NULL DEFAULT ''")
 
 
 def _dead_letters(db: sqlite3.Connection, limit: int) -> list[Rejected]:

@@ -77,6 +77,8 @@ class Pipeline:
         for uplink in self.uplinks:
             uplink.attach(self.db, outbox)
             uplink.on_alert = self._record_event
+            if aggregator is not None:
+                uplink.attach_aggregator(aggregator.closed_through, aggregator.cycle_of)
         self.tick_s = tick_s
         self.snapshot_s = snapshot_s
         self.drivers = list(drivers)
@@ -138,6 +140,7 @@ class Pipeline:
             if saved:
                 await self._restore_aggregates(self.aggregator, orjson.loads(saved))
         self.metrics.watch_outbox(self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries})
+        self.metrics.watch_data(self.rules.counts, self._aggregation_counts)
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
         committer = asyncio.create_task(self._commit_loop(), name="committer")
@@ -175,21 +178,26 @@ class Pipeline:
         sites = aggregator.sites()
         dropped = 0
         for window in ("1m", "1h", "1d"):  # hours before days: a day takes the hours closed meanwhile
-            starts = [await self.db(self.outbox.last_window_start, site, window) for site in sites]
-            known = [s for s in starts if s is not None]
+            starts = [(await self.db(self.outbox.last_window_start, site, window), site) for site in sites]
+            known = [(s, site) for s, site in starts if s is not None]
             if not known:
                 continue
-            last = max(known)
+            last, site_of_last = max(known)
             since = aggregator.adoptable_hours_since() if window == "1h" else None
             if since is not None:  # hours closed after the snapshot: not in their day windows yet
                 for site in sites:
                     aggregator.adopt_hours(await self.db(self.outbox.windows, site, "1h", since, last + 1))
-            dropped += aggregator.committed(window, last)
+            dropped += aggregator.committed(window, last, site_of_last)
         log.info(
             "resumed %d open aggregate windows (%d already closed and stored after the snapshot: left as they are)",
             aggregator.open_windows(),
             dropped,
         )
+
+    def _aggregation_counts(self) -> dict[str, int]:
+        if self.aggregator is None:
+            return {}
+        return {"late": self.aggregator.late, "held": self.aggregator.held}
 
     async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for ``stop``; a task that dies on its own is logged and stops the daemon."""
@@ -353,7 +361,7 @@ class Pipeline:
         closed: list[Aggregate] = []
         if self.aggregator is not None and close_windows:
             closed = self.aggregator.advance(now_ns)
-            self.aggregator.prune_flow(now_ns - 3 * 86400 * 1_000_000_000)
+            self.aggregator.prune(now_ns - 3 * 86400 * 1_000_000_000)
         if closed:
             self._queue.put_nowait(_Item(closed, None))
         events = self.rules.on_windows(closed) + self.rules.tick(now_ns)

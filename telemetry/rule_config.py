@@ -26,18 +26,20 @@ _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 class RuleBase(Model):
     name: Name
     site: Name | None = None
+    point: Name | None = None  # a monitoring point: only the series that measure it
     device: Name | None = None
     severity: Severity = "warning"
     message: str = ""
     keep_firing_for: Duration = 0.0  # once firing, stay firing until clear this long
 
     def matches(self, site: str, device: str) -> bool:
+        """Site and device only: the engine checks ``point`` (it knows which series measure it)."""
         return (self.site is None or self.site == site) and (self.device is None or self.device == device)
 
     def describe(self) -> str:
         """One line for ``telemetry check``."""
         what = getattr(self, "quantity", None) or "*"
-        where = f"{self.site or '*'}/{self.device or '*'}/{what}"
+        where = f"{self.site or '*'}{'@' + self.point if self.point else ''}/{self.device or '*'}/{what}"
         kind = str(getattr(self, "kind", ""))
         return f"{kind:<20} {where} {self.detail()} [{self.severity}]"
 
@@ -82,16 +84,25 @@ class LimitRule(RuleBase):
 
 
 class StandardRule(Model):
-    """Attach discharge-standard tables to an outfall: one ``limit`` rule per pollutant and window."""
+    """Attach discharge-standard tables to an outfall (a ``point``, or a ``site`` with one
+    point): one ``limit`` rule per pollutant and window. ``overrides`` merge into the
+    table's limits (``{ph: {above: 8.5}}`` keeps the table's lower bound)."""
 
     kind: Literal["standard"]
     name: Name
-    site: Name
+    site: Name | None = None
+    point: Name | None = None
     device: Name | None = None
     tables: Annotated[list[str], Field(min_length=1)]
     windows: list[Literal["instant", "1h", "1d"]] = ["1h", "1d"]
     overrides: dict[Name, dict[Literal["above", "below"], float]] = {}
     severity: Severity = "critical"
+
+    @model_validator(mode="after")
+    def _where(self) -> StandardRule:
+        if self.site is None and self.point is None:
+            raise PydanticCustomError("where", "expected 'point' (or 'site' for a site with one point), found neither")
+        return self
 
 
 class CapacityRule(RuleBase):
@@ -105,6 +116,8 @@ class CapacityRule(RuleBase):
     under_percent: Annotated[float, Field(ge=0)] | None = None
     project_after: Duration = 4 * 3600.0
     rollover: Annotated[float, Field(gt=0)] | None = None
+    reset_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # a drop to this share of the old value: reset
+    jitter_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.01  # a step back this small: jitter, ignored
     max_gap: Duration = 3600.0
     grace: Duration = 300.0
 
@@ -172,10 +185,41 @@ RuleConfig = Annotated[
 ]
 
 
-class ValidityOverride(Model):
+class QuantityOverride(Model):
+    """Aggregation settings of one quantity, optionally only at a site, point or device.
+    Every matching entry applies in the order written; what a later one sets wins."""
+
     quantity: Name
+    site: Name | None = None
+    point: Name | None = None
+    device: Name | None = None
     hour_min_valid_minutes: Annotated[int, Field(ge=1, le=60)] | None = None
     day_min_valid_hours: Annotated[int, Field(ge=1, le=24)] | None = None
+    cycle: Annotated[Duration, Field(gt=0, le=7 * 86400)] | None = None  # the analyzer's measuring cycle
+    sample_time: bool | None = None  # the readings' ts is the analyzer's sample time (MQTT, HJ 212 DAUs)
+    hour_value: Literal["measured", "carry"] | None = None  # a cycle above an hour: carry the last result
+    hour_min_measurements: Annotated[int, Field(ge=1, le=60)] | None = None
+    detection_limit: Annotated[float, Field(ge=0)] | None = None
+    below_detection: Literal["half", "limit", "zero", "keep"] | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The aggregator's per-series settings this entry sets (``telemetry.aggregate.Validity``)."""
+        out = self.model_dump(
+            include={
+                "hour_min_valid_minutes",
+                "day_min_valid_hours",
+                "hour_value",
+                "hour_min_measurements",
+                "detection_limit",
+                "below_detection",
+            },
+            exclude_none=True,
+        )
+        if self.cycle is not None:
+            out["cycle_s"] = self.cycle
+        if self.sample_time is not None:
+            out["sampled"] = self.sample_time
+        return out
 
 
 class Aggregation(Model):
@@ -184,9 +228,9 @@ class Aggregation(Model):
     grace: Duration = 120.0
     hour_min_valid_minutes: Annotated[int, Field(ge=1, le=60)] = 45
     day_min_valid_hours: Annotated[int, Field(ge=1, le=24)] = 20
-    flow_quantity: Name = "flow"
+    flow_quantity: Name = "flow"  # the flow of inferred points (a site without ``points``)
     flow_weighted_daily: bool = True
-    overrides: list[ValidityOverride] = []
+    overrides: list[QuantityOverride] = []
 
 
 def load_table(directory: Path, table: str) -> dict[str, Any]:
@@ -205,7 +249,7 @@ def expand_standard(rule: StandardRule, directory: Path) -> list[LimitRule]:
         for quantity, bounds in (load_table(directory, table).get("limits") or {}).items():
             limits[quantity] = {k: float(v) for k, v in bounds.items() if k in ("above", "below")}
     for quantity, bounds in rule.overrides.items():
-        limits[quantity] = {k: float(v) for k, v in bounds.items()}
+        limits[quantity] = {**limits.get(quantity, {}), **{k: float(v) for k, v in bounds.items()}}
     out = []
     for quantity, bounds in sorted(limits.items()):
         for window in rule.windows:
@@ -215,6 +259,7 @@ def expand_standard(rule: StandardRule, directory: Path) -> list[LimitRule]:
                         "kind": "limit",
                         "name": f"{rule.name}_{quantity}_{window}",
                         "site": rule.site,
+                        "point": rule.point,
                         "device": rule.device,
                         "quantity": quantity,
                         "window": window,

@@ -108,6 +108,29 @@ class LeachateStation:
         return 70.0 * min(1.0, x / 10, (self.excursion_for - x) / 10)
 
 
+@dataclass
+class LeachateInlet:
+    """Raw leachate entering the same station: two orders of magnitude above the effluent, never
+    regulated, and measured by its own analyzers and flow meter (Modbus unit 2 in the demo)."""
+
+    seed: int = 2017
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def values(self, now: float | None = None) -> dict[str, float]:
+        t = time.time() if now is None else now
+        noise = self._rng.gauss
+        return {
+            "cod": max(0.0, 9800 + 900 * _daily(t, 10) + noise(0, 120)),
+            "nh3n": max(0.0, 1500 + 150 * _daily(t, 10) + noise(0, 20)),
+            "flow": max(0.0, 2.25 + 0.3 * _daily(t, 9) + noise(0, 0.03)),
+        }
+
+    def status_word(self, now: float | None = None) -> int:
+        return 0
+
+
 class RegisterServer:
     """A real pymodbus server (Modbus TCP, or RTU framing over TCP) whose units read plain dicts.
 
@@ -210,19 +233,32 @@ class RegisterServer:
 
 
 class ModbusAnalyzer:
-    """The leachate station's analyzers: float32 values refreshed from the model on every read."""
+    """The leachate station's analyzers: float32 values refreshed from the model on every read.
+    The effluent is unit ``unit_id``; an ``inlet`` model, when given, answers as ``inlet_unit``."""
 
-    def __init__(self, station: LeachateStation, host: str = "127.0.0.1", port: int = 15020, unit_id: int = 1) -> None:
+    def __init__(
+        self,
+        station: LeachateStation,
+        host: str = "127.0.0.1",
+        port: int = 15020,
+        unit_id: int = 1,
+        inlet: LeachateInlet | None = None,
+        inlet_unit: int = 2,
+    ) -> None:
         self.station = station
         self.unit_id = unit_id
-        self.server = RegisterServer(host, port, units=(unit_id,), on_read=self._refresh)
+        self._models: dict[int, LeachateStation | LeachateInlet] = {unit_id: station}
+        if inlet is not None:
+            self._models[inlet_unit] = inlet
+        self.server = RegisterServer(host, port, units=tuple(self._models), on_read=self._refresh)
         self.host, self.port = self.server.host, self.server.port
 
     def _refresh(self, unit: int) -> None:
-        for quantity, value in self.station.values().items():
+        model = self._models[unit]
+        for quantity, value in model.values().items():
             words = list(struct.unpack(">HH", struct.pack(">f", value)))  # float32, ABCD
             self.server.set(unit, "holding", LEACHATE_REGISTERS[quantity], words)
-        self.server.set(unit, "holding", LEACHATE_STATUS, [self.station.status_word()])
+        self.server.set(unit, "holding", LEACHATE_STATUS, [model.status_word()])
 
     async def start(self) -> None:
         await self.server.start_async()

@@ -9,7 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from telemetry.aggregate import NS, Aggregator, Validity
+from telemetry.aggregate import Aggregator, Override, Validity, rules_from
+from telemetry.calendar import NS
 from telemetry.model import Aggregate, Flag, Reading
 from telemetry.outbox import Outbox
 from tests.daemon import start_daemon
@@ -54,7 +55,7 @@ def test_hour_with_40_valid_minutes_is_invalid_and_flagged() -> None:
 
 
 def test_override_for_an_analyzer_with_an_hourly_cycle() -> None:
-    a = agg(overrides={"cod": Validity(hour_min_valid_minutes=1, day_min_valid_hours=20)})
+    a = agg(rules=rules_from(Validity(), [Override("cod", {"hour_min_valid_minutes": 1})]))
     start = at(2026, 3, 1, 10)
     a.add([Reading(start + 30 * 60 * NS, "s", "an", "cod", 55.0, "mg/L")])
     [hour] = closed(a, start + 3660 * NS, "1h")

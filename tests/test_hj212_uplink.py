@@ -100,7 +100,7 @@ async def test_station_sends_realtime_minute_hour_and_day_data_each_acked(tmp_pa
     assert minutes[2].get("w21003-Avg") == "5"  # the other analyzer was measuring
     hour = by_cn(packets, "2061")[0]
     assert hour.get("DataTime") == yesterday.strftime("%Y%m%d%H0000")
-    assert hour.get("w00000-Avg") == "2"
+    assert hour.get("w00000-Avg") == "0.555556"  # 2 m3/h in the L/s HJ 212-2017 prescribes for w00000
     assert hour.get("w00000-Cou") == "2"  # m3 in the hour
     assert hour.get("w21003-Avg") == "5"
     assert hour.get("w01018-Flag") == "N"
@@ -285,3 +285,119 @@ async def test_receiver_command_asks_a_station_for_history(tmp_path: Path) -> No
     assert "CN=2061;" in text
     assert f"DataTime={begin}" in text
     assert "ExeRtn=1" in text
+
+
+TWO_POINTS = """
+sites: [{{id: s}}]
+points:
+  - {{id: outlet, site: s, devices: [eff, eff-flow]}}
+  - {{id: inlet, site: s, devices: [raw, raw-flow]}}
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp}/outbox.sqlite"}}
+hj212:
+  - {{name: outlet, host: 127.0.0.1, port: {port}, point: outlet, mn: "{mn_out}", pw: "123456", rtd_interval: 1s,
+     overtime: 500ms, grace: 0s, send: [rtd, hour]}}
+  - {{name: inlet, host: 127.0.0.1, port: {port}, point: inlet, mn: "{mn_in}", pw: "123456", rtd_interval: 1s,
+     overtime: 500ms, grace: 0s, send: [rtd, hour]}}
+"""
+
+
+async def test_two_points_at_one_site_go_up_under_their_own_mn_with_their_own_values(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    mn_out, mn_in = "41050022000017", "41050022000018"
+    path = tmp_path / "site.yaml"
+    path.write_text(TWO_POINTS.format(tmp=tmp_path, port=receiver.port, mn_out=mn_out, mn_in=mn_in))
+    daemon = await start(path)
+    hour = datetime.now(BJ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    t0 = int(hour.timestamp()) * NS
+    readings = []
+    for m in range(60):
+        ts = t0 + (m * 60 + 5) * NS
+        readings += [
+            Reading(ts, "s", "eff", "cod", 48.0, "mg/L"),
+            Reading(ts, "s", "eff-flow", "flow", 2.0, "m3/h"),
+            Reading(ts, "s", "raw", "cod", 9800.0, "mg/L"),
+            Reading(ts, "s", "raw-flow", "flow", 20.0, "m3/h"),
+        ]
+    try:
+        await daemon.pipeline.emit(readings)
+        daemon.pipeline.tick(time.time_ns())
+        now = time.time_ns()
+        await daemon.pipeline.emit(
+            [Reading(now, "s", "eff", "cod", 47.0, "mg/L"), Reading(now, "s", "raw", "cod", 9700.0, "mg/L")]
+        )
+        packets = await receiver.wait_for(
+            lambda ps: (
+                {(p.mn, p.cn) for p in ps} >= {(mn_out, "2061"), (mn_in, "2061"), (mn_out, "2011"), (mn_in, "2011")}
+            ),
+            30,
+        )
+    finally:
+        await daemon.close()
+    [outlet] = [p for p in packets if (p.mn, p.cn) == (mn_out, "2061")]
+    [inlet] = [p for p in packets if (p.mn, p.cn) == (mn_in, "2061")]
+    assert (outlet.get("w01018-Avg"), outlet.get("w00000-Avg"), outlet.get("w01018-Cou")) == ("48", "0.555556", "0.096")
+    assert (inlet.get("w01018-Avg"), inlet.get("w00000-Avg"), inlet.get("w01018-Cou")) == ("9800", "5.55556", "196")
+    assert {p.get("w01018-Rtd") for p in packets if (p.mn, p.cn) == (mn_out, "2011")} == {"47"}
+    assert {p.get("w01018-Rtd") for p in packets if (p.mn, p.cn) == (mn_in, "2011")} == {"9700"}
+
+
+async def test_a_silent_analyzer_drops_out_of_realtime_data(tmp_path: Path, receiver: Receiver) -> None:
+    daemon = await start(config(tmp_path, receiver.port, send="[rtd]", stale_after="2s"))
+    stop = asyncio.Event()
+
+    async def nh3n_keeps_reporting() -> None:
+        while not stop.is_set():
+            await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "nh3n", 5.0, "mg/L")])
+            await asyncio.sleep(0.3)  # the analyzer's own pace, not a wait for the daemon
+
+    feeder = asyncio.create_task(nh3n_keeps_reporting())
+    try:
+        await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 55.0, "mg/L")])  # then silence
+        first = await receiver.wait_for(lambda ps: any(p.get("w01018-Rtd") == "55" for p in ps), 10)
+        seen = len(first)
+        later = await receiver.wait_for(
+            lambda ps: any(p.cn == "2011" and p.get("w01018-Rtd") is None for p in ps[seen:]), 15
+        )
+    finally:
+        stop.set()
+        await feeder
+        await daemon.close()
+    gone = next(p for p in later[seen:] if p.cn == "2011" and p.get("w01018-Rtd") is None)
+    assert gone.get("w21003-Rtd") == "5"  # the analyzer that still reports is still sent
+    stale = [p for p in later if p.cn == "2011" and p.get("w01018-Rtd") == "55"]
+    assert stale  # sent while fresh ...
+    assert all(p.get("w01018-Rtd") is None for p in later[later.index(gone) :] if p.cn == "2011")  # ... never after
+
+
+async def test_a_minute_period_waits_until_every_window_in_it_has_closed(tmp_path: Path, receiver: Receiver) -> None:
+    """The aggregation grace (10 min) is longer than the platform's (0 s): half the period's minute
+    windows have closed when the period is over. It must not go up with five minutes of ten."""
+    path = config(tmp_path, receiver.port, send="[rtd, min]")
+    path.write_text(path.read_text() + "aggregation: {grace: 10m}\n")
+    daemon = await start(path)
+    period = (time.time_ns() // (600 * NS) - 2) * 600 * NS  # a ten-minute period that ended 10-20 min ago
+    when = datetime.fromtimestamp(period / NS, BJ).strftime("%Y%m%d%H%M%S")
+    try:
+        await daemon.pipeline.emit(
+            [Reading(period + (m * 60 + 5) * NS, "s", "an", "cod", float(m), "mg/L") for m in range(10)]
+        )
+        daemon.pipeline.tick(period + 5 * 60 * NS + 600 * NS)  # minutes 0-4 closed and stored, 5-9 still open
+        for value in ("1", "2"):  # two real-time packets: the uplink has looked at what is due in between
+            await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "nh3n", float(value), "mg/L")])
+
+            def has(ps: list[Packet], v: str = value) -> bool:
+                return any(p.get("w21003-Rtd") == v for p in ps)
+
+            await receiver.wait_for(has, 10)
+        early = [p for p in receiver.packets if p.cn == "2051"]
+        daemon.pipeline.tick(period + 10 * 60 * NS + 600 * NS)  # now the whole period has closed
+        packets = await receiver.wait_for(lambda ps: any(p.cn == "2051" for p in ps), 20)
+    finally:
+        await daemon.close()
+    assert early == []
+    [sent] = [p for p in packets if p.cn == "2051"]
+    assert sent.get("DataTime") == when
+    assert sent.get("w01018-Avg") == "4.5"  # all ten minutes (0..9), not the first five (2)
+    assert sent.get("w01018-Flag") == "N"

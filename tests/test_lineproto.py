@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from telemetry.lineproto import alert_line, reading_line
-from telemetry.model import AlertEvent, AlertState, Flag, InvalidReading, Reading
+from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, InvalidReading, Reading
 
 
 def test_reading_line_schema() -> None:
@@ -37,3 +37,22 @@ def test_identifiers_that_line_protocol_cannot_carry_are_refused(bad: str) -> No
 def test_non_finite_values_are_refused(value: float) -> None:
     with pytest.raises(InvalidReading, match="finite"):
         Reading(1, "s", "d", "q", value).check()
+
+
+def test_aggregates_carry_their_point_and_method_and_alerts_their_series() -> None:
+    from telemetry.lineproto import agg_line  # noqa: PLC0415
+
+    agg = Aggregate(
+        7, "1d", "s", "eff", "cod", "mg/L", 40.0, 48.0, 60.0, 1440, 1440, True, 4.5, point="outlet", method="flow"
+    )
+    assert agg_line(agg) == (
+        "telemetry_agg,device=eff,point=outlet,quantity=cod,site=s,unit=mg/L,window=1d"
+        ' avg=48.0,cou=4.5,count=1440i,flag="N",max=60.0,method="flow",min=40.0,valid=true,valid_count=1440i 7'
+    )
+    labels = {"device": "an 2", "quantity": "cod", "point": "outlet", "unit": "mg/L"}
+    event = AlertEvent(5, "s", "r", "critical", AlertState.FIRING, "m", 1.5, 1.0, labels)
+    other = AlertEvent(5, "s", "r", "critical", AlertState.FIRING, "m", 1.5, 1.0, labels | {"device": "an-3"})
+    assert alert_line(event).startswith(
+        r"alerts,device=an\ 2,point=outlet,quantity=cod,rule=r,severity=critical,site=s,state=firing "
+    )
+    assert alert_line(event).split(" ")[0] != alert_line(other).split(" ")[0]  # two devices: two series

@@ -517,3 +517,76 @@ async def test_a_failed_commit_is_retried_and_polling_waits_for_it(server: Regis
         )
         == 2
     )
+
+
+def bcd(n: int) -> int:
+    return int(str(n), 16)
+
+
+async def test_a_sample_time_register_stamps_every_poll_of_one_result_alike(server: RegisterServer) -> None:
+    """An hourly analyzer: its result and the time it was sampled. Polls of one result carry that
+    time (so it enters aggregation once); a new sample time gives a new stamp; a time ahead of the
+    host or older than max_age is not believed: the poll's time, counted."""
+    from datetime import datetime, timedelta, timezone  # noqa: PLC0415 - this test's own clock arithmetic
+
+    bj = timezone(timedelta(hours=8))
+    points = [
+        {"quantity": "cod", "address": 0, "unit": "mg/L", "sample_time": {"address": 10, "format": "ymdhms"}},
+        {"quantity": "tp", "address": 2, "unit": "mg/L", "sample_time": {"address": 20, "format": "ymdhms_bcd"}},
+        {"quantity": "nh3n", "address": 4, "unit": "mg/L", "sample_time": {"address": 30, "format": "epoch"}},
+    ]
+    drv, metrics = driver(device(server.port, points))
+    sampled = datetime.now(bj).replace(microsecond=0) - timedelta(minutes=90)
+    server.set(1, "holding", 0, wire(41.5, "f", "ABCD"))
+    server.set(
+        1, "holding", 10, [sampled.year, sampled.month, sampled.day, sampled.hour, sampled.minute, sampled.second]
+    )
+    server.set(1, "holding", 2, wire(0.9, "f", "ABCD"))
+    yy = sampled.year % 100
+    server.set(
+        1,
+        "holding",
+        20,
+        [
+            bcd(yy) << 8 | bcd(sampled.month),
+            bcd(sampled.day) << 8 | bcd(sampled.hour),
+            bcd(sampled.minute) << 8 | bcd(sampled.second),
+        ],
+    )
+    server.set(1, "holding", 4, wire(5.0, "f", "ABCD"))
+    epoch = int(sampled.timestamp())
+    server.set(1, "holding", 30, [epoch >> 16, epoch & 0xFFFF])
+    try:
+        first = {r.quantity: r for r in await drv.poll()}
+        again = {r.quantity: r for r in await drv.poll()}
+        later = sampled + timedelta(hours=1)
+        server.set(1, "holding", 10, [later.year, later.month, later.day, later.hour, later.minute, later.second])
+        ahead = datetime.now(bj) + timedelta(hours=2)  # the analyzer's clock runs two hours fast
+        epoch_ahead = int(ahead.timestamp())
+        server.set(1, "holding", 30, [epoch_ahead >> 16, epoch_ahead & 0xFFFF])
+        third = {r.quantity: r for r in await drv.poll()}
+    finally:
+        drv.close()
+    stamp = int(sampled.timestamp()) * 1_000_000_000
+    assert {q: r.ts for q, r in first.items()} == {"cod": stamp, "tp": stamp, "nh3n": stamp}
+    assert {q: r.ts for q, r in again.items()} == {"cod": stamp, "tp": stamp, "nh3n": stamp}
+    assert third["cod"].ts == int(later.timestamp()) * 1_000_000_000  # a new result, its own time
+    assert third["tp"].ts == stamp  # unchanged registers: the same result
+    assert third["nh3n"].ts > stamp + 3600 * 1_000_000_000  # not believed: the poll's own time ...
+    assert third["nh3n"].ts < epoch_ahead * 1_000_000_000  # ... never the clock two hours ahead
+    errors = metrics.registry.get_sample_value(
+        "telemetry_device_errors_total", {"device": "an-1", "error_type": "sample_time"}
+    )
+    assert errors == 1
+
+
+def test_sample_time_formats_decode_and_garbage_is_not_a_time() -> None:
+    from drivers.modbus import decode_sample_time  # noqa: PLC0415
+
+    assert decode_sample_time([2026, 11, 30, 10, 35, 0], "ymdhms", "ABCD", "Asia/Shanghai") == 1_796_006_100 * 10**9
+    assert decode_sample_time([0x2611, 0x3010, 0x3500], "ymdhms_bcd", "ABCD", "Asia/Shanghai") == 1_796_006_100 * 10**9
+    assert decode_sample_time([0x6929, 0x9D54], "epoch", "ABCD", "UTC") == 0x69299D54 * 10**9
+    assert decode_sample_time([2026, 13, 30, 10, 35, 0], "ymdhms", "ABCD", "Asia/Shanghai") is None  # month 13
+    assert decode_sample_time([0x26AB, 0x3010, 0x3500], "ymdhms_bcd", "ABCD", "Asia/Shanghai") is None  # not BCD
+    assert decode_sample_time([2026, 11], "ymdhms", "ABCD", "Asia/Shanghai") is None
+    assert decode_sample_time(None, "epoch", "ABCD", "UTC") is None

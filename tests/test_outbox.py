@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from telemetry.errors import OutboxFull
-from telemetry.model import AlertEvent, AlertState, Flag, Reading, Record
+from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Reading, Record
 from telemetry.outbox import Batch, Outbox
 
 
@@ -184,3 +184,27 @@ def test_commits_wait_when_the_disk_is_short_of_min_free_and_a_reserve_is_kept(t
     box.min_free = 0
     box.append([reading(2)])
     assert box.count() == 1
+
+
+def test_a_database_from_before_monitoring_points_is_migrated_and_its_windows_kept(tmp_path: Path) -> None:
+    """Windows stored before points existed get point "" and stay readable; new ones carry their point."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE windows (site TEXT NOT NULL, device TEXT NOT NULL, quantity TEXT NOT NULL,
+        window TEXT NOT NULL, start_ns INTEGER NOT NULL, body BLOB NOT NULL,
+        PRIMARY KEY (site, device, quantity, window, start_ns));"""
+    )
+    old = Aggregate(3600, "1h", "s", "an", "cod", "mg/L", 1.0, 2.0, 3.0, 60, 60, True)
+    body = orjson.dumps({k: v for k, v in old.to_dict().items() if k not in ("point", "method", "sample_ts")})
+    db.execute("INSERT INTO windows VALUES ('s', 'an', 'cod', '1h', 3600, ?)", (body,))
+    db.commit()
+    db.close()
+    box = Outbox(str(path))
+    new = Aggregate(7200, "1h", "s", "raw", "cod", "mg/L", 9.0, 9.0, 9.0, 60, 60, True, point="inlet")
+    box.append([new])
+    assert [w.ts for w in box.windows("s", "1h", 0, 10_000)] == [3600, 7200]
+    assert [w.ts for w in box.windows("s", "1h", 0, 10_000, ("s", ""))] == [3600]  # the inferred point owns old rows
+    assert [w.point for w in box.windows("s", "1h", 0, 10_000, ("inlet",))] == ["inlet"]
+    assert box.window_starts("s", "1h", 0, ("inlet",)) == [7200]
+    box.close()

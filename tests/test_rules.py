@@ -10,7 +10,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from alerts.rules import RulesEngine
-from telemetry.aggregate import NS, Aggregator
+from telemetry.aggregate import Aggregator
+from telemetry.calendar import NS
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.rule_config import EvaluatedRule, RuleConfig, StandardRule, expand_standard
 
@@ -195,6 +196,29 @@ def test_capacity_from_a_totalizer_with_a_rollover_and_a_reset() -> None:
     ]
     assert events[0].ts == int(day2 * NS)
     assert "900 t today, 120% of design 750 t" in events[0].message
+
+
+def test_a_totalizer_reading_lower_is_jitter_a_reset_or_a_new_meter_each_counted() -> None:
+    """Oracle: the day's tonnage is what the counter advanced, with a step back of 0.1 t ignored
+    (the old value stays the baseline), a drop to near zero counted from zero, and a large drop
+    that is not near zero (a replaced meter) counted from its new value."""
+    cap = rule(
+        kind="capacity",
+        quantity="throughput_total",
+        source="totalizer",
+        design=750,
+        under_percent=60,
+        project_after="24h",
+    )
+    engine = RulesEngine([cap], ZONES)
+    day = at(2026, 3, 1) / NS
+    values = [125_000.0, 125_020.0, 125_019.9, 125_030.0, 5.0, 25.0, 20.0, 30.0]
+    engine.feed([r(day + 600 * i, v, quantity="throughput_total", unit="t") for i, v in enumerate(values)])
+    [event] = engine.tick(int((day + 86400 + 301) * NS))
+    expected = (125_020 - 125_000) + (125_030 - 125_020) + 5 + (25 - 5) + 0 + (30 - 20)  # 65 t
+    assert (event.labels["condition"], event.state) == ("underuse", AlertState.FIRING)
+    assert event.value == pytest.approx(expected)
+    assert engine.counts() == {("r", "jitter"): 1, ("r", "reset"): 1, ("r", "rebase"): 1}
 
 
 def test_capacity_from_a_rate_with_a_projection_during_the_day() -> None:

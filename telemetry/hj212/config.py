@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from telemetry.config_base import Duration, Model, Name, TimeZone
@@ -23,6 +23,25 @@ CODES_2017 = {
     "tp": "w21011",
     "temperature": "w01010",
 }
+# A stack's quantities (DOMAIN-incinerator.md A4): flow is the flue-gas flow there.
+GAS_CODES_2017 = {
+    "flow": "a00000",
+    "particulate": "a34013",
+    "so2": "a21026",
+    "nox": "a21002",
+    "no": "a21003",
+    "no2": "a21004",
+    "co": "a21005",
+    "hcl": "a21024",
+    "hg": "a20057",
+    "o2": "a19001",
+    "velocity": "a01011",
+    "temperature": "a01012",
+    "pressure": "a01013",
+    "humidity": "a01014",
+    "furnace_temperature": "a01901",
+}
+GAS_CODES_2005 = {"flow": "B02", "particulate": "01", "so2": "02", "nox": "03", "co": "04", "hcl": "08", "o2": "S01"}
 CODES_2005 = {
     "flow": "B01",
     "ph": "001",
@@ -42,16 +61,26 @@ def _frame_safe_secret(value: SecretStr) -> SecretStr:
     return value
 
 
+def _quoted(value: object) -> object:
+    """MN and PW are text: YAML reads 41050022000017 as a number (and 0123 as octal), losing digits."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise PydanticCustomError("quoted", "expected text: put it in quotes, so YAML keeps every digit")
+    return value
+
+
 class Platform(Model):
     name: Name
     host: str
     port: Annotated[int, Field(gt=0, lt=65536)]
-    site: Name
+    # The monitoring point this connection uploads (its MN is the point's station id on this
+    # platform); ``site`` alone names a site's only point.
+    point: Name | None = None
+    site: Name | None = None
     # Everything that goes into a frame's header or CP keys is restricted to characters with
     # no meaning in HJ 212 (';', ',', '=', '&&' separate fields): no field can be injected.
-    mn: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,24}$")]
-    pw: Annotated[SecretStr, AfterValidator(_frame_safe_secret)]
-    st: Annotated[str, Field(pattern=r"^[0-9]{2}$")] = "32"
+    mn: Annotated[str, BeforeValidator(_quoted), Field(pattern=r"^[A-Za-z0-9]{1,24}$")]
+    pw: Annotated[SecretStr, BeforeValidator(_quoted), AfterValidator(_frame_safe_secret)]
+    st: Annotated[str, Field(pattern=r"^[0-9]{2}$")] | None = None  # default: 32 for water, 31 for a stack
     version: Literal["2017", "2025"] = "2017"
     timezone: TimeZone = "Asia/Shanghai"
     code_set: Literal["2017", "2005"] = "2017"
@@ -64,15 +93,24 @@ class Platform(Model):
     recount: Annotated[int, Field(ge=0, le=10)] = 3
     heartbeat: Duration = 60.0  # 2025 only
     backfill: Duration = 7 * 86400.0
-    grace: Duration = 180.0  # wait after a period ends before its window is final
+    grace: Duration = 180.0  # wait after a period ends (and its windows have closed) before sending it
+    stale_after: Duration | None = None  # real-time: a value not refreshed for this long is left out (3 x rtd)
+    min_valid_fraction: Annotated[float, Field(gt=0, le=1)] = 0.75  # of a 2051 period's minutes, for flag N
 
     @model_validator(mode="after")
     def _interval_divides_an_hour(self) -> Platform:
+        if self.site is None and self.point is None:
+            raise PydanticCustomError("where", "expected 'point' (or 'site' for a site with one point), found neither")
         if 60 % self.min_interval_minutes:
             raise PydanticCustomError(
                 "interval", "expected a MinInterval that divides an hour", {"at": "min_interval_minutes"}
             )
         return self
 
-    def code_map(self) -> dict[str, str]:
-        return {**(CODES_2017 if self.code_set == "2017" else CODES_2005), **self.codes}
+    def code_map(self, kind: str = "water") -> dict[str, str]:
+        """quantity -> pollutant code for a point of this kind (``water`` or ``gas``)."""
+        if kind == "gas":
+            base = GAS_CODES_2017 if self.code_set == "2017" else GAS_CODES_2005
+        else:
+            base = CODES_2017 if self.code_set == "2017" else CODES_2005
+        return {**base, **self.codes}

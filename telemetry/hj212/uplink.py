@@ -1,40 +1,45 @@
-"""HJ 212 uplink: the station's connection to one environmental monitoring platform.
+"""HJ 212 uplink: one monitoring point's connection to one environmental monitoring platform.
 
 Guarantee: every minute (2051, per MinInterval), hour (2061) and day (2031)
-period of the station's closed aggregate windows within ``backfill`` is sent
+period of the point's closed aggregate windows within ``backfill`` is sent
 until the platform acknowledges it (9014 with the same QN), oldest first, so
 after an outage or a restart the holes fill in order before live data catches
-up. What was acknowledged is recorded in SQLite and never sent again. An
-invalid window goes up with its flag, never with a made-up value. Real-time
-data (2011) is sent at ``rtd_interval`` from the latest readings and is not
-back-filled. The platform's commands on the same connection are answered:
-1000, 1011/1012, 1061-1064, history requests (2031/2051/2061 with BeginTime and
-EndTime: 9011, the packets, 9012), 2012; anything else gets 9011 QnRtn=8. A
-refusal (QnRtn 3 wrong PW, 4 wrong MN) raises an alert instead of looping.
+up. A period goes up only once every window in it has closed (the aggregator's
+grace may be longer than the platform's). What was acknowledged is recorded in
+SQLite and never sent again. An invalid window goes up with its flag, never
+with a made-up value; values go in the units their codes prescribe
+(``periods``). Real-time data (2011) is sent at ``rtd_interval`` from the
+latest readings still fresh, and is not back-filled. The platform's commands on
+the same connection are answered: 1000, 1011/1012, 1061-1064, history requests
+(2031/2051/2061 with BeginTime and EndTime: 9011, the packets, 9012), 2012;
+anything else gets 9011 QnRtn=8. A refusal (QnRtn 3 wrong PW, 4 wrong MN) raises
+an alert instead of looping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-import zoneinfo
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from telemetry.hj212 import units
 from telemetry.hj212.codec import FrameError, FrameReader, Packet, decode_frame, encode, flag_value, split
 from telemetry.hj212.config import Platform
+from telemetry.hj212.periods import CN_KIND, KINDS, Key, PointEncoder
 from telemetry.metrics import Metrics
-from telemetry.model import Aggregate, AlertEvent, AlertState, Reading
+from telemetry.model import AlertEvent, AlertState, Reading
 from telemetry.outbox import Outbox
+from telemetry.points import Point
 from telemetry.timing import Backoff, wait_event
 
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
-KINDS = {"min": ("2051", "1m"), "hour": ("2061", "1h"), "day": ("2031", "1d")}
-CN_KIND = {cn: kind for kind, (cn, _) in KINDS.items()}
+MAX_RTD_INTERVAL_S = 86400.0  # what a platform may set (1062): a day; beyond that a command is refused
 REFUSALS = {"3": "wrong password (PW)", "4": "wrong station id (MN)", "5": "wrong ST", "6": "wrong Flag"}
 Db = Callable[..., Awaitable[Any]]
 
@@ -44,14 +49,25 @@ class NotAcked(Exception):
 
 
 class Uplink:
-    def __init__(self, cfg: Platform, metrics: Metrics, on_alert: Callable[[AlertEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Platform,
+        point: Point,
+        metrics: Metrics,
+        on_alert: Callable[[AlertEvent], None] | None = None,
+        site_zone: str = "Asia/Shanghai",
+    ) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        self.point = point
         self._metrics = metrics
         self.on_alert = on_alert
-        self._zone = zoneinfo.ZoneInfo(cfg.timezone)
-        self._codes = cfg.code_map()
-        self._latest: dict[str, Reading] = {}
+        self.encoder = PointEncoder(cfg, point, site_zone, unit_error=self._unit_error)
+        self._st = cfg.st or ("31" if point.kind == "gas" else "32")
+        self._latest: dict[str, tuple[Reading, int]] = {}  # quantity -> (newest reading, when it arrived)
+        self._unit_errors: set[tuple[str, str]] = set()
+        # Windows ending at or before this have all closed (set by the pipeline from its aggregator).
+        self.closed_through: Callable[[str], int] = lambda window: time.time_ns()
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._write_lock = asyncio.Lock()
@@ -60,7 +76,6 @@ class Uplink:
         self._acked: set[tuple[str, int]] = set()
         self._rtd_on = "rtd" in cfg.send
         self._rtd_interval = cfg.rtd_interval
-        self._min_minutes = cfg.min_interval_minutes
         self._overtime, self._recount = cfg.overtime, cfg.recount
         self._refused: AlertEvent | None = None
         self._qn_last = 0
@@ -71,15 +86,27 @@ class Uplink:
     def attach(self, db: Db, outbox: Outbox) -> None:
         self._db, self._outbox = db, outbox
 
+    def attach_aggregator(
+        self, closed_through: Callable[[str], int], cycle_of: Callable[[Key], tuple[float, bool]]
+    ) -> None:
+        """Which windows have closed, and each series' measuring cycle, from the aggregator."""
+        self.closed_through = closed_through
+        self.encoder.cycle_of = cycle_of
+
     def observe(self, readings: Sequence[Reading]) -> None:
-        """Keep the newest reading per quantity; old readings (a back-filled outage) are not real-time."""
-        fresh = time.time_ns() - int(max(60.0, 3 * self._rtd_interval) * NS)
+        """Keep the point's newest reading per quantity with the time it arrived. Old readings (a
+        back-filled outage) are not real-time; a sample time may be up to one cycle old."""
+        now = time.time_ns()
+        window = max(60.0, 3 * self._rtd_interval)
         for r in readings:
-            if r.site != self.cfg.site or r.quantity not in self._codes or r.ts < fresh:
+            if not self.encoder.holds(r.site, r.device, r.quantity):
+                continue
+            cycle = self.encoder.cycle_of((r.site, r.device, r.quantity))[0]
+            if r.ts < now - int((window + cycle) * NS):
                 continue
             current = self._latest.get(r.quantity)
-            if current is None or r.ts >= current.ts:
-                self._latest[r.quantity] = r
+            if current is None or r.ts >= current[0].ts:
+                self._latest[r.quantity] = (r, now)
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -153,16 +180,17 @@ class Uplink:
         due = await self._due(now)
         for start, cn in due[:limit]:
             packet = await self._period_packet(cn, start)
-            if packet is None:
-                continue
-            await self._send(packet, ack=self.cfg.ack)
+            if packet is not None:
+                await self._send(packet, ack=self.cfg.ack)
+            # A period with nothing of this point's codes (an inlet-only hour) is done too.
             self._acked.add((cn, start))
             await self._db(self._outbox.hj212_mark_acked, self.name, cn, start)
         return min(len(due), limit)
 
     async def _due(self, now: int) -> list[tuple[int, str]]:
-        """Closed periods not acknowledged yet, oldest first, as (start, CN); sets the pending
-        gauges, which matter most while the platform is away."""
+        """Complete periods not acknowledged yet, oldest first, as (start, CN); sets the pending
+        gauges, which matter most while the platform is away. A period is complete once every
+        window in it has closed and the platform's grace has passed."""
         assert self._db is not None
         assert self._outbox is not None
         due: list[tuple[int, str]] = []
@@ -171,59 +199,64 @@ class Uplink:
             if kind not in self.cfg.send:
                 continue
             cn, window = KINDS[kind]
-            starts = await self._db(self._outbox.window_starts, self.cfg.site, window, since)
-            for start in {self._period(kind, s) for s in starts}:
-                closed = start + self._length(kind, start) + int(self.cfg.grace * NS) <= now
-                if closed and (cn, start) not in self._acked:
+            closed_through = self.closed_through(window)
+            starts = await self._db(self._outbox.window_starts, self.point.site, window, since, self._stored_points)
+            for start in {self.encoder.period(kind, s) for s in starts}:
+                end = self.encoder.end(kind, start)
+                if end + int(self.cfg.grace * NS) <= now and end <= closed_through and (cn, start) not in self._acked:
                     due.append((start, cn))
         self._metrics.hj212_pending.labels(self.name).set(len(due))
         oldest = min((s for s, _ in due), default=None)
         self._metrics.hj212_pending_age.labels(self.name).set((now - oldest) / NS if oldest else 0)
         return sorted(due)
 
-    def _period(self, kind: str, window_start: int) -> int:
-        if kind != "min":
-            return window_start
-        size = self._min_minutes * 60 * NS
-        return window_start // size * size  # Beijing and UTC minutes coincide; N divides an hour
-
-    def _length(self, kind: str, start: int) -> int:
-        return {"min": self._min_minutes * 60, "hour": 3600, "day": 86400}[kind] * NS
+    @property
+    def _stored_points(self) -> tuple[str, ...]:
+        """The ``point`` of this point's stored windows; an inferred point also owns windows
+        stored before points existed (point "")."""
+        return (self.point.id, "") if self.point.inferred else (self.point.id,)
 
     async def _period_packet(self, cn: str, start: int) -> Packet | None:
         assert self._db is not None
         assert self._outbox is not None
         kind = CN_KIND[cn]
         window = KINDS[kind][1]
-        windows = await self._db(self._outbox.windows, self.cfg.site, window, start, start + self._length(kind, start))
-        items: list[dict[str, str]] = [{"DataTime": self._local(start)}]
-        by_quantity: dict[str, list[Aggregate]] = {}
-        for w in windows:
-            if w.quantity in self._codes:
-                by_quantity.setdefault(w.quantity, []).append(w)
-        for quantity, group in sorted(by_quantity.items()):
-            items.append(_cp_item(self._codes[quantity], group))
-        return self._packet(cn, items) if len(items) > 1 else None
+        end = self.encoder.end(kind, start)
+        windows = await self._db(self._outbox.windows, self.point.site, window, start, end, self._stored_points)
+        items = self.encoder.period_items(kind, start, windows)
+        return self._packet(cn, items) if items is not None else None
 
     async def _send_rtd(self) -> None:
-        items: list[dict[str, str]] = [{"DataTime": self._local(max(r.ts for r in self._latest.values()))}]
-        for quantity, r in sorted(self._latest.items()):
-            code = self._codes[quantity]
-            items.append({f"{code}-Rtd": _num(r.value), f"{code}-Flag": r.flag.value})
-        await self._send(self._packet("2011", items), ack=False)
+        items = self.encoder.rtd_items(self._latest.values(), time.time_ns())
+        if items is not None:
+            await self._send(self._packet("2011", items), ack=False)
+
+    def _unit_error(self, code: str, unit: str) -> None:
+        self._metrics.errors.labels("hj212", "convert", "unit").inc()
+        if (code, unit) not in self._unit_errors:
+            self._unit_errors.add((code, unit))
+            log.error(
+                "hj212 %s: point %s: %s cannot be sent from unit %r (expected a unit convertible to %s); left out",
+                self.name,
+                self.point.id,
+                code,
+                unit,
+                units.wire_unit(code),
+            )
 
     # -- sending ---------------------------------------------------------------------------------
 
     def _qn(self) -> str:
         now = max(time.time_ns() // 1_000_000, self._qn_last + 1)  # unique per connection, ms resolution
         self._qn_last = now
-        return datetime.fromtimestamp(now / 1000, self._zone).strftime("%Y%m%d%H%M%S%f")[:17]
+        zone = self.encoder.platform_cal.zone
+        return datetime.fromtimestamp(now / 1000, zone).strftime("%Y%m%d%H%M%S%f")[:17]
 
     def _packet(self, cn: str, cp: list[dict[str, str]], qn: str = "", st: str = "", ack: bool | None = None) -> Packet:
         wants = self.cfg.ack if ack is None else ack
         return Packet(
             qn or self._qn(),
-            st or self.cfg.st,
+            st or self._st,
             cn,
             self.cfg.pw.get_secret_value(),
             self.cfg.mn,
@@ -333,12 +366,14 @@ class Uplink:
         """Answer a history request: 9011, each stored period in the range (acked), 9012."""
         try:
             await self._reply(p, "1")
-            begin, end = self._parse_local(p.get("BeginTime") or ""), self._parse_local(p.get("EndTime") or "")
+            begin = self.encoder.parse_local(p.get("BeginTime") or "")
+            end = self.encoder.parse_local(p.get("EndTime") or "")
             kind = CN_KIND[p.cn]
             assert self._db is not None
             assert self._outbox is not None
-            starts = await self._db(self._outbox.window_starts, self.cfg.site, KINDS[kind][1], begin)
-            periods = sorted({self._period(kind, s) for s in starts if s <= end})
+            window = KINDS[kind][1]
+            starts = await self._db(self._outbox.window_starts, self.point.site, window, begin, self._stored_points)
+            periods = sorted({self.encoder.period(kind, s) for s in starts if s <= end})
             sent = 0
             for start in periods:
                 packet = await self._period_packet(p.cn, start)
@@ -350,12 +385,21 @@ class Uplink:
             log.warning("hj212 %s: history request %s failed: %s", self.name, p.qn, err)
 
     async def _set_timeouts(self, p: Packet) -> None:
-        self._overtime = float(p.get("OverTime") or self._overtime)
-        self._recount = int(p.get("ReCount") or self._recount)
-        await self._result(p, "1")
+        """OverTime 1-600 s and ReCount 0-10, as the configuration allows; anything else is refused."""
+        overtime, recount = p.get("OverTime"), p.get("ReCount")
+        try:
+            seconds = float(overtime) if overtime else self._overtime
+            count = int(recount) if recount else self._recount
+        except ValueError:
+            seconds, count = math.nan, -1
+        ok = 1.0 <= seconds <= 600.0 and 0 <= count <= 10
+        if ok:
+            self._overtime, self._recount = seconds, count
+        await self._result(p, "1" if ok else "3")
 
     async def _get_time(self, p: Packet) -> None:
-        await self._send(self._packet("1011", [{"SystemTime": self._local(time.time_ns())}], qn=p.qn, ack=False), False)
+        now = self.encoder.local(time.time_ns())
+        await self._send(self._packet("1011", [{"SystemTime": now}], qn=p.qn, ack=False), False)
         await self._result(p, "1")
 
     async def _set_time(self, p: Packet) -> None:
@@ -373,18 +417,26 @@ class Uplink:
         await self._result(p, "1")
 
     async def _set_rtd(self, p: Packet) -> None:
-        self._rtd_interval = max(1.0, float(p.get("RtdInterval") or self._rtd_interval))
-        await self._result(p, "1")
+        try:
+            seconds = float(p.get("RtdInterval") or "")
+        except ValueError:
+            seconds = math.nan
+        ok = 1.0 <= seconds <= MAX_RTD_INTERVAL_S  # NaN and inf fail too: the platform is not trusted
+        if ok:
+            self._rtd_interval = seconds
+        await self._result(p, "1" if ok else "3")
 
     async def _get_min(self, p: Packet) -> None:
-        await self._send(self._packet("1063", [{"MinInterval": str(self._min_minutes)}], qn=p.qn, ack=False), False)
+        minutes = str(self.encoder.min_minutes)
+        await self._send(self._packet("1063", [{"MinInterval": minutes}], qn=p.qn, ack=False), False)
         await self._result(p, "1")
 
     async def _set_min(self, p: Packet) -> None:
-        minutes = int(p.get("MinInterval") or self._min_minutes)
+        text = p.get("MinInterval") or ""
+        minutes = int(text) if text.isdigit() else 0
         ok = 1 <= minutes <= 60 and 60 % minutes == 0
         if ok:
-            self._min_minutes = minutes
+            self.encoder.min_minutes = minutes
         await self._result(p, "1" if ok else "3")
 
     async def _stop_rtd(self, p: Packet) -> None:
@@ -404,14 +456,14 @@ class Uplink:
         log.error("hj212 %s: platform refuses the station: %s", self.name, why)
         self._refused = AlertEvent(
             time.time_ns(),
-            self.cfg.site,
+            self.point.site,
             f"hj212_{self.name}_refused",
             "critical",
             AlertState.FIRING,
             f"HJ 212 platform {self.name} refuses the station: {why}",
             1.0,
             0.0,
-            {"device": "hj212", "quantity": self.name},
+            {"device": "hj212", "quantity": self.name, "point": self.point.id},
         )
         if self.on_alert is not None:
             self.on_alert(self._refused)
@@ -429,32 +481,3 @@ class Uplink:
                 )
             )
         self._refused = None
-
-    # -- time -----------------------------------------------------------------------------------
-
-    def _local(self, ts: int) -> str:
-        return datetime.fromtimestamp(ts / NS, self._zone).strftime("%Y%m%d%H%M%S")
-
-    def _parse_local(self, text: str) -> int:
-        return int(datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=self._zone).timestamp()) * NS
-
-
-def _num(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def _cp_item(code: str, windows: list[Aggregate]) -> dict[str, str]:
-    """One pollutant's values for a period: combined windows, with the period's flag."""
-    valid = [w for w in windows if w.avg is not None]
-    item: dict[str, str] = {}
-    if valid:
-        weight = sum(max(1, w.valid_count) for w in valid)
-        item[f"{code}-Min"] = _num(min(w.min for w in valid if w.min is not None))
-        item[f"{code}-Avg"] = _num(sum(w.avg * max(1, w.valid_count) for w in valid if w.avg is not None) / weight)
-        item[f"{code}-Max"] = _num(max(w.max for w in valid if w.max is not None))
-    cou = [w.cou for w in windows if w.cou is not None]
-    if cou:
-        item[f"{code}-Cou"] = _num(sum(cou))
-    flags = [w.flag.value for w in windows if not w.valid]
-    item[f"{code}-Flag"] = "N" if not flags and all(w.valid for w in windows) else (flags[0] if flags else "N")
-    return item
