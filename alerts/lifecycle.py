@@ -25,10 +25,13 @@ from telemetry.model import AlertEvent, AlertState
 
 NS = 1_000_000_000
 RETRY_AFTER_FAILURE_S = 60.0
+_NOT_ID = ("unit", "point")
 
 
 def alert_id(event: AlertEvent) -> str:
-    parts = [event.rule, event.site, *(f"{k}={v}" for k, v in sorted(event.labels.items()) if k != "unit")]
+    """Stable per rule and series. ``point`` follows from site, device and quantity and is left out,
+    so an alert that fired before points existed resolves under the same id after an upgrade."""
+    parts = [event.rule, event.site, *(f"{k}={v}" for k, v in sorted(event.labels.items()) if k not in _NOT_ID)]
     return hashlib.sha1("|".join(parts).encode(), usedforsecurity=False).hexdigest()[:10]
 
 

@@ -348,3 +348,21 @@ def test_a_breach_is_handed_to_the_notifier_at_once_when_group_wait_is_zero() ->
         now = 1_700_000_000 * NS
         desk.events(engine.feed([Reading(now, "s", "an", "cod", 150.0, "mg/L")]))
         assert len(notifier.in_flight) == expected, wait
+
+
+def test_an_alert_that_fired_before_points_existed_resolves_under_the_same_id() -> None:
+    """A firing alert restored from a version without points, then resolved by a rule that now
+    labels its events with the point: one alert, not a firing one left behind."""
+    from alerts.lifecycle import alert_id  # noqa: PLC0415
+    from telemetry.model import AlertEvent, AlertState  # noqa: PLC0415
+
+    labels = {"device": "an", "quantity": "cod", "unit": "mg/L"}
+    before = AlertEvent(1, "s", "cod_limit", "critical", AlertState.FIRING, "m", 120.0, 100.0, labels)
+    after = AlertEvent(2, "s", "cod_limit", "critical", AlertState.RESOLVED, "m", 60.0, 100.0, labels | {"point": "s"})
+    other = AlertEvent(2, "s", "cod_limit", "critical", AlertState.RESOLVED, "m", 60.0, 100.0, labels | {"device": "b"})
+    assert alert_id(before) == alert_id(after)
+    assert alert_id(before) != alert_id(other)
+    manager = AlertManager(Notify())
+    manager.ingest([before])
+    manager.ingest([after])
+    assert [a.state for a in manager.alerts.values()] == ["resolved"]
