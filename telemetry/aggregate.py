@@ -149,7 +149,7 @@ class _Acc:
         self.low = r.value if self.low is None else min(self.low, r.value)
         self.high = r.value if self.high is None else max(self.high, r.value)
         self.minutes |= 1 << ((r.ts - self.start) // MINUTE_NS)
-        self.sample = max(self.sample, r.ts)
+        self.sample = r.ts if r.ts > self.sample else self.sample  # max() costs a call per reading
 
 
 Key = tuple[str, str, str]  # site, device, quantity
@@ -208,12 +208,13 @@ class Aggregator:
         return self._closed_until.get(window, 0) - self.grace
 
     def add(self, readings: Iterable[Reading]) -> None:
+        cache = self._series_cache
         for reading in readings:
             r = reading
             key = (r.site, r.device, r.quantity)
-            series = self._series(key)
+            series = cache.get(key) or self._series(key)
             rules = series.rules
-            if r.flag is Flag.N:
+            if r.flag is Flag.N and (rules.cycle_s or rules.detection_limit is not None):  # most series: neither
                 if rules.cycle_s and not self._new_measurement(key, r, series):
                     self.held += 1
                     self._count_in_hour(key, r, series)
@@ -290,9 +291,14 @@ class Aggregator:
         out: list[Aggregate] = []
         for window in [*self._levels, "1d"]:
             due: list[tuple[Key, _Acc]] = []
+            latest = now_ns - self.grace - FIXED_NS.get(window, 0)  # minutes and hours: a fixed length
             for key, series in self._open[window].items():
-                cal = self._series(key).cal
-                for start in [s for s in series if cal.end(window, s) + self.grace <= now_ns]:
+                if window in FIXED_NS:
+                    starts = [s for s in series if s <= latest]
+                else:  # a day ends at the next local midnight
+                    cal = self._series(key).cal
+                    starts = [s for s in series if cal.end(window, s) + self.grace <= now_ns]
+                for start in starts:
                     due.append((key, series.pop(start)))
             # Flow first: a pollutant's mass and its day's weights need the same window's flow volume.
             due.sort(key=lambda item: (not self._series(item[0]).is_flow, item[1].start, item[0]))
