@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from telemetry.calendar import Calendar, calendar
+from telemetry.calendar import NS, Calendar, calendar
 from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Reading
 from telemetry.rule_config import (
     CapacityRule,
@@ -25,7 +25,6 @@ from telemetry.rule_config import (
     StockRule,
 )
 
-NS = 1_000_000_000
 WINDOW_WORDS = {"1m": "minute mean", "1h": "hourly mean", "1d": "daily mean"}
 
 
@@ -421,13 +420,14 @@ class CapacityState(RuleState):
     """Daily totals: a rate integrated over time, or a totalizer's increments, per local plant
     day (23 or 25 hours on DST days); judged at the day's end, projected during it.
 
-    A totalizer that reads lower than before: past the top of a counter that wraps
-    (``rollover``), the wrap; at or under ``reset_fraction`` of the old value, a reset (the
-    new value is what it counted since); a step back within ``jitter_fraction`` of the old
-    value, jitter (ignored; the old value stays the baseline, so nothing counts twice); any
-    other step back, a replaced or re-set meter (counted from the new value on). Each is
-    counted (``telemetry_totalizer_steps_total``); adding the whole counter reading to a day
-    made "today ends at 750,239 t of 750 t" out of 0.1 t of jitter.
+    A totalizer that reads lower than before: a step back of at most ``jitter`` (1 % of
+    ``design``) is jitter, ignored, the old value staying the baseline so nothing counts
+    twice; from within ``reset_below`` (``design``: one day's worth) of the top of a counter
+    that wraps (``rollover``) to within it of zero, the wrap; a drop to at most
+    ``reset_below``, a reset (the new value is what it counted since); any other drop, a
+    replaced or re-set meter, counted from its new value on. Each is counted
+    (``telemetry_totalizer_steps_total``); adding the whole counter reading to a day made
+    "today ends at 750,239 t of 750 t" out of 0.1 t of jitter.
     """
 
     rule: CapacityRule
@@ -509,16 +509,18 @@ class CapacityState(RuleState):
         if new >= old:
             day.total += new - old
             return
-        rollover = self.rule.rollover
-        if rollover and old > rollover * 0.5:
-            self.counts["rollover"] += 1
-            day.total += new + rollover - old
-        elif new <= old * self.rule.reset_fraction:
-            self.counts["reset"] += 1
-            day.total += max(new, 0.0)
-        elif old - new <= abs(old) * self.rule.jitter_fraction:
+        rule = self.rule
+        near = rule.reset_below if rule.reset_below is not None else rule.design
+        jitter = rule.jitter if rule.jitter is not None else rule.design * 0.01
+        if old - new <= jitter:
             self.counts["jitter"] += 1
             day.last = last  # the old reading stays the baseline: the step back is not counted again
+        elif rule.rollover and rule.rollover - old <= near and new <= near:
+            self.counts["rollover"] += 1
+            day.total += new + rule.rollover - old
+        elif new <= near:
+            self.counts["reset"] += 1
+            day.total += max(new, 0.0)
         else:
             self.counts["rebase"] += 1  # a replaced or re-set meter: count on from its new value
 

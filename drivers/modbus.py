@@ -58,7 +58,8 @@ class ModbusDriver:
         self._bad: set[int] = set()
         self._flag_for = _status_targets(cfg)
         self._sample_keys = cfg.sample_time_keys()
-        self._samples: dict[int, tuple[list[int], int]] = {}  # point -> (sample-time registers, stamp)
+        # point -> ((sample-time registers, value registers), stamp, sample time believed)
+        self._samples: dict[int, tuple[tuple[tuple[int, ...] | None, tuple[int, ...]], int, bool]] = {}
         self._bad_sample: set[int] = set()
         self.last_error: str | None = None  # the latest problem, for the probe; cleared by a clean poll
 
@@ -169,28 +170,38 @@ class ModbusDriver:
     def _sample_ts(self, key: int, point: ModbusPoint, raw: dict[int, list[int]], poll_ts: int) -> int:
         """The analyzer's sample time of the value the point holds: every poll of one result carries
         the same stamp, so the result enters aggregation once. Unreadable, or later than the poll,
-        or older than ``max_age``: the poll's time when the registers change (counted, logged once)."""
+        or older than ``max_age``: the time of the poll that first shows the result (each such poll
+        counted, the first logged)."""
         spec = point.sample_time
         assert spec is not None
         words = raw.get(self._sample_keys[key])
+        # The result is the value with its sample time: either changing is a new result. (Where
+        # both sit in one request, which `telemetry check` asks for, they cannot tear apart.)
+        result = (tuple(words) if words is not None else None, tuple(raw[key]))
         seen = self._samples.get(key)
-        if words is not None and seen is not None and seen[0] == words:
+        if seen is not None and seen[0] == result:
+            if not seen[2]:
+                self._count("sample_time")  # still not believed: counted every poll, logged once
             return seen[1]
         stamp = decode_sample_time(words, spec.format, spec.byte_order or self.cfg.byte_order, spec.timezone)
-        if stamp is None or not poll_ts - spec.max_age * 1e9 <= stamp <= poll_ts + _SAMPLE_AHEAD_NS:
+        believed = stamp is not None and poll_ts - spec.max_age * 1e9 <= stamp <= poll_ts + _SAMPLE_AHEAD_NS
+        if not believed:
             self._count("sample_time")
             if key not in self._bad_sample:
                 self._bad_sample.add(key)
                 shown = "unreadable" if stamp is None else _iso(stamp)
                 log.error(
-                    "%s: %s sample time %s not believed; using the poll's time", self.where, point.quantity, shown
+                    "%s: %s sample time %s not believed; each new result is stamped with the poll that shows it",
+                    self.where,
+                    point.quantity,
+                    shown,
                 )
             stamp = poll_ts
         elif key in self._bad_sample:
             self._bad_sample.discard(key)
             log.info("%s: %s sample time believable again", self.where, point.quantity)
-        if words is not None:
-            self._samples[key] = (words, stamp)
+        assert stamp is not None
+        self._samples[key] = (result, stamp, believed)
         return stamp
 
     def _value(self, point: ModbusPoint, words: list[int]) -> float:

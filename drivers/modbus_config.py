@@ -221,6 +221,17 @@ class ModbusConfig(DeviceConfig):
             if p.sample_time is not None
         ]
 
+    def warnings(self) -> list[str]:
+        """A value and its sample time read in different requests can tear: a new sample time
+        beside the old value (the planner joins them when they are at most ``max_gap`` apart)."""
+        spans = {span.key: block for block in self.blocks() for span in block.spans}
+        return [
+            f"device {self.id}: {self.points[point].quantity} and its sample time are read in separate"
+            " requests; raise max_gap (or move the registers) so one request holds both"
+            for point, key in self.sample_time_keys().items()
+            if spans[point] is not spans[key]
+        ]
+
     def sample_time_keys(self) -> dict[int, int]:
         """Point index -> span key of its sample-time registers (keys after the status registers')."""
         first = len(self.points) + len(self.status)

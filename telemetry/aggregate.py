@@ -15,12 +15,17 @@ the water ones unverified against HJ 356-2019's own text, see README):
   most one cycle old (``hour_value: carry``; ``measured`` leaves such hours invalid);
 - a value below the quantity's ``detection_limit`` counts as half the limit
   (``below_detection``: ``half``, ``limit``, ``zero`` or ``keep``);
-- a day's mean is Σ(Cᵢ·Vᵢ)/ΣVᵢ over its valid hours, Vᵢ the hour's volume of the
-  point's own flow: a zero-flow hour weighs nothing. When a valid hour has no volume
-  (no flow series, or it was down) or the day discharged nothing, the day is the
-  arithmetic mean of its valid hours, and ``method`` says ``arithmetic``;
+- a water point's day is Σ(Cᵢ·Vᵢ)/ΣVᵢ over its valid hours, Vᵢ the hour's volume of the
+  point's own flow: a zero-flow hour weighs nothing, and so does an hour whose volume is
+  unknown (the flow meter was down: ``method`` says ``flow_partial``). A day with no volume
+  at all, or that discharged nothing, and a stack's day (HJ 75) are the arithmetic mean of
+  the valid hours (``method: arithmetic``);
 - ``cou``: flow volume in m3 and pollutant mass in kg (mg/L x m3 / 1000, mg/m3 x m3 / 1e6)
-  from the point's flow in the same window; negative readings never make negative mass;
+  from the point's flow in the same window, units from ``telemetry.hj212.units`` (a flow in
+  an unknown unit has no volume); negative readings never make negative mass;
+- a cyclic hour with no measurement carries the last one only if the analyzer flagged
+  nothing in it (a fault hour stays invalid with its flag);
+- readings stamped more than 5 minutes ahead of the daemon's clock are left out (counted);
 - a window closes ``grace`` after its end (late readings inside the grace count),
   by ``advance(now)``: the daemon calls it on a clock tick, a replay with event time.
 
@@ -36,24 +41,11 @@ from typing import Any, Literal
 import orjson
 
 from telemetry.calendar import FIXED_NS, HOUR_NS, MINUTE_NS, NS, Calendar, calendar
+from telemetry.hj212 import units
 from telemetry.model import Aggregate, Flag, Reading
 from telemetry.points import Point, Points
 
 WINDOW_NS = {"1m": MINUTE_NS, "1h": HOUR_NS, "1d": 86400 * NS}  # a day's real length: the calendar
-
-FLOW_TO_M3H = {
-    "m3/h": 1.0,
-    "L/s": 3.6,
-    "l/s": 3.6,
-    "m3/s": 3600.0,
-    "m3/min": 60.0,
-    "L/min": 0.06,
-    "l/min": 0.06,
-    "m3/d": 1 / 24,
-    "t/h": 1.0,  # water: a tonne is a cubic metre
-}
-# Concentration unit -> kg per (unit x m3).
-MASS_PER_M3 = {"mg/L": 1e-3, "mg/l": 1e-3, "g/m3": 1e-3, "ug/L": 1e-6, "µg/L": 1e-6, "mg/m3": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -153,6 +145,7 @@ class _Acc:
 
 
 Key = tuple[str, str, str]  # site, device, quantity
+MAX_AHEAD_NS = 300 * NS  # a reading stamped later than this ahead of the daemon's clock is not aggregated
 
 
 class Aggregator:
@@ -177,10 +170,11 @@ class Aggregator:
         self.flow_weighted = flow_weighted_daily
         self._open: dict[str, dict[Key, dict[int, _Acc]]] = {w: {} for w in ("1m", "1h", "1d")}
         self._flow_volume: dict[tuple[str, str, int], float] = {}  # (point, window, start) -> m3
-        self._samples: dict[Key, tuple[int, float]] = {}  # cyclic series: the last valid measurement
+        self._samples: dict[Key, tuple[int, float, str]] = {}  # cyclic series: the last valid measurement
         self._series_cache: dict[Key, _Series] = {}
         self.late = 0  # readings that arrived after their window closed
         self.held = 0  # readings of a cyclic series repeating a measurement already taken
+        self.future = 0  # readings stamped too far ahead of the daemon's clock
 
     def _series(self, key: Key) -> _Series:
         found = self._series_cache.get(key)
@@ -207,17 +201,25 @@ class Aggregator:
         """Every window of this size ending at or before this time has closed."""
         return self._closed_until.get(window, 0) - self.grace
 
-    def add(self, readings: Iterable[Reading]) -> None:
+    def add(self, readings: Iterable[Reading], now_ns: int | None = None) -> None:
+        """Readings into their windows. With ``now_ns`` (the daemon's clock), a reading stamped
+        more than ``MAX_AHEAD_NS`` later is left out and counted: a device clock running ahead
+        must not open tomorrow's windows, nor make an analyzer's next results look old."""
         cache = self._series_cache
+        ahead = now_ns + MAX_AHEAD_NS if now_ns is not None else None
         for reading in readings:
             r = reading
+            if ahead is not None and r.ts > ahead:
+                self.future += 1
+                continue
             key = (r.site, r.device, r.quantity)
             series = cache.get(key) or self._series(key)
             rules = series.rules
             if r.flag is Flag.N and (rules.cycle_s or rules.detection_limit is not None):  # most series: neither
                 if rules.cycle_s and not self._new_measurement(key, r, series):
                     self.held += 1
-                    self._count_in_hour(key, r, series)
+                    if "1h" in self._levels:  # a held value still says the analyzer answered that hour
+                        self._acc(key, "1h", series.cal.start("1h", r.ts), r.unit, rules, count=True)
                     continue
                 if _below(rules, r.value):
                     r = r._replace(value=_below_detection(rules))
@@ -225,21 +227,27 @@ class Aggregator:
             late = False
             for window in self._levels:
                 size = FIXED_NS[window]
-                start = (r.ts + offset) // size * size - offset
-                if start + size + self.grace <= self._closed_until.get(window, 0):
-                    late = True
-                    continue
-                opened = self._open[window].setdefault(key, {})
-                acc = opened.get(start)
+                acc = self._acc(key, window, (r.ts + offset) // size * size - offset, r.unit, rules)
                 if acc is None:
-                    acc = opened[start] = self._new_acc(key, window, start, r.unit, rules)
-                acc.add(r)
+                    late = True
+                else:
+                    acc.add(r)
             self.late += late
 
-    def _new_acc(self, key: Key, window: str, start: int, unit: str, rules: Validity) -> _Acc:
-        acc = _Acc(start, unit)
-        if window == "1h" and rules.cycle_s and (last := self._samples.get(key)) is not None:
-            acc.carry = list(last)  # readings come in time order: the last measurement before this window
+    def _acc(self, key: Key, window: str, start: int, unit: str, rules: Validity, count: bool = False) -> _Acc | None:
+        """The open window of this series starting at ``start``, opened if need be; None when it has
+        closed already. A cyclic series' hour remembers the last measurement before it (readings
+        come in time order), which it carries if it gets none of its own."""
+        if start + FIXED_NS[window] + self.grace <= self._closed_until.get(window, 0):
+            return None
+        opened = self._open[window].setdefault(key, {})
+        acc = opened.get(start)
+        if acc is None:
+            acc = opened[start] = _Acc(start, unit)
+            if window == "1h" and rules.cycle_s and (last := self._samples.get(key)) is not None:
+                acc.carry = list(last)
+        if count:
+            acc.count += 1
         return acc
 
     def _new_measurement(self, key: Key, r: Reading, series: _Series) -> bool:
@@ -247,27 +255,14 @@ class Aggregator:
         rules = series.rules
         last = self._samples.get(key)
         if last is not None:
-            ts, value = last
+            ts, value, _ = last
             if r.ts <= ts:
                 return False  # the same sample time again (or older)
             if not rules.sampled and r.value == value and r.ts - ts < rules.cycle_s * NS:
                 return False  # unchanged within the cycle: the register still holds the last result
             self._open_carried(key, series, ts, series.cal.start("1h", r.ts))  # the hours in between
-        self._samples[key] = (r.ts, r.value)
+        self._samples[key] = (r.ts, r.value, r.unit)
         return True
-
-    def _count_in_hour(self, key: Key, r: Reading, series: _Series) -> None:
-        """A held value still says the analyzer answered: its hour exists (it may carry a value)."""
-        if "1h" not in self._levels:
-            return
-        start = series.cal.start("1h", r.ts)
-        if start + HOUR_NS + self.grace <= self._closed_until.get("1h", 0):
-            return
-        opened = self._open["1h"].setdefault(key, {})
-        acc = opened.get(start)
-        if acc is None:
-            acc = opened[start] = self._new_acc(key, "1h", start, r.unit, series.rules)
-        acc.count += 1
 
     def _open_carried(self, key: Key, series: _Series, measured: int, until: int) -> None:
         """Open the hours after a measurement that its cycle (longer than an hour) covers, up to
@@ -276,17 +271,15 @@ class Aggregator:
         rules = series.rules
         if rules.hour_value != "carry" or rules.cycle_s * NS <= HOUR_NS or "1h" not in self._levels:
             return
-        closed = self._closed_until.get("1h", 0)
-        opened = self._open["1h"].setdefault(key, {})
+        unit = self._samples[key][2]
         start = series.cal.start("1h", measured) + HOUR_NS
         while start + HOUR_NS - measured <= rules.cycle_s * NS and start < until:
-            if start not in opened and start + HOUR_NS + self.grace > closed:
-                opened[start] = self._new_acc(key, "1h", start, "", rules)
+            self._acc(key, "1h", start, unit, rules)
             start += HOUR_NS
 
     def advance(self, now_ns: int) -> list[Aggregate]:
         """Close every window whose end + grace has passed; minute, then hour, then day."""
-        for key, (measured, _) in self._samples.items():  # hours the last measurement covers, now due
+        for key, (measured, _, _) in self._samples.items():  # hours the last measurement covers, now due
             self._open_carried(key, self._series(key), measured, now_ns - self.grace - HOUR_NS + 1)
         out: list[Aggregate] = []
         for window in [*self._levels, "1d"]:
@@ -326,13 +319,15 @@ class Aggregator:
         elif rules.cycle_s:
             method = "cycles"
             valid = acc.valid_count >= rules.hour_min_measurements
-            hour_end = acc.start + HOUR_NS
             carry = acc.carry
             if (
                 not acc.valid_count
+                and not acc.flags  # an hour the analyzer flagged (fault, maintenance) is no normal hour
                 and rules.hour_value == "carry"
+                and rules.cycle_s * NS > HOUR_NS
                 and carry is not None
-                and hour_end - carry[0] <= rules.cycle_s * NS
+                and carry[0] < acc.start
+                and acc.start + HOUR_NS - carry[0] <= rules.cycle_s * NS
             ):
                 sample, value = int(carry[0]), float(carry[1])
                 avg = _below_detection(rules) if _below(rules, value) else value
@@ -357,7 +352,7 @@ class Aggregator:
             acc.valid_count,
             valid,
             cou,
-            Flag.N if valid else _worst(acc.flags),
+            Flag.N if valid else worst_flag(acc.flags),
             series.point.id if series.point else "",
             method,
             sample if rules.cycle_s else None,
@@ -371,11 +366,14 @@ class Aggregator:
             return None
         point = series.point
         if series.is_flow:
-            volume = max(avg, 0.0) * FLOW_TO_M3H.get(unit, 1.0) * size / HOUR_NS
+            rate = units.m3_per_hour(unit)
+            if rate is None:
+                return None  # a flow without a known unit has no volume: never guessed
+            volume = max(avg, 0.0) * rate * size / HOUR_NS
             if point is not None:
                 self._flow_volume[(point.id, window, start)] = volume
             return volume
-        factor = MASS_PER_M3.get(unit)
+        factor = units.kg_per_unit_m3(unit)
         flow = self._flow_volume.get((point.id, window, start)) if point is not None else None
         if flow is None or factor is None:
             return None
@@ -401,13 +399,14 @@ class Aggregator:
         avg = None
         method = ""
         if valid_hours:
-            volumes = [h[5] for h in valid_hours]
-            weighted = (
-                self.flow_weighted and not series.is_flow and all(v is not None for v in volumes) and sum(volumes) > 0
-            )
-            if weighted:
-                avg = sum(h[1] * h[5] for h in valid_hours) / sum(volumes)
-                method = "flow"
+            with_volume = [h for h in valid_hours if h[5] is not None]
+            volume = sum(h[5] for h in with_volume)
+            point = series.point
+            # Water: flow-weighted (HJ 356 as commonly read); a stack's day is the plain mean of its
+            # valid hours (HJ 75). Hours without a volume (the flow meter was down) weigh nothing.
+            if self.flow_weighted and not series.is_flow and point is not None and point.kind == "water" and volume > 0:
+                avg = sum(h[1] * h[5] for h in with_volume) / volume
+                method = "flow" if len(with_volume) == len(valid_hours) else "flow_partial"
             else:
                 avg = sum(h[1] for h in valid_hours) / len(valid_hours)
                 method = "arithmetic"
@@ -431,7 +430,7 @@ class Aggregator:
             acc.valid_count,
             valid,
             cou,
-            Flag.N if valid else _worst(acc.flags),
+            Flag.N if valid else worst_flag(acc.flags),
             series.point.id if series.point else "",
             method,
         )
@@ -467,7 +466,7 @@ class Aggregator:
             for key, start, acc in entries:
                 self._open[window].setdefault(tuple(key), {})[int(start)] = _acc_from(acc)
         self._flow_volume = {tuple(k): v for k, v in data.get("flow", [])}
-        self._samples = {tuple(k): (int(t), float(v)) for k, (t, v) in data.get("samples", [])}
+        self._samples = {tuple(k): (int(t), float(v), str(u)) for k, (t, v, u) in data.get("samples", [])}
         self._closed_until = {k: int(v) for k, v in data.get("closed_until", {}).items()}
 
     def sites(self) -> set[str]:
@@ -522,7 +521,7 @@ def _below_detection(rules: Validity) -> float:
     return {"half": limit / 2, "limit": limit, "zero": 0.0}[rules.below_detection]
 
 
-def _worst(flags: Mapping[str, int]) -> Flag:
+def worst_flag(flags: Mapping[str, int]) -> Flag:
     """The flag that explains an invalid window: the most frequent non-N flag, else F (no data)."""
     if not flags:
         return Flag.F

@@ -22,6 +22,7 @@ from drivers.mqtt_decode import parse_timestamp
 from telemetry import config, http, sinks
 from telemetry.aggregate import Aggregator, Override, Validity, rules_from
 from telemetry.errors import SinkError
+from telemetry.hj212.config import Platform
 from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.outbox import Outbox
@@ -58,8 +59,14 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         commit_max=cfg.outbox.commit_max,
         observer=observer,
         aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
-        uplinks=[Uplink(platform, dep.platform_point(platform), metrics) for platform in cfg.hj212],
+        uplinks=[uplink(dep, platform, metrics) for platform in cfg.hj212],
     )
+
+
+def uplink(dep: config.Deployment, platform: Platform, metrics: Metrics) -> Uplink:
+    """A platform connection for its monitoring point, on that point's site calendar."""
+    point = dep.platform_point(platform)
+    return Uplink(platform, point, metrics, site_zone=dep.zone(point.site))
 
 
 def aggregator(dep: config.Deployment) -> Aggregator:
@@ -71,7 +78,7 @@ def aggregator(dep: config.Deployment) -> Aggregator:
         for d in dep.devices
         for s in d.sampled_series()
     ]
-    overrides += [Override(o.quantity, o.settings(), o.site, o.point, o.device) for o in agg.overrides]
+    overrides += [o.override() for o in agg.overrides]
     return Aggregator(
         {s.id: s.timezone for s in dep.config.sites},
         windows=agg.windows,

@@ -30,7 +30,7 @@ from drivers.mqtt_decode import PayloadError, parse_timestamp
 from telemetry import __version__, app
 from telemetry.aggregate import Aggregator
 from telemetry.calendar import calendar
-from telemetry.config import Deployment
+from telemetry.config import Deployment, KnownSeries
 from telemetry.config_base import parse_duration
 from telemetry.errors import ConfigError, OutboxError
 from telemetry.hj212 import codec as hj212
@@ -424,7 +424,7 @@ def window_line(w: Aggregate, zone: str | None) -> str:
 def hj212_lines(dep: Deployment, platform: Platform, aggregator: Aggregator, windows: list[Aggregate]) -> list[str]:
     """The periods (2051/2061/2031) the platform would receive from these windows, as CP text."""
     point = dep.platform_point(platform)
-    encoder = PointEncoder(platform, point, dep.site(point.site).timezone, aggregator.cycle_of)
+    encoder = PointEncoder(platform, point, dep.zone(point.site), aggregator.cycle_of)
     out = []
     for kind in ("min", "hour", "day"):
         cn, window = KINDS[kind]
@@ -555,6 +555,7 @@ def likely_mistakes(dep: Deployment) -> list[str]:
             notes.append(f"rule {rule.name}: no device produces {quantity!r} at {rule.site or 'any site'}")
     notes += _shared_series(dep)
     notes += _point_mistakes(dep)
+    notes += [note for device in dep.devices for note in device.warnings()]
     watched = {(r.site, getattr(r, "quantity", None)) for r in dep.rules}
     for device in dep.devices:
         quantities = {p.quantity for p in getattr(device, "points", [])}
@@ -591,9 +592,24 @@ def _point_mistakes(dep: Deployment) -> list[str]:
         for device in sorted(point.devices or ()):
             if not dynamic and (point.site, device) not in named:
                 notes.append(f"point {point.id}: no configured device {device!r} at site {point.site}")
+    return notes + _upload_mistakes(dep, known)
+
+
+def _upload_mistakes(dep: Deployment, known: list[KnownSeries]) -> list[str]:
+    """Uploaded series with no unit, and devices polled more slowly than real-time data stays fresh."""
+    notes = []
     for platform in dep.config.hj212:
         point = dep.platform_point(platform)
         codes = platform.code_map(point.kind)
+        stale = platform.stale_after or 3 * platform.rtd_interval
+        for source in dep.devices:
+            interval = getattr(source, "interval", None)
+            uploaded = [s for s in source.known_series() if s.quantity in codes and point.holds(s.device, s.quantity)]
+            if uploaded and interval is not None and interval > stale and source.site == point.site:
+                notes.append(
+                    f"device {source.id} is polled every {interval:g}s but hj212 {platform.name} leaves a value out"
+                    f" of real-time data {stale:g}s after it arrived; set stale_after to at least {interval:g}s"
+                )
         for s in known:
             code = codes.get(s.quantity)
             if (

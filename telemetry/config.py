@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from telemetry.calendar import DEFAULT_ZONE
 from telemetry.config_base import (
     Duration,
     Listen,
@@ -81,6 +82,10 @@ class DeviceConfig(Model):
 
     def sampled_series(self) -> list[KnownSeries]:
         """Series whose readings carry the analyzer's sample time (a sample-time register)."""
+        return []
+
+    def warnings(self) -> list[str]:
+        """Valid but probably wrong, for ``telemetry check`` (none by default)."""
         return []
 
     @classmethod
@@ -235,6 +240,10 @@ class Deployment:
     def site(self, site_id: str) -> Site:
         return next(s for s in self.config.sites if s.id == site_id)
 
+    def zone(self, site_id: str) -> str:
+        """A site's time zone; Beijing time for a site outside the config (named by MQTT topics)."""
+        return next((s.timezone for s in self.config.sites if s.id == site_id), DEFAULT_ZONE)
+
     def platform_point(self, platform: Platform) -> Point:
         """The monitoring point a platform connection uploads (checked at load)."""
         return resolve_point(self.points, platform.point, platform.site)
@@ -255,6 +264,10 @@ def resolve_point(points: Points, point: str | None, site: str | None) -> Point:
         if site is not None and found.site != site:
             raise ValueError(f"expected a point of site {site!r}, found {point!r} of site {found.site!r}")
         return found
+    if site is not None and not points.of_site(site):  # a site named by topics at run time: its inferred point
+        inferred = points.point_of(site, "", "")
+        if inferred is not None:
+            return inferred
     candidates = points.of_site(site or "")
     if len(candidates) != 1:
         names = ", ".join(p.id for p in candidates)
@@ -564,6 +577,11 @@ def _point_checks(config: Config, devices: list[DeviceConfig], raw_ids: list[str
         if override.point is not None:
             named(("aggregation", "overrides", index), override.point, override.site)
     series = [(raw_ids.index(d.id), s) for d in devices for s in d.known_series()]
+    for index, declared in enumerate(p for p in points.all if not p.inferred):  # declared first, in order
+        flows = sorted({s.device for _, s in series if _flow_of(declared, s)})
+        if declared.flow_device is None and len(flows) > 1:
+            message = f"expected flow.device: {', '.join(flows)} all measure {declared.flow_quantity} at this point"
+            problems.append(_at(src, ("points", index, "flow"), message))
     for index, platform in enumerate(config.hj212):
         point = named(("hj212", index), platform.point, platform.site)
         if point is not None:
@@ -594,6 +612,10 @@ def _declared_points(config: Config, src: Source) -> list[str]:
         if point.flow.device is not None and point.flow.device not in point.devices:
             message = f"expected one of the point's devices {point.devices}"
             problems.append(_at(src, (*at, "flow", "device"), message))
+        flow = point.flow.quantity or config.aggregation.flow_quantity
+        if point.quantities and flow not in point.quantities:
+            message = f"expected its flow quantity {flow!r} among them (else the point has no volume and no mass)"
+            problems.append(_at(src, (*at, "quantities"), message))
         for other in config.points[:index]:
             shared = _overlap(point, other)
             if shared:
@@ -618,14 +640,18 @@ def _unit_problems(platform: Platform, point: Point, series: list[tuple[int, Kno
     return problems
 
 
+def _flow_of(point: Point, series: KnownSeries) -> bool:
+    return (
+        series.site == point.site
+        and point.holds(series.device, series.quantity)
+        and point.is_flow(series.device, series.quantity)
+    )
+
+
 def _has_cycle(config: Config, points: Points, series: KnownSeries) -> bool:
     point = points.point_of(series.site, series.device, series.quantity)
     return any(
-        o.quantity == series.quantity
-        and o.cycle is not None
-        and o.site in (None, series.site)
-        and o.device in (None, series.device)
-        and (o.point is None or (point is not None and o.point == point.id))
+        o.cycle is not None and o.override().selects(series.site, series.device, series.quantity, point)
         for o in config.aggregation.overrides
     )
 

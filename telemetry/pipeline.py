@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -49,6 +49,7 @@ class _Item:
     records: Sequence[Record]
     future: asyncio.Future[None] | None
     rejected: Sequence[Rejected] = ()
+    closed_through: Mapping[str, int] | None = None  # windows closed by a tick: published once committed
 
 
 Observer = Callable[[Sequence[Reading], Sequence[AlertEvent]], None]
@@ -78,7 +79,7 @@ class Pipeline:
             uplink.attach(self.db, outbox)
             uplink.on_alert = self._record_event
             if aggregator is not None:
-                uplink.attach_aggregator(aggregator.closed_through, aggregator.cycle_of)
+                uplink.attach_aggregator(self.closed_through, aggregator.cycle_of)
         self.tick_s = tick_s
         self.snapshot_s = snapshot_s
         self.drivers = list(drivers)
@@ -103,6 +104,12 @@ class Pipeline:
         self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
         self.desk = AlertDesk(manager, notifier, rules, outbox, self.db, metrics)
         self.clock = ClockWatch()
+        self._closed_through: dict[str, int] = {}  # per window size: closed and committed up to here
+
+    def closed_through(self, window: str) -> int:
+        """Every window of this size ending at or before this time has closed and is committed:
+        the HJ 212 uplink reads a period from the outbox only once all of it is there."""
+        return self._closed_through.get(window, 0)
 
     def readiness(self, max_sink_age_s: float) -> tuple[bool, dict[str, Any]]:
         """For /readyz: drivers started, the outbox taking commits, sinks not stuck."""
@@ -139,6 +146,7 @@ class Pipeline:
             saved = await self.db(self.outbox.load_state, "aggregator")
             if saved:
                 await self._restore_aggregates(self.aggregator, orjson.loads(saved))
+            self._closed_through = {w: self.aggregator.closed_through(w) for w in ("1m", "1h", "1d")}
         self.metrics.watch_outbox(self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries})
         self.metrics.watch_data(self.rules.counts, self._aggregation_counts)
         driver_stop = asyncio.Event()
@@ -197,7 +205,7 @@ class Pipeline:
     def _aggregation_counts(self) -> dict[str, int]:
         if self.aggregator is None:
             return {}
-        return {"late": self.aggregator.late, "held": self.aggregator.held}
+        return {"late": self.aggregator.late, "held": self.aggregator.held, "future": self.aggregator.future}
 
     async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for ``stop``; a task that dies on its own is logged and stops the daemon."""
@@ -245,13 +253,15 @@ class Pipeline:
         for item in items:
             if item.future is not None and not item.future.done():
                 item.future.set_result(None)
+            if item.closed_through is not None:
+                self._closed_through.update(item.closed_through)
         for wake in self._wakes:
             wake.set()
         readings = [r for r in records if isinstance(r, Reading)]
         for (site, device), n in Counter((r.site, r.device) for r in readings).items():
             self.metrics.readings.labels(site, device).inc(n)
         if self.aggregator is not None:
-            self.aggregator.add(readings)
+            self.aggregator.add(readings, time.time_ns())
         for uplink in self.uplinks:
             uplink.observe(readings)
         self._watch_clock()
@@ -265,6 +275,8 @@ class Pipeline:
     async def _append(self, records: list[Record], rejected: list[Rejected]) -> None:
         """Commit; while the outbox is full under ``when_full: block`` or its disk nearly full,
         wait for the sinks to make room (until shutdown: then the commit fails)."""
+        if not records and not rejected:
+            return  # a tick that closed nothing: only its closed-through marks go on
         while True:
             try:
                 with self.metrics.commit_seconds.time():
@@ -362,8 +374,8 @@ class Pipeline:
         if self.aggregator is not None and close_windows:
             closed = self.aggregator.advance(now_ns)
             self.aggregator.prune(now_ns - 3 * 86400 * 1_000_000_000)
-        if closed:
-            self._queue.put_nowait(_Item(closed, None))
+            through = {w: self.aggregator.closed_through(w) for w in ("1m", "1h", "1d")}
+            self._queue.put_nowait(_Item(closed, None, closed_through=through))
         events = self.rules.on_windows(closed) + self.rules.tick(now_ns)
         for event in events:
             self._record_event(event)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from telemetry.aggregate import Override
 from telemetry.config_base import Duration, Model, Name, Severity
 from telemetry.model import Flag
 
@@ -116,8 +117,9 @@ class CapacityRule(RuleBase):
     under_percent: Annotated[float, Field(ge=0)] | None = None
     project_after: Duration = 4 * 3600.0
     rollover: Annotated[float, Field(gt=0)] | None = None
-    reset_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # a drop to this share of the old value: reset
-    jitter_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.01  # a step back this small: jitter, ignored
+    # A totalizer reading lower than before, in the counter's unit (defaults from ``design``):
+    reset_below: Annotated[float, Field(ge=0)] | None = None  # at or under this: restarted from 0 (design)
+    jitter: Annotated[float, Field(ge=0)] | None = None  # a step back this small: ignored (1 % of design)
     max_gap: Duration = 3600.0
     grace: Duration = 300.0
 
@@ -201,6 +203,10 @@ class QuantityOverride(Model):
     hour_min_measurements: Annotated[int, Field(ge=1, le=60)] | None = None
     detection_limit: Annotated[float, Field(ge=0)] | None = None
     below_detection: Literal["half", "limit", "zero", "keep"] | None = None
+
+    def override(self) -> Override:
+        """This entry as the aggregator takes it."""
+        return Override(self.quantity, self.settings(), self.site, self.point, self.device)
 
     def settings(self) -> dict[str, Any]:
         """The aggregator's per-series settings this entry sets (``telemetry.aggregate.Validity``)."""

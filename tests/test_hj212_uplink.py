@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -401,3 +402,36 @@ async def test_a_minute_period_waits_until_every_window_in_it_has_closed(tmp_pat
     assert sent.get("DataTime") == when
     assert sent.get("w01018-Avg") == "4.5"  # all ten minutes (0..9), not the first five (2)
     assert sent.get("w01018-Flag") == "N"
+
+
+async def test_a_site_outside_beijing_time_sends_its_own_days_in_platform_time(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A station in Asia/Tokyo: its day runs from Tokyo midnight, which the platform (Beijing
+    time) reads as 23:00 the evening before; the daemon and `rules test --hj212` agree."""
+    tokyo = ZoneInfo("Asia/Tokyo")
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        f"""
+sites: [{{id: s, timezone: Asia/Tokyo}}]
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+hj212:
+  - {{name: city, host: 127.0.0.1, port: {receiver.port}, site: s, mn: {MN}, pw: "123456", overtime: 500ms,
+     grace: 0s, send: [day]}}
+"""
+    )
+    midnight = datetime.now(tokyo).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    readings = [
+        Reading(int(midnight.timestamp()) * NS + (m * 60 + 5) * NS, "s", "an", "cod", 40.0, "mg/L") for m in range(60)
+    ]
+    daemon = await start(path)
+    try:
+        await daemon.pipeline.emit(readings)
+        daemon.pipeline.tick(time.time_ns())
+        packets = await receiver.wait_for(lambda ps: any(p.cn == "2031" for p in ps), 20)
+    finally:
+        await daemon.close()
+    [day] = [p for p in packets if p.cn == "2031"]
+    assert day.get("DataTime") == midnight.astimezone(BJ).strftime("%Y%m%d%H%M%S")  # ...230000 the day before
+    assert (day.get("DataTime") or "").endswith("230000")

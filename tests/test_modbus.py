@@ -590,3 +590,24 @@ def test_sample_time_formats_decode_and_garbage_is_not_a_time() -> None:
     assert decode_sample_time([0x26AB, 0x3010, 0x3500], "ymdhms_bcd", "ABCD", "Asia/Shanghai") is None  # not BCD
     assert decode_sample_time([2026, 11], "ymdhms", "ABCD", "Asia/Shanghai") is None
     assert decode_sample_time(None, "epoch", "ABCD", "UTC") is None
+
+
+async def test_an_unbelievable_sample_time_stamps_each_new_result_with_its_first_poll(server: RegisterServer) -> None:
+    """The sample-time registers read all zeros for ever: each result still enters once, stamped
+    with the poll that first shows it; every such poll is counted."""
+    points = [{"quantity": "cod", "address": 0, "unit": "mg/L", "sample_time": {"address": 10}}]
+    drv, metrics = driver(device(server.port, points))
+    server.set(1, "holding", 10, [0, 0, 0, 0, 0, 0])
+    stamps = []
+    try:
+        for value in (40.0, 40.0, 41.0, 41.0, 42.0):
+            server.set(1, "holding", 0, wire(value, "f", "ABCD"))
+            [reading] = await drv.poll()
+            stamps.append(reading.ts)
+    finally:
+        drv.close()
+    assert stamps[0] == stamps[1] < stamps[2] == stamps[3] < stamps[4]  # one stamp per result
+    errors = metrics.registry.get_sample_value(
+        "telemetry_device_errors_total", {"device": "an-1", "error_type": "sample_time"}
+    )
+    assert errors == 5

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -384,3 +384,92 @@ devices:
     )
     assert "hj212[0].pw: expected text: put it in quotes" in digits.stderr
     assert "123456" not in digits.stderr  # a password is never printed
+
+
+def test_check_refuses_points_without_a_clear_flow_and_keeps_older_configs_valid(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+
+    def check(text: str) -> subprocess.CompletedProcess[str]:
+        path.write_text(text)
+        return subprocess.run(
+            [sys.executable, "-m", "telemetry.cli", "check", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    base = """
+sites: [{id: s}]
+devices:
+  - {id: a, kind: modbus, site: s, host: 127.0.0.1, unit_id: 1, points: [{quantity: flow, address: 0, unit: m3/h}]}
+  - id: b
+    kind: modbus
+    site: s
+    host: 127.0.0.1
+    unit_id: 2
+    points:
+      - {quantity: flow, address: 0, unit: t/h}
+      - {quantity: cod, address: 2, unit: mg/L, sample_time: {address: 50}}
+aggregation: {overrides: [{quantity: cod, cycle: 1h}]}
+"""
+    two_flows = check(base + "points: [{id: out, site: s, devices: [a, b]}]\n")
+    assert two_flows.returncode == 2
+    assert "points[0].flow: expected flow.device: a, b all measure flow at this point" in two_flows.stderr
+    no_flow = check(base + "points: [{id: out, site: s, devices: [a, b], quantities: [cod]}]\n")
+    assert "points[0].quantities: expected its flow quantity 'flow' among them" in no_flow.stderr
+    chosen = check(base + "points: [{id: out, site: s, devices: [a, b], flow: {device: b}}]\n")
+    assert chosen.returncode == 0, chosen.stderr
+    assert "device b: cod and its sample time are read in separate requests" in chosen.stdout
+    # Valid before points existed, valid now: a platform for a site that MQTT topics name, t/h flow.
+    older = check(base + "hj212: [{name: c, host: h, port: 1, site: elsewhere, mn: '1', pw: '1'}]\n")
+    assert older.returncode == 0, older.stderr
+    fast = check(base + "hj212: [{name: c, host: h, port: 1, site: s, mn: '1', pw: '1', rtd_interval: 1s}]\n")
+    assert "device a is polled every 10s but hj212 c leaves a value out of real-time data 3s after" in fast.stdout
+
+
+async def test_the_demo_station_uploads_its_outlet_and_never_its_inlet(tmp_path: Path) -> None:
+    """config/demo.yaml as shipped: the simulated inlet (raw leachate, ~10,000 mg/L COD) and outlet
+    (~60 mg/L) on one Modbus server; the city platform stand-in gets the outlet's values only."""
+    import asyncio  # noqa: PLC0415 - this test alone runs the daemon
+
+    from telemetry import app  # noqa: PLC0415
+    from telemetry.hj212.receiver import Receiver  # noqa: PLC0415
+    from telemetry.model import AlertEvent, Reading  # noqa: PLC0415
+    from telemetry.simulator import LeachateInlet, LeachateStation, ModbusAnalyzer  # noqa: PLC0415
+    from tests.services import free_port  # noqa: PLC0415
+
+    receiver = Receiver()
+    await receiver.start()
+    analyzer = ModbusAnalyzer(LeachateStation(excursion_at=1e9), port=free_port(), inlet=LeachateInlet())
+    await analyzer.start()
+    env = {
+        "DEMO_MODBUS_PORT": str(analyzer.port),
+        "DEMO_MQTT_PORT": str(free_port()),
+        "DEMO_POLL": "500ms",
+        "DEMO_POLL_TIMEOUT": "200ms",
+        "HJ212_PORT": str(receiver.port),
+        "HJ212_RTD": "1s",
+        "METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        "INFLUX_URL": f"http://127.0.0.1:{free_port()}",
+        "TELEMETRY_STATE": str(tmp_path),
+    }
+    dep = app.load(str(ROOT / "config" / "demo.yaml"), env)
+    seen: list[Reading] = []
+
+    def observe(readings: Sequence[Reading], _: Sequence[AlertEvent]) -> None:
+        seen.extend(readings)
+
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(app.serve(dep, stop, observer=observe))
+    try:
+        packets = await receiver.wait_for(lambda ps: sum(p.cn == "2011" for p in ps) >= 3, 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(daemon, 30)
+        await analyzer.stop()
+        await receiver.stop()
+    realtime = [p for p in packets if p.cn == "2011"]
+    cod = [float(p.get("w01018-Rtd") or "nan") for p in realtime]
+    assert all(20 < value < 200 for value in cod), cod  # the outlet's ~60 mg/L, never the inlet's ~10,000
+    assert all(p.mn == "010000A8900016F000169DC0" for p in realtime)
+    assert any(r.device == "inlet-analyzers" and r.quantity == "cod" and r.value > 5000 for r in seen)

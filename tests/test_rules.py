@@ -198,27 +198,32 @@ def test_capacity_from_a_totalizer_with_a_rollover_and_a_reset() -> None:
     assert "900 t today, 120% of design 750 t" in events[0].message
 
 
-def test_a_totalizer_reading_lower_is_jitter_a_reset_or_a_new_meter_each_counted() -> None:
-    """Oracle: the day's tonnage is what the counter advanced, with a step back of 0.1 t ignored
-    (the old value stays the baseline), a drop to near zero counted from zero, and a large drop
-    that is not near zero (a replaced meter) counted from its new value."""
-    cap = rule(
-        kind="capacity",
-        quantity="throughput_total",
-        source="totalizer",
-        design=750,
-        under_percent=60,
-        project_after="24h",
-    )
+def totalizer_day(values: list[float], **kw: Any) -> tuple[float, dict[tuple[str, str], int]]:
+    """The day's total a capacity rule on a totalizer counts from these readings, and its counts."""
+    cap = rule(kind="capacity", quantity="throughput_total", source="totalizer", design=750, under_percent=100, **kw)
     engine = RulesEngine([cap], ZONES)
     day = at(2026, 3, 1) / NS
-    values = [125_000.0, 125_020.0, 125_019.9, 125_030.0, 5.0, 25.0, 20.0, 30.0]
     engine.feed([r(day + 600 * i, v, quantity="throughput_total", unit="t") for i, v in enumerate(values)])
     [event] = engine.tick(int((day + 86400 + 301) * NS))
-    expected = (125_020 - 125_000) + (125_030 - 125_020) + 5 + (25 - 5) + 0 + (30 - 20)  # 65 t
     assert (event.labels["condition"], event.state) == ("underuse", AlertState.FIRING)
-    assert event.value == pytest.approx(expected)
-    assert engine.counts() == {("r", "jitter"): 1, ("r", "reset"): 1, ("r", "rebase"): 1}
+    return event.value, engine.counts()
+
+
+def test_a_totalizer_reading_lower_is_jitter_a_reset_a_wrap_or_a_new_meter_each_counted() -> None:
+    """Oracle: the day's tonnage is what the counter advanced. A step back of 0.1 t is ignored
+    (the old value stays the baseline); a drop to near zero counts from zero; a drop to 12,000 t
+    (a replacement meter preset) counts from 12,000; a wrap only from near the top to near zero."""
+    total, counts = totalizer_day([125_000, 125_020, 125_019.9, 125_030, 12_000, 12_010, 5, 25])
+    assert total == pytest.approx((125_020 - 125_000) + (125_030 - 125_020) + 0 + 10 + 5 + 20)  # 65 t
+    assert counts == {("r", "jitter"): 1, ("r", "rebase"): 1, ("r", "reset"): 1}
+    # A counter that wraps at 1,000,000: 0.1 t of jitter near 600,000 is no wrap (it counted
+    # 1,000,695 t), a reset to 0 at 600,000 is no wrap either (+400,000 t); from 999,900 to 300 is.
+    total, counts = totalizer_day([600_000, 600_100, 600_099.9, 600_150, 0, 50], rollover=1_000_000)
+    assert total == pytest.approx(100 + 0 + 50 + 0 + 50)
+    assert counts == {("r", "jitter"): 1, ("r", "reset"): 1}
+    total, counts = totalizer_day([999_800, 999_900, 300, 400], rollover=1_000_000)
+    assert total == pytest.approx(100 + 400 + 100)
+    assert counts == {("r", "rollover"): 1}
 
 
 def test_capacity_from_a_rate_with_a_projection_during_the_day() -> None:

@@ -25,13 +25,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from telemetry.calendar import Calendar, calendar
+from telemetry.aggregate import worst_flag
+from telemetry.calendar import NS, Calendar, calendar
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
 from telemetry.model import Aggregate, Reading
 from telemetry.points import Point
 
-NS = 1_000_000_000
 KINDS = {"min": ("2051", "1m"), "hour": ("2061", "1h"), "day": ("2031", "1d")}
 CN_KIND = {cn: kind for kind, (cn, _) in KINDS.items()}
 Key = tuple[str, str, str]
@@ -110,7 +110,7 @@ class PointEncoder:
         elif valid:
             self._unit_problem(code, unit)
         cou = [w.cou for w in windows if w.cou is not None]
-        if cou:
+        if cou and scale is not None:
             item[f"{code}-Cou"] = _num(sum(cou))  # m3 for a flow, kg for a pollutant: the aggregator's units
         samples = [w.sample_ts for w in valid if w.sample_ts is not None]
         if samples and self._sampled(windows[0]):
@@ -166,8 +166,7 @@ class PointEncoder:
 
 
 def _worst(windows: Iterable[Aggregate]) -> str:
-    flags = Counter(w.flag.value for w in windows if w.flag.value != "N")
-    return flags.most_common(1)[0][0] if flags else "F"
+    return worst_flag(Counter(w.flag.value for w in windows if w.flag.value != "N")).value
 
 
 def _num(value: float) -> str:

@@ -49,22 +49,39 @@ CODE_UNITS.update({"065": "mg/L", "060": "mg/L", "101": "mg/L"})
 
 FLOW_CODES = frozenset({"w00000", "a00000", "B01", "B02"})  # their -Cou is a volume (m3), not a mass
 
-# Each dimension: unit -> factor to the dimension's base unit.
+# Each dimension: unit -> factor to the dimension's base unit. The one table of units the
+# daemon knows: the aggregator's volumes and masses and the wire's conversions both use it.
+VOLUME_FLOW = {  # base m3/h; a tonne of water is a cubic metre
+    "m3/h": 1.0,
+    "m³/h": 1.0,
+    "t/h": 1.0,
+    "L/s": 3.6,
+    "l/s": 3.6,
+    "L/h": 1e-3,
+    "l/h": 1e-3,
+    "m3/s": 3600.0,
+    "m³/s": 3600.0,
+    "m3/min": 60.0,
+    "L/min": 0.06,
+    "l/min": 0.06,
+    "m3/d": 1 / 24,
+    "t/d": 1 / 24,
+}
+MASS_CONCENTRATION = {  # base mg/m3 (1 mg/L = 1 g/m3 = 1000 mg/m3)
+    "mg/m3": 1.0,
+    "mg/m³": 1.0,
+    "ug/m3": 1e-3,
+    "µg/m3": 1e-3,
+    "mg/L": 1000.0,
+    "mg/l": 1000.0,
+    "g/m3": 1000.0,
+    "ug/L": 1.0,
+    "µg/L": 1.0,
+    "g/L": 1e6,
+}
 _DIMENSIONS: list[dict[str, float]] = [
-    # volume flow, base m3/h
-    {"m3/h": 1.0, "L/s": 3.6, "l/s": 3.6, "m3/s": 3600.0, "m3/min": 60.0, "L/min": 0.06, "l/min": 0.06, "m3/d": 1 / 24},
-    # mass concentration, base mg/m3 (1 mg/L = 1 g/m3 = 1000 mg/m3)
-    {
-        "mg/m3": 1.0,
-        "ug/m3": 1e-3,
-        "µg/m3": 1e-3,
-        "mg/L": 1000.0,
-        "mg/l": 1000.0,
-        "g/m3": 1000.0,
-        "ug/L": 1.0,
-        "µg/L": 1.0,
-        "g/L": 1e6,
-    },
+    VOLUME_FLOW,
+    MASS_CONCENTRATION,
     {"degC": 1.0, "°C": 1.0, "℃": 1.0, "C": 1.0},
     {"kPa": 1.0, "Pa": 1e-3, "hPa": 0.1, "MPa": 1000.0},
     {"%": 1.0},
@@ -93,3 +110,15 @@ def factor(unit: str, code: str) -> float | None:
     if have is None or want is None or have[0] != want[0]:
         return None
     return have[1] / want[1]
+
+
+def m3_per_hour(unit: str) -> float | None:
+    """Cubic metres per hour in one ``unit`` of flow; None for a unit that is not a volume flow
+    (or none at all: a volume is never guessed)."""
+    return VOLUME_FLOW.get(unit)
+
+
+def kg_per_unit_m3(unit: str) -> float | None:
+    """Kilograms in one cubic metre at one ``unit`` of concentration (mg/L: 1e-3, mg/m3: 1e-6)."""
+    factor = MASS_CONCENTRATION.get(unit)
+    return factor * 1e-6 if factor is not None else None

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from telemetry.calendar import NS
 from telemetry.hj212 import units
 from telemetry.hj212.codec import FrameError, FrameReader, Packet, decode_frame, encode, flag_value, split
 from telemetry.hj212.config import Platform
@@ -38,7 +39,6 @@ from telemetry.timing import Backoff, wait_event
 
 log = logging.getLogger(__name__)
 
-NS = 1_000_000_000
 MAX_RTD_INTERVAL_S = 86400.0  # what a platform may set (1062): a day; beyond that a command is refused
 REFUSALS = {"3": "wrong password (PW)", "4": "wrong station id (MN)", "5": "wrong ST", "6": "wrong Flag"}
 Db = Callable[..., Awaitable[Any]]
@@ -212,9 +212,9 @@ class Uplink:
 
     @property
     def _stored_points(self) -> tuple[str, ...]:
-        """The ``point`` of this point's stored windows; an inferred point also owns windows
-        stored before points existed (point "")."""
-        return (self.point.id, "") if self.point.inferred else (self.point.id,)
+        """The ``point`` of this point's stored windows, and "" of windows stored before points
+        existed: those belong to the point that holds their series now (``PointEncoder.holds``)."""
+        return (self.point.id, "")
 
     async def _period_packet(self, cn: str, start: int) -> Packet | None:
         assert self._db is not None
