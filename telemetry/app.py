@@ -25,7 +25,7 @@ from telemetry.errors import SinkError
 from telemetry.hj212.config import Platform
 from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
-from telemetry.outbox import Outbox
+from telemetry.outbox import Outbox, Retention
 from telemetry.pipeline import Observer, Pipeline
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,10 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         outbox=Outbox(
             cfg.outbox.path,
             synchronous=cfg.outbox.synchronous,
-            deadletter_max=cfg.outbox.deadletter_max,
             max_bytes=cfg.outbox.max_bytes,
             min_free=cfg.outbox.min_free,
             when_full=cfg.outbox.when_full,
+            retention=retention(cfg),
         ),
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],
@@ -60,6 +60,25 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         observer=observer,
         aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
         uplinks=[uplink(dep, platform, metrics) for platform in cfg.hj212],
+        snapshot_s=cfg.outbox.snapshot_interval,
+    )
+
+
+def retention(cfg: config.Config) -> Retention:
+    """The outbox's retention; windows (and acknowledgements) for as long as a platform may still
+    need them back-filled, a day more, and at least two days (a restart adopts today's hours)."""
+    keep = cfg.outbox.retention
+    backfill = max((p.backfill for p in cfg.hj212), default=0.0)
+    return Retention(
+        windows=keep.windows if keep.windows is not None else max(2 * 86400.0, backfill + 86400.0),
+        quarantine=keep.quarantine,
+        quarantine_max=keep.quarantine_max,
+        deadletters=keep.deadletters,
+        deadletter_max=cfg.outbox.deadletter_max,
+        deliveries=keep.deliveries,
+        deliveries_max=keep.deliveries_max,
+        commands=keep.commands,
+        commands_max=keep.commands_max,
     )
 
 

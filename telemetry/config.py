@@ -196,6 +196,20 @@ class Metrics(Model):
     ready_sink_age: Duration = 300.0  # /readyz fails when a sink with a backlog accepted nothing for this long
 
 
+class OutboxRetention(Model):
+    """How long the outbox's side tables keep their rows (the record queue keeps a record until
+    every sink has it). ``windows`` defaults to the longest hj212 ``backfill`` + 1 day, at least 2 days."""
+
+    windows: Annotated[Duration, Field(ge=2 * 86400)] | None = None
+    quarantine: Duration = 30 * 86400.0
+    quarantine_max: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
+    deadletters: Duration = 30 * 86400.0
+    deliveries: Duration = 90 * 86400.0
+    deliveries_max: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
+    commands: Duration = 7 * 86400.0
+    commands_max: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
+
+
 class Outbox(Model):
     path: str = "var/outbox.sqlite"
     commit_max: Annotated[int, Field(gt=0, le=100_000)] = 5000
@@ -205,6 +219,8 @@ class Outbox(Model):
     min_free: Size = 64 << 20
     when_full: Literal["drop_oldest", "block"] = "drop_oldest"
     synchronous: Literal["full", "normal"] = "full"
+    retention: OutboxRetention = OutboxRetention()
+    snapshot_interval: Annotated[Duration, Field(ge=1, le=3600)] = 30.0  # open windows and rule state saved
 
 
 class Config(Model):

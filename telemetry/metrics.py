@@ -168,6 +168,10 @@ class Metrics:
         """Report what rules and the aggregator adjusted or left out of the data, read at scrape time."""
         self.registry.register(_DataCollector(rule_counts, aggregation))
 
+    def watch_side(self, deleted: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        """Report the side-table rows the outbox deleted, by table and reason, read at scrape time."""
+        self.registry.register(_SideCollector(deleted))
+
     def watch_outbox(self, backlog: Callable[[], Mapping[str, int]], lag: Callable[[], Mapping[str, float]]) -> None:
         """Report each consumer's backlog (records) and lag (seconds), read at scrape time."""
         self.registry.register(_BacklogCollector(backlog, lag))
@@ -223,3 +227,19 @@ class _DataCollector(Collector):
         for reason, count in sorted(self._aggregation().items()):
             left.add_metric([reason], count)
         yield left
+
+
+class _SideCollector(Collector):
+    def __init__(self, deleted: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        self._deleted = deleted
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "telemetry_outbox_side_deleted",
+            "Rows of the outbox's side tables deleted, by table and reason (retention: their age or row cap;"
+            " budget: the disk budget took them before any record a sink had not taken)",
+            labels=["table", "reason"],
+        )
+        for (table, reason), count in sorted(dict(self._deleted()).items()):
+            family.add_metric([table, reason], count)
+        yield family

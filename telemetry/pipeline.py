@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ from telemetry.sinks import Sink
 from telemetry.timing import wait_event
 
 log = logging.getLogger(__name__)
+PRUNE_S = 600.0  # how often the outbox's retention runs
 
 
 @dataclass
@@ -139,16 +141,19 @@ class Pipeline:
         await future
 
     async def run(self, stop: asyncio.Event) -> None:
-        for delivery in self.deliveries:
-            await self.db(self.outbox.register, delivery.consumer)
+        forgotten = await self.db(self.outbox.set_consumers, [d.consumer for d in self.deliveries])
+        for consumer in forgotten:
+            log.warning("outbox: %s is no longer configured; its cursor is forgotten", consumer)
         await self.desk.restore()
         if self.aggregator is not None:
             saved = await self.db(self.outbox.load_state, "aggregator")
             if saved:
                 await self._restore_aggregates(self.aggregator, orjson.loads(saved))
             self._closed_through = {w: self.aggregator.closed_through(w) for w in ("1m", "1h", "1d")}
+        await self._prune()  # after the restore: it reads the windows closed since the last snapshot
         self.metrics.watch_outbox(self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries})
         self.metrics.watch_data(self.rules.counts, self._aggregation_counts)
+        self.metrics.watch_side(lambda: self.outbox.deleted)
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
         committer = asyncio.create_task(self._commit_loop(), name="committer")
@@ -345,7 +350,7 @@ class Pipeline:
         """Close due aggregate windows, let time-based rules look and see whether the outbox
         has room again, every ``tick_s``."""
         loop = asyncio.get_running_loop()
-        last_snapshot = started = loop.time()
+        last_snapshot = last_prune = started = loop.time()
         # After a start, what sources kept meanwhile (an MQTT session's backlog) arrives first:
         # windows are not closed for one grace period, so an outage's windows close complete
         # instead of with whatever part of the backlog had arrived by the first tick.
@@ -359,6 +364,9 @@ class Pipeline:
             if loop.time() - last_snapshot >= self.snapshot_s:
                 await self._snapshot()
                 last_snapshot = loop.time()
+            if loop.time() - last_prune >= PRUNE_S:
+                await self._prune()
+                last_prune = loop.time()
 
     def _watch_clock(self) -> None:
         """A step of the host clock moves rule and notification timers with it (``telemetry.clock``)."""
@@ -384,9 +392,24 @@ class Pipeline:
         return events
 
     async def _snapshot(self) -> None:
+        """Open windows and rule state (a day's tonnage so far, ``for`` timers, silence and
+        flatline baselines), so that a kill -9 costs at most ``snapshot_s`` of either."""
         if self.aggregator is not None:
             body = self.aggregator.snapshot()
             await self.db(self.outbox.save_state, "aggregator", body)
+        await self.db(self.outbox.save_state, "rules", orjson.dumps(self.rules.snapshot()))
+
+    async def _prune(self) -> None:
+        """The outbox's retention (``telemetry.outbox.side``): old windows, acknowledgements,
+        diagnostics and done commands go."""
+        try:
+            pruned = await self.db(self.outbox.prune)
+        except sqlite3.Error as err:
+            self.metrics.errors.labels("outbox", "prune", "sqlite").inc()
+            log.error("outbox retention could not run: %s", err)
+            return
+        if pruned:
+            log.info("outbox retention: deleted %s", pruned)
 
 
 async def _settle(tasks: list[asyncio.Task[None]], what: str, timeout: float = 15.0) -> None:

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections import deque
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import orjson
 import pytest
 
 from telemetry.errors import OutboxFull
-from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Reading, Record
+from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Reading, Record, Rejected
 from telemetry.outbox import Batch, Outbox
 
 
@@ -208,3 +209,96 @@ def test_a_database_from_before_monitoring_points_is_migrated_and_its_windows_ke
     assert [w.point for w in box.windows("s", "1h", 0, 10_000, ("inlet",))] == ["inlet"]
     assert box.window_starts("s", "1h", 0, ("inlet",)) == [7200]
     box.close()
+
+
+def window(start_ns: int, quantity: str = "cod") -> Aggregate:
+    return Aggregate(start_ns, "1m", "s", "an", quantity, "mg/L", 1.0, 2.0, 3.0, 1, 1, True)
+
+
+def test_retention_prunes_each_side_table_by_age_and_row_cap(tmp_path: Path) -> None:
+    from telemetry.outbox import Retention  # noqa: PLC0415
+
+    day = 86400 * 10**9
+    now = time.time_ns()
+    keep = Retention(windows=8 * 86400, quarantine=30 * 86400, quarantine_max=3, deadletter_max=2, commands=86400)
+    box = Outbox(str(tmp_path / "o.sqlite"), retention=keep)
+    box.register("influx:a")
+    box.append([window(now - 9 * day), window(now - 7 * day), window(now - day)])
+    box.hj212_mark_acked("city", "2061", now - 9 * day)
+    box.hj212_mark_acked("city", "2061", now - day)
+    box.append([], [Rejected(now - i, "mqtt", "t", "bad", "x", b"p") for i in range(4)])
+    for i in range(5):
+        batch = box.begin("influx:a", 1)
+        batch.rejected = [(batch.items[0][0], f"refused {i}")] if batch.items else []
+        if batch.items:
+            box.end(batch)
+        box.append([reading(i)])
+    box._db.execute("INSERT INTO commands (kind, body, at_ns, done) VALUES ('ack', '{}', ?, 1)", (now - 2 * day,))
+    box._db.execute("INSERT INTO commands (kind, body, at_ns, done) VALUES ('ack', '{}', ?, 0)", (now - 2 * day,))
+    pruned = box.prune(now)
+    assert sorted(w.ts for w in box.windows("s", "1m", 0, now)) == [now - 7 * day, now - day]
+    assert box.hj212_acked("city") == {("2061", now - day)}
+    assert box.side_rows()["quarantine"] == 3  # the newest three refusals
+    assert box.side_rows()["deadletter"] == 2
+    assert box.side_rows()["commands"] == 1  # the done one went; the pending one waits for the daemon
+    assert pruned["windows"] == 1
+    assert pruned["hj212_acked"] == 1
+    assert box.deleted[("windows", "retention")] == 1
+    box.close()
+
+
+def test_over_budget_side_data_goes_before_any_reading_a_sink_has_not_taken(tmp_path: Path) -> None:
+    """Closed windows fill the budget; new readings still commit and stay for the sink: windows
+    older than the oldest pending reading are shed first (once they went, every new reading
+    was deleted right after its commit)."""
+    now = time.time_ns()
+    box = Outbox(str(tmp_path / "o.sqlite"), when_full="drop_oldest")
+    box.register("influx:a")
+    old = [window(now - 3 * 86400 * 10**9 + i * 60 * 10**9, f"q{i % 50}") for i in range(4000)]
+    for i in range(0, len(old), 500):
+        box.append(old[i : i + 500])
+    while batch := box.begin("influx:a", 1000):  # the sink took the windows' records
+        box.end(batch)
+    assert box.side_rows()["windows"] == 4000
+    box.max_bytes = box.used_bytes() + 10_000  # the windows fill the budget
+    fresh = [Reading(now + i, "s", "d", "cod", float(i), "mg/L") for i in range(200)]
+    box.append(fresh)
+    assert box.dropped == 0  # no reading was dropped ...
+    assert values(box.begin("influx:a", 1000))[-200:] == [float(i) for i in range(200)]  # ... all wait for the sink
+    assert box.deleted[("windows", "budget")] > 0  # the old windows made the room
+    assert not box.over_budget(0.9)
+    box.close()
+
+
+def test_without_a_sink_records_are_not_kept_and_old_ones_are_released(tmp_path: Path) -> None:
+    path = str(tmp_path / "o.sqlite")
+    box = Outbox(path)
+    box.register("influx:gone")
+    box.append([reading(i) for i in range(200)])
+    box.close()
+    box = Outbox(path)  # the sink was removed from the configuration
+    assert box.set_consumers([]) == ["influx:gone"]
+    assert box.count() == 0
+    box.append([reading(i) for i in range(200)])
+    box.append([window(time.time_ns())])
+    assert box.count() == 0  # the aggregator, rules and uplink read them from memory at the commit
+    assert box.side_rows()["windows"] == 1  # the uplink's periods are kept
+    box.close()
+
+
+def test_the_outbox_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "state" / "deep" / "o.sqlite"
+        box = Outbox(str(path))
+        box.register("influx:a")
+        box.append([reading(1)])
+        modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+        dirs = [path.parent.stat().st_mode & 0o777, path.parent.parent.stat().st_mode & 0o777]
+        box.close()
+    finally:
+        os.umask(old)
+    assert modes["o.sqlite"] == 0o600
+    assert modes["o.sqlite-wal"] == 0o600
+    assert modes["o.sqlite.reserve"] == 0o600
+    assert dirs == [0o700, 0o700]
