@@ -32,7 +32,7 @@ from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
 from telemetry.clock import ClockWatch
 from telemetry.delivery import Delivery
-from telemetry.errors import OutboxError, OutboxFull
+from telemetry.errors import OutboxError, OutboxFull, TaskFailed
 from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, AlertEvent, AlertState, Reading, Record, Rejected
@@ -158,25 +158,28 @@ class Pipeline:
         sinks += [asyncio.create_task(u.run(sink_stop), name=f"hj212:{u.name}") for u in self.uplinks]
         notifier = asyncio.create_task(self.notifier.run(sink_stop), name="notifier")
         self.started.set()
+        failure: TaskFailed | None = None
         try:
-            await self._until_stopped(stop, [committer, *drivers, *sinks, notifier])
+            failure = await self._until_stopped(stop, [committer, *drivers, *sinks, notifier])
         finally:
             driver_stop.set()
             self._stopping = True
             self._progress.set()  # a commit waiting for room gives up: its messages stay unacknowledged
-            await _settle(drivers, "driver")
+            await _settle(drivers, "driver", reported=failure)
             self._queue.put_nowait(None)
-            await _settle([committer], "committer")
+            await _settle([committer], "committer", reported=failure)
             await self._snapshot()
             sink_stop.set()
             for wake in self._wakes:
                 wake.set()
-            await _settle([*sinks, notifier], "sink")
+            await _settle([*sinks, notifier], "sink", reported=failure)
             await self.desk.close()
             for delivery in self.deliveries:
                 await asyncio.to_thread(delivery.sink.close)
             await self.db(self.outbox.close)
             self._executor.shutdown(wait=True)
+        if failure is not None:
+            raise failure  # after the orderly shutdown: the exit code tells the supervisor
 
     async def _restore_aggregates(self, aggregator: Aggregator, state: dict[str, Any]) -> None:
         """Open windows as of the last snapshot (every ``snapshot_s``), minus those closed and
@@ -207,15 +210,22 @@ class Pipeline:
             return {}
         return {"late": self.aggregator.late, "held": self.aggregator.held, "future": self.aggregator.future}
 
-    async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
-        """Wait for ``stop``; a task that dies on its own is logged and stops the daemon."""
+    async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> TaskFailed | None:
+        """Wait for ``stop``. A task that ends on its own (raised, or returned while nobody asked
+        it to stop) is logged with its traceback and stops the daemon; the failure is returned
+        so that ``run`` raises it once everything is shut down and the process exits non-zero."""
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        for task in done:
-            if task is not stopper:
-                err = task.exception() if not task.cancelled() else None
-                log.critical("%s stopped unexpectedly: %r; shutting down", task.get_name(), err)
+        failure: TaskFailed | None = None
+        for task in sorted(done - {stopper}, key=lambda t: t.get_name()):
+            err = task.exception() if not task.cancelled() else None
+            why = repr(err) if err is not None else "cancelled" if task.cancelled() else "returned on its own"
+            log.critical("%s stopped unexpectedly: %s; shutting down", task.get_name(), why, exc_info=err)
+            if failure is None:
+                failure = TaskFailed(task.get_name(), why)
+                failure.__cause__ = err
+        return failure
 
     async def _commit_loop(self) -> None:
         closing = False
@@ -389,7 +399,11 @@ class Pipeline:
             await self.db(self.outbox.save_state, "aggregator", body)
 
 
-async def _settle(tasks: list[asyncio.Task[None]], what: str, timeout: float = 15.0) -> None:
+async def _settle(
+    tasks: list[asyncio.Task[None]], what: str, timeout: float = 15.0, reported: TaskFailed | None = None
+) -> None:
+    """Wait for ``tasks`` to stop, cancelling those that take longer than ``timeout``; log each
+    failure, except the one that stopped the daemon (``reported``: logged already)."""
     if not tasks:
         return
     done, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -398,5 +412,7 @@ async def _settle(tasks: list[asyncio.Task[None]], what: str, timeout: float = 1
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
+        if reported is not None and task.get_name() == reported.task:
+            continue
         if not task.cancelled() and task.exception() is not None:
             log.error("%s %s failed: %r", what, task.get_name(), task.exception())
