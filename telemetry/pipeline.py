@@ -84,6 +84,7 @@ class Pipeline:
         self.snapshot_s = snapshot_s
         self.drivers = list(drivers)
         self.rules = rules
+        rules.on_error = lambda stage, error_type: metrics.errors.labels("rules", stage, error_type).inc()
         self.notifier = notifier
         self.metrics = metrics
         self.commit_max = commit_max
