@@ -51,6 +51,28 @@ class Delivery:
         self._progress = progress
         self.pending_since: int | None = None  # reading time of the oldest record not yet accepted
 
+    async def check(self) -> bool:
+        """The sink's health check at start-up, run beside the drivers and never before them:
+        a stopped or hung sink must not delay a single poll. Bounded by the sink's ``timeout``;
+        a sink that is down is reported once (as the first failed write would be) and counted,
+        and nothing else changes: readings are committed and delivery retries from the outbox."""
+        try:
+            # The request has the sink's timeout; the wait is bounded as well, in case a client
+            # ignores it (its thread then finishes on its own).
+            await asyncio.wait_for(asyncio.to_thread(self.sink.healthcheck), self.sink.timeout + 1.0)
+        except SinkError as err:
+            error_type, why = err.reason, str(err).removeprefix(f"{self.sink.name}: ")
+        except TimeoutError:
+            error_type, why = "timeout", f"no answer within {self.sink.timeout:g}s"
+        else:
+            log.info("sink %s: reachable", self.sink.name)
+            return True
+        self._metrics.errors.labels("sink", "healthcheck", error_type).inc()
+        if not self._failing:
+            log.error("sink %s: not reachable at start-up (%s); readings wait in the outbox", self.sink.name, why)
+            self._failing = True
+        return False
+
     async def run(self, stop: asyncio.Event) -> None:
         size = self.sink.batch_size
         # Behind a full batch there is likely another: it is read (and decoded) on the outbox
@@ -144,7 +166,10 @@ class Delivery:
         if batch.rejected:
             self._metrics.sink_rejected.labels(self.sink.name).inc(len(batch.rejected))
         if self._failing:
-            log.info("sink %s: writing again after %d failed attempts", self.sink.name, self._backoff.attempts)
+            attempts = self._backoff.attempts
+            log.info(
+                "sink %s: writing again%s", self.sink.name, f" after {attempts} failed attempts" if attempts else ""
+            )
             self._failing = False
         self._backoff.reset()
         return True

@@ -105,6 +105,7 @@ class Pipeline:
         self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
         self.desk = AlertDesk(manager, notifier, rules, outbox, self.db, metrics)
         self.clock = ClockWatch()
+        self.sink_checks: list[asyncio.Task[bool]] = []  # start-up health checks, in the background
         self._closed_through: dict[str, int] = {}  # per window size: closed and committed up to here
 
     def closed_through(self, window: str) -> int:
@@ -140,6 +141,9 @@ class Pipeline:
         await future
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Sink health checks run beside everything else: a sink that is down or hung at start-up
+        # is reported, and readings are committed meanwhile (they wait in the outbox).
+        self.sink_checks = [asyncio.create_task(d.check(), name=f"check:{d.sink.name}") for d in self.deliveries]
         for delivery in self.deliveries:
             await self.db(self.outbox.register, delivery.consumer)
         await self.desk.restore()
@@ -175,6 +179,7 @@ class Pipeline:
                 wake.set()
             await _settle([*sinks, notifier], "sink", reported=failure)
             await self.desk.close()
+            await _settle(self.sink_checks, "sink check")  # each bounded by its sink's timeout
             for delivery in self.deliveries:
                 await asyncio.to_thread(delivery.sink.close)
             await self.db(self.outbox.close)
@@ -401,7 +406,7 @@ class Pipeline:
 
 
 async def _settle(
-    tasks: list[asyncio.Task[None]], what: str, timeout: float = 15.0, reported: TaskFailed | None = None
+    tasks: Sequence[asyncio.Task[Any]], what: str, timeout: float = 15.0, reported: TaskFailed | None = None
 ) -> None:
     """Wait for ``tasks`` to stop, cancelling those that take longer than ``timeout``; log each
     failure, except the one that stopped the daemon (``reported``: logged already)."""

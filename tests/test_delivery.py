@@ -24,6 +24,7 @@ class FakeSink:
     name = "fake"
     batch_size = 100
     flush_interval = 0.0
+    timeout = 1.0
 
     def __init__(self, down: int = 0) -> None:
         self.down = down
