@@ -31,6 +31,7 @@ from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
 from telemetry.clock import ClockWatch
+from telemetry.commits import CommitLog
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError, OutboxFull, TaskFailed
 from telemetry.hj212.uplink import Uplink
@@ -95,10 +96,13 @@ class Pipeline:
         self.deliveries: list[Delivery] = []
         self._progress = asyncio.Event()  # a sink advanced its cursor: the outbox may have room again
         self._stopping = False
+        self.commits = CommitLog()  # when each record was committed: how long sinks keep them waiting
         for sink in sinks:
             wake = asyncio.Event()
             self._wakes.append(wake)
-            self.deliveries.append(Delivery(sink, outbox, self.db, metrics, wake, progress=self._progress))
+            self.deliveries.append(
+                Delivery(sink, outbox, self.db, metrics, wake, progress=self._progress, commits=self.commits)
+            )
         self._dropped_seen = 0
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
@@ -114,13 +118,12 @@ class Pipeline:
         return self._closed_through.get(window, 0)
 
     def readiness(self, max_sink_age_s: float) -> tuple[bool, dict[str, Any]]:
-        """For /readyz: drivers started, the outbox taking commits, sinks not stuck."""
-        backlog = self.outbox.backlog()
-        stuck = {
-            d.consumer: round(d.lag_seconds())
-            for d in self.deliveries
-            if backlog.get(d.consumer, 0) and d.lag_seconds() > max_sink_age_s
-        }
+        """For /readyz: drivers started, the outbox taking commits, sinks not stuck. A sink is
+        stuck when the oldest record it has not taken was committed longer than ``max_sink_age_s``
+        ago on the daemon's clock, whatever the readings' own timestamps say; that is also the
+        case once it has a backlog and accepted no write for that long (``Delivery.lag_seconds``)."""
+        lags = {d.consumer: d.lag_seconds() for d in self.deliveries}
+        stuck = {consumer: round(lag) for consumer, lag in lags.items() if lag > max_sink_age_s}
         detail: dict[str, Any] = {
             "drivers_started": self.started.is_set(),
             "outbox_ok": self.commit_error is None,
@@ -145,7 +148,7 @@ class Pipeline:
         # is reported, and readings are committed meanwhile (they wait in the outbox).
         self.sink_checks = [asyncio.create_task(d.check(), name=f"check:{d.sink.name}") for d in self.deliveries]
         for delivery in self.deliveries:
-            await self.db(self.outbox.register, delivery.consumer)
+            delivery.cursor = await self.db(self.outbox.register, delivery.consumer)
         await self.desk.restore()
         if self.aggregator is not None:
             saved = await self.db(self.outbox.load_state, "aggregator")
@@ -296,7 +299,10 @@ class Pipeline:
         while True:
             try:
                 with self.metrics.commit_seconds.time():
-                    await self.db(self.outbox.append, records, rejected)
+                    last = await self.db(self.outbox.append, records, rejected)
+                self.commits.committed(last, len(records))
+                # Entries every sink has passed are not needed again (the HJ 212 uplinks keep their own).
+                self.commits.release(min((d.cursor for d in self.deliveries), default=last))
                 return
             except OutboxFull as err:
                 if self._stopping:

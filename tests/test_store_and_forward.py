@@ -12,8 +12,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -243,7 +246,9 @@ async def test_a_dead_sink_never_delays_the_live_one(tmp_path: Path, influx: Inf
     assert lag["influx:vm"] > 0.0
 
 
-def behind_gate(tmp_path: Path, site: str, gate: TcpGate, timeout: str, device: str = "") -> Path:
+def behind_gate(
+    tmp_path: Path, site: str, gate: TcpGate, timeout: str, device: str = "", metrics: str = "{enabled: false}"
+) -> Path:
     """Site ``site`` with one VictoriaMetrics sink (v2 API) reached through ``gate``."""
     path = tmp_path / "site.yaml"
     path.write_text(
@@ -252,11 +257,57 @@ sites: [{{id: {site}}}]
 devices: [{device}]
 influxdb:
   - {{name: vm, api: v2, url: "{gate.url}", bucket: plant, flush_interval: 50ms, timeout: {timeout}}}
-metrics: {{enabled: false}}
+metrics: {metrics}
 outbox: {{path: "{tmp_path}/outbox.sqlite"}}
 """
     )
     return path
+
+
+def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+@pytest.mark.parametrize("skew_s", [-300, 600], ids=["stamped-5-min-ago", "stamped-10-min-ahead"])
+async def test_readyz_counts_a_sinks_wait_from_the_commit(
+    tmp_path: Path, unique: str, victoria: Victoria, skew_s: int
+) -> None:
+    """Stuck means waiting since the commit, on the daemon's clock: readings stamped 5 min ago
+    used to make a healthy sink "stuck" at once, readings stamped ahead hid a held-up one."""
+    port = free_port()
+    gate = TcpGate(("127.0.0.1", victoria.port))
+    metrics = f'{{listen: "127.0.0.1:{port}", ready_sink_age: 2s}}'
+    t0 = time.time_ns() + skew_s * 10**9
+    readings = [Reading(t0 + i * 1_000_000, unique, "a", "cod", float(i), "mg/L") for i in range(10)]
+    try:
+        daemon = await start_daemon(behind_gate(tmp_path, unique, gate, "30s", metrics=metrics))
+        try:
+            assert await asyncio.wait_for(daemon.pipeline.sink_checks[0], 30)
+            gate.hold()  # the sink stops answering
+            await daemon.pipeline.emit(readings)
+            assert await asyncio.to_thread(gate.holding.wait, 10)  # the write is in flight
+            status, body = await asyncio.to_thread(readyz, port)
+            assert (status, body["sinks_stuck_seconds"]) == (200, {})  # committed a moment ago
+            # Held past ready_sink_age: stuck, whatever the readings' stamps say.
+            stuck = await asyncio.to_thread(
+                eventually, lambda: readyz(port)[1]["sinks_stuck_seconds"], 10, "the sink reported stuck"
+            )
+            assert stuck["influx:vm"] >= 2
+            assert (await asyncio.to_thread(readyz, port))[0] == 503
+            lag = daemon.sample("telemetry_outbox_lag_seconds", {"consumer": "influx:vm"})
+            assert 2 <= lag < 60
+            gate.release()
+            await asyncio.to_thread(eventually, lambda: readyz(port)[0] == 200, 30, "ready again")
+            assert daemon.sample("telemetry_outbox_lag_seconds", {"consumer": "influx:vm"}) == 0
+            assert daemon.sample("telemetry_sink_points_written_total", {"sink": "vm"}) == 10
+        finally:
+            await daemon.close()
+    finally:
+        gate.close()
 
 
 def samples_of(victoria: Victoria, site: str) -> int:
