@@ -56,6 +56,10 @@ class _Item:
 Observer = Callable[[Sequence[Reading], Sequence[AlertEvent]], None]
 
 
+def _committer_gone() -> OutboxError:
+    return OutboxError("the committer has stopped: not committed")
+
+
 class Pipeline:
     def __init__(
         self,
@@ -110,6 +114,7 @@ class Pipeline:
         self.desk = AlertDesk(manager, notifier, rules, outbox, self.db, metrics)
         self.clock = ClockWatch()
         self.sink_checks: list[asyncio.Task[bool]] = []  # start-up health checks, in the background
+        self._committer: asyncio.Task[None] | None = None
         self._closed_through: dict[str, int] = {}  # per window size: closed and committed up to here
 
     def closed_through(self, window: str) -> int:
@@ -139,6 +144,8 @@ class Pipeline:
 
     async def emit(self, readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
         """Hand readings (and dead letters) over; returns once they are committed to the outbox."""
+        if self._committer is not None and self._committer.done():
+            raise _committer_gone()  # the daemon is shutting down: the source keeps its data
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(readings, future, rejected))
         await future
@@ -159,7 +166,7 @@ class Pipeline:
         self.metrics.watch_data(self.rules.counts, self._aggregation_counts)
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
-        committer = asyncio.create_task(self._commit_loop(), name="committer")
+        committer = self._committer = asyncio.create_task(self._commit_loop(), name="committer")
         drivers = [asyncio.create_task(d.run(self.emit, driver_stop), name=f"driver:{d.name}") for d in self.drivers]
         drivers.append(asyncio.create_task(self._ticker(driver_stop), name="ticker"))
         sinks = [asyncio.create_task(d.run(sink_stop), name=f"sink:{d.sink.name}") for d in self.deliveries]
@@ -173,6 +180,8 @@ class Pipeline:
             driver_stop.set()
             self._stopping = True
             self._progress.set()  # a commit waiting for room gives up: its messages stay unacknowledged
+            if committer.done():  # nothing will commit what is queued: those emits fail, drivers stop
+                self._fail_queued()
             await _settle(drivers, "driver", reported=failure)
             self._queue.put_nowait(None)
             await _settle([committer], "committer", reported=failure)
@@ -189,6 +198,12 @@ class Pipeline:
             self._executor.shutdown(wait=True)
         if failure is not None:
             raise failure  # after the orderly shutdown: the exit code tells the supervisor
+
+    def _fail_queued(self) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and item.future is not None and not item.future.done():
+                item.future.set_exception(_committer_gone())
 
     async def _restore_aggregates(self, aggregator: Aggregator, state: dict[str, Any]) -> None:
         """Open windows as of the last snapshot (every ``snapshot_s``), minus those closed and
