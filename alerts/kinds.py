@@ -7,6 +7,7 @@ A window too thin to judge yields an ``insufficient_data`` record, never a breac
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -25,11 +26,17 @@ from telemetry.rule_config import (
     StockRule,
 )
 
+log = logging.getLogger(__name__)
+
 WINDOW_WORDS = {"1m": "minute mean", "1h": "hourly mean", "1d": "daily mean"}
 
 
 def _no_point(item: Reading | Aggregate) -> str:
     return ""
+
+
+def _no_count(stage: str, error_type: str) -> None:
+    return None
 
 
 class RuleState:
@@ -40,6 +47,8 @@ class RuleState:
         self._since: dict[str, int] = {}
         self._clear_since: dict[str, int] = {}
         self.point_of: Callable[[Reading | Aggregate], str] = _no_point  # the engine knows the points
+        self.count_error: Callable[[str, str], None] = _no_count  # (stage, error_type): the engine's metrics
+        self._message_failed = False
         self.counts: Counter[str] = Counter()  # data this rule adjusted or ignored, by reason (metrics)
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
@@ -103,9 +112,8 @@ class RuleState:
         default: str,
         **labels: str,
     ) -> AlertEvent:
-        template = self.rule.message
         fields = {"site": item.site, "device": item.device, "quantity": item.quantity, "unit": item.unit}
-        message = template.format(**fields, value=value, limit=limit, state=state.value) if template else default
+        message = self._message(default, **fields, **labels, value=value, limit=limit, state=state.value)
         point = item.point if isinstance(item, Aggregate) else self.point_of(item)
         return AlertEvent(
             ts=ts,
@@ -124,6 +132,24 @@ class RuleState:
                 **labels,
             },
         )
+
+    def _message(self, default: str, **fields: Any) -> str:
+        """The rule's ``message`` template filled in, or the kind's own text without one.
+
+        ``telemetry check`` refuses a template that cannot be filled in; one that fails
+        anyway (a rule built without the check) falls back to the default text, is counted
+        and logged once per rule: an alert must never take the committer down with it."""
+        template = self.rule.message
+        if not template:
+            return default
+        try:
+            return str(template.format(**fields))
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as err:
+            self.count_error("message", "template")
+            level = logging.DEBUG if self._message_failed else logging.ERROR
+            self._message_failed = True
+            log.log(level, "rule %s: message %r failed (%r); sent the default text", self.rule.name, template, err)
+            return default
 
     def calendar(self, site: str) -> Calendar:
         return self._calendars.get(site) or calendar()

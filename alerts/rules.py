@@ -36,8 +36,14 @@ class RulesEngine:
         self._by_quantity: dict[str | None, list[_Entry]] = {}
         for entry in self._entries:
             entry.state.point_of = self._point_id
+            entry.state.count_error = self._count_error
             self._by_quantity.setdefault(getattr(entry.rule, "quantity", None), []).append(entry)
         self.evaluations = 0
+        # Counts an error of a rule by (stage, error_type); the pipeline points it at its metrics.
+        self.on_error: Callable[[str, str], None] = lambda stage, error_type: None
+
+    def _count_error(self, stage: str, error_type: str) -> None:
+        self.on_error(stage, error_type)
 
     def _point_id(self, item: Reading | Aggregate) -> str:
         if isinstance(item, Aggregate):

@@ -21,7 +21,6 @@ from drivers.modbus import ModbusConfig, ModbusDriver
 from drivers.mqtt_decode import parse_timestamp
 from telemetry import config, http, sinks
 from telemetry.aggregate import Aggregator, Override, Validity, rules_from
-from telemetry.errors import SinkError
 from telemetry.hj212.config import Platform
 from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
@@ -134,8 +133,6 @@ async def serve(
     try:
         pipeline = build(dep, metrics, observer)
         current.append(pipeline)
-        for delivery in pipeline.deliveries:
-            await asyncio.to_thread(_check_sink, delivery.sink)
         if pipeline_ready is not None:
             pipeline_ready.set_result(pipeline)
         await pipeline.run(stop)
@@ -178,11 +175,3 @@ async def probe(dep: config.Deployment, out: Callable[[str], None]) -> int:
             + (f"\n{'':<20} problem: {problem}" if problem else "")
         )
     return 1 if failed else 0
-
-
-def _check_sink(sink: sinks.Sink) -> None:
-    try:
-        sink.healthcheck()
-        log.info("sink %s: reachable", sink.name)
-    except SinkError as err:
-        log.warning("sink %s: not reachable (%s); readings wait in the outbox", sink.name, err)

@@ -32,7 +32,7 @@ from telemetry.aggregate import Aggregator
 from telemetry.calendar import calendar
 from telemetry.config import Deployment, KnownSeries
 from telemetry.config_base import parse_duration
-from telemetry.errors import ConfigError, OutboxError
+from telemetry.errors import ConfigError, OutboxError, TaskFailed
 from telemetry.hj212 import codec as hj212
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
@@ -334,6 +334,9 @@ def run_until_signal(dep: Deployment) -> int:
 
     try:
         asyncio.run(go())
+    except TaskFailed as err:  # logged with its traceback where it happened
+        log.critical("telemetry stopped because %s; exit code 1, for the supervisor to restart it", err)
+        return 1
     except Exception:
         log.exception("telemetry failed")
         return 1

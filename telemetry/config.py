@@ -193,7 +193,7 @@ class Metrics(Model):
     enabled: bool = True
     listen: Listen = "127.0.0.1:9108"
     ack_token: SecretStr = SecretStr("")
-    ready_sink_age: Duration = 300.0  # /readyz fails when a sink with a backlog accepted nothing for this long
+    ready_sink_age: Duration = 300.0  # /readyz fails while a sink keeps a record waiting this long after its commit
 
 
 class OutboxRetention(Model):

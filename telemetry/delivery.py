@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from telemetry.commits import CommitLog
 from telemetry.errors import OutboxError, SinkError
 from telemetry.lineproto import line
 from telemetry.metrics import Metrics
@@ -38,6 +39,7 @@ class Delivery:
         wake: asyncio.Event,
         backoff: Backoff | None = None,
         progress: asyncio.Event | None = None,
+        commits: CommitLog | None = None,
     ) -> None:
         self.sink = sink
         self.consumer = f"influx:{sink.name}"
@@ -49,7 +51,30 @@ class Delivery:
         self._failing = False
         self._delay = 1.0
         self._progress = progress
-        self.pending_since: int | None = None  # reading time of the oldest record not yet accepted
+        self._commits = commits if commits is not None else CommitLog()
+        self.cursor = 0  # the last record the sink has taken (the pipeline sets it from the outbox)
+
+    async def check(self) -> bool:
+        """The sink's health check at start-up, run beside the drivers and never before them:
+        a stopped or hung sink must not delay a single poll. Bounded by the sink's ``timeout``;
+        a sink that is down is reported once (as the first failed write would be) and counted,
+        and nothing else changes: readings are committed and delivery retries from the outbox."""
+        try:
+            # The request has the sink's timeout; the wait is bounded as well, in case a client
+            # ignores it (its thread then finishes on its own).
+            await asyncio.wait_for(asyncio.to_thread(self.sink.healthcheck), self.sink.timeout + 1.0)
+        except SinkError as err:
+            error_type, why = err.reason, str(err).removeprefix(f"{self.sink.name}: ")
+        except TimeoutError:
+            error_type, why = "timeout", f"no answer within {self.sink.timeout:g}s"
+        else:
+            log.info("sink %s: reachable", self.sink.name)
+            return True
+        self._metrics.errors.labels("sink", "healthcheck", error_type).inc()
+        if not self._failing:
+            log.error("sink %s: not reachable at start-up (%s); readings wait in the outbox", self.sink.name, why)
+            self._failing = True
+        return False
 
     async def run(self, stop: asyncio.Event) -> None:
         size = self.sink.batch_size
@@ -100,13 +125,18 @@ class Delivery:
                 return
 
     def lag_seconds(self) -> float:
-        """How far behind the sink is: age of the oldest record it has not accepted yet."""
-        return 0.0 if self.pending_since is None else max(0.0, time.time() - self.pending_since / 1e9)
+        """How long the oldest record this sink has not taken has waited since its commit, on
+        the daemon's clock (not the reading's own timestamp); 0 when it has taken everything.
+
+        A backlog that no accepted write has reduced for some time shows as well: its oldest
+        record has waited at least that long. Records committed before a restart count from
+        the start (``CommitLog``)."""
+        if not self._outbox.backlog().get(self.consumer, 0):
+            return 0.0
+        return max(0.0, self._commits.now() - self._commits.since(self.cursor + 1))
 
     async def deliver(self, batch: Batch) -> bool:
         """Write one batch and advance the cursor; False if it must be retried later."""
-        if batch.items and self.pending_since is None:
-            self.pending_since = batch.items[0][1].ts
         try:
             await asyncio.to_thread(self._write, batch)
         except SinkError as err:
@@ -135,7 +165,7 @@ class Delivery:
                 log.error("sink %s: written, but the outbox could not record it; retrying: %s", self.sink.name, err)
                 self._failing = True
             return False
-        self.pending_since = None
+        self.cursor = batch.last_id
         if self._progress is not None:
             self._progress.set()
         accepted = len(batch) - len(batch.rejected)
@@ -144,7 +174,10 @@ class Delivery:
         if batch.rejected:
             self._metrics.sink_rejected.labels(self.sink.name).inc(len(batch.rejected))
         if self._failing:
-            log.info("sink %s: writing again after %d failed attempts", self.sink.name, self._backoff.attempts)
+            attempts = self._backoff.attempts
+            log.info(
+                "sink %s: writing again%s", self.sink.name, f" after {attempts} failed attempts" if attempts else ""
+            )
             self._failing = False
         self._backoff.reset()
         return True

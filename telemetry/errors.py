@@ -56,3 +56,13 @@ class OutboxFull(OutboxError):
 
 class OutboxFullDisk(OutboxError):
     """The disk under the outbox is full (SQLITE_FULL)."""
+
+
+class TaskFailed(TelemetryError):
+    """A task of the daemon (a driver, the committer, a sink, the notifier, the ticker)
+    ended while nobody asked it to stop: the daemon shuts down and exits non-zero, so that
+    its supervisor (systemd ``Restart=on-failure``, Docker) starts it again."""
+
+    def __init__(self, task: str, why: str) -> None:
+        self.task = task
+        super().__init__(f"{task} stopped unexpectedly: {why}")

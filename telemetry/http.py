@@ -2,8 +2,9 @@
 
 - ``GET /metrics``: Prometheus exposition.
 - ``GET /healthz``: 200 while the process serves requests.
-- ``GET /readyz``: 200 when drivers are started, the outbox takes commits and every
-  sink with a backlog accepted a write recently; 503 with the reasons otherwise.
+- ``GET /readyz``: 200 when drivers are started, the outbox takes commits and no sink
+  keeps a record waiting longer than ``metrics.ready_sink_age`` after its commit (on the
+  daemon's clock, whatever the reading's own timestamp); 503 with the reasons otherwise.
 - ``GET /alerts``: current alerts and silences as JSON (what ``telemetry alerts list`` shows).
 - ``POST /alerts/ID/ack``: acknowledge an alert (stops repeats and escalation); needs
   ``Authorization: Bearer TOKEN`` with ``metrics.ack_token`` (from the environment);

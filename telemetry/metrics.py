@@ -193,7 +193,8 @@ class _BacklogCollector(Collector):
         yield family
         lag = GaugeMetricFamily(
             "telemetry_outbox_lag_seconds",
-            "Age of the oldest record a consumer has not yet taken (0 when caught up)",
+            "How long the oldest record a consumer has not yet taken has waited since its commit"
+            " (the daemon's clock, not the reading's timestamp; 0 when caught up)",
             labels=["consumer"],
         )
         for consumer, seconds in sorted(self._lag().items()):

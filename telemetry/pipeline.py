@@ -32,8 +32,9 @@ from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
 from telemetry.clock import ClockWatch
+from telemetry.commits import CommitLog
 from telemetry.delivery import Delivery
-from telemetry.errors import OutboxError, OutboxFull
+from telemetry.errors import OutboxError, OutboxFull, TaskFailed
 from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, AlertEvent, AlertState, Reading, Record, Rejected
@@ -55,6 +56,10 @@ class _Item:
 
 
 Observer = Callable[[Sequence[Reading], Sequence[AlertEvent]], None]
+
+
+def _committer_gone() -> OutboxError:
+    return OutboxError("the committer has stopped: not committed")
 
 
 class Pipeline:
@@ -86,6 +91,7 @@ class Pipeline:
         self.snapshot_s = snapshot_s
         self.drivers = list(drivers)
         self.rules = rules
+        rules.on_error = lambda stage, error_type: metrics.errors.labels("rules", stage, error_type).inc()
         self.notifier = notifier
         self.metrics = metrics
         self.commit_max = commit_max
@@ -96,16 +102,21 @@ class Pipeline:
         self.deliveries: list[Delivery] = []
         self._progress = asyncio.Event()  # a sink advanced its cursor: the outbox may have room again
         self._stopping = False
+        self.commits = CommitLog()  # when each record was committed: how long sinks keep them waiting
         for sink in sinks:
             wake = asyncio.Event()
             self._wakes.append(wake)
-            self.deliveries.append(Delivery(sink, outbox, self.db, metrics, wake, progress=self._progress))
+            self.deliveries.append(
+                Delivery(sink, outbox, self.db, metrics, wake, progress=self._progress, commits=self.commits)
+            )
         self._dropped_seen = 0
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
         self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
         self.desk = AlertDesk(manager, notifier, rules, outbox, self.db, metrics)
         self.clock = ClockWatch()
+        self.sink_checks: list[asyncio.Task[bool]] = []  # start-up health checks, in the background
+        self._committer: asyncio.Task[None] | None = None
         self._closed_through: dict[str, int] = {}  # per window size: closed and committed up to here
 
     def closed_through(self, window: str) -> int:
@@ -114,13 +125,12 @@ class Pipeline:
         return self._closed_through.get(window, 0)
 
     def readiness(self, max_sink_age_s: float) -> tuple[bool, dict[str, Any]]:
-        """For /readyz: drivers started, the outbox taking commits, sinks not stuck."""
-        backlog = self.outbox.backlog()
-        stuck = {
-            d.consumer: round(d.lag_seconds())
-            for d in self.deliveries
-            if backlog.get(d.consumer, 0) and d.lag_seconds() > max_sink_age_s
-        }
+        """For /readyz: drivers started, the outbox taking commits, sinks not stuck. A sink is
+        stuck when the oldest record it has not taken was committed longer than ``max_sink_age_s``
+        ago on the daemon's clock, whatever the readings' own timestamps say; that is also the
+        case once it has a backlog and accepted no write for that long (``Delivery.lag_seconds``)."""
+        lags = {d.consumer: d.lag_seconds() for d in self.deliveries}
+        stuck = {consumer: round(lag) for consumer, lag in lags.items() if lag > max_sink_age_s}
         detail: dict[str, Any] = {
             "drivers_started": self.started.is_set(),
             "outbox_ok": self.commit_error is None,
@@ -136,14 +146,21 @@ class Pipeline:
 
     async def emit(self, readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
         """Hand readings (and dead letters) over; returns once they are committed to the outbox."""
+        if self._committer is not None and self._committer.done():
+            raise _committer_gone()  # the daemon is shutting down: the source keeps its data
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(readings, future, rejected))
         await future
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Sink health checks run beside everything else: a sink that is down or hung at start-up
+        # is reported, and readings are committed meanwhile (they wait in the outbox).
+        self.sink_checks = [asyncio.create_task(d.check(), name=f"check:{d.sink.name}") for d in self.deliveries]
         forgotten = await self.db(self.outbox.set_consumers, [d.consumer for d in self.deliveries])
         for consumer in forgotten:
             log.warning("outbox: %s is no longer configured; its cursor is forgotten", consumer)
+        for delivery in self.deliveries:
+            delivery.cursor = await self.db(self.outbox.register, delivery.consumer)
         await self.desk.restore()
         if self.aggregator is not None:
             saved = await self.db(self.outbox.load_state, "aggregator")
@@ -156,32 +173,44 @@ class Pipeline:
         self.metrics.watch_side(lambda: self.outbox.deleted)
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
-        committer = asyncio.create_task(self._commit_loop(), name="committer")
+        committer = self._committer = asyncio.create_task(self._commit_loop(), name="committer")
         drivers = [asyncio.create_task(d.run(self.emit, driver_stop), name=f"driver:{d.name}") for d in self.drivers]
         drivers.append(asyncio.create_task(self._ticker(driver_stop), name="ticker"))
         sinks = [asyncio.create_task(d.run(sink_stop), name=f"sink:{d.sink.name}") for d in self.deliveries]
         sinks += [asyncio.create_task(u.run(sink_stop), name=f"hj212:{u.name}") for u in self.uplinks]
         notifier = asyncio.create_task(self.notifier.run(sink_stop), name="notifier")
         self.started.set()
+        failure: TaskFailed | None = None
         try:
-            await self._until_stopped(stop, [committer, *drivers, *sinks, notifier])
+            failure = await self._until_stopped(stop, [committer, *drivers, *sinks, notifier])
         finally:
             driver_stop.set()
             self._stopping = True
             self._progress.set()  # a commit waiting for room gives up: its messages stay unacknowledged
-            await _settle(drivers, "driver")
+            if committer.done():  # nothing will commit what is queued: those emits fail, drivers stop
+                self._fail_queued()
+            await _settle(drivers, "driver", reported=failure)
             self._queue.put_nowait(None)
-            await _settle([committer], "committer")
+            await _settle([committer], "committer", reported=failure)
             await self._snapshot()
             sink_stop.set()
             for wake in self._wakes:
                 wake.set()
-            await _settle([*sinks, notifier], "sink")
+            await _settle([*sinks, notifier], "sink", reported=failure)
             await self.desk.close()
+            await _settle(self.sink_checks, "sink check")  # each bounded by its sink's timeout
             for delivery in self.deliveries:
                 await asyncio.to_thread(delivery.sink.close)
             await self.db(self.outbox.close)
             self._executor.shutdown(wait=True)
+        if failure is not None:
+            raise failure  # after the orderly shutdown: the exit code tells the supervisor
+
+    def _fail_queued(self) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and item.future is not None and not item.future.done():
+                item.future.set_exception(_committer_gone())
 
     async def _restore_aggregates(self, aggregator: Aggregator, state: dict[str, Any]) -> None:
         """Open windows as of the last snapshot (every ``snapshot_s``), minus those closed and
@@ -212,15 +241,22 @@ class Pipeline:
             return {}
         return {"late": self.aggregator.late, "held": self.aggregator.held, "future": self.aggregator.future}
 
-    async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
-        """Wait for ``stop``; a task that dies on its own is logged and stops the daemon."""
+    async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> TaskFailed | None:
+        """Wait for ``stop``. A task that ends on its own (raised, or returned while nobody asked
+        it to stop) is logged with its traceback and stops the daemon; the failure is returned
+        so that ``run`` raises it once everything is shut down and the process exits non-zero."""
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        for task in done:
-            if task is not stopper:
-                err = task.exception() if not task.cancelled() else None
-                log.critical("%s stopped unexpectedly: %r; shutting down", task.get_name(), err)
+        failure: TaskFailed | None = None
+        for task in sorted(done - {stopper}, key=lambda t: t.get_name()):
+            err = task.exception() if not task.cancelled() else None
+            why = repr(err) if err is not None else "cancelled" if task.cancelled() else "returned on its own"
+            log.critical("%s stopped unexpectedly: %s; shutting down", task.get_name(), why, exc_info=err)
+            if failure is None:
+                failure = TaskFailed(task.get_name(), why)
+                failure.__cause__ = err
+        return failure
 
     async def _commit_loop(self) -> None:
         closing = False
@@ -285,7 +321,10 @@ class Pipeline:
         while True:
             try:
                 with self.metrics.commit_seconds.time():
-                    await self.db(self.outbox.append, records, rejected)
+                    last = await self.db(self.outbox.append, records, rejected)
+                self.commits.committed(last, len(records))
+                # Entries every sink has passed are not needed again (the HJ 212 uplinks keep their own).
+                self.commits.release(min((d.cursor for d in self.deliveries), default=last))
                 return
             except OutboxFull as err:
                 if self._stopping:
@@ -412,7 +451,11 @@ class Pipeline:
             log.info("outbox retention: deleted %s", pruned)
 
 
-async def _settle(tasks: list[asyncio.Task[None]], what: str, timeout: float = 15.0) -> None:
+async def _settle(
+    tasks: Sequence[asyncio.Task[Any]], what: str, timeout: float = 15.0, reported: TaskFailed | None = None
+) -> None:
+    """Wait for ``tasks`` to stop, cancelling those that take longer than ``timeout``; log each
+    failure, except the one that stopped the daemon (``reported``: logged already)."""
     if not tasks:
         return
     done, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -421,5 +464,7 @@ async def _settle(tasks: list[asyncio.Task[None]], what: str, timeout: float = 1
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
+        if reported is not None and task.get_name() == reported.task:
+            continue
         if not task.cancelled() and task.exception() is not None:
             log.error("%s %s failed: %r", what, task.get_name(), task.exception())

@@ -9,8 +9,10 @@ volume), ``nodata``, ``flatline``, ``rate``, ``maintenance_too_long``.
 from __future__ import annotations
 
 import re
+import string
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -24,14 +26,71 @@ _ROLLING = re.compile(r"^rolling\s+(\d+(?:\.\d+)?)(s|m|h)$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+# The fields an alert ``message`` is formatted with (``alerts.kinds.RuleState._event``), by type.
+MESSAGE_FIELDS: dict[str, type] = {
+    "site": str,
+    "device": str,
+    "quantity": str,
+    "unit": str,
+    "value": float,
+    "limit": float,
+    "state": str,
+}
+
+
+def message_problem(template: str, fields: Mapping[str, type], kind: str = "") -> str | None:
+    """Why formatting ``template`` with ``fields`` would fail when an alert fires, or None.
+
+    Checked when the config loads: a typo such as ``{valu}`` or a format spec that does not
+    fit the field (``{site:.1f}``) would otherwise only show on the first alert, by then
+    inside the committer. Fields are used by name only (no positions, attributes or items).
+    """
+    offered = ", ".join("{" + name + "}" for name in fields)
+    try:
+        used = list(_replacement_fields(template))
+    except ValueError as err:
+        return f"expected a format string ({{{{ and }}}} for a literal brace), found {template!r}: {err}"
+    samples = {name: kind_of(1) for name, kind_of in fields.items()}
+    for name, conversion, spec in used:
+        if name not in fields:
+            rule = f" a {kind} rule" if kind else ""
+            return f"expected only the fields{rule} offers ({offered}), found {{{name}}}"
+        field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        try:
+            field.format(**samples)
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            what = "a number" if fields[name] is float else "text"
+            return f"expected a format spec that fits {{{name}}} ({what}), found {field!r}: {err}"
+    return None
+
+
+def _replacement_fields(template: str) -> Iterator[tuple[str, str | None, str]]:
+    """(name, conversion, spec) of each replacement field, those nested in a spec included."""
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        yield name, conversion, spec or ""
+        if spec and "{" in spec:
+            yield from _replacement_fields(spec)
+
+
 class RuleBase(Model):
     name: Name
     site: Name | None = None
     point: Name | None = None  # a monitoring point: only the series that measure it
     device: Name | None = None
     severity: Severity = "warning"
-    message: str = ""
+    message: str = ""  # a format string over ``message_fields``; empty: the rule kind's own text
     keep_firing_for: Duration = 0.0  # once firing, stay firing until clear this long
+
+    message_fields: ClassVar[dict[str, type]] = MESSAGE_FIELDS
+
+    @model_validator(mode="after")
+    def _check_message(self) -> RuleBase:
+        problem = message_problem(self.message, self.message_fields, str(getattr(self, "kind", "")))
+        if problem is not None:  # the text goes in the context: it holds braces of its own
+            raise PydanticCustomError("message", "{problem}", {"at": "message", "problem": problem})
+        return self
 
     def matches(self, site: str, device: str) -> bool:
         """Site and device only: the engine checks ``point`` (it knows which series measure it)."""
@@ -112,6 +171,8 @@ class CapacityRule(RuleBase):
     kind: Literal["capacity"]
     quantity: Name
     source: Literal["rate", "totalizer"] = "rate"
+    # Which test fired: ``projection`` (today's rate), ``overload`` or ``underuse`` (a day's total).
+    message_fields: ClassVar[dict[str, type]] = {**MESSAGE_FIELDS, "condition": str}
     design: Annotated[float, Field(gt=0)]
     over_percent: Annotated[float, Field(gt=0)] = 100.0
     under_percent: Annotated[float, Field(ge=0)] | None = None

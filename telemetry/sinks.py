@@ -4,6 +4,10 @@ A sink only writes one batch of line-protocol lines and classifies failures; it
 never buffers or retries on its own (the delivery loop does, from the outbox).
 Blocking I/O: the delivery loop calls ``write`` in a worker thread.
 
+Every request, the health check included, is bounded by the sink's ``timeout``: a
+server that accepts and never answers fails it (reason ``timeout``) instead of
+holding a thread for ever.
+
 Failure classes (``SinkError.retryable`` and ``SinkError.reason``):
 - network errors, timeouts, 5xx, 429, 401/403/404 (a fixable setting): retried,
   never dropped;
@@ -37,6 +41,7 @@ class Sink(Protocol):
     name: str
     batch_size: int
     flush_interval: float
+    timeout: float  # seconds; bounds every request, the health check's too
 
     def write(self, lines: list[str]) -> None: ...
 
@@ -65,6 +70,7 @@ class InfluxV1Sink:
         self.name = cfg.name
         self.batch_size = cfg.batch_size
         self.flush_interval = cfg.flush_interval
+        self.timeout = cfg.timeout
         self._cfg = cfg
         base = cfg.url.rstrip("/")
         query = {"db": cfg.database, "precision": "ns"}
@@ -119,7 +125,7 @@ class InfluxV1Sink:
         try:
             return self._http.request(method, url, **kw)
         except urllib3.exceptions.HTTPError as err:
-            raise SinkError(self.name, _network(err), retryable=True, reason="network") from None
+            raise _unreachable(self.name, err) from None
 
 
 class InfluxV2Sink:
@@ -129,6 +135,7 @@ class InfluxV2Sink:
         self.name = cfg.name
         self.batch_size = cfg.batch_size
         self.flush_interval = cfg.flush_interval
+        self.timeout = cfg.timeout
         self._cfg = cfg
         self._client = InfluxDBClient(
             url=cfg.url,
@@ -149,13 +156,17 @@ class InfluxV2Sink:
                 self.name, int(err.status or 0), str(err.body or err.reason), headers.get("Retry-After")
             ) from None
         except urllib3.exceptions.HTTPError as err:
-            raise SinkError(self.name, _network(err), retryable=True, reason="network") from None
+            raise _unreachable(self.name, err) from None
 
     def healthcheck(self) -> None:
+        # The client's pool has no timeout of its own (influxdb-client passes one per API call).
+        pool = self._client.api_client.rest_client.pool_manager
         try:
-            resp = self._client.api_client.rest_client.pool_manager.request("GET", self._cfg.url.rstrip("/") + "/ping")
+            resp = pool.request(
+                "GET", self._cfg.url.rstrip("/") + "/ping", timeout=urllib3.Timeout(total=self.timeout), retries=False
+            )
         except urllib3.exceptions.HTTPError as err:
-            raise SinkError(self.name, _network(err), retryable=True, reason="network") from None
+            raise _unreachable(self.name, err) from None
         if resp.status >= 300:
             raise classify(self.name, resp.status, resp.data.decode(errors="replace"), None)
 
@@ -168,6 +179,16 @@ def _network(err: Exception) -> str:
     """A network error without the URL's query string (it may carry credentials)."""
     reason = getattr(err, "reason", None) or err
     return f"network error: {type(reason).__name__}"
+
+
+def _unreachable(sink: str, err: urllib3.exceptions.HTTPError) -> SinkError:
+    """A request that got no answer: retried; a timeout (a hung server) told from other network
+    errors. urllib3's NewConnectionError (refused, no route) derives from its ConnectTimeoutError."""
+    cause = getattr(err, "reason", None) or err
+    timed_out = isinstance(cause, urllib3.exceptions.TimeoutError) and not isinstance(
+        cause, urllib3.exceptions.NewConnectionError
+    )
+    return SinkError(sink, _network(err), retryable=True, reason="timeout" if timed_out else "network")
 
 
 def build(cfg: InfluxV1 | InfluxV2) -> Sink:

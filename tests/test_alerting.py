@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import email
 import socket
+import time
 from collections.abc import Iterator
 from email.header import decode_header, make_header
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,14 +22,15 @@ from alerts.lifecycle import AlertManager, Message, Silence
 from alerts.notify import Notifier, default_send, render
 from alerts.robots import Result
 from alerts.rules import RulesEngine
+from telemetry import rule_config
 from telemetry.config import Notify
 from telemetry.metrics import Metrics
-from telemetry.model import Reading
+from telemetry.model import AlertEvent, Reading
 from telemetry.outbox import Outbox
 from telemetry.receiver import NotificationReceiver
 from telemetry.rule_config import EvaluatedRule, RuleConfig
 from telemetry.timing import Backoff
-from tests.daemon import direct_db
+from tests.daemon import direct_db, start_daemon
 
 NS = 1_000_000_000
 MIN = 60 * NS
@@ -366,3 +369,35 @@ def test_an_alert_that_fired_before_points_existed_resolves_under_the_same_id() 
     manager.ingest([before])
     manager.ingest([after])
     assert [a.state for a in manager.alerts.values()] == ["resolved"]
+
+
+async def test_a_message_that_fails_at_run_time_never_stops_the_committer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to: the first alert raised in the committer, the daemon stopped and exited 0."""
+    monkeypatch.setattr(rule_config, "message_problem", lambda *args: None)  # one that got past the check
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        f"""
+sites: [{{id: s}}]
+rules: [{{kind: limit, name: cod, quantity: cod, above: 100, message: "{{site}} COD {{valu}}"}}]
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+"""
+    )
+    events: list[AlertEvent] = []
+    daemon = await start_daemon(config, lambda readings, new: events.extend(new))
+    try:
+        now = time.time_ns()
+        await daemon.pipeline.emit([Reading(now, "s", "an", "cod", 120.0, "mg/L")])
+        # Committed: the committer still runs (it used to wait here for ever).
+        await asyncio.wait_for(daemon.pipeline.emit([Reading(now + 1, "s", "an", "cod", 50.0, "mg/L")]), 10)
+        assert not daemon.task.done()
+    finally:
+        await daemon.close()
+    assert [(e.state.value, e.message) for e in events] == [
+        ("firing", "cod 120 mg/L above limit 100 mg/L at s/an"),
+        ("resolved", "cod back to 50 mg/L (limit 100 mg/L) at s/an"),
+    ]
+    labels = {"component": "rules", "stage": "message", "error_type": "template"}
+    assert daemon.sample("telemetry_errors_total", labels) == 2

@@ -80,6 +80,71 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
         assert db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0
 
 
+def quiet_site(tmp_path: Path) -> Path:
+    """A site with no devices, sinks or metrics port: the daemon's own tasks only."""
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        f"""
+sites: [{{id: s}}]
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+"""
+    )
+    return config
+
+
+# `telemetry run` with a bug injected into one of the daemon's tasks: the notifier's loop raises.
+BROKEN_NOTIFIER = """
+import sys
+from alerts.notify import Notifier
+
+async def broken(self, stop):
+    raise RuntimeError("injected: the notifier hit a bug")
+
+Notifier.run = broken
+from telemetry.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_run_exits_1_when_a_task_dies_so_that_the_supervisor_restarts_it(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        BROKEN_NOTIFIER,
+        "run",
+        "-c",
+        str(quiet_site(tmp_path)),
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    log = err.decode()
+    assert proc.returncode == 1, log  # systemd's Restart=on-failure and Docker's on-failure restart it
+    assert "notifier stopped unexpectedly: RuntimeError('injected: the notifier hit a bug'); shutting down" in log
+    assert ", in broken\n" in log  # its traceback says where
+    assert log.count("injected: the notifier hit a bug") == 3  # the critical line, the traceback, the exit
+    assert "telemetry stopped because notifier stopped unexpectedly" in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_run_exits_0_when_asked_to_stop(tmp_path: Path, sig: signal.Signals) -> None:
+    proc = await telemetry("run", "-c", str(quiet_site(tmp_path)))
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):  # the signal handlers are in place once it says it starts
+            while b"starting with" not in (line := await proc.stderr.readline()):
+                assert line, "telemetry run ended before it started"
+        proc.send_signal(sig)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert "telemetry stopped" in err.decode()
+
+
 @pytest.mark.service
 async def test_demo_shows_readings_the_cod_alert_and_its_notification(
     tmp_path: Path, unique: str, mosquitto: Mosquitto, influx1: Influx1

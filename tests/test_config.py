@@ -276,3 +276,42 @@ def test_hj212_fields_that_reach_a_frame_cannot_carry_separators(
     [problem] = problems(tmp_path, text)
     assert f": {where}: " in problem
     assert "&&CN" not in problem  # a PW is never echoed, even a bad one
+
+
+def test_rule_messages_are_checked_against_the_fields_their_kind_offers(tmp_path: Path) -> None:
+    """A typo in a ``message`` used to pass ``check`` and take the committer down with the first alert."""
+    rules = """\
+  - {kind: limit, name: typo, quantity: cod, above: 100, message: "{site}: {quantity} {valu} {unit}"}
+  - {kind: limit, name: spec, quantity: cod, above: 100, message: "{value:d} over {limit}"}
+  - {kind: limit, name: brace, quantity: cod, above: 100, message: "{value} at {site} }"}
+  - {kind: limit, name: kind, quantity: cod, above: 100, message: "{condition}"}
+  - {kind: capacity, name: tons, quantity: t, design: 750, message: "{condition}: {value:.0f} {unit} ({state})"}
+  - {kind: limit, name: fine, quantity: cod, above: 100, message: "{quantity:>6} {value:.1f} {{ok}} {limit:g}"}
+"""
+    found = problems(
+        tmp_path, VALID.replace("  - {kind: limit, name: cod,\n     quantity: cod,\n     above: 100}\n", rules)
+    )
+    file = tmp_path / "site.yaml"
+    offers = "({site}, {device}, {quantity}, {unit}, {value}, {limit}, {state})"
+    assert found == [
+        f"{file}:19: rules[0].message: expected only the fields a limit rule offers {offers}, found {{valu}}",
+        f"{file}:20: rules[1].message: expected a format spec that fits {{value}} (a number),"
+        " found '{value:d}': Unknown format code 'd' for object of type 'float'",
+        f"{file}:21: rules[2].message: expected a format string ({{{{ and }}}} for a literal brace),"
+        " found '{value} at {site} }': Single '}' encountered in format string",
+        f"{file}:22: rules[3].message: expected only the fields a limit rule offers {offers}, found {{condition}}",
+    ]  # a capacity rule offers {condition} too; the last one is fine
+
+
+def test_check_refuses_a_message_typo(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(VALID.replace("above: 100}", 'above: 100, message: "{site} COD {valu}"}'))
+    res = subprocess.run(
+        [sys.executable, "-m", "telemetry.cli", "check", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert f"{bad}:21: rules[0].message: expected only the fields a limit rule offers" in res.stderr
+    assert "found {valu}" in res.stderr

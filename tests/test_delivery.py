@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from telemetry.commits import CommitLog
 from telemetry.delivery import Delivery
 from telemetry.errors import SinkError
 from telemetry.metrics import Metrics
@@ -16,6 +18,7 @@ from telemetry.outbox import Outbox
 from telemetry.sinks import BAD_DATA
 from telemetry.timing import Backoff
 from tests.daemon import direct_db
+from tests.test_commits import FakeClock
 
 
 class FakeSink:
@@ -24,6 +27,7 @@ class FakeSink:
     name = "fake"
     batch_size = 100
     flush_interval = 0.0
+    timeout = 1.0
 
     def __init__(self, down: int = 0) -> None:
         self.down = down
@@ -142,3 +146,58 @@ async def test_the_batch_read_ahead_is_dropped_when_the_one_before_fails(tmp_pat
     assert [float(line.split("value=")[1].split()[0]) for line in sink.written] == list(range(35))
     assert sink.calls == 5  # 10, 10 refused, the same 10 again, 10, and the last 5 at the final flush
     assert box.backlog() == {"influx:fake": 0}
+
+
+async def test_lag_counts_from_the_commit_on_the_daemons_clock_not_from_the_readings_stamps(tmp_path: Path) -> None:
+    """Readings stamped 5 min ago used to make a healthy sink look 300 s behind, and readings
+    stamped ahead (a device clock running fast) hid a sink that had taken nothing for minutes."""
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    clock = FakeClock(1000.0)
+    commits = CommitLog(clock)
+    writing, answer = threading.Event(), threading.Event()
+
+    class Slow(FakeSink):
+        batch_size = 5
+
+        def write(self, lines: list[str]) -> None:
+            writing.set()
+            answer.wait(10)  # the server takes its time, then accepts
+            super().write(lines)
+
+    delivery = Delivery(Slow(), box, direct_db, Metrics(CollectorRegistry()), asyncio.Event(), commits=commits)
+    delivery.cursor = box.register(delivery.consumer)
+    now = time.time_ns()
+    stale = [Reading(now - 300 * 10**9 + i, "s", "d", "cod", float(i)) for i in range(5)]
+    ahead = [Reading(now + 600 * 10**9 + i, "s", "d", "cod", float(i)) for i in range(5)]
+    commits.committed(box.append(stale), len(stale))
+    clock.t = 1002.0
+    commits.committed(box.append(ahead), len(ahead))
+    clock.t = 1003.0
+    assert delivery.lag_seconds() == 3.0
+    sending = asyncio.create_task(delivery.deliver(box.begin(delivery.consumer, 5)))
+    assert await asyncio.to_thread(writing.wait, 10)
+    assert delivery.lag_seconds() == 3.0  # while it is being written, as before
+    answer.set()
+    assert await sending
+    assert delivery.lag_seconds() == 1.0  # the batch stamped ahead, committed at 1002
+    clock.t = 1400.0
+    assert delivery.lag_seconds() == 398.0
+    assert await delivery.deliver(box.begin(delivery.consumer, 5))
+    assert delivery.lag_seconds() == 0.0
+
+
+async def test_records_from_before_a_restart_wait_from_the_start(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    box.register("influx:fake")
+    box.append([Reading(i, "s", "d", "cod", float(i)) for i in range(5)])  # before the restart
+    clock = FakeClock(5000.0)
+    commits = CommitLog(clock)  # the new process knows no commit times
+    delivery = Delivery(
+        FakeSink(down=99), box, direct_db, Metrics(CollectorRegistry()), asyncio.Event(), commits=commits
+    )
+    delivery.cursor = box.register(delivery.consumer)
+    clock.t = 5060.0
+    commits.committed(box.append([Reading(9, "s", "d", "cod", 9.0)]), 1)
+    clock.t = 5100.0
+    assert not await delivery.deliver(box.begin(delivery.consumer, 100))  # still down
+    assert delivery.lag_seconds() == 100.0

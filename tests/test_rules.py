@@ -157,6 +157,44 @@ def test_gb16889_table2_values() -> None:
     assert limits[("tp", "1h")] == 3
 
 
+# -- message templates ---------------------------------------------------------------------------
+
+
+def test_message_template_fills_in_the_fields_of_its_kind() -> None:
+    limit = rule(
+        kind="limit", quantity="cod", above=100, message="{site}/{device} {quantity} {value:.0f} {unit} > {limit:g}"
+    )
+    cap = rule(
+        kind="capacity", quantity="throughput", design=750, project_after="4h", message="{condition}: {value:.0f}"
+    )
+    engine = RulesEngine([limit, cap], ZONES)
+    day = at(2026, 3, 1) / NS
+    events = engine.feed([r(day, 120)] + [r(day + m * 600, 34.0, quantity="throughput", unit="t/h") for m in range(30)])
+    assert [e.message for e in events] == ["s/an cod 120 mg/L > 100", "projection: 816"]
+
+
+def test_a_message_that_fails_when_an_alert_fires_falls_back_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A template that got past ``telemetry check`` (a rule built in code) must not raise into
+    the committer: the alert goes out with the kind's own text."""
+    checked = rule(kind="limit", quantity="cod", above=100, message="{site} COD {value}")
+    broken = checked.model_copy(update={"message": "{site} COD {valu}"})  # model_copy skips validation
+    engine = RulesEngine([broken], ZONES)
+    counted: list[tuple[str, str]] = []
+    engine.on_error = lambda stage, error_type: counted.append((stage, error_type))
+    with caplog.at_level("DEBUG", logger="alerts.kinds"):
+        events = engine.feed([r(0, 120), r(1, 50), r(2, 130)])
+    assert states(events) == [("firing", 0), ("resolved", 1), ("firing", 2)]
+    assert "cod 120 mg/L above limit 100 mg/L at s/an" in events[0].message
+    assert "cod 130 mg/L above limit 100 mg/L at s/an" in events[2].message
+    assert counted == [("message", "template")] * 3
+    errors = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert [rec.getMessage() for rec in errors] == [
+        "rule r: message '{site} COD {valu}' failed (KeyError('valu')); sent the default text"
+    ]
+
+
 # -- capacity ----------------------------------------------------------------------------------
 
 

@@ -12,8 +12,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -23,8 +26,10 @@ from telemetry.cli import main
 from telemetry.model import Reading
 from telemetry.outbox import Outbox, read_status
 from telemetry.receiver import NotificationReceiver
+from telemetry.simulator import LeachateStation, ModbusAnalyzer
 from tests import services
 from tests.daemon import RunningDaemon, start_daemon
+from tests.faults.harness import TcpGate
 from tests.services import Influx1, Mosquitto, Victoria, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -239,6 +244,141 @@ async def test_a_dead_sink_never_delays_the_live_one(tmp_path: Path, influx: Inf
     assert backlog == {"influx:local": 0, "influx:vm": 10}
     assert lag["influx:local"] == 0.0
     assert lag["influx:vm"] > 0.0
+
+
+def behind_gate(
+    tmp_path: Path, site: str, gate: TcpGate, timeout: str, device: str = "", metrics: str = "{enabled: false}"
+) -> Path:
+    """Site ``site`` with one VictoriaMetrics sink (v2 API) reached through ``gate``."""
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        f"""
+sites: [{{id: {site}}}]
+devices: [{device}]
+influxdb:
+  - {{name: vm, api: v2, url: "{gate.url}", bucket: plant, flush_interval: 50ms, timeout: {timeout}}}
+metrics: {metrics}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+"""
+    )
+    return path
+
+
+def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+@pytest.mark.parametrize("skew_s", [-300, 600], ids=["stamped-5-min-ago", "stamped-10-min-ahead"])
+async def test_readyz_counts_a_sinks_wait_from_the_commit(
+    tmp_path: Path, unique: str, victoria: Victoria, skew_s: int
+) -> None:
+    """Stuck means waiting since the commit, on the daemon's clock: readings stamped 5 min ago
+    used to make a healthy sink "stuck" at once, readings stamped ahead hid a held-up one."""
+    port = free_port()
+    gate = TcpGate(("127.0.0.1", victoria.port))
+    metrics = f'{{listen: "127.0.0.1:{port}", ready_sink_age: 2s}}'
+    t0 = time.time_ns() + skew_s * 10**9
+    readings = [Reading(t0 + i * 1_000_000, unique, "a", "cod", float(i), "mg/L") for i in range(10)]
+    try:
+        daemon = await start_daemon(behind_gate(tmp_path, unique, gate, "30s", metrics=metrics))
+        try:
+            assert await asyncio.wait_for(daemon.pipeline.sink_checks[0], 30)
+            gate.hold()  # the sink stops answering
+            await daemon.pipeline.emit(readings)
+            assert await asyncio.to_thread(gate.holding.wait, 10)  # the write is in flight
+            status, body = await asyncio.to_thread(readyz, port)
+            assert (status, body["sinks_stuck_seconds"]) == (200, {})  # committed a moment ago
+            # Held past ready_sink_age: stuck, whatever the readings' stamps say.
+            stuck = await asyncio.to_thread(
+                eventually, lambda: readyz(port)[1]["sinks_stuck_seconds"], 10, "the sink reported stuck"
+            )
+            assert stuck["influx:vm"] >= 2
+            assert (await asyncio.to_thread(readyz, port))[0] == 503
+            lag = daemon.sample("telemetry_outbox_lag_seconds", {"consumer": "influx:vm"})
+            assert 2 <= lag < 60
+            gate.release()
+            await asyncio.to_thread(eventually, lambda: readyz(port)[0] == 200, 30, "ready again")
+            assert daemon.sample("telemetry_outbox_lag_seconds", {"consumer": "influx:vm"}) == 0
+            assert daemon.sample("telemetry_sink_points_written_total", {"sink": "vm"}) == 10
+        finally:
+            await daemon.close()
+    finally:
+        gate.close()
+
+
+def samples_of(victoria: Victoria, site: str) -> int:
+    return sum(len(s["values"]) for s in victoria.export(f'{{__name__="telemetry_value", site="{site}"}}'))
+
+
+async def test_a_hung_sink_at_start_up_delays_no_poll(tmp_path: Path, unique: str, victoria: Victoria) -> None:
+    """VictoriaMetrics accepting connections and never answering: the v2 start-up check had
+    no timeout and ran before the drivers, so no Modbus poll was taken meanwhile."""
+    analyzer = ModbusAnalyzer(LeachateStation(excursion_at=1e9), port=free_port())
+    await analyzer.start()
+    gate = TcpGate(("127.0.0.1", victoria.port), held=True)
+    device = (
+        f"{{id: an, kind: modbus, site: {unique}, host: 127.0.0.1, port: {analyzer.port}, interval: 200ms,"
+        " timeout: 80ms, points: [{quantity: cod, address: 0}]}"
+    )
+    polled = asyncio.Event()
+    try:
+        daemon = await start_daemon(
+            behind_gate(tmp_path, unique, gate, "30s", device), lambda readings, _: polled.set() if readings else None
+        )
+        try:
+            await asyncio.wait_for(polled.wait(), 10)  # a poll, committed
+            assert await asyncio.to_thread(gate.holding.wait, 10)  # the sink holds the check's request
+            [check] = daemon.pipeline.sink_checks
+            assert not check.done()
+            gate.release()  # the sink answers: the check says so, the backlog is delivered
+            assert await asyncio.wait_for(check, 30)
+            await asyncio.to_thread(
+                eventually, lambda: daemon.pipeline.outbox.backlog()["influx:vm"] == 0, 30, "the backlog delivered"
+            )
+        finally:
+            await daemon.close()
+    finally:
+        gate.close()
+        await analyzer.stop()
+    committed = daemon.sample("telemetry_readings_total", {"site": unique, "device": "an"})
+    assert committed > 0
+    await asyncio.to_thread(eventually, lambda: samples_of(victoria, unique) == committed, 10, "every reading")
+
+
+async def test_a_sink_hung_at_start_up_is_reported_once_and_retried(
+    tmp_path: Path, unique: str, victoria: Victoria, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="telemetry.delivery")
+    gate = TcpGate(("127.0.0.1", victoria.port), held=True)
+    t0 = time.time_ns()
+    readings = [Reading(t0 + i * 1_000_000, unique, "a", "cod", float(i), "mg/L") for i in range(20)]
+    try:
+        daemon = await start_daemon(behind_gate(tmp_path, unique, gate, "1s"))
+        try:
+            [check] = daemon.pipeline.sink_checks
+            await asyncio.wait_for(daemon.pipeline.emit(readings[:10]), 5)  # committed while the check waits
+            assert await asyncio.wait_for(check, 10) is False  # given up after the sink's timeout
+            await asyncio.wait_for(daemon.pipeline.emit(readings[10:]), 5)
+            assert daemon.pipeline.outbox.backlog()["influx:vm"] > 0
+            gate.release()  # the sink answers again: delivery, which kept retrying, gets through
+            await asyncio.to_thread(
+                eventually, lambda: daemon.pipeline.outbox.backlog()["influx:vm"] == 0, 30, "the backlog delivered"
+            )
+        finally:
+            await daemon.close()
+    finally:
+        gate.close()
+    errors = {"component": "sink", "stage": "healthcheck", "error_type": "timeout"}
+    assert daemon.sample("telemetry_errors_total", errors) == 1
+    reports = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and r.name == "telemetry.delivery"]
+    assert len(reports) == 1, reports  # the check's report, or the first failed write's: one, not both
+    assert reports[0].startswith("sink vm: ")
+    assert any(r.getMessage().startswith("sink vm: writing again") for r in caplog.records)
+    await asyncio.to_thread(eventually, lambda: samples_of(victoria, unique) == 20, 10, "every reading")
 
 
 def _daemon(cfg: Path, log: Path) -> subprocess.Popen[bytes]:

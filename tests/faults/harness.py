@@ -364,3 +364,102 @@ def committed(outbox: Path) -> int:
     with sqlite3.connect(outbox) as db:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
     return int(row[0]) if row else 0
+
+
+class TcpGate:
+    """A TCP proxy to ``target`` that can hang: while held it accepts connections and takes
+    what clients send without passing it on or answering (a server that accepts and never
+    answers); once released, what it held goes on to ``target`` and the answers come back.
+    Without a target it only ever hangs. ``holding`` is set once a client waits on it."""
+
+    def __init__(self, target: tuple[str, int] | None = None, *, held: bool = False) -> None:
+        self.target = target
+        self.holding = threading.Event()
+        self._open = threading.Event()
+        if not held:
+            self._open.set()
+        self._closing = False
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._spawn(self._accept)
+
+    def hold(self) -> None:
+        self.holding.clear()
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._open.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes recv()
+        for thread in list(self._threads):
+            thread.join(5)
+        for sock in self._sockets:
+            sock.close()
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name="tcp-gate", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+        if self._closing:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._track(client)
+            self._spawn(self._serve, client)
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        try:
+            while data := client.recv(65536):
+                if not self._open.is_set():
+                    self.holding.set()
+                    self._open.wait()
+                if self._closing or self.target is None:
+                    return
+                if upstream is None:
+                    upstream = socket.create_connection(self.target, timeout=10)
+                    upstream.settimeout(None)
+                    self._track(upstream)
+                    self._spawn(self._back, upstream, client)
+                upstream.sendall(data)
+        except OSError:
+            return
+        finally:
+            for sock in (client, upstream):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    def _back(upstream: socket.socket, client: socket.socket) -> None:
+        """Answers back to the client until the server closes; then the client's side closes."""
+        try:
+            while data := upstream.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
