@@ -41,14 +41,7 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
     shared: dict[str, Any] = {}
     drivers = [DRIVERS[d.kind].build(d, metrics, shared) for d in dep.devices]
     return Pipeline(
-        outbox=Outbox(
-            cfg.outbox.path,
-            synchronous=cfg.outbox.synchronous,
-            max_bytes=cfg.outbox.max_bytes,
-            min_free=cfg.outbox.min_free,
-            when_full=cfg.outbox.when_full,
-            retention=retention(cfg),
-        ),
+        outbox=outbox(cfg),
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],
         rules=RulesEngine(dep.rules, zones, dep.points),
@@ -60,6 +53,17 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
         uplinks=[uplink(dep, platform, metrics) for platform in cfg.hj212],
         snapshot_s=cfg.outbox.snapshot_interval,
+    )
+
+
+def outbox(cfg: config.Config) -> Outbox:
+    return Outbox(
+        cfg.outbox.path,
+        synchronous=cfg.outbox.synchronous,
+        max_bytes=cfg.outbox.max_bytes,
+        min_free=cfg.outbox.min_free,
+        when_full=cfg.outbox.when_full,
+        retention=retention(cfg),
     )
 
 

@@ -78,6 +78,7 @@ class Pipeline:
         uplinks: Sequence[Uplink] = (),
         tick_s: float = 1.0,
         snapshot_s: float = 30.0,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.outbox = outbox
         self.aggregator = aggregator
@@ -89,6 +90,7 @@ class Pipeline:
                 uplink.attach_aggregator(self.closed_through, aggregator.cycle_of)
         self.tick_s = tick_s
         self.snapshot_s = snapshot_s
+        self.now = clock  # the wall clock windows, periods and retention follow (a fake one in long-run tests)
         self.drivers = list(drivers)
         self.rules = rules
         rules.on_error = lambda stage, error_type: metrics.errors.labels("rules", stage, error_type).inc()
@@ -167,7 +169,7 @@ class Pipeline:
             if saved:
                 await self._restore_aggregates(self.aggregator, orjson.loads(saved))
             self._closed_through = {w: self.aggregator.closed_through(w) for w in ("1m", "1h", "1d")}
-        await self._prune()  # after the restore: it reads the windows closed since the last snapshot
+        await self.prune()  # after the restore: it reads the windows closed since the last snapshot
         self.metrics.watch_outbox(self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries})
         self.metrics.watch_data(self.rules.counts, self._aggregation_counts)
         self.metrics.watch_side(lambda: self.outbox.deleted)
@@ -302,7 +304,7 @@ class Pipeline:
         for (site, device), n in Counter((r.site, r.device) for r in readings).items():
             self.metrics.readings.labels(site, device).inc(n)
         if self.aggregator is not None:
-            self.aggregator.add(readings, time.time_ns())
+            self.aggregator.add(readings, self.now())
         for uplink in self.uplinks:
             uplink.observe(readings)
         self._watch_clock()
@@ -352,7 +354,7 @@ class Pipeline:
             self._record_event(
                 replace(
                     self._budget_alert,
-                    ts=time.time_ns(),
+                    ts=self.now(),
                     state=AlertState.RESOLVED,
                     message="outbox back under half of its disk budget, with room on its disk",
                 )
@@ -363,7 +365,7 @@ class Pipeline:
         if self._budget_alert is not None:
             return
         self._budget_alert = AlertEvent(
-            ts=time.time_ns(),
+            ts=self.now(),
             site="daemon",
             rule="outbox_full",
             severity="critical",
@@ -396,15 +398,16 @@ class Pipeline:
         hold_s = self.aggregator.grace / 1e9 if self.aggregator is not None else 0.0
         while not await wait_event(stop, self.tick_s):
             self._watch_clock()
-            self.tick(time.time_ns(), close_windows=loop.time() - started >= hold_s)
-            await self.desk.tick(time.time_ns())
+            now = self.now()
+            self.tick(now, close_windows=loop.time() - started >= hold_s)
+            await self.desk.tick(now)
             if self._budget_alert is not None:
                 await self._watch_budget()  # resolves it once there is room, even with nothing new to commit
             if loop.time() - last_snapshot >= self.snapshot_s:
                 await self._snapshot()
                 last_snapshot = loop.time()
             if loop.time() - last_prune >= PRUNE_S:
-                await self._prune()
+                await self.prune()
                 last_prune = loop.time()
 
     def _watch_clock(self) -> None:
@@ -430,6 +433,14 @@ class Pipeline:
             self.observer([], events)
         return events
 
+    async def drained(self) -> None:
+        """Until every sink has taken everything committed so far."""
+        while any(self.outbox.backlog().values()):
+            self._progress.clear()
+            for wake in self._wakes:
+                wake.set()
+            await self._progress.wait()
+
     async def _snapshot(self) -> None:
         """Open windows and rule state (a day's tonnage so far, ``for`` timers, silence and
         flatline baselines), so that a kill -9 costs at most ``snapshot_s`` of either."""
@@ -438,11 +449,11 @@ class Pipeline:
             await self.db(self.outbox.save_state, "aggregator", body)
         await self.db(self.outbox.save_state, "rules", orjson.dumps(self.rules.snapshot()))
 
-    async def _prune(self) -> None:
+    async def prune(self) -> None:
         """The outbox's retention (``telemetry.outbox.side``): old windows, acknowledgements,
         diagnostics and done commands go."""
         try:
-            pruned = await self.db(self.outbox.prune)
+            pruned = await self.db(self.outbox.prune, self.now())
         except sqlite3.Error as err:
             self.metrics.errors.labels("outbox", "prune", "sqlite").inc()
             log.error("outbox retention could not run: %s", err)
