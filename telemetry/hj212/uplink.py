@@ -40,6 +40,7 @@ from telemetry.timing import Backoff, wait_event
 log = logging.getLogger(__name__)
 
 MAX_RTD_INTERVAL_S = 86400.0  # what a platform may set (1062): a day; beyond that a command is refused
+RESCAN_S = 300.0  # a full look at the back-fill horizon this often, for windows stored late
 REFUSALS = {"3": "wrong password (PW)", "4": "wrong station id (MN)", "5": "wrong ST", "6": "wrong Flag"}
 Db = Callable[..., Awaitable[Any]]
 
@@ -74,6 +75,12 @@ class Uplink:
         self._db: Db | None = None
         self._outbox: Outbox | None = None
         self._acked: set[tuple[str, int]] = set()
+        # What ``_due`` has read: per kind, each unacknowledged period in the back-fill horizon
+        # with the newest window start seen in it, and the newest window start read at all.
+        self._periods: dict[str, dict[int, int]] = {}
+        self._newest: dict[str, int] = {}
+        self._scanned_at: int | None = None  # when the last full look ran (None: never)
+        self._scanned_minutes = 0  # the MinInterval it ran with (a 1064 changes the 2051 periods)
         self._rtd_on = "rtd" in cfg.send
         self._rtd_interval = cfg.rtd_interval
         self._overtime, self._recount = cfg.overtime, cfg.recount
@@ -190,20 +197,47 @@ class Uplink:
     async def _due(self, now: int) -> list[tuple[int, str]]:
         """Complete periods not acknowledged yet, oldest first, as (start, CN); sets the pending
         gauges, which matter most while the platform is away. A period is complete once every
-        window in it has closed and the platform's grace has passed."""
+        window in it has closed and the platform's grace has passed.
+
+        Runs every second on the outbox's thread, which also does every commit, so it reads
+        only windows from the newest start it has already seen on: a few rows, however long
+        the history (a full look at 7 days x 12 quantities took ~40 ms a call). A window
+        stored later with an older start (a device's back-filled outage) is found by the full
+        look at the whole horizon every ``RESCAN_S`` (and at start, or after a MinInterval
+        change), so at worst it goes up that much later."""
         assert self._db is not None
         assert self._outbox is not None
-        due: list[tuple[int, str]] = []
         since = now - int(self.cfg.backfill * NS)
+        full = (
+            self._scanned_at is None
+            or not 0 <= now - self._scanned_at < RESCAN_S * NS  # (a clock stepped back rescans too)
+            or self._scanned_minutes != self.encoder.min_minutes
+        )
+        if full:
+            self._scanned_at, self._scanned_minutes = now, self.encoder.min_minutes
+            self._periods, self._newest = {}, {}
+            # Periods older than the horizon are never looked at again: their marks can go.
+            self._acked = {(cn, start) for cn, start in self._acked if start >= since - 86400 * NS}
+        due: list[tuple[int, str]] = []
         for kind in ("min", "hour", "day"):
             if kind not in self.cfg.send:
                 continue
             cn, window = KINDS[kind]
+            periods = self._periods.setdefault(kind, {})
+            after = max(since, self._newest.get(kind, since))
+            starts = await self._db(self._outbox.window_starts, self.point.site, window, after, self._stored_points)
+            for s in starts:
+                start = self.encoder.period(kind, s)
+                if periods.get(start, s - 1) < s:
+                    periods[start] = s
+            if starts:
+                self._newest[kind] = max(after, *starts)
+            for start in [p for p, newest in periods.items() if newest < since or (cn, p) in self._acked]:
+                del periods[start]  # out of the horizon (as the full look would leave it), or done
             closed_through = self.closed_through(window)
-            starts = await self._db(self._outbox.window_starts, self.point.site, window, since, self._stored_points)
-            for start in {self.encoder.period(kind, s) for s in starts}:
+            for start in periods:
                 end = self.encoder.end(kind, start)
-                if end + int(self.cfg.grace * NS) <= now and end <= closed_through and (cn, start) not in self._acked:
+                if end + int(self.cfg.grace * NS) <= now and end <= closed_through:
                     due.append((start, cn))
         self._metrics.hj212_pending.labels(self.name).set(len(due))
         oldest = min((s for s, _ in due), default=None)
