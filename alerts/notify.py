@@ -1,9 +1,11 @@
 """Render and deliver the messages the alert manager decides on.
 
 Delivery never blocks ingestion or rule evaluation: messages queue here and go
-out from their own task. Each message goes to one target (one URL of a route),
-is retried with back-off, and its outcome is reported to ``on_result`` with a
-secret-free detail; the manager marks alerts as told only on success. Robot
+out from their own tasks. Each message goes to one target (one URL of a route),
+and each target has its own queue and worker: its messages go in order, its
+retries with back-off hold only its own queue, so a dead mail server never holds
+back the DingTalk robot. Each outcome is reported to ``on_result`` with a
+secret-free detail; the manager marks alerts as told, per target, only on success. Robot
 webhooks (DingTalk, WeCom, Feishu) are sent directly so their ``errcode`` is
 read; other apprise URLs (e-mail, JSON webhooks, ...) go through apprise.
 Templates: Chinese by default, English per route.
@@ -12,6 +14,7 @@ Templates: Chinese by default, English per route.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
@@ -128,7 +131,10 @@ class Notifier:
         self._grafana = grafana_url
         self._send = send
         self._backoff = backoff
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._queues: dict[str, asyncio.Queue[Message]] = {}  # per channel (ROUTE#INDEX)
+        self._workers: dict[str, asyncio.Task[None]] = {}  # per channel, while it has messages
+        self._running: tuple[asyncio.Event, asyncio.Future[None]] | None = None  # stop, crashed
+        self._drain_timeout = 10.0
         self.in_flight: set[str] = set()  # message keys queued or being sent
         self.on_result: OnResult | None = None
 
@@ -136,31 +142,58 @@ class Notifier:
         if message.key in self.in_flight:
             return
         self.in_flight.add(message.key)
-        self._queue.put_nowait(message)
+        self._queues.setdefault(message.channel, asyncio.Queue()).put_nowait(message)
+        if self._running is not None and message.channel not in self._workers:
+            self._start(message.channel, *self._running)
 
     async def run(self, stop: asyncio.Event, drain_timeout: float = 10.0) -> None:
-        """Send messages as they come; on stop, try what is queued for a bounded time."""
-        while not (stop.is_set() and self._queue.empty()):
-            if self._queue.empty():
-                getter = asyncio.ensure_future(self._queue.get())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if not getter.done():
-                    getter.cancel()
-                    continue
-                message = getter.result()
-            else:
-                message = self._queue.get_nowait()
-            try:
-                if stop.is_set():
-                    await asyncio.wait_for(self.deliver(message, None), drain_timeout)
-                else:
-                    await self.deliver(message, stop)
-            except TimeoutError:
-                self._report(message, False, "shutdown before delivery")
-            finally:
-                self.in_flight.discard(message.key)
+        """Send messages as they come, each target on its own; on stop, each target tries what
+        it has queued for a bounded time."""
+        crashed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running, self._drain_timeout = (stop, crashed), drain_timeout
+        for channel, queue in self._queues.items():
+            if not queue.empty() and channel not in self._workers:
+                self._start(channel, stop, crashed)
+        stopped = asyncio.ensure_future(_until(stop))
+        try:
+            await asyncio.wait([stopped, crashed], return_when=asyncio.FIRST_COMPLETED)
+            while self._workers and not crashed.done():  # a message submitted meanwhile starts one too
+                await asyncio.wait([*self._workers.values(), crashed], return_when=asyncio.FIRST_COMPLETED)
+            if crashed.done():
+                crashed.result()
+        finally:
+            self._running = None
+            stopped.cancel()
+            workers = list(self._workers.values())
+            for task in workers:  # only after a crash or a cancel: a clean stop has none left
+                task.cancel()
+            await asyncio.gather(stopped, *workers, return_exceptions=True)
+
+    def _start(self, channel: str, stop: asyncio.Event, crashed: asyncio.Future[None]) -> None:
+        task = asyncio.create_task(self._work(channel, stop), name=f"notify:{channel}")
+        self._workers[channel] = task
+        task.add_done_callback(functools.partial(_pass_on_crash, crashed))
+
+    async def _work(self, channel: str, stop: asyncio.Event) -> None:
+        """Send one target's messages in order until its queue is empty, then end: ``submit``
+        starts a new worker for the next message (the empty check and the removal below run
+        without a pause between them, so no message is left without a worker)."""
+        queue = self._queues[channel]
+        try:
+            while not queue.empty():
+                message = queue.get_nowait()
+                try:
+                    if stop.is_set():
+                        await asyncio.wait_for(self.deliver(message, None), self._drain_timeout)
+                    else:
+                        await self.deliver(message, stop)
+                except TimeoutError:
+                    self._report(message, False, "shutdown before delivery")
+                finally:
+                    self.in_flight.discard(message.key)
+        finally:
+            if self._workers.get(channel) is asyncio.current_task():
+                del self._workers[channel]
 
     async def deliver(self, message: Message, stop: asyncio.Event | None) -> bool:
         route = self.routes[message.route]
@@ -194,3 +227,13 @@ class Notifier:
             )
         if self.on_result is not None:
             self.on_result(message, ok, detail)
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+def _pass_on_crash(crashed: asyncio.Future[None], task: asyncio.Task[None]) -> None:
+    """A worker's bug ends ``run`` (and with it the daemon, loudly), as when one task sent all."""
+    if not task.cancelled() and (err := task.exception()) is not None and not crashed.done():
+        crashed.set_exception(err)

@@ -7,10 +7,13 @@ session expiry), so a kill before the commit means the broker redelivers; a
 redelivery after the commit is harmless because InfluxDB writes are idempotent.
 Acks go out in the order the messages arrived. A bad payload is counted per
 subscription, logged at most once a minute per topic with a sample, written to
-the dead-letter table, and acked so it does not loop forever.
+the dead-letter table, and acked so it does not loop forever. At shutdown the
+driver waits until the broker confirms it has processed the acks (``_shutdown``),
+so a restart is not sent again what was already committed.
 
 paho runs the network loop in its own thread; callbacks only hand over to the
-event loop (the aiomqtt pattern). Connecting and reconnecting is done here, with
+event loop (the aiomqtt pattern; the shutdown waits on a threading.Event the
+UNSUBACK sets). Connecting and reconnecting is done here, with
 back-off and jitter, so a refusal is logged with its reason (TLS verification,
 bad password, unreachable) once, and again only when it comes back. The broker's
 in-flight window bounds how many un-acked messages can be queued.
@@ -24,6 +27,7 @@ import contextlib
 import ipaddress
 import logging
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 _FIELDS = ("site", "device", "quantity")
 _LOG_EVERY_S = 60.0
 MAX_BATCH_READINGS = 1000  # a commit takes messages until it holds this many readings
+_ACKS_CONFIRMED_S = 10.0  # at shutdown, how long to wait for the broker to confirm it processed the acks
 _ROUTE_CACHE_MAX = 100_000  # topics remembered with their subscription and tags
 
 
@@ -200,6 +205,7 @@ class MqttDriver:
         self._lost = asyncio.Event()
         self._down_reason: str | None = None
         self._session_up = False  # paho thread: CONNACK accepted on the current connection
+        self._confirmed = threading.Event()  # paho thread: the shutdown's UNSUBACK, or the connection gone
         self.failed = asyncio.Event()  # set on each connection failure; ``last_error`` says why
         self.last_error: str | None = None
         self._last_logged: dict[str, float] = {}
@@ -225,6 +231,7 @@ class MqttDriver:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
 
     @property
     def where(self) -> str:
@@ -304,6 +311,21 @@ class MqttDriver:
             self._client.connect(self.cfg.host, self.cfg.port, int(self.cfg.keepalive))
 
     def _shutdown(self) -> None:
+        """Leave the broker once it has processed every ack sent. A PUBACK written to the socket
+        is not yet processed: Mosquitto reads one packet per connection per turn of its loop, and
+        a busy one that reads the next run's CONNECT for this client id first takes the session
+        over, drops the rest of the old connection's input and sends those messages again. An
+        UNSUBSCRIBE (of a filter never subscribed) sent after the acks is answered only once the
+        broker has read everything before it on this connection."""
+        if self._client.is_connected():
+            self._confirmed.clear()
+            rc, _ = self._client.unsubscribe(f"telemetry/ack-barrier/{self.cfg.id}")
+            if rc == paho.MQTT_ERR_SUCCESS and not self._confirmed.wait(_ACKS_CONFIRMED_S):
+                log.warning(
+                    "%s: the broker did not confirm the last acks within %.0f s; it may send those messages again",
+                    self.where,
+                    _ACKS_CONFIRMED_S,
+                )
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -429,7 +451,11 @@ class MqttDriver:
             self._call(log.info, "%s: subscribed to %d filter(s)", self.where, len(self.cfg.subscriptions))
         self._call(self.subscribed.set)
 
+    def _on_unsubscribe(self, _c: paho.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
+        self._confirmed.set()  # only the shutdown unsubscribes
+
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._confirmed.set()  # nothing more will be confirmed on this connection
         self._call(self.subscribed.clear)
         self._call(self._lost.set)
         if self._session_up and getattr(reason, "value", 0) != 0:  # a refused CONNACK was reported already

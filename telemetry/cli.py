@@ -368,7 +368,11 @@ def outbox_status(dep: Deployment, status: Status) -> str:
         + (f" of {budget / 1e6:.1f} MB budget ({dep.config.outbox.when_full} when full)" if budget else "")
         + f", files {status.file_bytes / 1e6:.1f} MB"
     )
-    out.append(f"  quarantined {status.quarantined}, dead letters {status.dead_letters}")
+    keep = app.retention(dep.config)
+    out.append(
+        f"  closed windows {status.windows} and HJ 212 acknowledgements {status.hj212_acked}"
+        f" (kept {keep.windows / 86400:g} days), quarantined {status.quarantined}, dead letters {status.dead_letters}"
+    )
     for c in status.consumers:
         oldest = f"oldest pending {_local(c.oldest_pending_ns)}" if c.oldest_pending_ns else "caught up"
         note = "" if c.consumer in configured else "  (not in this config: ignored)"

@@ -28,6 +28,10 @@ class SinkError(TelemetryError):
 
     ``retryable`` says whether the same batch may succeed later; ``reason`` is a
     bounded error type for metrics; ``retry_after`` is the server's hint in seconds.
+    For a refusal of bad points, ``named`` maps the index of each line the server
+    singled out to its message about it, and ``dropped`` is the number of points the
+    server says it dropped (None when it does not say): they let the caller isolate
+    refused points without a request per point.
     """
 
     def __init__(
@@ -38,11 +42,15 @@ class SinkError(TelemetryError):
         retryable: bool,
         reason: str = "other",
         retry_after: float | None = None,
+        named: dict[int, str] | None = None,
+        dropped: int | None = None,
     ) -> None:
         self.sink = sink
         self.retryable = retryable
         self.reason = reason
         self.retry_after = retry_after
+        self.named = named or {}
+        self.dropped = dropped
         super().__init__(f"{sink}: {message}")
 
 

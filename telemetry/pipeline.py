@@ -84,6 +84,7 @@ class Pipeline:
         self.aggregator = aggregator
         self.uplinks = list(uplinks)
         for uplink in self.uplinks:
+            uplink.now = clock
             uplink.attach(self.db, outbox)
             uplink.on_alert = self._record_event
             if aggregator is not None:
@@ -293,11 +294,7 @@ class Pipeline:
                     item.future.set_exception(err)
             return
         self.commit_error = None
-        for item in items:
-            if item.future is not None and not item.future.done():
-                item.future.set_result(None)
-            if item.closed_through is not None:
-                self._closed_through.update(item.closed_through)
+        self._committed(items)
         for wake in self._wakes:
             wake.set()
         readings = [r for r in records if isinstance(r, Reading)]
@@ -314,6 +311,16 @@ class Pipeline:
         if self.observer is not None:
             self.observer(readings, events)
         await self._watch_budget()
+
+    def _committed(self, items: list[_Item]) -> None:
+        """The emits return; windows a tick closed are published to the uplinks."""
+        for item in items:
+            if item.future is not None and not item.future.done():
+                item.future.set_result(None)
+            if item.closed_through is not None:
+                self._closed_through.update(item.closed_through)
+                for uplink in self.uplinks:
+                    uplink.wake.set()  # periods may have become complete
 
     async def _append(self, records: list[Record], rejected: list[Rejected]) -> None:
         """Commit; while the outbox is full under ``when_full: block`` or its disk nearly full,

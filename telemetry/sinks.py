@@ -11,7 +11,8 @@ holding a thread for ever.
 Failure classes (``SinkError.retryable`` and ``SinkError.reason``):
 - network errors, timeouts, 5xx, 429, 401/403/404 (a fixable setting): retried,
   never dropped;
-- 400/422 (a bad point): not retryable; the caller bisects to isolate it;
+- 400/422 (a bad point): not retryable; the caller isolates it, helped by what the
+  server says about which lines it refused (``telemetry.refusal``);
 - 413 (batch too large): not retryable as is; the caller splits the batch.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import gzip
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -28,6 +30,7 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
+from telemetry import refusal
 from telemetry.config import InfluxV1, InfluxV2
 from telemetry.errors import SinkError
 
@@ -50,10 +53,14 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def classify(sink: str, status: int, body: str, retry_after: str | None) -> SinkError:
+def classify(sink: str, status: int, body: str, retry_after: str | None, lines: Sequence[str] = ()) -> SinkError:
+    """The error for an HTTP answer to ``lines``; a refusal of bad points says which lines it
+    names and how many points the server dropped, as far as the server says."""
     message = f"HTTP {status}: {body.strip()[:300]}"
     if status in (400, 422):
-        return SinkError(sink, message, retryable=False, reason=BAD_DATA)
+        said = refusal.read(body, lines)
+        named = {i: f"{sink}: HTTP {status}: {words}" for i, words in said.named.items()}
+        return SinkError(sink, message, retryable=False, reason=BAD_DATA, named=named, dropped=said.dropped)
     if status == 413:
         return SinkError(sink, message, retryable=False, reason=TOO_LARGE)
     delay = None
@@ -96,7 +103,8 @@ class InfluxV1Sink:
             self._create_database()
             resp = self._request("POST", self._write_url, body=body, headers=self._headers)
         if resp.status >= 300:
-            raise classify(self.name, resp.status, resp.data.decode(errors="replace"), resp.headers.get("Retry-After"))
+            body_text = resp.data.decode(errors="replace")
+            raise classify(self.name, resp.status, body_text, resp.headers.get("Retry-After"), lines)
 
     def _create_database(self) -> None:
         """CREATE DATABASE is idempotent in InfluxDB 1.x; used when ``create_database`` is set."""
@@ -153,7 +161,7 @@ class InfluxV2Sink:
         except ApiException as err:
             headers: dict[str, str] = dict(err.headers or {})
             raise classify(
-                self.name, int(err.status or 0), str(err.body or err.reason), headers.get("Retry-After")
+                self.name, int(err.status or 0), str(err.body or err.reason), headers.get("Retry-After"), lines
             ) from None
         except urllib3.exceptions.HTTPError as err:
             raise _unreachable(self.name, err) from None

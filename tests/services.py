@@ -326,7 +326,12 @@ class Victoria(Server):
 @contextmanager
 def victoria(tmp: Path, scrape: Sequence[str] = ()) -> Iterator[Victoria]:
     """VictoriaMetrics; with ``scrape`` (host:port targets) it also scrapes their /metrics
-    every second, as Prometheus would, and answers the Prometheus query API."""
+    every second, as Prometheus would, and answers the Prometheus query API.
+
+    Run as the README says a site must run it: with deduplication on, so a batch the
+    daemon sends again (it was in flight when the server stalled) leaves one sample per
+    series and timestamp, as InfluxDB's overwrite does. Without it VictoriaMetrics keeps
+    both copies."""
     binary = require("victoria-metrics")
     port = free_port()
     cmd = [
@@ -335,6 +340,7 @@ def victoria(tmp: Path, scrape: Sequence[str] = ()) -> Iterator[Victoria]:
         f"-httpListenAddr=127.0.0.1:{port}",
         "-retentionPeriod=100y",
         "-search.latencyOffset=0s",
+        "-dedup.minScrapeInterval=1ms",
         "-loggerLevel=ERROR",
     ]
     if scrape:

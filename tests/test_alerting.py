@@ -272,6 +272,113 @@ async def test_a_robot_refusal_with_http_200_is_a_failure_retried_and_surfaced(r
     assert manager.undelivered() == []
 
 
+async def test_a_dead_mail_server_retrying_does_not_hold_back_the_robot(robot: NotificationReceiver) -> None:
+    """Each target (URL of a route) has its own queue: the e-mail target waiting to retry
+    (for an hour here) holds back neither the robot's firing message nor its resolve, and
+    each target's record says what it was told."""
+    dead_mail = f"mailto://127.0.0.1:{_free_port()}?from=plant@example.com&to=sup@example.com&mode=insecure"
+    cfg = notify(urls=[dead_mail, "dingtalk://tok1"], robot_base_url=robot.base_url, retries=3)
+    manager = AlertManager(cfg)
+    engine = RulesEngine([rule(kind="limit", name="cod", quantity="cod", above=100)], {"s": "Asia/Shanghai"})
+    metrics = Metrics(CollectorRegistry())
+    notifier = Notifier(cfg.routes, metrics, {"s": "Asia/Shanghai"}, backoff=lambda: Backoff(3600.0, 3600.0))
+    results: list[tuple[str, bool, str]] = []
+    told = asyncio.Event()
+
+    def on_result(m: Message, ok: bool, detail: str) -> None:
+        results.append((m.channel, ok, "firing" if m.firing else "resolved"))
+        manager.record(m, ok, 5 * NS)
+        told.set()
+
+    notifier.on_result = on_result
+    stop = asyncio.Event()
+    runner = asyncio.create_task(notifier.run(stop))
+    manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 150.0, "mg/L")]))
+    for message in manager.due(5 * NS):  # the mail first: it used to hold the robot's turn
+        notifier.submit(message)
+    await asyncio.wait_for(told.wait(), 10)
+    assert results == [("ops#1", True, "firing")]
+    [alert] = manager.alerts.values()
+    assert alert.sent_firing == {"ops#1": 5 * NS}
+
+    told.clear()
+    manager.ingest(engine.feed([Reading(6 * NS, "s", "an", "cod", 50.0, "mg/L")]))
+    [resolve] = manager.due(6 * NS)  # only where the firing message went
+    assert resolve.channel == "ops#1"
+    notifier.submit(resolve)
+    await asyncio.wait_for(told.wait(), 10)
+    assert results == [("ops#1", True, "firing"), ("ops#1", True, "resolved")]
+    assert len(robot.messages) == 2
+
+    stop.set()  # the mail target gives up its wait to retry, and reports the failure
+    await asyncio.wait_for(runner, 10)
+    assert results[2] == ("ops#0", False, "firing")
+    failed = {"route": "ops", "result": "failed"}
+    assert metrics.registry.get_sample_value("telemetry_notifications_total", failed) == 1  # not retried in place
+    assert alert.failed == {"ops#0": 5 * NS}
+    assert alert.sent_resolved == ["ops#1"]
+
+
+async def test_a_slow_target_does_not_delay_another_and_each_keeps_its_order() -> None:
+    cfg = notify(urls=["json://slow/x", "json://fast/x"])
+    manager = AlertManager(cfg)
+    engine = RulesEngine([rule(kind="limit", name="cod", quantity="cod", above=100)], {"s": "UTC"})
+    release = asyncio.Event()
+    sent: list[tuple[str, str]] = []
+
+    async def send(url: str, title: str, body: str, route: Any, firing: bool) -> Result:
+        if "slow" in url:
+            await release.wait()
+        sent.append((url.split("/")[2], "firing" if firing else "resolved"))
+        return Result(True, "ok")
+
+    fast_told: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]  # firing, resolved
+
+    def on_result(m: Message, ok: bool, detail: str) -> None:
+        manager.record(m, ok, 0)
+        if m.channel == "ops#1":
+            fast_told[0 if m.firing else 1].set()
+
+    notifier = Notifier(cfg.routes, Metrics(CollectorRegistry()), {"s": "UTC"}, send=send)
+    notifier.on_result = on_result
+    stop = asyncio.Event()
+    runner = asyncio.create_task(notifier.run(stop))
+    manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 150.0, "mg/L")]))
+    for message in manager.due(0):
+        notifier.submit(message)
+    await asyncio.wait_for(fast_told[0].wait(), 10)
+    manager.ingest(engine.feed([Reading(NS, "s", "an", "cod", 50.0, "mg/L")]))
+    [resolve] = manager.due(NS)  # the fast target's resolve; the slow one has not fired yet
+    notifier.submit(resolve)
+    await asyncio.wait_for(fast_told[1].wait(), 10)
+    assert sent == [("fast", "firing"), ("fast", "resolved")]
+    release.set()
+    stop.set()
+    await asyncio.wait_for(runner, 10)
+    assert sent[2:] == [("slow", "firing")]
+
+
+async def test_a_bug_in_a_target_worker_ends_the_notifier_loudly() -> None:
+    cfg = notify()
+    manager = AlertManager(cfg)
+    engine = RulesEngine([rule(kind="limit", name="cod", quantity="cod", above=100)], {"s": "UTC"})
+
+    async def send(url: str, title: str, body: str, route: Any, firing: bool) -> Result:
+        return Result(True, "ok")
+
+    def on_result(m: Message, ok: bool, detail: str) -> None:
+        raise RuntimeError("bookkeeping bug")
+
+    notifier = Notifier(cfg.routes, Metrics(CollectorRegistry()), {"s": "UTC"}, send=send)
+    notifier.on_result = on_result
+    runner = asyncio.create_task(notifier.run(asyncio.Event()))
+    manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 150.0, "mg/L")]))
+    [message] = manager.due(0)
+    notifier.submit(message)
+    with pytest.raises(RuntimeError, match="bookkeeping bug"):
+        await asyncio.wait_for(runner, 10)
+
+
 async def test_wecom_and_feishu_answers_are_read(robot: NotificationReceiver) -> None:
     route = notify(robot_base_url=robot.base_url).routes[0]
     robot.answer = {"errcode": 93000, "errmsg": "invalid webhook url"}

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import math
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from telemetry.commits import CommitLog
@@ -15,7 +19,7 @@ from telemetry.errors import SinkError
 from telemetry.metrics import Metrics
 from telemetry.model import Reading
 from telemetry.outbox import Outbox
-from telemetry.sinks import BAD_DATA
+from telemetry.sinks import BAD_DATA, classify
 from telemetry.timing import Backoff
 from tests.daemon import direct_db
 from tests.test_commits import FakeClock
@@ -201,3 +205,111 @@ async def test_records_from_before_a_restart_wait_from_the_start(tmp_path: Path)
     clock.t = 5100.0
     assert not await delivery.deliver(box.begin(delivery.consumer, 100))  # still down
     assert delivery.lag_seconds() == 100.0
+
+
+CONFLICT = (
+    'partial write: field type conflict: input field "value" on measurement "telemetry" is type float,'
+    " already exists as type string dropped={}"
+)
+
+
+class InfluxLikeSink(FakeSink):
+    """Answers as influxd 1.6 does (bodies as tests/test_sinks.py gets them from the real
+    server): lines with ``poison`` are dropped and counted, lines with ``garbage`` are quoted
+    as unparseable; the rest is written."""
+
+    batch_size = 5000
+
+    def write(self, lines: list[str]) -> None:
+        self.calls += 1
+        garbage = [line for line in lines if "garbage" in line]
+        dropped = sum("poison" in line for line in lines)
+        self.written += [line for line in lines if "poison" not in line and "garbage" not in line]
+        if garbage:
+            said = "\n".join(f"unable to parse '{line}': missing fields" for line in garbage)
+            body = json.dumps({"error": f"partial write: {said} dropped={dropped}"})
+            raise classify(self.name, 400, body, None, lines)
+        if dropped:
+            raise classify(self.name, 400, json.dumps({"error": CONFLICT.format(dropped)}) + "\n", None, lines)
+
+
+def readings_marked(n: int, bad: set[int], word: str = "poison") -> list[Reading]:
+    return [Reading(i, "s", "d", word if i in bad else "cod", float(i)) for i in range(n)]
+
+
+async def isolate(box: Outbox, sink: FakeSink, readings: list[Reading]) -> Metrics:
+    metrics = Metrics(CollectorRegistry())
+    delivery = await run_once(sink, box, metrics)
+    box.append(readings)
+    assert await delivery.deliver(box.begin(delivery.consumer, len(readings)))
+    assert box.backlog() == {"influx:fake": 0}
+    return metrics
+
+
+async def test_a_batch_refused_whole_costs_one_request_and_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5,000 refused points used to cost 9,999 requests and 5,000 warnings; influxd's
+    ``dropped=5000`` says they are all refused."""
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    sink = InfluxLikeSink()
+    readings = readings_marked(5000, set(range(5000)))
+    with caplog.at_level(logging.WARNING, "telemetry.delivery"):
+        metrics = await isolate(box, sink, readings)
+    assert sink.calls == 1
+    assert sink.written == []
+    quarantined = box.quarantined()
+    assert [record for _, record, _ in quarantined] == readings
+    assert all("field type conflict" in reason for _, _, reason in quarantined)
+    [warning] = caplog.records
+    assert "refused 5000 of 5000 points" in warning.getMessage()
+    assert metrics.registry.get_sample_value("telemetry_sink_points_rejected_total", {"sink": "fake"}) == 5000
+
+
+@pytest.mark.parametrize("start", [0, 1234, 4900])
+async def test_a_cluster_of_refused_points_costs_logarithmic_requests(tmp_path: Path, start: int) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    sink = InfluxLikeSink()
+    bad = set(range(start, start + 100))
+    readings = readings_marked(5000, bad)
+    metrics = await isolate(box, sink, readings)
+    # Each halving level has at most two parts that straddle the cluster's edges.
+    assert sink.calls <= 4 * math.ceil(math.log2(5000)) + 1
+    assert sorted(record.ts for _, record, _ in box.quarantined()) == sorted(bad)
+    # Every good point written (some more than once: influxd writes the rest of a refused part).
+    assert {float(line.split("value=")[1].split()[0]) for line in sink.written} == {
+        float(i) for i in range(5000) if i not in bad
+    }
+    assert metrics.registry.get_sample_value("telemetry_sink_points_written_total", {"sink": "fake"}) == 4900
+
+
+async def test_lines_the_server_quotes_are_set_aside_without_halving(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    sink = InfluxLikeSink()
+    bad = {7, 2500, 4999}
+    readings = readings_marked(5000, bad, "garbage")
+    await isolate(box, sink, readings)
+    assert sink.calls == 2  # the batch, then the rest without the three quoted lines
+    quarantined = box.quarantined()
+    assert sorted(record.ts for _, record, _ in quarantined) == sorted(bad)
+    for _, record, reason in quarantined:  # each with the server's words about its own line
+        assert reason.startswith("fake: HTTP 400: unable to parse 'telemetry,device=d,quantity=garbage")
+        assert reason.endswith(f"value={float(record.ts)!r} {record.ts}': missing fields")
+    assert len(sink.written) == 4997 + 4997
+
+
+async def test_a_server_that_says_only_400_still_gets_every_good_point(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bare 400 tells no more than "something in here": halving is all there is, but the
+    log still has one line for the batch."""
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    sink = FakeSink()
+    sink.batch_size = 1000
+    bad = {3, 500, 999}
+    with caplog.at_level(logging.WARNING, "telemetry.delivery"):
+        await isolate(box, sink, readings_marked(1000, bad))
+    assert sorted(record.ts for _, record, _ in box.quarantined()) == sorted(bad)
+    assert len(sink.written) == 997
+    [warning] = caplog.records
+    assert "refused 3 of 1000 points" in warning.getMessage()

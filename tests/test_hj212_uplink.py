@@ -7,17 +7,22 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from telemetry import app
 from telemetry.hj212.codec import Packet
 from telemetry.hj212.receiver import Receiver
-from telemetry.model import Flag, Reading
-from tests.daemon import RunningDaemon, start_daemon
+from telemetry.hj212.uplink import RESCAN_S, Uplink
+from telemetry.metrics import Metrics
+from telemetry.model import Aggregate, Flag, Reading
+from telemetry.outbox import Outbox
+from tests.daemon import RunningDaemon, direct_db, start_daemon
 from tests.services import eventually, free_port
 
 BJ = timezone(timedelta(hours=8))
@@ -435,3 +440,99 @@ hj212:
     [day] = [p for p in packets if p.cn == "2031"]
     assert day.get("DataTime") == midnight.astimezone(BJ).strftime("%Y%m%d%H%M%S")  # ...230000 the day before
     assert (day.get("DataTime") or "").endswith("230000")
+
+
+# -- finding what is due without rescanning the history --------------------------------------------
+
+
+class CountingOutbox(Outbox):
+    """Counts the window starts ``_due`` reads: the work it makes the outbox's thread do."""
+
+    read = 0
+
+    def window_starts(self, site: str, window: str, since_ns: int, points: object = None) -> list[int]:
+        starts = super().window_starts(site, window, since_ns, points)  # type: ignore[arg-type]
+        self.read += len(starts)
+        return starts
+
+
+def minutes(point: str, starts: range, quantities: tuple[str, ...] = ("cod", "nh3n")) -> list[Aggregate]:
+    return [
+        Aggregate(t, window, "s", "an", q, "mg/L", 1.0, 1.0, 1.0, 1, 1, True, point=point)
+        for t in starts
+        for q in quantities
+        for window in (["1m", "1h"] if t % (3600 * NS) == 0 else ["1m"])
+    ]
+
+
+def uplinks(tmp: Path, box: Outbox, closed: Callable[[], int], n: int) -> list[Uplink]:
+    dep = app.load(str(config(tmp, 1, send="[min, hour]")), {})  # back-fill 3 days
+    out = []
+    for _ in range(n):
+        uplink = app.uplink(dep, dep.config.hj212[0], Metrics(CollectorRegistry()))
+        uplink.attach(direct_db, box)
+        uplink.closed_through = lambda window: closed()
+        out.append(uplink)
+    return out
+
+
+async def test_due_periods_are_found_by_reading_only_new_windows(tmp_path: Path) -> None:
+    """``_due`` runs every second on the outbox's thread: after one full look at the back-fill
+    horizon it reads only the windows from the newest start it has seen on, and finds what a
+    full look finds, pending gauges included."""
+    box = CountingOutbox(str(tmp_path / "o.sqlite"))
+    now = time.time_ns() // (3600 * NS) * 3600 * NS
+    closed = {"t": now}
+    uplink, oracle = uplinks(tmp_path, box, lambda: closed["t"], 2)
+    point = uplink.point.id
+    box.append(minutes(point, range(now - 4 * 86400 * NS, now, 60 * NS)))  # 4 days: 3 in the horizon
+    first = await uplink._due(now)
+    assert box.read == 3 * (1440 + 24)  # the first look reads the horizon's minute and hour window starts
+    full_looks = []
+    for second in range(1, 1801):  # half an hour, a minute's windows closing every minute
+        t = now + second * NS
+        if second % 60 == 0:
+            box.append(minutes(point, range(t - 60 * NS, t, 60 * NS)))
+            closed["t"] = t
+        box.read = 0
+        due = await uplink._due(t)
+        if box.read > 4:  # more than the newest minute and hour starts again, and any newer
+            full_looks.append(second)
+        oracle._scanned_at = None  # a full look every time: what _due did before
+        assert due == await oracle._due(t)
+        for start, cn in due[:2]:  # the platform acknowledges a little at a time
+            uplink._acked.add((cn, start))
+            oracle._acked.add((cn, start))
+    assert full_looks == list(range(int(RESCAN_S), 1801, int(RESCAN_S)))  # every 5 minutes, not every second
+    pending = uplink._metrics.registry.get_sample_value("telemetry_hj212_pending", {"platform": "city"})
+    assert pending == len(due) > 0
+    assert len(first) > len(due)
+
+
+async def test_a_window_stored_late_is_found_by_the_periodic_full_look(tmp_path: Path) -> None:
+    """A window older than the newest seen (a device's back-filled outage) for a period nobody
+    knew: not read by the cheap look, found by the full one at most RESCAN_S later."""
+    box = CountingOutbox(str(tmp_path / "o.sqlite"))
+    now = time.time_ns() // (3600 * NS) * 3600 * NS
+    [uplink] = uplinks(tmp_path, box, lambda: now, 1)
+    point = uplink.point.id
+    box.append(minutes(point, range(now - 3600 * NS, now, 60 * NS)))
+    due = await uplink._due(now)
+    assert sorted(cn for _, cn in due) == ["2051"] * 6 + ["2061"]
+    uplink._acked.update((cn, start) for start, cn in due)  # all sent and acknowledged
+    late = now - 3 * 3600 * NS
+    box.append(minutes(point, range(late, late + 600 * NS, 60 * NS)))
+    assert await uplink._due(now + NS) == []
+    assert await uplink._due(now + int(RESCAN_S * NS) - NS) == []
+    assert await uplink._due(now + int(RESCAN_S * NS)) == [(late, "2051"), (late, "2061")]
+
+
+async def test_a_new_min_interval_from_the_platform_regroups_the_due_minutes(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite"))
+    now = time.time_ns() // (3600 * NS) * 3600 * NS
+    [uplink] = uplinks(tmp_path, box, lambda: now, 1)
+    box.append(minutes(uplink.point.id, range(now - 1800 * NS, now, 60 * NS)))
+    assert [s for s, cn in await uplink._due(now) if cn == "2051"] == [now - k * 600 * NS for k in (3, 2, 1)]
+    uplink.encoder.min_minutes = 5  # what a 1064 command sets
+    got = [s for s, cn in await uplink._due(now + NS) if cn == "2051"]
+    assert got == [now - k * 300 * NS for k in range(6, 0, -1)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -243,6 +245,43 @@ async def test_bad_payloads_are_counted_dead_lettered_logged_once_and_the_stream
     await run_until(make(mosquitto, unique), again, lambda: publish(mosquitto, [(topic, b"6")]))
     assert [r.value for r in again.readings] == [6]
     assert again.rejected == []
+
+
+async def test_a_stopped_driver_leaves_only_once_a_busy_broker_has_processed_its_acks(
+    tmp_path: Path, unique: str
+) -> None:
+    """A PUBACK on the wire is not one the broker has read: a busy Mosquitto that reads the next
+    run's CONNECT for the client id first takes the session over and sends the rest again (16
+    of 20 messages came back when this was tried without the wait). The broker is frozen
+    (SIGSTOP) as the last commit completes, before the acks go out: the driver must not finish
+    its shutdown until the broker, thawed, confirms it processed them; then a new run of the
+    same session gets only the new message."""
+    with services.mosquitto(tmp_path) as broker:
+        topic = f"{unique}/s/d/q"
+        first = Collector(want=20)
+
+        async def commit_then_freeze(readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
+            await first(readings, rejected)
+            if first.done.is_set():
+                os.kill(broker.proc.pid, signal.SIGSTOP)
+
+        driver, stop = make(broker, unique), asyncio.Event()
+        task = asyncio.create_task(driver.run(commit_then_freeze, stop))
+        try:
+            await asyncio.wait_for(driver.subscribed.wait(), 10)
+            await asyncio.to_thread(publish, broker, [(topic, str(i).encode()) for i in range(20)])
+            await asyncio.wait_for(first.done.wait(), 20)
+            stop.set()
+            # Something must not happen while the broker is frozen: a bounded look, not a sync.
+            finished, _ = await asyncio.wait({task}, timeout=2)
+            assert not finished, "the driver disconnected before the broker had read its acks"
+        finally:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+            await asyncio.wait_for(task, 15)
+        again = Collector(want=1)
+        await run_until(make(broker, unique), again, lambda: publish(broker, [(topic, b"20")]))
+    assert sorted(r.value for r in first.readings) == [float(i) for i in range(20)]
+    assert [r.value for r in again.readings] == [20]
 
 
 async def test_shared_subscription_splits_one_stream_between_two_daemons(mosquitto: Mosquitto, unique: str) -> None:

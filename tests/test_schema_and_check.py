@@ -105,7 +105,9 @@ def test_dockerfile_and_systemd_unit_refer_to_what_exists() -> None:
 def test_compose_stack_refers_to_what_exists() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"mosquitto", "influxdb", "prometheus", "grafana", "telemetry"}
+    assert set(services) == {"mosquitto", "influxdb", "prometheus", "grafana", "telemetry", "victoriametrics"}
+    # Without deduplication VictoriaMetrics keeps both copies of a re-sent batch (README).
+    assert "-dedup.minScrapeInterval=1ms" in services["victoriametrics"]["command"]
     for name, service in services.items():
         for dependency in service.get("depends_on", []):
             assert dependency in services, f"{name} depends on unknown {dependency}"

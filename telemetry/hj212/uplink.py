@@ -40,6 +40,7 @@ from telemetry.timing import Backoff, wait_event
 log = logging.getLogger(__name__)
 
 MAX_RTD_INTERVAL_S = 86400.0  # what a platform may set (1062): a day; beyond that a command is refused
+RESCAN_S = 300.0  # a full look at the back-fill horizon this often, for windows stored late
 REFUSALS = {"3": "wrong password (PW)", "4": "wrong station id (MN)", "5": "wrong ST", "6": "wrong Flag"}
 Db = Callable[..., Awaitable[Any]]
 
@@ -68,12 +69,23 @@ class Uplink:
         self._unit_errors: set[tuple[str, str]] = set()
         # Windows ending at or before this have all closed (set by the pipeline from its aggregator).
         self.closed_through: Callable[[str], int] = lambda window: time.time_ns()
+        self.now: Callable[[], int] = time.time_ns  # the pipeline's wall clock (a fake one in long-run tests)
+        self.wake = asyncio.Event()  # set by the pipeline when closed windows were committed
+        self._checks = 0  # looks for due periods started ...
+        self._settled_at = 0  # ... and the latest of them that found none
+        self._checked = asyncio.Condition()
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._write_lock = asyncio.Lock()
         self._db: Db | None = None
         self._outbox: Outbox | None = None
         self._acked: set[tuple[str, int]] = set()
+        # What ``_due`` has read: per kind, each unacknowledged period in the back-fill horizon
+        # with the newest window start seen in it, and the newest window start read at all.
+        self._periods: dict[str, dict[int, int]] = {}
+        self._newest: dict[str, int] = {}
+        self._scanned_at: int | None = None  # when the last full look ran (None: never)
+        self._scanned_minutes = 0  # the MinInterval it ran with (a 1064 changes the 2051 periods)
         self._rtd_on = "rtd" in cfg.send
         self._rtd_interval = cfg.rtd_interval
         self._overtime, self._recount = cfg.overtime, cfg.recount
@@ -96,7 +108,7 @@ class Uplink:
     def observe(self, readings: Sequence[Reading]) -> None:
         """Keep the point's newest reading per quantity with the time it arrived. Old readings (a
         back-filled outage) are not real-time; a sample time may be up to one cycle old."""
-        now = time.time_ns()
+        now = self.now()
         window = max(60.0, 3 * self._rtd_interval)
         for r in readings:
             if not self.encoder.holds(r.site, r.device, r.quantity):
@@ -130,7 +142,7 @@ class Uplink:
                         type(err).__name__,
                     )
                     down_logged = True
-                await self._due(time.time_ns())  # what waits is shown while the platform is away too
+                await self._due(self.now())  # what waits is shown while the platform is away too
                 await wait_event(stop, backoff.next())
                 continue
             log.info("hj212 %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
@@ -165,9 +177,10 @@ class Uplink:
             if self.cfg.version == "2025" and now >= next_beat:
                 await self._send(self._packet("9015", []), ack=False)
                 next_beat = now + self.cfg.heartbeat
-            sent = await self._send_due(time.time_ns())
+            sent = await self._send_due(self.now())
             if not sent:
-                await wait_event(stop, 1.0)
+                await wait_event(self.wake, 1.0)  # new windows wake it at once; stop within a second
+                self.wake.clear()
         if listener.done() and not stop.is_set():
             raise ConnectionError("platform closed the connection")
 
@@ -177,7 +190,13 @@ class Uplink:
         """Send up to ``limit`` unacknowledged periods, oldest first; returns how many."""
         assert self._db is not None
         assert self._outbox is not None
+        self._checks += 1
+        check = self._checks
         due = await self._due(now)
+        if not due:
+            async with self._checked:
+                self._settled_at = check
+                self._checked.notify_all()
         for start, cn in due[:limit]:
             packet = await self._period_packet(cn, start)
             if packet is not None:
@@ -187,23 +206,58 @@ class Uplink:
             await self._db(self._outbox.hj212_mark_acked, self.name, cn, start)
         return min(len(due), limit)
 
+    async def settled(self) -> None:
+        """Until a look for due periods that began after this call finds none: everything
+        committed before it has gone up (or the platform is away and it waits)."""
+        after = self._checks
+        self.wake.set()
+        async with self._checked:
+            await self._checked.wait_for(lambda: self._settled_at > after)
+
     async def _due(self, now: int) -> list[tuple[int, str]]:
         """Complete periods not acknowledged yet, oldest first, as (start, CN); sets the pending
         gauges, which matter most while the platform is away. A period is complete once every
-        window in it has closed and the platform's grace has passed."""
+        window in it has closed and the platform's grace has passed.
+
+        Runs every second on the outbox's thread, which also does every commit, so it reads
+        only windows from the newest start it has already seen on: a few rows, however long
+        the history (a full look at 7 days x 12 quantities took ~40 ms a call). A window
+        stored later with an older start (a device's back-filled outage) is found by the full
+        look at the whole horizon every ``RESCAN_S`` (and at start, or after a MinInterval
+        change), so at worst it goes up that much later."""
         assert self._db is not None
         assert self._outbox is not None
-        due: list[tuple[int, str]] = []
         since = now - int(self.cfg.backfill * NS)
+        full = (
+            self._scanned_at is None
+            or not 0 <= now - self._scanned_at < RESCAN_S * NS  # (a clock stepped back rescans too)
+            or self._scanned_minutes != self.encoder.min_minutes
+        )
+        if full:
+            self._scanned_at, self._scanned_minutes = now, self.encoder.min_minutes
+            self._periods, self._newest = {}, {}
+            # Periods older than the horizon are never looked at again: their marks can go.
+            self._acked = {(cn, start) for cn, start in self._acked if start >= since - 86400 * NS}
+        due: list[tuple[int, str]] = []
         for kind in ("min", "hour", "day"):
             if kind not in self.cfg.send:
                 continue
             cn, window = KINDS[kind]
+            periods = self._periods.setdefault(kind, {})
+            after = max(since, self._newest.get(kind, since))
+            starts = await self._db(self._outbox.window_starts, self.point.site, window, after, self._stored_points)
+            for s in starts:
+                start = self.encoder.period(kind, s)
+                if periods.get(start, s - 1) < s:
+                    periods[start] = s
+            if starts:
+                self._newest[kind] = max(after, *starts)
+            for start in [p for p, newest in periods.items() if newest < since or (cn, p) in self._acked]:
+                del periods[start]  # out of the horizon (as the full look would leave it), or done
             closed_through = self.closed_through(window)
-            starts = await self._db(self._outbox.window_starts, self.point.site, window, since, self._stored_points)
-            for start in {self.encoder.period(kind, s) for s in starts}:
+            for start in periods:
                 end = self.encoder.end(kind, start)
-                if end + int(self.cfg.grace * NS) <= now and end <= closed_through and (cn, start) not in self._acked:
+                if end + int(self.cfg.grace * NS) <= now and end <= closed_through:
                     due.append((start, cn))
         self._metrics.hj212_pending.labels(self.name).set(len(due))
         oldest = min((s for s, _ in due), default=None)
@@ -227,7 +281,7 @@ class Uplink:
         return self._packet(cn, items) if items is not None else None
 
     async def _send_rtd(self) -> None:
-        items = self.encoder.rtd_items(self._latest.values(), time.time_ns())
+        items = self.encoder.rtd_items(self._latest.values(), self.now())
         if items is not None:
             await self._send(self._packet("2011", items), ack=False)
 

@@ -45,6 +45,8 @@ class Status:
     file_bytes: int
     quarantined: int
     dead_letters: int
+    windows: int = 0
+    hj212_acked: int = 0
 
 
 def _read_only(path: str) -> sqlite3.Connection:
@@ -75,6 +77,8 @@ def read_status(path: str) -> Status:
             file_bytes=int(files),
             quarantined=int(db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]),
             dead_letters=int(db.execute("SELECT COUNT(*) FROM deadletter").fetchone()[0]),
+            windows=int(db.execute("SELECT COUNT(*) FROM windows").fetchone()[0]),
+            hj212_acked=int(db.execute("SELECT COUNT(*) FROM hj212_acked").fetchone()[0]),
         )
     except sqlite3.Error as err:
         raise OutboxError(f"cannot read outbox {path}: {err}") from err
