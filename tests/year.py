@@ -162,6 +162,7 @@ async def run_year(
             clock.now = t0 + HOUR + 61 * NS  # the hour and its minutes are due (grace 60 s)
             pipeline.tick(clock.now)
             await pipeline.emit([])  # the committer has taken what the tick closed
+            await pipeline.desk.tick(clock.now)  # alerts: notified (no route here), resolved ones forgotten
             if (hour + 1) % 24 == 0:
                 await uplink.settled()  # the platform has every period of the day
                 acked += sum(p.cn in ("2051", "2061", "2031") for p in receiver.packets)
