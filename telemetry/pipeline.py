@@ -344,8 +344,12 @@ class Pipeline:
                 await wait_event(self._progress, 1.0)
 
     async def _watch_budget(self) -> None:
-        """Count what the disk budget dropped; fire an alert on trouble, resolve it below half the budget."""
-        if self.outbox.max_bytes is None and self._budget_alert is None:
+        """Count what the disk budget dropped; fire an alert on trouble, resolve it below half the budget.
+
+        The committer and the ticker both call this: the alert is resolved only if it is still
+        the one seen before the awaits (the other may have resolved it meanwhile)."""
+        alert = self._budget_alert
+        if self.outbox.max_bytes is None and alert is None:
             return
         dropped = self.outbox.dropped - self._dropped_seen
         if dropped:
@@ -354,13 +358,14 @@ class Pipeline:
             log.error("outbox over its disk budget: dropped the %d oldest undelivered records", dropped)
             self._budget_firing(f"outbox over its disk budget: dropped {self._dropped_seen} oldest undelivered records")
         elif (
-            self._budget_alert is not None
+            alert is not None
             and not await self.db(self.outbox.over_budget, 0.5)
             and await self.db(self.outbox.room) >= 2 * self.outbox.min_free
+            and self._budget_alert is alert
         ):
             self._record_event(
                 replace(
-                    self._budget_alert,
+                    alert,
                     ts=self.now(),
                     state=AlertState.RESOLVED,
                     message="outbox back under half of its disk budget, with room on its disk",

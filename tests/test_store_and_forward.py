@@ -191,6 +191,21 @@ async def test_disk_budget_drops_the_oldest_counts_and_alerts(tmp_path: Path, re
     assert "dropped" in messages[0]["message"]
 
 
+async def test_the_committer_and_the_ticker_resolving_outbox_full_at_once_resolve_it_once(tmp_path: Path) -> None:
+    """Both look at the budget after their awaits on the outbox's thread; the one that comes
+    second used to resolve an alert the first had already cleared (dataclasses.replace on None),
+    which killed the committer: seen as the disk-full fault test timing out on a busy machine."""
+    daemon = await start(tmp_path, V1.format(url=f"http://127.0.0.1:{free_port()}"), extra=", max_bytes: 10MB")
+    try:
+        daemon.pipeline._budget_firing("disk nearly full")  # as a commit held back for room does
+        # Both get past the first check before either hears back from the outbox's thread.
+        await asyncio.gather(daemon.pipeline._watch_budget(), daemon.pipeline._watch_budget())
+        resolved = daemon.sample("telemetry_alert_events_total", {"rule": "outbox_full", "state": "resolved"})
+    finally:
+        await daemon.close()
+    assert resolved == 1
+
+
 async def test_disk_budget_block_holds_drivers_back_until_the_sink_drains(tmp_path: Path, influx: Influx1) -> None:
     await asyncio.to_thread(influx.stop)
     daemon = await start(tmp_path, V1.format(url=influx.url), extra=", max_bytes: 300KB, when_full: block")

@@ -21,15 +21,16 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from telemetry.receiver import StoppableHTTPServer
 from tests.services import Influx1, Mosquitto, eventually, require
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 SINK = ", create_database: true, flush_interval: 100ms"
@@ -215,6 +216,12 @@ class Daemon:
     def alive(self) -> bool:
         assert self.proc.poll() is None, f"the daemon died: {self.log.read_text()[-3000:]}"
         return True
+
+    def until(self, probe: Callable[[], T | None], timeout: float, what: str) -> T:
+        """``eventually(probe)`` that fails at once, with the daemon's log, if the daemon dies
+        meanwhile: a wait on InfluxDB or /readyz would otherwise run out its time (or the
+        test's) waiting for readings nobody is sending any more."""
+        return eventually(lambda: probe() if self.alive() else None, timeout, what)
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample of /metrics summed over the labels not given (0 while not listening)."""

@@ -11,7 +11,7 @@ import pytest
 
 from tests import services
 from tests.faults.harness import Daemon, count_in, mqtt_device, publish, site_config, values_in
-from tests.services import Influx1, Mosquitto, eventually, free_port
+from tests.services import Influx1, Mosquitto, free_port
 
 pytestmark = pytest.mark.service
 N = 2000
@@ -33,7 +33,7 @@ def test_broker_stopped_and_restarted_with_a_kill_while_it_is_down(
             base_ms = int(time.time() * 1000) - 10 * N
             topic = f"{unique}/{unique}/meter/flow"
             publish(broker, topic, range(N // 2), base_ms)
-            eventually(lambda: count_in(influx1, unique) > 0, 60, "the first readings in InfluxDB")
+            daemon.until(lambda: count_in(influx1, unique) > 0, 60, "the first readings in InfluxDB")
             broker.stop()
             daemon.wait("telemetry_errors_total", component="mqtt", stage="connection", error_type="lost")
             daemon.kill9()  # while the broker is down
@@ -41,7 +41,7 @@ def test_broker_stopped_and_restarted_with_a_kill_while_it_is_down(
             broker.start()
             daemon.wait("telemetry_device_up", timeout=90)  # back-off: up to its maximum
             publish(broker, topic, range(N // 2, N), base_ms)
-            eventually(lambda: count_in(influx1, unique) >= N, 90, f"{N} readings in InfluxDB")
+            daemon.until(lambda: count_in(influx1, unique) >= N, 90, f"{N} readings in InfluxDB")
             assert values_in(influx1, unique) == list(range(N))
         finally:
             code = daemon.stop()
@@ -73,7 +73,7 @@ def test_password_changed_on_the_broker_is_refused_then_a_rotated_password_file_
             assert count_in(influx1, unique) == 0
             secret.write_text("new-pass\n")  # rotated: no restart needed
             daemon.wait("telemetry_device_up", timeout=90)
-            eventually(lambda: count_in(influx1, unique) >= N, 90, f"{N} readings in InfluxDB")
+            daemon.until(lambda: count_in(influx1, unique) >= N, 90, f"{N} readings in InfluxDB")
             assert values_in(influx1, unique) == list(range(N))
             assert "new-pass" not in daemon.log.read_text()
         finally:

@@ -69,7 +69,7 @@ aggregation: {grace: 0s}"""
     }
     daemon = Daemon(cfg, port, env)
     try:
-        eventually(lambda: points(influx1, unique) >= 10, 30, "readings before the step")
+        daemon.until(lambda: points(influx1, unique) >= 10, 30, "readings before the step")
         stepped_at = time.time_ns()
         set_offset(clock, "-3600")  # the host clock steps back an hour
         hour_ago = stepped_at - 3600 * 10**9
@@ -80,7 +80,7 @@ aggregation: {grace: 0s}"""
         )
         set_offset(clock, "+0")  # and forward again
         resumed_at = time.time_ns()
-        eventually(lambda: points(influx1, unique, resumed_at) >= 10, 30, "readings after stepping forward")
+        daemon.until(lambda: points(influx1, unique, resumed_at) >= 10, 30, "readings after stepping forward")
         eventually(lambda: daemon.metric("telemetry_outbox_backlog") == 0, 30, "the outbox to drain")
         assert daemon.metric("telemetry_clock_steps_total") == 2
         # No stuck-data alarm from the jumps, not even one that fired and resolved: the

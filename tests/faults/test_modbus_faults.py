@@ -48,7 +48,7 @@ def test_device_fault_with_a_kill_in_the_middle(
     port = free_port()
     daemon = Daemon(config(tmp_path, unique, proxy.port, influx1, port), port)
     try:
-        eventually(lambda: count_in(influx1, unique) >= 4, 30, "the first readings in InfluxDB")
+        daemon.until(lambda: count_in(influx1, unique) >= 4, 30, "the first readings in InfluxDB")
         errors_before = daemon.metric("telemetry_device_errors_total", device="analyzer")
         if mode == "exception":
             device.failing.add(1)
@@ -70,7 +70,7 @@ def test_device_fault_with_a_kill_in_the_middle(
         device.failing.clear()
         proxy.mode = "pass"
         daemon.wait("telemetry_device_up", device="analyzer", timeout=60)
-        eventually(lambda: count_in(influx1, unique) >= during + 4, 30, "readings again after the fault")
+        daemon.until(lambda: count_in(influx1, unique) >= during + 4, 30, "readings again after the fault")
     finally:
         code = daemon.stop()
         proxy.close()

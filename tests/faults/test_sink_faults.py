@@ -58,7 +58,7 @@ def test_sink_fault_with_a_kill_in_the_middle_loses_and_duplicates_nothing(
             daemon.wait(metric, where=labels)  # the restarted daemon meets the fault too
             proxy.mode = "pass"
         expected = [v for v in range(N) if not (mode == "400" and v == 666)]
-        eventually(lambda: count_in(influx1, unique) >= len(expected), 90, f"{len(expected)} readings in InfluxDB")
+        daemon.until(lambda: count_in(influx1, unique) >= len(expected), 90, f"{len(expected)} readings in InfluxDB")
         eventually(lambda: daemon.metric("telemetry_outbox_backlog") == 0, 30, "the outbox to drain")
         assert values_in(influx1, unique) == expected
         if mode == "400":  # the one bad point is kept, with the reason, in the quarantine
