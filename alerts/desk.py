@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from alerts.lifecycle import AlertManager, Message, Silence
+from alerts.alert import Message, Silence
+from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry.metrics import Metrics

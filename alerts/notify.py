@@ -22,7 +22,7 @@ from datetime import datetime
 
 import apprise
 
-from alerts.lifecycle import Alert, Message
+from alerts.alert import Alert, Message
 from alerts.robots import Result, is_robot, send_robot
 from telemetry.config import Route
 from telemetry.metrics import Metrics

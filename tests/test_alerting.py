@@ -17,8 +17,9 @@ from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
 
+from alerts.alert import Message, Silence
 from alerts.desk import AlertDesk
-from alerts.lifecycle import AlertManager, Message, Silence
+from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier, default_send, render
 from alerts.robots import Result
 from alerts.rules import RulesEngine
@@ -463,7 +464,7 @@ def test_a_breach_is_handed_to_the_notifier_at_once_when_group_wait_is_zero() ->
 def test_an_alert_that_fired_before_points_existed_resolves_under_the_same_id() -> None:
     """A firing alert restored from a version without points, then resolved by a rule that now
     labels its events with the point: one alert, not a firing one left behind."""
-    from alerts.lifecycle import alert_id  # noqa: PLC0415
+    from alerts.alert import alert_id  # noqa: PLC0415
     from telemetry.model import AlertEvent, AlertState  # noqa: PLC0415
 
     labels = {"device": "an", "quantity": "cod", "unit": "mg/L"}
