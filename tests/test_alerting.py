@@ -32,6 +32,7 @@ from telemetry.receiver import NotificationReceiver
 from telemetry.rule_config import EvaluatedRule, RuleConfig
 from telemetry.timing import Backoff
 from tests.daemon import direct_db, start_daemon
+from tests.services import Influx1
 
 NS = 1_000_000_000
 MIN = 60 * NS
@@ -509,3 +510,42 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
     ]
     labels = {"component": "rules", "stage": "message", "error_type": "template"}
     assert daemon.sample("telemetry_errors_total", labels) == 2
+
+
+@pytest.mark.service
+async def test_two_devices_alerts_at_one_tick_are_two_points_in_influxdb(
+    tmp_path: Path, unique: str, influx1: Influx1
+) -> None:
+    """Two analyzers fall silent together: their nodata events share the rule, site, severity,
+    state and timestamp. Tagged by device (and quantity), they are two points, not one overwriting
+    the other."""
+    from tests.services import eventually  # noqa: PLC0415
+
+    config = tmp_path / "site.yaml"
+    config.write_text(
+        f"""
+sites: [{{id: s}}]
+influxdb: [{{name: local, api: v1, url: "{influx1.url}", database: {unique}, create_database: true, flush_interval: 50ms}}]
+rules: [{{kind: nodata, name: silent, site: s, quantity: cod, for: 1m}}]
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+"""
+    )
+    daemon = await start_daemon(config)
+    try:
+        now = time.time_ns()
+        await daemon.pipeline.emit([Reading(now, "s", dev, "cod", 50.0, "mg/L") for dev in ("an-1", "an-2")])
+        daemon.pipeline.tick(now + 5 * MIN)  # one tick: both silent for 5 minutes
+        rows = await asyncio.to_thread(
+            eventually,
+            lambda: r if len(r := influx1.query(unique, "SELECT * FROM alerts")) >= 2 else None,
+            20,
+            "2 alert points",
+        )
+    finally:
+        await daemon.close()
+    assert sorted((r["device"], r["quantity"], r["rule"], r["state"]) for r in rows) == [
+        ("an-1", "cod", "silent", "firing"),
+        ("an-2", "cod", "silent", "firing"),
+    ]
+    assert len({r["time"] for r in rows}) == 1  # the same tick: only the device tag tells them apart
