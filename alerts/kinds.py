@@ -124,14 +124,17 @@ class RuleState:
             message=message,
             value=value,
             limit=limit,
-            labels={
-                "device": item.device,
-                "quantity": item.quantity,
-                "unit": item.unit,
-                **({"point": point} if point else {}),
-                **labels,
-            },
+            labels={**self._identity(item), **({"point": point} if point else {}), **labels},
         )
+
+    def _identity(self, item: Reading | Aggregate) -> dict[str, str]:
+        """The labels that identify the alert: the rule's own key, the same for its firing and its
+        resolve. A rule that watches a device as a whole (``nodata`` or ``maintenance_too_long``
+        without a quantity) leaves the quantity out: whichever reading fired it or resolved it,
+        it is one alert."""
+        if getattr(self.rule, "quantity", ...) is None:
+            return {"device": item.device}
+        return {"device": item.device, "quantity": item.quantity, "unit": item.unit}
 
     def _message(self, default: str, **fields: Any) -> str:
         """The rule's ``message`` template filled in, or the kind's own text without one.
@@ -388,11 +391,15 @@ class RateState(RuleState):
 
 
 class MaintenanceState(RuleState):
+    """Each quantity's own time under a maintenance flag; a reading clears only its own quantity
+    (a device that flags COD ``C`` beside an ``N``-flagged flow is still in maintenance). Without a
+    ``quantity`` the rule judges the device: its longest-flagged quantity."""
+
     rule: MaintenanceRule
 
     def __init__(self, rule: MaintenanceRule, zones: Mapping[str, str]) -> None:
         super().__init__(rule, zones)
-        self._flagged: dict[str, tuple[int, Reading]] = {}
+        self._flagged: dict[str, tuple[int, Reading]] = {}  # site/device/quantity -> (since, reading)
 
     def dump(self) -> dict[str, Any]:
         return {**super().dump(), "flagged": {k: [t, r.to_dict()] for k, (t, r) in self._flagged.items()}}
@@ -405,29 +412,35 @@ class MaintenanceState(RuleState):
         super().shift(delta_ns)
         self._flagged = {k: (t + delta_ns, r) for k, (t, r) in self._flagged.items()}
 
-    def _series(self, r: Reading) -> str:
+    def _judged(self, r: Reading) -> str:
         return _key(r) if self.rule.quantity is not None else f"{r.site}/{r.device}"
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
-        key = self._series(r)
         if r.flag in self.rule.flags:
-            start = self._flagged.setdefault(key, (r.ts, r))[0]
-            return self._verdict(key, r.ts - start, r.ts, r)
-        self._flagged.pop(key, None)
-        return self._verdict(key, -1, r.ts, r)
+            self._flagged.setdefault(_key(r), (r.ts, r))
+        else:
+            self._flagged.pop(_key(r), None)
+        return self._verdict(self._judged(r), r.ts, r)
 
     def on_tick(self, now_ns: int) -> list[AlertEvent]:
         events = []
-        for key, (start, r) in list(self._flagged.items()):
-            events += self._verdict(key, now_ns - start, now_ns, r)
+        for key in {self._judged(r) for _, r in self._flagged.values()}:
+            events += self._verdict(key, now_ns, None)
         return events
 
-    def _verdict(self, key: str, held: int, ts: int, r: Reading) -> list[AlertEvent]:
+    def _verdict(self, key: str, ts: int, reading: Reading | None) -> list[AlertEvent]:
+        flagged = [(since, r) for k, (since, r) in self._flagged.items() if k == key or k.startswith(key + "/")]
+        since, r = min(flagged, key=lambda f: f[0]) if flagged else (ts, reading)
+        if r is None:
+            return []
+        held = ts - since if flagged else -1
+
         def event(state: AlertState) -> AlertEvent:
             if state is AlertState.FIRING:
-                text = f"{r.site}/{r.device} flagged {r.flag.value} for {held / NS / 3600:.1f} h"
+                names = ", ".join(sorted({q.quantity for _, q in flagged}))
+                text = f"{r.site}/{r.device} {names} flagged {r.flag.value} for {held / NS / 3600:.1f} h"
             else:
-                text = f"{r.site}/{r.device} back to normal (flag {r.flag.value})"
+                text = f"{r.site}/{r.device} back to normal"
             return self._event(state, ts, r, max(held, 0) / NS, self.rule.for_, text)
 
         return self._judge(key, held >= self.rule.for_ * NS, ts, 0, event)

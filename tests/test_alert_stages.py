@@ -151,3 +151,51 @@ def test_a_silenced_alert_is_never_repeated_or_escalated_and_is_told_when_the_si
             sent.append((minute, message.channel, message.escalation))
             manager.record(message, True, minute * MIN)
     assert sent == [(180, "ops#0", False), (180, "boss#0", True)]  # after the silence: told, and escalated
+
+
+def test_a_device_wide_nodata_alert_resolves_under_the_id_it_fired_with() -> None:
+    """nodata without a quantity fired with the last reading's quantity and resolved with the next
+    reading's: two ids, the firing one stuck for ever, repeating every 4 h and escalating."""
+    from pydantic import TypeAdapter  # noqa: PLC0415
+
+    from alerts.rules import RulesEngine  # noqa: PLC0415
+    from telemetry.model import Reading  # noqa: PLC0415
+    from telemetry.rule_config import RuleConfig  # noqa: PLC0415
+
+    rule = TypeAdapter(RuleConfig).validate_python({"kind": "nodata", "name": "silent", "site": "s", "for": "5m"})
+    engine = RulesEngine([rule], {"s": "Asia/Shanghai"})  # type: ignore[list-item]
+    manager = AlertManager(Notify())
+    manager.ingest(engine.feed([Reading(0, "s", "an", "cod", 50.0, "mg/L")]))
+    manager.ingest(engine.tick(10 * MIN))  # silent: fires
+    manager.ingest(engine.feed([Reading(11 * MIN, "s", "an", "nh3n", 5.0, "mg/L")]))  # back, another quantity
+    assert [(a.state, a.labels) for a in manager.alerts.values()] == [("resolved", {"device": "an", "point": "s"})]
+
+
+def test_maintenance_too_long_fires_beside_unflagged_quantities_and_clears_per_quantity() -> None:
+    """6 h of COD flagged C beside N-flagged flow, rule ``for: 4h``: it used to never fire, because
+    every flow reading cleared the device's timer."""
+    from pydantic import TypeAdapter  # noqa: PLC0415
+
+    from alerts.rules import RulesEngine  # noqa: PLC0415
+    from telemetry.model import Flag, Reading  # noqa: PLC0415
+    from telemetry.rule_config import RuleConfig  # noqa: PLC0415
+
+    rule = TypeAdapter(RuleConfig).validate_python(
+        {"kind": "maintenance_too_long", "name": "maint", "site": "s", "for": "4h"}
+    )
+    engine = RulesEngine([rule], {"s": "Asia/Shanghai"})  # type: ignore[list-item]
+    events = []
+    for minute in range(0, 6 * 60, 10):
+        t = minute * MIN
+        events += engine.feed(
+            [Reading(t, "s", "an", "cod", 0.0, "mg/L", Flag.C), Reading(t + NS, "s", "an", "flow", 2.0, "m3/h")]
+        )
+        events += engine.tick(t + 2 * NS)
+    fired = [e for e in events if e.state is AlertState.FIRING]
+    assert [(e.ts // MIN, e.labels["device"]) for e in fired] == [(240, "an")]
+    assert "cod flagged C for 4.0 h" in fired[0].message
+    events = engine.feed([Reading(6 * 60 * MIN, "s", "an", "flow", 2.0, "m3/h")])  # flow's reading: no change
+    assert events == []
+    [resolved] = engine.feed([Reading(6 * 60 * MIN + NS, "s", "an", "cod", 40.0, "mg/L")])  # COD measures again
+    assert resolved.state is AlertState.RESOLVED
+    assert "quantity" not in resolved.labels
