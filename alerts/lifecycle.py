@@ -66,13 +66,29 @@ class AlertManager:
                         event.message,
                     )
                     changed = True
-            elif alert is not None and alert.state == "firing":
-                alert.state = "resolved"
-                alert.resolved_ns = event.ts
-                alert.value = event.value
-                alert.message = event.message
-                changed = True
+            else:
+                for firing in [alert] if alert is not None else self._older_identities(event):
+                    if firing.state == "firing":
+                        firing.state = "resolved"
+                        firing.resolved_ns = event.ts
+                        firing.value = event.value
+                        firing.message = event.message
+                        changed = True
         return changed
+
+    def _older_identities(self, event: AlertEvent) -> list[Alert]:
+        """Firing alerts a resolve with an unknown id ends: the same rule and site, labelled with
+        more than the rule's key says today (a device-wide rule's alert restored from a version
+        that labelled it with a quantity), so an upgrade leaves no alert firing for ever."""
+        wanted = {k: v for k, v in event.labels.items() if v and k not in ("unit", "point")}
+        return [
+            a
+            for a in self.alerts.values()
+            if a.state == "firing"
+            and (a.rule, a.site) == (event.rule, event.site)
+            and all(a.labels.get(k) == v for k, v in wanted.items())
+            and len(a.labels) > len(wanted)
+        ]
 
     def ack(self, aid: str, by: str, now: int) -> bool:
         alert = self.alerts.get(aid)

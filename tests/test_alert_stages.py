@@ -199,3 +199,30 @@ def test_maintenance_too_long_fires_beside_unflagged_quantities_and_clears_per_q
     [resolved] = engine.feed([Reading(6 * 60 * MIN + NS, "s", "an", "cod", 40.0, "mg/L")])  # COD measures again
     assert resolved.state is AlertState.RESOLVED
     assert "quantity" not in resolved.labels
+
+
+def test_an_alert_restored_with_an_older_identity_is_resolved_by_its_rule() -> None:
+    """Saved by a version that labelled a device-wide nodata alert with a quantity: the resolve
+    the rule sends now (device only) ends it instead of leaving it firing for ever."""
+    manager = AlertManager(Notify())
+    old = AlertEvent(
+        0,
+        "s",
+        "silent",
+        "warning",
+        AlertState.FIRING,
+        "m",
+        600.0,
+        300.0,
+        {"device": "an", "quantity": "cod", "unit": "mg/L"},
+    )
+    manager.ingest([old])
+    other = AlertEvent(
+        0, "s", "silent", "warning", AlertState.FIRING, "m", 600.0, 300.0, {"device": "b", "quantity": "cod"}
+    )
+    manager.ingest([other])
+    manager.ingest([AlertEvent(NS, "s", "silent", "warning", AlertState.RESOLVED, "m", 0.0, 300.0, {"device": "an"})])
+    assert sorted((a.labels["device"], a.state) for a in manager.alerts.values()) == [
+        ("an", "resolved"),
+        ("b", "firing"),
+    ]
