@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry.metrics import Metrics
-from telemetry.model import AlertEvent
+from telemetry.model import Aggregate, AlertEvent, Reading
 from telemetry.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -33,24 +33,49 @@ NS = 1_000_000_000
 
 
 class AlertDesk:
+    """The alert path the pipeline sees (``telemetry.protocols.AlertPath``)."""
+
     def __init__(
         self,
         manager: AlertManager,
         notifier: Notifier,
         rules: RulesEngine,
-        outbox: Outbox,
-        db: Db,
         metrics: Metrics,
+        outbox: Outbox | None = None,
+        db: Db | None = None,
     ) -> None:
         self.manager = manager
         self.notifier = notifier
         self.rules = rules
-        self._outbox = outbox
-        self._db = db
         self._metrics = metrics
+        rules.on_error = lambda stage, error_type: metrics.errors.labels("rules", stage, error_type).inc()
         self._dirty = False
         self._pending: set[asyncio.Task[None]] = set()
         notifier.on_result = self._on_result
+        if outbox is not None and db is not None:
+            self.attach(db, outbox)
+
+    def attach(self, db: Db, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._db = db
+
+    def feed(self, readings: Sequence[Reading]) -> list[AlertEvent]:
+        return self.rules.feed(readings)
+
+    def on_windows(self, windows: Sequence[Aggregate]) -> list[AlertEvent]:
+        return self.rules.on_windows(windows)
+
+    def tick_rules(self, now_ns: int) -> list[AlertEvent]:
+        return self.rules.tick(now_ns)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return self.rules.counts()
+
+    def rules_state(self) -> bytes:
+        return orjson.dumps(self.rules.snapshot())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.notifier.run(stop)
 
     async def restore(self) -> None:
         for name, target in (("alerts", self.manager), ("rules", self.rules)):

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from alerts.desk import AlertDesk
 from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
@@ -44,9 +45,12 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         outbox=outbox(cfg),
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],
-        rules=RulesEngine(dep.rules, zones, dep.points),
-        manager=AlertManager(cfg.notify, parse_time=parse_timestamp),
-        notifier=Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
+        alerts=AlertDesk(
+            AlertManager(cfg.notify, parse_time=parse_timestamp),
+            Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
+            RulesEngine(dep.rules, zones, dep.points),
+            metrics,
+        ),
         metrics=metrics,
         commit_max=cfg.outbox.commit_max,
         observer=observer,

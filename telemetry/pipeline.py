@@ -26,20 +26,15 @@ from typing import Any
 
 import orjson
 
-from alerts.desk import AlertDesk
-from alerts.lifecycle import AlertManager
-from alerts.notify import Notifier
-from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
 from telemetry.clock import ClockWatch
 from telemetry.commits import CommitLog
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError, OutboxFull, TaskFailed
-from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, AlertEvent, AlertState, Reading, Record, Rejected
 from telemetry.outbox import Outbox
-from telemetry.protocols import Driver
+from telemetry.protocols import AlertPath, Consumer, Driver
 from telemetry.sinks import Sink
 from telemetry.timing import wait_event
 
@@ -68,14 +63,12 @@ class Pipeline:
         outbox: Outbox,
         drivers: Sequence[Driver],
         sinks: Sequence[Sink],
-        rules: RulesEngine,
-        manager: AlertManager,
-        notifier: Notifier,
+        alerts: AlertPath,
         metrics: Metrics,
         commit_max: int = 5000,
         observer: Observer | None = None,
         aggregator: Aggregator | None = None,
-        uplinks: Sequence[Uplink] = (),
+        uplinks: Sequence[Consumer] = (),
         tick_s: float = 1.0,
         snapshot_s: float = 30.0,
         clock: Callable[[], int] = time.time_ns,
@@ -93,9 +86,8 @@ class Pipeline:
         self.snapshot_s = snapshot_s
         self.now = clock  # the wall clock windows, periods and retention follow (a fake one in long-run tests)
         self.drivers = list(drivers)
-        self.rules = rules
-        rules.on_error = lambda stage, error_type: metrics.errors.labels("rules", stage, error_type).inc()
-        self.notifier = notifier
+        self.alerts = alerts
+        alerts.attach(self.db, outbox)
         self.metrics = metrics
         self.commit_max = commit_max
         self.observer = observer
@@ -116,7 +108,6 @@ class Pipeline:
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
         self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
-        self.desk = AlertDesk(manager, notifier, rules, outbox, self.db, metrics)
         self.clock = ClockWatch()
         self.sink_checks: list[asyncio.Task[bool]] = []  # start-up health checks, in the background
         self._committer: asyncio.Task[None] | None = None
@@ -164,7 +155,7 @@ class Pipeline:
             log.warning("outbox: %s is no longer configured; its cursor is forgotten", consumer)
         for delivery in self.deliveries:
             delivery.cursor = await self.db(self.outbox.register, delivery.consumer)
-        await self.desk.restore()
+        await self.alerts.restore()
         if self.aggregator is not None:
             saved = await self.db(self.outbox.load_state, "aggregator")
             if saved:
@@ -172,7 +163,7 @@ class Pipeline:
             self._closed_through = {w: self.aggregator.closed_through(w) for w in ("1m", "1h", "1d")}
         await self.prune()  # after the restore: it reads the windows closed since the last snapshot
         self.metrics.watch_outbox(self.outbox.backlog, lambda: {d.consumer: d.lag_seconds() for d in self.deliveries})
-        self.metrics.watch_data(self.rules.counts, self._aggregation_counts)
+        self.metrics.watch_data(self.alerts.counts, self._aggregation_counts)
         self.metrics.watch_side(lambda: self.outbox.deleted)
         driver_stop = asyncio.Event()
         sink_stop = asyncio.Event()
@@ -181,7 +172,7 @@ class Pipeline:
         drivers.append(asyncio.create_task(self._ticker(driver_stop), name="ticker"))
         sinks = [asyncio.create_task(d.run(sink_stop), name=f"sink:{d.sink.name}") for d in self.deliveries]
         sinks += [asyncio.create_task(u.run(sink_stop), name=f"hj212:{u.name}") for u in self.uplinks]
-        notifier = asyncio.create_task(self.notifier.run(sink_stop), name="notifier")
+        notifier = asyncio.create_task(self.alerts.run(sink_stop), name="notifier")
         self.started.set()
         failure: TaskFailed | None = None
         try:
@@ -200,7 +191,7 @@ class Pipeline:
             for wake in self._wakes:
                 wake.set()
             await _settle([*sinks, notifier], "sink", reported=failure)
-            await self.desk.close()
+            await self.alerts.close()
             await _settle(self.sink_checks, "sink check")  # each bounded by its sink's timeout
             for delivery in self.deliveries:
                 await asyncio.to_thread(delivery.sink.close)
@@ -305,7 +296,7 @@ class Pipeline:
         for uplink in self.uplinks:
             uplink.observe(readings)
         self._watch_clock()
-        events = self.rules.feed(self.clock.align(readings))
+        events = self.alerts.feed(self.clock.align(readings))
         for event in events:
             self._record_event(event)
         if self.observer is not None:
@@ -397,7 +388,7 @@ class Pipeline:
             return
         log.warning("alert %s %s at %s: %s", event.rule, event.state.value, event.site, event.message)
         self.metrics.alerts_firing.labels(event.site, event.rule).inc(1 if event.state is AlertState.FIRING else -1)
-        self.desk.events([event])
+        self.alerts.events([event])
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         """Close due aggregate windows, let time-based rules look and see whether the outbox
@@ -412,7 +403,7 @@ class Pipeline:
             self._watch_clock()
             now = self.now()
             self.tick(now, close_windows=loop.time() - started >= hold_s)
-            await self.desk.tick(now)
+            await self.alerts.tick(now)
             if self._budget_alert is not None:
                 await self._watch_budget()  # resolves it once there is room, even with nothing new to commit
             if loop.time() - last_snapshot >= self.snapshot_s:
@@ -428,7 +419,7 @@ class Pipeline:
         if delta:
             log.warning("host clock stepped %+.1f s; rule and notification timers moved with it", delta / 1e9)
             self.metrics.clock_steps.inc()
-            self.desk.clock_stepped(delta)
+            self.alerts.clock_stepped(delta)
 
     def tick(self, now_ns: int, close_windows: bool = True) -> list[AlertEvent]:
         """Close due windows (committed, judged by window rules) and run the time-based rules."""
@@ -438,7 +429,7 @@ class Pipeline:
             self.aggregator.prune(now_ns - 3 * 86400 * 1_000_000_000)
             through = {w: self.aggregator.closed_through(w) for w in ("1m", "1h", "1d")}
             self._queue.put_nowait(_Item(closed, None, closed_through=through))
-        events = self.rules.on_windows(closed) + self.rules.tick(now_ns)
+        events = self.alerts.on_windows(closed) + self.alerts.tick_rules(now_ns)
         for event in events:
             self._record_event(event)
         if self.observer is not None and events:
@@ -459,7 +450,7 @@ class Pipeline:
         if self.aggregator is not None:
             body = self.aggregator.snapshot()
             await self.db(self.outbox.save_state, "aggregator", body)
-        await self.db(self.outbox.save_state, "rules", orjson.dumps(self.rules.snapshot()))
+        await self.db(self.outbox.save_state, "rules", self.alerts.rules_state())
 
     async def prune(self) -> None:
         """The outbox's retention (``telemetry.outbox.side``): old windows, acknowledgements,

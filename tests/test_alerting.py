@@ -456,7 +456,7 @@ def test_a_breach_is_handed_to_the_notifier_at_once_when_group_wait_is_zero() ->
         metrics = Metrics(CollectorRegistry())
         engine = RulesEngine([rule(kind="limit", name="cod_limit", quantity="cod", above=100)], {"s": "UTC"})
         notifier = Notifier(cfg.routes, metrics, {"s": "UTC"})
-        desk = AlertDesk(AlertManager(cfg), notifier, engine, Outbox(":memory:"), direct_db, metrics)
+        desk = AlertDesk(AlertManager(cfg), notifier, engine, metrics, Outbox(":memory:"), direct_db)
         now = 1_700_000_000 * NS
         desk.events(engine.feed([Reading(now, "s", "an", "cod", 150.0, "mg/L")]))
         assert len(notifier.in_flight) == expected, wait

@@ -141,7 +141,7 @@ async def test_the_moved_timers_are_saved_for_a_restart() -> None:
     metrics = Metrics(CollectorRegistry())
     engine = RulesEngine([rule(kind="nodata", name="silent", quantity="cod", **{"for": "10m"})], {"s": "UTC"})
     outbox = Outbox(":memory:")
-    desk = AlertDesk(AlertManager(cfg), Notifier(cfg.routes, metrics, {"s": "UTC"}), engine, outbox, direct_db, metrics)
+    desk = AlertDesk(AlertManager(cfg), Notifier(cfg.routes, metrics, {"s": "UTC"}), engine, metrics, outbox, direct_db)
     engine.feed([r(0, 1)])
     await desk.save()
     desk.clock_stepped(HOUR * NS)

@@ -18,6 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from alerts.desk import AlertDesk
 from drivers.mqtt import MqttDriver
 from telemetry.errors import OutboxError
 from telemetry.model import AlertEvent, Reading
@@ -302,7 +303,9 @@ async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_
         stop, task, pipeline, observed = await _start_daemon(path)
         await observed.until(lambda: len(observed.events) == 1)
         await asyncio.to_thread(receiver.wait_for, 1, 20)
-        [alert] = [a for a in pipeline.desk.manager.alerts.values() if a.state == "firing"]
+        desk = pipeline.alerts
+        assert isinstance(desk, AlertDesk)
+        [alert] = [a for a in desk.manager.alerts.values() if a.state == "firing"]
 
         def ack(token: str) -> tuple[int, dict[str, Any]]:
             request = urllib.request.Request(
@@ -319,7 +322,7 @@ async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_
 
         assert (await asyncio.to_thread(ack, "guess"))[0] == 401
         assert await asyncio.to_thread(ack, f"{unique}-ack-token") == (202, {"queued": True, "id": alert.id})
-        await pipeline.desk.save()
+        await desk.save()
         stop.set()
         await asyncio.wait_for(task, 30)
         assert len(receiver.messages) == 1
@@ -329,7 +332,9 @@ async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_
         polls = len(observed.readings)
         await observed.until(lambda: len([r for r in observed.readings if r.quantity == "cod"]) >= polls + 5)
         assert observed.events == []
-        restored = pipeline.desk.manager.alerts[alert.id]
+        desk = pipeline.alerts
+        assert isinstance(desk, AlertDesk)
+        restored = desk.manager.alerts[alert.id]
         assert restored.acked_by == "zhang"  # the HTTP ack, applied before the restart, survived it
         station.overrides["cod"] = 40.0
         await observed.until(lambda: any(e.state.value == "resolved" for e in observed.events))

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client import CollectorRegistry
 
+from alerts.desk import AlertDesk
 from telemetry import app
 from telemetry.hj212.codec import Packet
 from telemetry.hj212.receiver import Receiver
@@ -45,6 +46,12 @@ hj212:
 """
     )
     return path
+
+
+def uplink_of(daemon: RunningDaemon) -> Uplink:
+    uplink = daemon.pipeline.uplinks[0]
+    assert isinstance(uplink, Uplink)
+    return uplink
 
 
 async def start(path: Path) -> RunningDaemon:
@@ -159,7 +166,7 @@ async def test_history_request_returns_the_stored_windows_or_exertn_100(tmp_path
     try:
         await daemon.pipeline.emit(an_hour(hour))
         daemon.pipeline.tick(time.time_ns())
-        await asyncio.wait_for(daemon.pipeline.uplinks[0].connected.wait(), 10)
+        await asyncio.wait_for(uplink_of(daemon).connected.wait(), 10)
         begin, end = hour.strftime("%Y%m%d%H%M%S"), (hour + timedelta(minutes=59)).strftime("%Y%m%d%H%M%S")
         request = Packet(
             "20261126100000001", "32", "2061", "123456", MN, 5, None, None, [{"BeginTime": begin, "EndTime": end}]
@@ -215,7 +222,9 @@ async def test_no_9014_means_resend_recount_times_then_pending_then_sent(tmp_pat
 async def test_a_password_refusal_raises_an_alert(tmp_path: Path, receiver: Receiver) -> None:
     receiver.refuse = "3"
     daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
-    manager = daemon.pipeline.desk.manager
+    desk = daemon.pipeline.alerts
+    assert isinstance(desk, AlertDesk)
+    manager = desk.manager
     try:
         await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 60.0, "mg/L")])
         await receiver.wait_for(lambda ps: by_cn(ps, "2011"), 10)
@@ -233,7 +242,7 @@ async def test_a_password_refusal_raises_an_alert(tmp_path: Path, receiver: Rece
 async def test_garbage_from_the_platform_is_counted_and_the_link_stays_up(tmp_path: Path, receiver: Receiver) -> None:
     daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
     try:
-        uplink = daemon.pipeline.uplinks[0]
+        uplink = uplink_of(daemon)
         await asyncio.wait_for(uplink.connected.wait(), 10)
         for writer in receiver._writers:
             writer.write(os.urandom(300) + b"##0010garbage!!1234\r\n" + b"##00x")

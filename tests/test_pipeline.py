@@ -37,7 +37,7 @@ async def test_a_dead_committer_fails_the_emits_it_left_and_stops_the_daemon(
         raise RuntimeError("injected: a bug in the rules")
 
     monkeypatch.setattr(pipeline.outbox, "append", held_append)
-    monkeypatch.setattr(pipeline.rules, "feed", broken_rules)
+    monkeypatch.setattr(pipeline.alerts, "feed", broken_rules)
     now = time.time_ns()
     first = asyncio.ensure_future(pipeline.emit([Reading(now, "s", "a", "cod", 1.0)]))
     assert await asyncio.to_thread(appending.wait, 10)  # the committer is on this commit

@@ -21,12 +21,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from alerts.desk import AlertDesk
 from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry import app
 from telemetry.config import Deployment
 from telemetry.hj212.receiver import Receiver
+from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.model import Reading
 from telemetry.pipeline import Pipeline
@@ -145,6 +147,7 @@ async def run_year(
     task = asyncio.create_task(pipeline.run(stop))
     await pipeline.started.wait()
     uplink = pipeline.uplinks[0]
+    assert isinstance(uplink, Uplink)
     months: list[Month] = []
     emitted = acked = 0
     step = every_min * 60 * NS
@@ -162,7 +165,7 @@ async def run_year(
             clock.now = t0 + HOUR + 61 * NS  # the hour and its minutes are due (grace 60 s)
             pipeline.tick(clock.now)
             await pipeline.emit([])  # the committer has taken what the tick closed
-            await pipeline.desk.tick(clock.now)  # alerts: notified (no route here), resolved ones forgotten
+            await pipeline.alerts.tick(clock.now)  # alerts: notified (no route here), resolved ones forgotten
             if (hour + 1) % 24 == 0:
                 await uplink.settled()  # the platform has every period of the day
                 acked += sum(p.cn in ("2051", "2061", "2031") for p in receiver.packets)
@@ -192,9 +195,12 @@ def _pipeline(dep: Deployment, sink: CountingSink, clock: Clock) -> Pipeline:
         outbox=app.outbox(cfg),
         drivers=[],
         sinks=[sink],
-        rules=RulesEngine(dep.rules, zones, dep.points),
-        manager=AlertManager(cfg.notify),
-        notifier=Notifier(cfg.notify.routes, metrics, zones),
+        alerts=AlertDesk(
+            AlertManager(cfg.notify),
+            Notifier(cfg.notify.routes, metrics, zones),
+            RulesEngine(dep.rules, zones, dep.points),
+            metrics,
+        ),
         metrics=metrics,
         aggregator=app.aggregator(dep),
         uplinks=[app.uplink(dep, p, metrics) for p in cfg.hj212],
@@ -217,5 +223,5 @@ async def _month(pipeline: Pipeline, sink: CountingSink, month: int, day: int, e
         delivered=sink.readings,
         dropped=outbox.dropped,
         periods_acked=acked,
-        alerts=len(pipeline.desk.manager.alerts),
+        alerts=len(desk.manager.alerts) if isinstance(desk := pipeline.alerts, AlertDesk) else -1,
     )
