@@ -44,6 +44,8 @@ class Alert:
     sent_resolved: list[str] = field(default_factory=list)  # routes told it resolved
     escalated: list[str] = field(default_factory=list)  # channels told of the escalation
     failed: dict[str, int] = field(default_factory=dict)  # route -> time of the last failed send
+    measure: str = ""  # how value and limit read (telemetry.model.Measure); "" in state from earlier versions
+    templated: bool = False  # message is the rule's own template, not the kind's English text
 
     def label(self, name: str) -> str | None:
         if name in ("site", "rule", "severity"):

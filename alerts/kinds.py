@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from telemetry.calendar import NS, Calendar, calendar
-from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Reading
+from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Measure, Reading
 from telemetry.rule_config import (
     CapacityRule,
     EvaluatedRule,
@@ -110,10 +110,13 @@ class RuleState:
         value: float,
         limit: float,
         default: str,
+        measure: Measure,
         **labels: str,
     ) -> AlertEvent:
+        """``measure`` says what ``value`` and ``limit`` are (a duration, a fraction, ...), so a
+        notification renders each with its own unit."""
         fields = {"site": item.site, "device": item.device, "quantity": item.quantity, "unit": item.unit}
-        message = self._message(default, **fields, **labels, value=value, limit=limit, state=state.value)
+        message, templated = self._message(default, **fields, **labels, value=value, limit=limit, state=state.value)
         point = item.point if isinstance(item, Aggregate) else self.point_of(item)
         return AlertEvent(
             ts=ts,
@@ -125,6 +128,8 @@ class RuleState:
             value=value,
             limit=limit,
             labels={**self._identity(item), **({"point": point} if point else {}), **labels},
+            measure=measure,
+            templated=templated,
         )
 
     def _identity(self, item: Reading | Aggregate) -> dict[str, str]:
@@ -136,23 +141,24 @@ class RuleState:
             return {"device": item.device}
         return {"device": item.device, "quantity": item.quantity, "unit": item.unit}
 
-    def _message(self, default: str, **fields: Any) -> str:
+    def _message(self, default: str, **fields: Any) -> tuple[str, bool]:
         """The rule's ``message`` template filled in, or the kind's own text without one.
 
         ``telemetry check`` refuses a template that cannot be filled in; one that fails
         anyway (a rule built without the check) falls back to the default text, is counted
-        and logged once per rule: an alert must never take the committer down with it."""
+        and logged once per rule: an alert must never take the committer down with it. The
+        flag says whether the text is the template's."""
         template = self.rule.message
         if not template:
-            return default
+            return default, False
         try:
-            return str(template.format(**fields))
+            return str(template.format(**fields)), True
         except (KeyError, IndexError, ValueError, TypeError, AttributeError) as err:
             self.count_error("message", "template")
             level = logging.DEBUG if self._message_failed else logging.ERROR
             self._message_failed = True
             log.log(level, "rule %s: message %r failed (%r); sent the default text", self.rule.name, template, err)
-            return default
+            return default, False
 
     def calendar(self, site: str) -> Calendar:
         return self._calendars.get(site) or calendar()
@@ -199,7 +205,7 @@ class LimitState(RuleState):
                 text = f"{item.quantity} {what}{value:g}{unit} {side} limit {bound:g}{unit} {where}"
             else:
                 text = f"{item.quantity} {what}back to {value:g}{unit} (limit {bound:g}{unit}) {where}"
-            return self._event(state, ts, item, value, bound, text)
+            return self._event(state, ts, item, value, bound, text, Measure.READING)
 
         return self._judge(key, limit is not None, ts, self.rule.for_, event)
 
@@ -234,7 +240,7 @@ class LimitState(RuleState):
                 f"{w.quantity} {WINDOW_WORDS[w.window]}: insufficient valid data "
                 f"({w.valid_count} of {w.count} values valid, window flag {w.flag.value}); not judged"
             )
-            return [self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text)]
+            return [self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text, Measure.READING)]
         return self._verdict(_key(w), w.avg, w.ts, w, WINDOW_WORDS[w.window] + " ")
 
 
@@ -253,7 +259,7 @@ class StockState(RuleState):
                 f"{r.quantity} at {r.site}: {r.value:g}{_unit(r)} is {fraction:.0%}"
                 f" of {self.rule.capacity:g}, {verb} {limit:.0%}"
             )
-            return self._event(state, r.ts, r, fraction, limit, text)
+            return self._event(state, r.ts, r, fraction, limit, text, Measure.FRACTION)
 
         return self._judge(_key(r), fraction > limit, r.ts, self.rule.for_, event)
 
@@ -284,8 +290,10 @@ class NodataState(RuleState):
         if r.flag is not Flag.N:
             return []
         key = self._series(r)
+        previous = self._last.get(key)
         self._last[key] = (r.ts, r)
-        return self._judge(key, False, r.ts, 0, lambda s: self._silence_event(s, r.ts, r, 0))
+        silent = r.ts - previous[0] if previous is not None else 0  # a resolve says how long it lasted
+        return self._judge(key, False, r.ts, 0, lambda s: self._silence_event(s, r.ts, r, silent))
 
     def on_tick(self, now_ns: int) -> list[AlertEvent]:
         if self._expected and not self._last:
@@ -310,7 +318,7 @@ class NodataState(RuleState):
             text = f"no valid {what} from {item.site}/{item.device} for {silent / NS / 60:.0f} min"
         else:
             text = f"{what} from {item.site}/{item.device} reporting again"
-        return self._event(state, ts, item, silent / NS, self.rule.for_, text)
+        return self._event(state, ts, item, max(silent, 0) / NS, self.rule.for_, text, Measure.SILENCE)
 
 
 class FlatlineState(RuleState):
@@ -347,7 +355,7 @@ class FlatlineState(RuleState):
                 text = f"{r.quantity} at {r.site}/{r.device} stuck at {value:g}{_unit(r)} for {minutes:.0f} min"
             else:
                 text = f"{r.quantity} at {r.site}/{r.device} moving again ({r.value:g}{_unit(r)})"
-            return self._event(state, r.ts, r, r.value, value, text)
+            return self._event(state, r.ts, r, r.value, value, text, Measure.HELD)
 
         return self._judge(key, held >= self.rule.for_ * NS, r.ts, 0, event)
 
@@ -385,7 +393,7 @@ class RateState(RuleState):
         def event(state: AlertState) -> AlertEvent:
             verb = "changing" if state is AlertState.FIRING else "steady again:"
             text = f"{r.quantity} at {r.site}/{r.device} {verb} {per_minute:.3g}{_unit(r)}/min (bound {bound:g})"
-            return self._event(state, r.ts, r, per_minute, bound, text)
+            return self._event(state, r.ts, r, per_minute, bound, text, Measure.PER_MINUTE)
 
         return self._judge(key, per_minute > bound, r.ts, 0, event)
 
@@ -418,9 +426,9 @@ class MaintenanceState(RuleState):
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag in self.rule.flags:
             self._flagged.setdefault(_key(r), (r.ts, r))
-        else:
-            self._flagged.pop(_key(r), None)
-        return self._verdict(self._judged(r), r.ts, r)
+            return self._verdict(self._judged(r), r.ts, r)
+        cleared = self._flagged.pop(_key(r), None)
+        return self._verdict(self._judged(r), r.ts, r, cleared[0] if cleared else None)
 
     def on_tick(self, now_ns: int) -> list[AlertEvent]:
         events = []
@@ -428,12 +436,15 @@ class MaintenanceState(RuleState):
             events += self._verdict(key, now_ns, None)
         return events
 
-    def _verdict(self, key: str, ts: int, reading: Reading | None) -> list[AlertEvent]:
+    def _verdict(self, key: str, ts: int, reading: Reading | None, cleared: int | None = None) -> list[AlertEvent]:
+        """The rule's series (a quantity, or the device) against ``for``: held as long as its
+        longest-flagged quantity; once none is flagged, a resolve says how long the flag lasted
+        (since ``cleared``, when the reading that ended it is the one judged)."""
         flagged = [(since, r) for k, (since, r) in self._flagged.items() if k == key or k.startswith(key + "/")]
-        since, r = min(flagged, key=lambda f: f[0]) if flagged else (ts, reading)
+        since, r = min(flagged, key=lambda f: f[0]) if flagged else (cleared if cleared is not None else ts, reading)
         if r is None:
             return []
-        held = ts - since if flagged else -1
+        held = ts - since
 
         def event(state: AlertState) -> AlertEvent:
             if state is AlertState.FIRING:
@@ -441,9 +452,9 @@ class MaintenanceState(RuleState):
                 text = f"{r.site}/{r.device} {names} flagged {r.flag.value} for {held / NS / 3600:.1f} h"
             else:
                 text = f"{r.site}/{r.device} back to normal"
-            return self._event(state, ts, r, max(held, 0) / NS, self.rule.for_, text)
+            return self._event(state, ts, r, max(held, 0) / NS, self.rule.for_, text, Measure.FLAGGED)
 
-        return self._judge(key, held >= self.rule.for_ * NS, ts, 0, event)
+        return self._judge(key, bool(flagged) and held >= self.rule.for_ * NS, ts, 0, event)
 
 
 class _Day:
@@ -625,7 +636,7 @@ class CapacityState(RuleState):
             text = f"{r.site}/{r.device}: only {value:.0f}{u} today, {share}"
         if state is AlertState.RESOLVED and condition != "projection":
             text = f"{r.site}/{r.device}: {value:.0f}{u} today, within design {design:g}{u}"
-        return self._event(state, ts, r, value, limit, text, condition=condition)
+        return self._event(state, ts, r, value, limit, text, Measure.DAY_TOTAL, condition=condition)
 
 
 KINDS: dict[str, type[RuleState]] = {

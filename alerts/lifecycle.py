@@ -64,6 +64,8 @@ class AlertManager:
                         event.value,
                         event.limit,
                         event.message,
+                        measure=event.measure,
+                        templated=event.templated,
                     )
                     changed = True
             else:

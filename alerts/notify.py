@@ -8,7 +8,12 @@ back the DingTalk robot. Each outcome is reported to ``on_result`` with a
 secret-free detail; the manager marks alerts as told, per target, only on success. Robot
 webhooks (DingTalk, WeCom, Feishu) are sent directly so their ``errcode`` is
 read; other apprise URLs (e-mail, JSON webhooks, ...) go through apprise.
-Templates: Chinese by default, English per route.
+Templates: Chinese by default, English per route; each alert's value and limit read in
+the units its rule kind says (``Measure``), times in the site's zone.
+
+No message is longer than its target takes (``robots.LIMITS``; e-mail and other apprise
+targets ``OTHER``): a group too long goes out in parts, each recorded on its own, and past
+a target's ``max_parts`` the last part says how many alerts follow in the next message.
 """
 
 from __future__ import annotations
@@ -16,16 +21,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import apprise
 
 from alerts.alert import Alert, Message
-from alerts.robots import Result, is_robot, send_robot
+from alerts.robots import LIMITS, Limit, Result, counted_bytes, is_robot, send_robot
 from telemetry.config import Route
 from telemetry.metrics import Metrics
+from telemetry.model import Measure
 from telemetry.timing import Backoff, wait_event
 
 log = logging.getLogger(__name__)
@@ -63,11 +71,97 @@ async def default_send(url: str, title: str, body: str, route: Route, firing: bo
     return Result(ok, f"{url.split('://', 1)[0]}: {'sent' if ok else 'apprise reported failure'}")
 
 
+@dataclass(frozen=True)
+class Part:
+    """One message as sent: the alerts it carries (a ``Message`` of its own, so each part is
+    recorded on its own: an alert counts as told only once the part that carried it went out)."""
+
+    message: Message
+    title: str
+    body: str
+
+
+OTHER = Limit(100_000, "content", max_parts=1, max_alerts=50)  # e-mail and other apprise URLs: a sane cap
+_UNLIMITED = Limit(sys.maxsize, "content", max_parts=1, max_alerts=sys.maxsize)
+
+
+def limit_for(url: str) -> Limit:
+    return LIMITS.get(url.split("://", 1)[0].lower(), OTHER)
+
+
+def size_of(url: str, title: str, body: str) -> int:
+    """Bytes of a message as the target counts them against ``limit_for(url).max_bytes``."""
+    return counted_bytes(url, title, body) if is_robot(url) else len(f"{title}\n{body}".encode())
+
+
 def render(message: Message, route: Route, zones: Mapping[str, str], grafana_url: str = "") -> tuple[str, str]:
-    """Title and body: site, what, value against limit with unit, since when, id, link."""
+    """Title and body of the whole message, whatever its size (``compose`` splits for a target)."""
+    [part] = compose(message, route, zones, grafana_url, limit=_UNLIMITED)
+    return part.title, part.body
+
+
+def compose(
+    message: Message,
+    route: Route,
+    zones: Mapping[str, str],
+    grafana_url: str = "",
+    url: str = "",
+    limit: Limit | None = None,
+) -> list[Part]:
+    """The message as its target ``url`` takes it: alerts in order (firing, then resolved), as
+    many per part as its limit allows, at most ``max_parts`` parts; the last says how many are
+    left (they stay due and go out in the next message). A lone alert too long for a part has
+    its text shortened. Each alert line: site, what, value against limit in the rule kind's
+    units, since when in the site's time, id; a link to Grafana with ``grafana_url``."""
+    limit = limit or limit_for(url)
     zh = route.language == "zh"
+    items = [(a, False) for a in message.firing] + [(a, True) for a in message.resolved]
+    site = items[0][0].site
+    zone = zoneinfo.ZoneInfo(zones.get(site, "Asia/Shanghai"))
+    tail = [("查看曲线 " if zh else "Dashboard: ") + grafana_url.format(site=site, rule=items[0][0].rule)]
+    tail = tail if grafana_url else []
+
+    def fits(title: str, lines: list[str]) -> bool:
+        return size_of(url, title, "\n".join(lines + tail)) <= limit.max_bytes
+
+    packed: list[list[tuple[Alert, bool, str]]] = []
+    i = 0
+    while i < len(items) and len(packed) < limit.max_parts:
+        title = _title(message, zh, len(packed) + 1, limit.max_parts)  # as long as the final one, or longer
+        last = len(packed) == limit.max_parts - 1
+        part: list[tuple[Alert, bool, str]] = []
+        while i < len(items) and len(part) < limit.max_alerts:
+            alert, resolved = items[i]
+            left = len(items) - i - 1
+            lines = [line for _, _, line in part]
+            more = [_more(left, zh)] if last and left else []
+
+            def fit(line: str, lines: list[str] = lines, more: list[str] = more, title: str = title) -> bool:
+                return fits(title, [*lines, line, *more])
+
+            line = _line(alert, zh, zone, resolved)
+            if not fit(line):
+                if part:
+                    break
+                line = _shortened(alert, zh, zone, resolved, fit)
+            part.append((alert, resolved, line))
+            i += 1
+        packed.append(part)
+    left = len(items) - i
+    parts = []
+    for k, part in enumerate(packed, 1):
+        title = _title(message, zh, k, len(packed))
+        lines = [line for _, _, line in part] + ([_more(left, zh)] if k == len(packed) and left else [])
+        body = "\n".join(lines + tail)
+        while size_of(url, title, body) > limit.max_bytes and body:  # names no message could hold: cut
+            body = body[: len(body) * 9 // 10]
+        told = replace(message, firing=[a for a, r, _ in part if not r], resolved=[a for a, r, _ in part if r])
+        parts.append(Part(told, title, body))
+    return parts
+
+
+def _title(message: Message, zh: bool, part: int, parts: int) -> str:
     firing, resolved = message.firing, message.resolved
-    site = (firing or resolved)[0].site
     if message.escalation:
         head = "【升级 未确认告警】" if zh else "[ESCALATED, not acknowledged]"
     elif firing and resolved:
@@ -77,42 +171,119 @@ def render(message: Message, route: Route, zones: Mapping[str, str], grafana_url
             else f"[FIRING {len(firing)}, RESOLVED {len(resolved)}]"
         )
     elif firing:
-        head = "【告警 FIRING】" if zh else "[FIRING]"
+        head = "【告警】" if zh else "[FIRING]"
     else:
-        head = "【恢复 RESOLVED】" if zh else "[RESOLVED]"
+        head = "【恢复】" if zh else "[RESOLVED]"
     only = firing or resolved
-    what = (
-        only[0].rule
-        if len(only) == 1 and not (firing and resolved)
-        else (f"{len(firing) + len(resolved)} 条" if zh else f"{len(firing) + len(resolved)} alerts")
-    )
-    title = f"{head} {site} · {what}"
-    zone = zoneinfo.ZoneInfo(zones.get(site, "Asia/Shanghai"))
-    lines = [_line(a, zh, zone, resolved=False) for a in firing] + [_line(a, zh, zone, resolved=True) for a in resolved]
-    if grafana_url:
-        link = grafana_url.format(site=site, rule=only[0].rule)
-        lines.append(("查看曲线 " if zh else "Dashboard: ") + link)
-    return title, "\n".join(lines)
+    count = len(firing) + len(resolved)
+    what = only[0].rule if count == 1 else (f"{count} 条" if zh else f"{count} alerts")
+    mark = "" if parts == 1 else (f"（{part}/{parts}）" if zh else f" ({part}/{parts})")
+    return f"{head} {only[0].site} · {what}{mark}"
 
 
-def _line(a: Alert, zh: bool, zone: zoneinfo.ZoneInfo, resolved: bool) -> str:
-    unit = a.labels.get("unit", "")
-    u = f" {unit}" if unit else ""
-    since = datetime.fromtimestamp(a.started_ns / NS, zone).strftime("%Y-%m-%d %H:%M")
-    device = a.labels.get("device", "")
+def _more(left: int, zh: bool) -> str:
+    if zh:
+        return f"…… 另有 {left} 条告警，随后发送（全部告警：telemetry alerts list）"
+    return f"… and {left} more alerts, in the next message (all alerts: telemetry alerts list)"
+
+
+def _shortened(a: Alert, zh: bool, zone: zoneinfo.ZoneInfo, resolved: bool, fit: Callable[[str], bool]) -> str:
+    """The alert's line with as much of its text as ``fit`` allows (none, if nothing fits)."""
+    low, high = 0, len(a.message)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fit(_line(a, zh, zone, resolved, mid)):
+            low = mid
+        else:
+            high = mid - 1
+    return _line(a, zh, zone, resolved, low)
+
+
+def _line(a: Alert, zh: bool, zone: zoneinfo.ZoneInfo, resolved: bool, text_chars: int | None = None) -> str:
+    """One alert: what, where, its numbers in the rule kind's units, since when (site time).
+
+    Chinese lines carry the rule's own ``message`` (its template, in the supervisors' words)
+    and leave out a kind's English default text, which says nothing the line does not."""
+    since = _local(a.started_ns, zone)
+    where = "/".join(p for p in (a.site, a.labels.get("device", "")) if p)
     quantity = a.labels.get("quantity", "")
+    numbers = _numbers(a, zh)
+    note = a.message if (not zh or a.templated or not a.measure) else ""
+    if text_chars is not None and len(note) > text_chars:
+        note = note[:text_chars] + "…"
+    note_line = f"\n  {note}" if note else ""
     if zh:
         name = QUANTITY_ZH.get(quantity, quantity)
-        state = "已恢复" if resolved else f"自 {since} 起"
-        return (
-            f"• {a.rule}（{SEVERITY_ZH.get(a.severity, a.severity)}）{a.site}/{device} {name}："
-            f"数值 {a.value:g}{u}，限值 {a.limit:g}{u}，{state}\n  {a.message}\n  编号 {a.id}"
-        )
-    state = "resolved" if resolved else f"since {since}"
-    return (
-        f"• {a.rule} [{a.severity}] {a.site}/{device} {quantity}: {a.value:g}{u} against limit {a.limit:g}{u},"
-        f" {state}\n  {a.message}\n  id {a.id}"
-    )
+        if resolved:
+            state = f"{_local(a.resolved_ns or a.started_ns, zone)} 已恢复（自 {since} 起）"
+        else:
+            state = f"自 {since} 起"
+        severity = SEVERITY_ZH.get(a.severity, a.severity)
+        what = f"{where} {name}" if name else where
+        return f"• {a.rule}（{severity}）{what}：{numbers}，{state}{note_line}\n  编号 {a.id}"
+    state = f"resolved {_local(a.resolved_ns or a.started_ns, zone)} (since {since})" if resolved else f"since {since}"
+    what = f"{where} {quantity}" if quantity else where
+    return f"• {a.rule} [{a.severity}] {what}: {numbers}, {state}{note_line}\n  id {a.id}"
+
+
+def _local(ns: int, zone: zoneinfo.ZoneInfo) -> str:
+    return datetime.fromtimestamp(ns / NS, zone).strftime("%Y-%m-%d %H:%M")
+
+
+_PHRASES: dict[str, tuple[str, str]] = {  # measure (or capacity condition) -> Chinese, English
+    Measure.SILENCE: ("无有效数据 {value}，限值 {limit}", "no valid data for {value} against limit {limit}"),
+    Measure.FLAGGED: ("维护/校准状态 {value}，限值 {limit}", "flagged for {value} against limit {limit}"),
+    Measure.HELD: ("数值 {value}，保持 {limit} 不变", "{value}, held at {limit}"),
+    Measure.FRACTION: ("达容量 {value}，限值 {limit}", "{value} of capacity against limit {limit}"),
+    Measure.DAY_TOTAL: ("今日累计 {value}，限值 {limit}", "day total {value} against limit {limit}"),
+    "projection": ("预计今日 {value}，限值 {limit}", "projected day total {value} against limit {limit}"),
+    "underuse": ("今日累计 {value}，下限 {limit}", "day total {value} against floor {limit}"),
+    Measure.PER_MINUTE: ("变化 {value}，限值 {limit}", "changing {value} against limit {limit}"),
+    Measure.READING: ("数值 {value}，限值 {limit}", "{value} against limit {limit}"),
+}
+
+
+def _numbers(a: Alert, zh: bool) -> str:
+    """Value against limit as the rule kind's ``measure`` says they read."""
+    key = a.measure
+    condition = a.labels.get("condition", "")
+    if key == Measure.DAY_TOTAL and condition in _PHRASES:
+        key = condition
+    value, limit = _formatted(a)
+    chinese, english = _PHRASES.get(key, _PHRASES[Measure.READING])
+    return (chinese if zh else english).format(value=value, limit=limit)
+
+
+def _formatted(a: Alert) -> tuple[str, str]:
+    unit = a.labels.get("unit", "")
+    u = f" {unit}" if unit else ""
+    if a.measure in (Measure.SILENCE, Measure.FLAGGED):
+        return _duration(a.value), _duration(a.limit)
+    if a.measure == Measure.FRACTION:
+        return _percent(a.value), _percent(a.limit)
+    if a.measure == Measure.DAY_TOTAL:
+        per_day = unit.split("/")[0].strip()  # t/h integrated over a day is t; a totalizer's t stays t
+        t = f" {per_day}" if per_day else ""
+        return f"{_amount(a.value)}{t}", f"{_amount(a.limit)}{t}"
+    if a.measure == Measure.PER_MINUTE:
+        return f"{a.value:.3g}{u}/min", f"{a.limit:g}{u}/min"
+    return f"{a.value:g}{u}", f"{a.limit:g}{u}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.0f} %"
+
+
+def _amount(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 class Notifier:
@@ -136,6 +307,7 @@ class Notifier:
         self._running: tuple[asyncio.Event, asyncio.Future[None]] | None = None  # stop, crashed
         self._drain_timeout = 10.0
         self.in_flight: set[str] = set()  # message keys queued or being sent
+        self._unreported: dict[str, list[Message]] = {}  # message key -> its parts not reported yet
         self.on_result: OnResult | None = None
 
     def submit(self, message: Message) -> None:
@@ -188,22 +360,42 @@ class Notifier:
                     else:
                         await self.deliver(message, stop)
                 except TimeoutError:
-                    self._report(message, False, "shutdown before delivery")
+                    for part in self._unreported.get(message.key) or [message]:
+                        self._report(part, False, "shutdown before delivery")
                 finally:
+                    self._unreported.pop(message.key, None)
                     self.in_flight.discard(message.key)
         finally:
             if self._workers.get(channel) is asyncio.current_task():
                 del self._workers[channel]
 
     async def deliver(self, message: Message, stop: asyncio.Event | None) -> bool:
+        """Send the message in as many parts as its target's limit needs, in order, each
+        reported on its own; after a part fails, the rest are reported failed unsent (they are
+        offered again, as any failure). True when every part went out."""
         route = self.routes[message.route]
         url = route.urls[message.target].get_secret_value()
-        title, body = render(message, route, self._zones, self._grafana)
+        parts = compose(message, route, self._zones, self._grafana, url)
+        unreported = self._unreported[message.key] = [p.message for p in parts]
+        failed = 0
+        for k, part in enumerate(parts, 1):
+            of = f" (part {k} of {len(parts)})" if len(parts) > 1 else ""
+            if failed:
+                self._report(part.message, False, f"not sent: part {failed} of {len(parts)} failed")
+            else:
+                result = await self._attempts(url, part, route, stop)
+                self._report(part.message, result.ok, result.detail + of)
+                failed = 0 if result.ok else k
+            unreported.pop(0)
+        self._unreported.pop(message.key, None)
+        return not failed
+
+    async def _attempts(self, url: str, part: Part, route: Route, stop: asyncio.Event | None) -> Result:
         backoff = self._backoff()
         result = Result(False, "not sent")
         for attempt in range(route.retries + 1):
             try:
-                result = await self._send(url, title, body, route, bool(message.firing))
+                result = await self._send(url, part.title, part.body, route, bool(part.message.firing))
             except Exception as err:  # a plugin's bug must not kill delivery
                 result = Result(False, f"{type(err).__name__}")
             self._metrics.notifications.labels(route.name, "sent" if result.ok else "failed").inc()
@@ -212,8 +404,7 @@ class Notifier:
             if attempt < route.retries and (stop is None or not await wait_event(stop, backoff.next())):
                 continue
             break
-        self._report(message, result.ok, result.detail)
-        return result.ok
+        return result
 
     def _report(self, message: Message, ok: bool, detail: str) -> None:
         if not ok:

@@ -380,8 +380,11 @@ def outbox_status(dep: Deployment, status: Status) -> str:
     return "\n".join(out)
 
 
-def _local(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+def _local(ns: int, zone: str | None = None) -> str:
+    """A time as ISO 8601 in ``zone`` (a site's, as supervisors read it), else the host's."""
+    if zone is None:
+        return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+    return calendar(zone).local(ns).isoformat(timespec="seconds")
 
 
 def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
@@ -400,7 +403,7 @@ def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     windows: list[Aggregate] = []
     events = replay(RulesEngine(dep.rules, zones, dep.points), aggregator, readings, until, windows)
     for e in sorted(events, key=lambda e: e.ts):
-        print(f"{_local(e.ts)}  {e.state.value:<17} {e.rule:<28} {e.site:<12} {e.message}")
+        print(f"{_local(e.ts, dep.zone(e.site))}  {e.state.value:<17} {e.rule:<28} {e.site:<12} {e.message}")
     shown = {w.strip() for w in args.windows.split(",") if w.strip()}
     for w in sorted(windows, key=lambda w: (w.window, w.ts, w.point, w.device, w.quantity)):
         if w.window in shown:
@@ -469,13 +472,15 @@ def _alerts(dep: Deployment, args: argparse.Namespace) -> int:
         failed = f"  DELIVERY FAILED: {', '.join(sorted(a['failed']))}" if a["failed"] else ""
         acked = f"  acked by {a['acked_by']}" if a["acked_by"] else ""
         print(
-            f"{a['id']}  {a['state']:<8} {_local(a['started_ns'])}  {a['site']}/{a['rule']} [{a['severity']}]"
+            f"{a['id']}  {a['state']:<8} {_local(a['started_ns'], dep.zone(a['site']))}  {a['site']}/{a['rule']}"
+            f" [{a['severity']}]"
             f"  told: {told}{acked}{failed}\n    {a['message']}"
         )
     failures = [d for d in deliveries if not d[3]]
     print(f"{len(alerts)} alert(s); {len(failures)} failed delivery attempt(s) among the last {len(deliveries)}")
+    site_of = {a["id"]: a["site"] for a in alerts}
     for at, channel, ids, _, detail in failures[:5]:
-        print(f"  {_local(at)}  {channel}  {ids}: {detail}")
+        print(f"  {_local(at, dep.zone(site_of.get(ids.split(',')[0], '')))}  {channel}  {ids}: {detail}")
     return 0
 
 

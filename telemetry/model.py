@@ -148,9 +148,28 @@ class AlertState(StrEnum):
     INSUFFICIENT = "insufficient_data"  # a window too thin to judge: recorded, never a breach
 
 
+class Measure(StrEnum):
+    """What an alert's ``value`` and ``limit`` are, as the rule kind says: notifications render
+    each with its own unit. ``""`` (events from before this existed, the daemon's own alerts)
+    reads as plain numbers in the series' unit."""
+
+    READING = "reading"  # a reading or a mean of readings, limit in the reading's unit
+    SILENCE = "silence"  # seconds without valid data, limit in seconds
+    FLAGGED = "flagged"  # seconds flagged maintenance/calibration, limit in seconds
+    HELD = "held"  # a reading (unit) that has not changed; limit is the value held
+    FRACTION = "fraction"  # a fraction of capacity (0.35 is 35 %), limit likewise
+    DAY_TOTAL = "day_total"  # a plant day's total in the rate's unit without "/h" (t/h -> t)
+    PER_MINUTE = "per_minute"  # change of the reading per minute, limit likewise
+
+
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
-    """A transition of one alert (rule + series) to firing or resolved."""
+    """A transition of one alert (rule + series) to firing or resolved.
+
+    ``measure`` (a ``Measure`` value, or "") says how ``value`` and ``limit`` read;
+    ``templated`` says ``message`` is the rule's own ``message`` template filled in, rather
+    than the kind's English text (which a Chinese notification leaves out).
+    """
 
     ts: int
     site: str
@@ -161,6 +180,8 @@ class AlertEvent:
     value: float
     limit: float
     labels: dict[str, str] = field(default_factory=dict)
+    measure: str = ""
+    templated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -173,6 +194,8 @@ class AlertEvent:
             "value": self.value,
             "limit": self.limit,
             "labels": dict(self.labels),
+            "measure": self.measure,
+            "templated": self.templated,
         }
 
     @classmethod
@@ -187,6 +210,8 @@ class AlertEvent:
             value=float(data["value"]),
             limit=float(data["limit"]),
             labels=dict(data.get("labels", {})),
+            measure=str(data.get("measure", "")),  # absent from state saved by earlier versions
+            templated=bool(data.get("templated", False)),
         )
 
 

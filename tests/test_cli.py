@@ -182,7 +182,7 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
     assert f"writing to InfluxDB at {influx1.url}" in text
     assert "*** ALERT FIRING  diaoyushan cod_limit [critical]" in text
     assert "city platform received: 2011 x" in text  # real-time data reached the HJ 212 stand-in
-    assert "FIRING" in next(line for line in seen if "notification received" in line and "cod_limit" in line)
+    assert "【告警】" in next(line for line in seen if "notification received" in line and "cod_limit" in line)
     assert proc.returncode == 0, err.decode()
     rows = await asyncio.to_thread(
         eventually,

@@ -264,13 +264,11 @@ async def test_threshold_breach_sends_one_firing_and_one_resolved_notification(
     messages = await asyncio.to_thread(receiver.wait_for, 2, 20)
     assert len(messages) == 2, messages
     firing, resolved = messages
-    assert "FIRING" in firing["title"]
-    assert plant.site in firing["title"]
-    assert "cod_limit" in firing["title"]
-    assert "cod 150 mg/L above limit 100 mg/L" in firing["message"]
+    assert firing["title"] == f"【告警】 {plant.site} · cod_limit"
+    assert "化学需氧量：数值 150 mg/L，限值 100 mg/L" in firing["message"]
     assert firing["type"] == "failure"
-    assert "RESOLVED" in resolved["title"]
-    assert "back to 55" in resolved["message"]
+    assert resolved["title"] == f"【恢复】 {plant.site} · cod_limit"
+    assert "化学需氧量：数值 55 mg/L，限值 100 mg/L" in resolved["message"]
     assert resolved["type"] == "success"
 
     alerts = await asyncio.to_thread(
@@ -343,7 +341,7 @@ async def test_restart_while_firing_resends_nothing_and_still_resolves_and_acks_
         await asyncio.wait_for(task, 30)
     finally:
         await analyzer.stop()
-    assert [("FIRING" in m["title"], "RESOLVED" in m["title"]) for m in messages] == [(True, False), (False, True)]
+    assert [m["title"].split()[0] for m in messages] == ["【告警】", "【恢复】"]
 
 
 async def test_health_and_readiness_endpoints(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
