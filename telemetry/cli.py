@@ -386,10 +386,17 @@ def _local(ns: int) -> str:
 
 def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     try:
-        readings = read_csv(pathlib.Path(args.input), parse_timestamp)
         until = parse_timestamp(args.at) if args.at else None
-    except (OSError, ValueError, PayloadError) as err:
-        print(f"cannot read input: {err}", file=sys.stderr)
+    except PayloadError as err:
+        print(f"--at: expected epoch seconds or ISO 8601 with a zone, found {args.at!r}: {err}", file=sys.stderr)
+        return 2
+    try:
+        readings = read_csv(pathlib.Path(args.input), parse_timestamp)
+    except OSError as err:
+        print(f"cannot read {args.input}: {err.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # FILE:LINE: what is wrong with that line
+        print(err, file=sys.stderr)
         return 2
     platform = next((p for p in dep.config.hj212 if p.name == args.hj212), None)
     if args.hj212 and platform is None:
