@@ -18,14 +18,12 @@ import pathlib
 from collections import Counter
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Annotated, Any, Literal, NamedTuple, cast, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     Field,
     SecretStr,
-    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -45,7 +43,7 @@ from telemetry.config_base import (
     parse_duration,
     parse_size,
 )
-from telemetry.config_refs import Sections, did_you_mean, raw_names, suggest
+from telemetry.config_refs import Sections, did_you_mean, raw_names, salvage, suggest
 from telemetry.errors import ConfigError
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
@@ -382,41 +380,8 @@ def _salvage(data: Mapping[str, Any]) -> Sections:
     """The entries of a config that failed phase 1 which parse on their own (the failures are
     already reported), for phase 2 to check; remembers which sections lost entries."""
     sections = Sections(Config.model_construct(sites=[]))
-    sections.config = _salvage_model(Config, data, (), sections)
+    sections.config = salvage(Config, data, (), sections)
     return sections
-
-
-def _salvage_model(model: type[M], data: Any, path: Path, sections: Sections) -> M:
-    values: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        key = info.alias or name
-        if not isinstance(data, Mapping) or key not in data:
-            continue
-        here, raw, annotation = (*path, key), data[key], cast(Any, info.annotation)
-        try:
-            adapter: TypeAdapter[Any] = TypeAdapter(
-                Annotated[(annotation, *info.metadata)] if info.metadata else annotation
-            )
-            values[name] = adapter.validate_python(raw, context={})
-            continue
-        except ValidationError:
-            sections.broken.add(here)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            values[name] = _salvage_model(annotation, raw, here, sections)
-        elif get_origin(annotation) is list and isinstance(raw, list):
-            item: TypeAdapter[Any] = TypeAdapter(get_args(annotation)[0])
-            kept: list[tuple[int, Any]] = []
-            for index, entry in enumerate(raw):
-                try:
-                    kept.append((index, item.validate_python(entry, context={})))
-                except ValidationError:
-                    continue
-            sections.index[here] = [index for index, _ in kept]
-            values[name] = [value for _, value in kept]
-    for name, info in model.model_fields.items():  # a required list that did not parse at all: empty
-        if name not in values and info.is_required() and get_origin(info.annotation) is list:
-            values[name] = []
-    return model.model_construct(**values)
 
 
 # A URL is hidden in error messages (it may carry credentials) but not warned about.

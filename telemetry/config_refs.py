@@ -24,9 +24,11 @@ would be deleted before they are back-filled).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_origin
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from telemetry.calendar import DEFAULT_ZONE, calendar
 from telemetry.rule_config import EvaluatedRule, LimitRule, StandardRule
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from telemetry.config import Config, DeviceConfig, Matchers, SilenceConfig
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 DAEMON_SITE = "daemon"  # the site of the daemon's own alerts (``outbox_full``)
 UPLINK_DEVICE = "hj212"  # the device of a platform's refusal alert (``hj212_NAME_refused``)
@@ -90,6 +93,41 @@ class Sections:
     def complete(self, *sections: Path) -> bool:
         """True when nothing in these sections (nor the sections holding them) failed to parse."""
         return not any(b[: len(s)] == s or s[: len(b)] == b for s in sections for b in self.broken)
+
+
+def salvage(model: type[M], data: Any, path: Path, sections: Sections) -> M:
+    """``model`` built from the fields of ``data`` that parse, and of a list the entries that
+    do (their file index in ``sections.index``); what did not parse is in ``sections.broken``."""
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if not isinstance(data, Mapping) or key not in data:
+            continue
+        here, raw, annotation = (*path, key), data[key], cast(Any, info.annotation)
+        try:
+            adapter: TypeAdapter[Any] = TypeAdapter(
+                Annotated[(annotation, *info.metadata)] if info.metadata else annotation
+            )
+            values[name] = adapter.validate_python(raw, context={})
+            continue
+        except ValidationError:
+            sections.broken.add(here)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            values[name] = salvage(annotation, raw, here, sections)
+        elif get_origin(annotation) is list and isinstance(raw, list):
+            item: TypeAdapter[Any] = TypeAdapter(get_args(annotation)[0])
+            kept: list[tuple[int, Any]] = []
+            for index, entry in enumerate(raw):
+                try:
+                    kept.append((index, item.validate_python(entry, context={})))
+                except ValidationError:
+                    continue
+            sections.index[here] = [index for index, _ in kept]
+            values[name] = [value for _, value in kept]
+    for name, info in model.model_fields.items():  # a required list that did not parse at all: empty
+        if name not in values and info.is_required() and get_origin(info.annotation) is list:
+            values[name] = []
+    return model.model_construct(**values)
 
 
 @dataclass

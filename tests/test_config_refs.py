@@ -364,3 +364,24 @@ def test_check_reports_every_mistake_of_the_broken_site() -> None:
     ]
     assert "Traceback" not in res.stderr
     assert BROKEN.read_text().count("\n") > 70  # the line numbers above are that file's
+
+
+def test_a_rule_device_outside_its_point_is_refused(tmp_path: Path) -> None:
+    points = "points:\n  - {id: outlet, site: s1, devices: [an]}\n  - {id: inlet, site: s1, devices: [raw]}\n"
+    devices = "  - {id: raw, kind: modbus, site: s1, host: h, unit_id: 2, points: [{quantity: cod, address: 0}]}\n"
+    rule = "rules:\n  - {kind: limit, name: cod, point: outlet, device: raw, quantity: cod, above: 100}\n"
+    assert problems(tmp_path, BASE + devices + points + rule) == [
+        ":10: rules[0].device: expected one of point outlet's devices (an), found 'raw'"
+    ]
+
+
+def test_the_daemons_own_alerts_can_be_routed_and_silenced(tmp_path: Path) -> None:
+    notify = """\
+notify:
+  routes:
+    - {name: ops, urls: ["json://127.0.0.1:1/"], sites: [daemon], rules: [outbox_full]}
+  silences:
+    - {matchers: {site: daemon}, start: 2026-12-01T08:00, end: 2026-12-01T09:00}
+"""
+    route = load(tmp_path, BASE + notify).config.notify.routes[0]
+    assert (route.sites, route.rules) == (["daemon"], ["outbox_full"])
