@@ -173,6 +173,10 @@ class MqttConfig(DeviceConfig):
             if sub.site and sub.device and sub.quantity
         ]
 
+    def produces(self) -> list[tuple[str | None, str | None]]:
+        """(site, device) of each subscription; None where a ``{site}``/``{device}`` level names it."""
+        return [(sub.site, sub.device) for sub in self.subscriptions]
+
     def describe(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"
         share = f" (shared as {self.share_group})" if self.share_group else ""

@@ -76,6 +76,16 @@ class Calendar:
     def local(self, ts: int) -> datetime:
         return datetime.fromtimestamp(ts / NS, self.zone)
 
+    def moment(self, text: str) -> datetime:
+        """An ISO 8601 time (``2026-12-01 08:00``, ``2026-12-01T08:00+08:00``); one without a
+        zone is a wall-clock time here (the earlier one where the clock went back).
+        Raises ValueError saying what was expected."""
+        try:
+            stamp = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise ValueError("expected an ISO 8601 time such as 2026-12-01T08:00 or 2026-12-01T08:00+08:00") from None
+        return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=self.zone)
+
     def parse_local(self, text: str, fmt: str = "%Y%m%d%H%M%S") -> int:
         """UTC ns of a local wall-clock time (the earlier one where the clock went back)."""
         return int(datetime.strptime(text, fmt).replace(tzinfo=self.zone).timestamp()) * NS

@@ -1,4 +1,4 @@
-"""``telemetry`` command: run, check, demo, --version.
+"""The ``telemetry`` command: what each subcommand does (``cli_parser`` declares them).
 
 Exit codes: 0 success, 2 invalid configuration (every problem printed as
 ``FILE:LINE: path: message``), 1 any other failure.
@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import pathlib
 import signal
 import sys
@@ -19,7 +18,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from alerts.replay import read_csv, replay
 from alerts.rules import RulesEngine
@@ -27,7 +25,7 @@ from drivers import modbus_probe
 from drivers.modbus_decode import NUMERIC_TYPES
 from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
 from drivers.mqtt_decode import PayloadError, parse_timestamp
-from telemetry import __version__, app
+from telemetry import __version__, app, cli_parser
 from telemetry.aggregate import Aggregator
 from telemetry.calendar import calendar
 from telemetry.config import Deployment, KnownSeries
@@ -54,62 +52,8 @@ from telemetry.points import Point
 log = logging.getLogger("telemetry")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="telemetry", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--version", action="version", version=f"telemetry {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("-c", "--config", required=True, help="deployment YAML file")
-    run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one object per line")
-    sub.add_parser("schema", help="print the JSON Schema of the configuration (for editors)")
-    check = sub.add_parser("check", help="validate a configuration and print a summary")
-    check.add_argument("-c", "--config", required=True, help="deployment YAML file")
-    probe = sub.add_parser(
-        "probe",
-        help="read Modbus registers once: every device of a config (-c), or one address decoded every way",
-        description="telemetry probe -c site.yaml | telemetry probe modbus HOST[:PORT] --address A --count C",
-    )
-    probe.add_argument("-c", "--config", help="poll each Modbus device of this config once")
-    probe.add_argument("protocol", nargs="?", choices=["modbus"])
-    probe.add_argument("target", nargs="?", help="HOST[:PORT] (port 502 by default) or a serial port with --rtu")
-    probe.add_argument("--unit", type=int, default=1)
-    probe.add_argument("--address", type=int, default=0, help="PDU address (0-based)")
-    probe.add_argument("--count", type=int, default=10)
-    probe.add_argument("--table", choices=["holding", "input"], default="holding")
-    probe.add_argument("--type", dest="types", action="append", help="only these types (repeatable)")
-    probe.add_argument("--rtu-over-tcp", action="store_true", help="RTU framing over TCP (serial servers, DTUs)")
-    probe.add_argument("--rtu", action="store_true", help="TARGET is a serial port, RTU framing")
-    probe.add_argument("--baudrate", type=int, default=9600)
-    probe.add_argument("--parity", choices=["N", "E", "O"], default="N")
-    probe.add_argument("--timeout", type=float, default=3.0)
-    dead = sub.add_parser("deadletter", help="inputs that could not become readings (bad MQTT payloads)")
-    dead.add_argument("action", choices=["list"])
-    dead.add_argument("-c", "--config", required=True, help="deployment YAML file (for the outbox path)")
-    dead.add_argument("--limit", type=int, default=20)
-    _alerting_commands(sub)
-    _hj212_command(sub)
-    rules = sub.add_parser("rules", help="replay recorded readings through the rules")
-    rules.add_argument("action", choices=["test"])
-    rules.add_argument("-c", "--config", required=True, help="deployment YAML file (rules, sites, aggregation)")
-    rules.add_argument("--input", required=True, help="CSV: ts,site,device,quantity,value[,unit][,flag]")
-    rules.add_argument("--at", default=None, help="evaluate up to this time (ISO 8601 or epoch); default: last reading")
-    rules.add_argument(
-        "--windows", default="", help="also print the closed windows of these sizes (e.g. 1h,1d): means, validity, Cou"
-    )
-    rules.add_argument("--hj212", default=None, metavar="PLATFORM", help="also print what that platform would receive")
-    outbox = sub.add_parser("outbox", help="the local store-and-forward buffer")
-    outbox.add_argument("action", choices=["status", "quarantine"])
-    outbox.add_argument("what", nargs="?", choices=["list"], help="quarantine list")
-    outbox.add_argument("-c", "--config", required=True, help="deployment YAML file (for the outbox path)")
-    outbox.add_argument("--limit", type=int, default=20)
-    demo = sub.add_parser("demo", help="simulated plant + daemon on loopback, with a live view")
-    demo.add_argument("-c", "--config", default=None, help="demo YAML (default: config/demo.yaml)")
-    demo.add_argument("--minutes", type=float, default=None, help="stop after this many minutes")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = cli_parser.parser().parse_args(argv)
 
     if args.command == "demo":
         from telemetry import demo as demo_mod  # noqa: PLC0415 - only the demo needs the simulators
@@ -130,45 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(err.problems)} problem(s) in {args.config}", file=sys.stderr)
         return 2
     return COMMANDS[args.command](dep, args)
-
-
-def _hj212_command(sub: Any) -> None:
-    hj = sub.add_parser("hj212", help="HJ 212 tools: crc, decode, encode")
-    hj.add_argument("action", choices=["crc", "decode", "encode", "receiver"])
-    hj.add_argument("--port", type=int, default=0, help="receiver: TCP port to listen on")
-    hj.add_argument("--listen", default="0.0.0.0", help="receiver: address to listen on")  # noqa: S104 - a tool
-    hj.add_argument("--request", choices=["2031", "2051", "2061"], help="receiver: ask the station for history")
-    hj.add_argument("--begin", help="receiver: BeginTime yyyyMMddHHmmss (platform local time)")
-    hj.add_argument("--end", help="receiver: EndTime yyyyMMddHHmmss")
-    hj.add_argument("data", nargs="?", help="crc: a data segment; decode: a frame (##...)")
-    hj.add_argument("--cn", default="2011")
-    hj.add_argument("--st", default="32")
-    hj.add_argument("--mn", default="")
-    hj.add_argument("--pw", default="123456")
-    hj.add_argument("--qn", default="")
-    hj.add_argument("--version", dest="hj_version", choices=["2017", "2025"], default="2017")
-    hj.add_argument("--ack", action="store_true", help="ask for a 9014 acknowledgement")
-    hj.add_argument("--cp", default="", help="CP body: items separated by ';', values by ','")
-    hj.add_argument("--modbus-crc", action="store_true", help="decode: accept a CRC-16/MODBUS too")
-
-
-def _alerting_commands(sub: Any) -> None:
-    alerts = sub.add_parser("alerts", help="alerts of the running daemon: list, acknowledge")
-    alerts.add_argument("action", choices=["list", "ack"])
-    alerts.add_argument("id", nargs="?", help="alert id (for ack)")
-    alerts.add_argument("-c", "--config", required=True, help="deployment YAML file (for the state path)")
-    alerts.add_argument("--by", default=os.environ.get("USER", "cli"), help="who acknowledges")
-    silence = sub.add_parser("silence", help="maintenance windows: add, list, expire")
-    silence.add_argument("action", choices=["add", "list", "expire"])
-    silence.add_argument("id", nargs="?", help="silence id (for expire)")
-    silence.add_argument("-c", "--config", required=True, help="deployment YAML file (for the state path)")
-    silence.add_argument("--site")
-    silence.add_argument("--device")
-    silence.add_argument("--rule")
-    silence.add_argument("--severity", choices=["info", "warning", "critical"])
-    silence.add_argument("--for", dest="duration", default="1h", help="how long (2h, 30m ...)")
-    silence.add_argument("--reason", default="")
-    silence.add_argument("--by", default=os.environ.get("USER", "cli"))
 
 
 def _check(dep: Deployment, _args: argparse.Namespace) -> int:
@@ -389,10 +294,17 @@ def _local(ns: int, zone: str | None = None) -> str:
 
 def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     try:
-        readings = read_csv(pathlib.Path(args.input), parse_timestamp)
         until = parse_timestamp(args.at) if args.at else None
-    except (OSError, ValueError, PayloadError) as err:
-        print(f"cannot read input: {err}", file=sys.stderr)
+    except PayloadError as err:
+        print(f"--at: expected epoch seconds or ISO 8601 with a zone, found {args.at!r}: {err}", file=sys.stderr)
+        return 2
+    try:
+        readings = read_csv(pathlib.Path(args.input), parse_timestamp)
+    except OSError as err:
+        print(f"cannot read {args.input}: {err.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # FILE:LINE: what is wrong with that line
+        print(err, file=sys.stderr)
         return 2
     platform = next((p for p in dep.config.hj212 if p.name == args.hj212), None)
     if args.hj212 and platform is None:
@@ -454,10 +366,7 @@ def hj212_lines(dep: Deployment, platform: Platform, aggregator: Aggregator, win
 def _alerts(dep: Deployment, args: argparse.Namespace) -> int:
     path = dep.config.outbox.path
     try:
-        if args.action == "ack":
-            if not args.id:
-                print("usage: telemetry alerts ack ID -c FILE", file=sys.stderr)
-                return 2
+        if args.action == "ack":  # ID is required by the parser
             add_command(path, "ack", {"id": args.id, "by": args.by})
             print(f"acknowledgement of {args.id} queued; the daemon applies it within a second")
             return 0

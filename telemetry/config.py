@@ -3,7 +3,9 @@
 Phase 1 parses every section into frozen pydantic models (typed, with clear
 messages); driver sections are validated with the model their driver registers,
 which the caller passes in, so this module never imports a driver. Phase 2 checks
-rules across entries (duplicate ids, unknown sites). Every problem is reported as
+rules across entries (duplicate ids, unknown sites, points; ``config_refs`` the
+rest), also when phase 1 failed, on the entries it could parse: one run reports
+every problem. Every problem is reported as
 ``FILE:LINE: dotted.path: what was expected, what was found``.
 
 pydantic is used rather than hand-written checks because its typed models are
@@ -15,14 +17,19 @@ from __future__ import annotations
 import pathlib
 from collections import Counter
 from collections.abc import Mapping
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from telemetry import config_refs
 from telemetry.calendar import DEFAULT_ZONE
 from telemetry.config_base import (
     Duration,
@@ -36,11 +43,19 @@ from telemetry.config_base import (
     parse_duration,
     parse_size,
 )
+from telemetry.config_refs import Sections, did_you_mean, raw_names, salvage, suggest
 from telemetry.errors import ConfigError
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
 from telemetry.points import Point, PointConfig, Points
-from telemetry.rule_config import Aggregation, EvaluatedRule, RuleConfig, StandardRule, expand_standard
+from telemetry.rule_config import (
+    Aggregation,
+    EvaluatedRule,
+    RuleConfig,
+    StandardRule,
+    expand_standard,
+    message_problem,
+)
 from telemetry.yamlsource import Path, Source, dotted, load_yaml
 
 _SECRET_WORDS = ("password", "token", "secret", "pw", "urls", "url")
@@ -79,6 +94,11 @@ class DeviceConfig(Model):
         """The series this device produces that the configuration names in full (others come
         from topics and payloads at run time)."""
         return []
+
+    def produces(self) -> list[tuple[str | None, str | None]]:
+        """(site, device) of the readings it makes; None where a topic or payload names it at
+        run time. By default its own id at its site."""
+        return [(self.site, self.id)]
 
     def sampled_series(self) -> list[KnownSeries]:
         """Series whose readings carry the analyzer's sample time (a sample-time register)."""
@@ -140,7 +160,7 @@ class Route(Model):
     urls: list[SecretStr]
     sites: list[Name] = []
     severities: list[Severity] = []
-    rules: list[Name] = []
+    rules: list[Name] = []  # rule names; a standard's name stands for every limit it expands into
     send_resolved: bool = True
     retries: Annotated[int, Field(ge=0, le=10)] = 3
     group_by: list[Literal["site", "rule", "severity"]] = ["site"]
@@ -171,12 +191,24 @@ class Inhibit(Model):
     equal: list[Literal["site", "device", "quantity"]] = ["site", "device"]
 
 
+def _time_text(value: object) -> object:
+    """YAML reads an unquoted ``2026-12-01 08:00:00`` as a datetime: take it as written."""
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    return value
+
+
+TimeText = Annotated[str, BeforeValidator(_time_text)]
+
+
 class SilenceConfig(Model):
-    """A planned maintenance window: matching alerts are not notified between start and end."""
+    """A planned maintenance window: matching alerts are not notified between start and end.
+    Times are ISO 8601; one without a zone is local time at the site the silence matches
+    (Beijing time when it matches no single site)."""
 
     matchers: Matchers
-    start: str
-    end: str
+    start: TimeText
+    end: TimeText
     reason: str = ""
 
 
@@ -185,6 +217,14 @@ class Notify(Model):
     inhibit: list[Inhibit] = []
     silences: list[SilenceConfig] = []
     grafana_url: str = ""  # e.g. http://grafana:3000/d/plant-overview?var-site={site}
+
+    @model_validator(mode="after")
+    def _link_template(self) -> Notify:
+        """A typo in the link (``{sites}``) would otherwise fail every message with a link."""
+        problem = message_problem(self.grafana_url, {"site": str, "rule": str})
+        if problem is not None:  # the text goes in the context: it holds braces of its own
+            raise PydanticCustomError("template", "{problem}", {"at": "grafana_url", "problem": problem})
+        return self
 
 
 class Metrics(Model):
@@ -280,10 +320,6 @@ def resolve_point(points: Points, point: str | None, site: str | None) -> Point:
         if site is not None and found.site != site:
             raise ValueError(f"expected a point of site {site!r}, found {point!r} of site {found.site!r}")
         return found
-    if site is not None and not points.of_site(site):  # a site named by topics at run time: its inferred point
-        inferred = points.point_of(site, "", "")
-        if inferred is not None:
-            return inferred
     candidates = points.of_site(site or "")
     if len(candidates) != 1:
         names = ", ".join(p.id for p in candidates)
@@ -318,20 +354,34 @@ def parse(
     if not isinstance(src.data, Mapping):
         raise ConfigError([f"{file}:1: (top level): expected a mapping of sections, found {_kind(src.data)}"])
     config = _validate(Config, src.data, (), src, problems)
+    # Phase 2 runs on what phase 1 could parse, so one run reports every problem.
+    sections = Sections(config) if config is not None else _salvage(src.data)
     devices: list[DeviceConfig] = []
     raw_devices = src.data.get("devices")
     for i, raw in enumerate(raw_devices if isinstance(raw_devices, list) else []):
         device = _device(raw, i, drivers, src, problems)
         if device is not None:
             devices.append(device)
-    if config is not None:
-        problems.extend(_cross_checks(config, devices, src))
-    rules = _expand_rules(config, file, src, problems) if config is not None else []
-    if problems or config is None:
+        else:
+            sections.devices_complete = False
+    problems.extend(_cross_checks(sections, devices, src))
+    rules, standards = _expand_rules(sections, file, src, problems)
+    refs = config_refs.References(src, sections, devices, rules, standards)
+    refs.run()
+    problems += refs.problems
+    if problems or config is None or standards is None:
         raise ConfigError(sorted(set(problems), key=_line_key))
-    dep = Deployment(file, config, devices, rules)
-    dep.warnings = secret_warnings(src)
+    dep = Deployment(file, config_refs.resolved(config, devices, rules, standards), devices, rules)
+    dep.warnings = secret_warnings(src) + refs.warnings
     return dep
+
+
+def _salvage(data: Mapping[str, Any]) -> Sections:
+    """The entries of a config that failed phase 1 which parse on their own (the failures are
+    already reported), for phase 2 to check; remembers which sections lost entries."""
+    sections = Sections(Config.model_construct(sites=[]))
+    sections.config = salvage(Config, data, (), sections)
+    return sections
 
 
 # A URL is hidden in error messages (it may carry credentials) but not warned about.
@@ -398,30 +448,47 @@ def standards_dir(config: Config, file: str) -> pathlib.Path:
     return beside if beside.is_dir() else pathlib.Path(__file__).resolve().parents[1] / "config" / "standards"
 
 
-def _expand_rules(config: Config, file: str, src: Source, problems: list[str]) -> list[EvaluatedRule]:
+def _expand_rules(
+    sections: Sections, file: str, src: Source, problems: list[str]
+) -> tuple[list[EvaluatedRule], dict[str, list[str]] | None]:
+    """The rules with each standard expanded into its limits, and each standard's limits
+    (None when a standard could not be expanded: then not every rule name is known)."""
+    config = sections.config
     out: list[EvaluatedRule] = []
+    standards: dict[str, list[str]] | None = {}
     directory = standards_dir(config, file)
     points = points_of(config)
-    for index, rule in enumerate(config.rules):
+    points_ok = sections.complete(("points",), ("sites",))
+    sites = {s.id for s in config.sites}
+    for index, rule in sections.each(("rules",), config.rules):
         if not isinstance(rule, StandardRule):
             out.append(rule)
             continue
         standard = rule
         if rule.point is None:  # a standard judges an outfall: the site's only point
+            if rule.site not in sites or not points_ok:
+                standards = None  # an unknown site (refused as such), or its points did not parse
+                continue
             try:
                 standard = rule.model_copy(update={"point": resolve_point(points, None, rule.site).id})
             except ValueError as err:
                 problems.append(_at(src, ("rules", index, "site"), str(err)))
+                standards = None
                 continue
         try:
-            out.extend(expand_standard(standard, directory))
+            limits = expand_standard(standard, directory)
         except (ValueError, OSError) as err:
             problems.append(_at(src, ("rules", index, "tables"), str(err)))
+            standards = None
+            continue
+        out.extend(limits)
+        if standards is not None:
+            standards[rule.name] = [limit.name for limit in limits]
     twice = sorted(name for name, n in Counter(r.name for r in out).items() if n > 1)
     if twice:
         message = f"expected unique rule names once standards are expanded, found {twice}"
         problems.append(_at(src, ("rules",), message))
-    return out
+    return out, standards
 
 
 def _device(
@@ -434,7 +501,7 @@ def _device(
     kind = raw.get("kind")
     if not isinstance(kind, str) or kind not in drivers:
         where = (*path, "kind") if "kind" in raw else path
-        found = f"found {kind!r}" if "kind" in raw else "found no 'kind'"
+        found = f"found {kind!r}{suggest(str(kind), drivers)}" if "kind" in raw else "found no 'kind'"
         problems.append(_at(src, where, f"expected kind one of: {', '.join(sorted(drivers))}, {found}"))
         return None
     return _validate(drivers[kind], raw, path, src, problems)
@@ -447,13 +514,16 @@ def _validate(model: type[M], data: Any, prefix: Path, src: Source, problems: li
         result = model.model_validate(data, context=context)
     except ValidationError as err:
         for error in err.errors():
-            problems.append(_describe(error, prefix, src))
+            problem = _describe(error, prefix, src)
+            if problem is not None:
+                problems.append(problem)
     paths = _paths_by_id(src.data)
     for obj_id, keys, allowed in context.get("unknown", []):
         where = paths.get(obj_id, prefix)
         for key in keys:
-            problems.append(_at(src, (*where, key), f"unknown key; expected one of: {', '.join(allowed)}"))
-    return None if context.get("unknown") else result
+            hint = did_you_mean(str(key), allowed) or f"expected one of: {', '.join(allowed)}"
+            problems.append(_at(src, (*where, key), f"unknown key; {hint}"))
+    return result  # without the unknown keys: phase 2 checks the rest (the problems refuse the config)
 
 
 def _paths_by_id(data: Any, path: Path = ()) -> dict[int, Path]:
@@ -469,21 +539,29 @@ def _paths_by_id(data: Any, path: Path = ()) -> dict[int, Path]:
     return out
 
 
-def _describe(error: Any, prefix: Path, src: Source) -> str:
+def _describe(error: Any, prefix: Path, src: Source) -> str | None:
+    """The problem pydantic found, in the file's terms; None for a value that names an unset
+    environment variable (reported once already, where it is read)."""
     loc = (*prefix, *error["loc"])
     ctx = error.get("ctx") or {}
     kind = error["type"]
     if isinstance(ctx.get("at"), str):  # a section-level check naming the key it is about
         loc = (*loc, *(int(p) if p.isdigit() else p for p in ctx["at"].split(".")))
     path = src.locate(loc)
+    if any(path[: len(unset)] == unset for unset in src.unset):
+        return None
     if kind == "union_tag_invalid":
         path = (*path, ctx["discriminator"].strip("'"))
-        return _at(src, path, f"expected one of {ctx['expected_tags']}, found {ctx['tag']!r}")
+        hint = suggest(str(ctx["tag"]), _quoted_choices(ctx["expected_tags"]))
+        return _at(src, path, f"expected one of {ctx['expected_tags']}, found {ctx['tag']!r}{hint}")
     if kind == "missing":
         return _at(src, path, "required key is missing")
     message = error["msg"]
     if kind in ("literal_error", "enum"):
         message = f"expected one of {ctx['expected']}"
+        if isinstance(error.get("input"), str) and not _may_be_secret(path):
+            message += f", found {error['input']!r}{suggest(error['input'], _quoted_choices(ctx['expected']))}"
+            return _at(src, path, message)
     elif message.startswith("Input should be "):
         message = "expected " + message.removeprefix("Input should be ")
     elif message.startswith("String should match pattern"):
@@ -495,6 +573,11 @@ def _describe(error: Any, prefix: Path, src: Source) -> str:
     if message.startswith("expected") and not isinstance(error.get("input"), Mapping):
         message = f"{message}, found {_found(error.get('input'), path, src)}"
     return _at(src, path, message)
+
+
+def _quoted_choices(text: str) -> list[str]:
+    """The choices pydantic lists as ``'a', 'b' or 'c'``."""
+    return [part.strip(" '") for part in text.replace(" or ", ", ").split(",") if part.strip(" '")]
 
 
 _PATTERN_HINTS = {r"^https?://[^\s/]+": "a URL starting with http:// or https://"}
@@ -532,52 +615,40 @@ def _line_key(problem: str) -> tuple[int, str]:
     return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, problem)
 
 
-def _cross_checks(config: Config, devices: list[DeviceConfig], src: Source) -> list[str]:
+def _cross_checks(sections: Sections, devices: list[DeviceConfig], src: Source) -> list[str]:
+    """Unique names, devices of one kind together, and monitoring points (``config_refs``
+    checks the names sections give each other)."""
     problems: list[str] = []
-    sites = {s.id for s in config.sites}
 
-    def duplicates(section: Path, names: list[str], key: str) -> None:
+    def duplicates(section: Path, key: str) -> None:
+        names = raw_names(src, section, key)
         counts = Counter(names)
         for index, name in enumerate(names):
             if name and counts[name] > 1 and names.index(name) != index:
                 problems.append(_at(src, (*section, index, key), f"expected a unique {key}, found {name!r} again"))
 
-    duplicates(("sites",), [s.id for s in config.sites], "id")
-    raw_devices = src.data.get("devices") or []
-    raw_ids = [str(r.get("id", "")) if isinstance(r, Mapping) else "" for r in raw_devices]
-    duplicates(("devices",), raw_ids, "id")
-    duplicates(("influxdb",), [s.name for s in config.influxdb], "name")
-    duplicates(("rules",), [r.name for r in config.rules], "name")
-    duplicates(("notify", "routes"), [r.name for r in config.notify.routes], "name")
-
-    def known(path: Path, site: str | None) -> None:
-        if site is not None and site not in sites:
-            problems.append(
-                _at(src, path, f"expected a site from 'sites' ({', '.join(sorted(sites))}), found {site!r}")
-            )
-
-    for device in devices:
-        known(("devices", raw_ids.index(device.id), "site"), device.site)
+    for section, key in (("sites",), "id"), (("devices",), "id"), (("influxdb",), "name"), (("rules",), "name"):
+        duplicates(section, key)
+    duplicates(("notify", "routes"), "name")
+    raw_ids = raw_names(src, ("devices",), "id")
     for kind in sorted({type(d) for d in devices}, key=lambda t: t.__name__):
         for device, key, message in kind.cross_check([d for d in devices if type(d) is kind]):
             problems.append(_at(src, ("devices", raw_ids.index(device.id), key), message))
-    for index, rule in enumerate(config.rules):
-        known(("rules", index, "site"), rule.site)
-    for index, route in enumerate(config.notify.routes):
-        for j, site in enumerate(route.sites):
-            known(("notify", "routes", index, "sites", j), site)
-    problems += _point_checks(config, devices, raw_ids, src)
+    if sections.complete(("points",), ("sites",), ("aggregation", "flow_quantity")):
+        problems += _point_checks(sections, devices, raw_ids, src)
     return problems
 
 
-def _point_checks(config: Config, devices: list[DeviceConfig], raw_ids: list[str], src: Source) -> list[str]:
+def _point_checks(sections: Sections, devices: list[DeviceConfig], raw_ids: list[str], src: Source) -> list[str]:
     """Monitoring points: unique, unambiguous, named correctly by rules and platforms, the units
     of what each platform uploads convertible into the units HJ 212 prescribes, and a cycle
     for every analyzer whose sample time is read."""
+    config = sections.config
     problems = _declared_points(config, src)
     if problems:
         return problems
     points = points_of(config)
+    sites = {s.id for s in config.sites}
 
     def named(path: Path, point: str | None, site: str | None) -> Point | None:
         try:
@@ -586,10 +657,10 @@ def _point_checks(config: Config, devices: list[DeviceConfig], raw_ids: list[str
             problems.append(_at(src, (*path, "point" if point is not None else "site"), str(err)))
             return None
 
-    for index, rule in enumerate(config.rules):
+    for index, rule in sections.each(("rules",), config.rules):
         if rule.point is not None:
             named(("rules", index), rule.point, rule.site)
-    for index, override in enumerate(config.aggregation.overrides):
+    for index, override in sections.each(("aggregation", "overrides"), config.aggregation.overrides):
         if override.point is not None:
             named(("aggregation", "overrides", index), override.point, override.site)
     series = [(raw_ids.index(d.id), s) for d in devices for s in d.known_series()]
@@ -598,10 +669,22 @@ def _point_checks(config: Config, devices: list[DeviceConfig], raw_ids: list[str
         if declared.flow_device is None and len(flows) > 1:
             message = f"expected flow.device: {', '.join(flows)} all measure {declared.flow_quantity} at this point"
             problems.append(_at(src, ("points", index, "flow"), message))
-    for index, platform in enumerate(config.hj212):
+    for index, platform in sections.each(("hj212",), config.hj212):
+        if platform.point is None and platform.site not in sites:
+            continue  # refused as a site that is not configured (config_refs)
         point = named(("hj212", index), platform.point, platform.site)
         if point is not None:
             problems += _unit_problems(platform, point, series, src)
+    if sections.complete(("aggregation", "overrides")):
+        problems += _cycle_problems(config, points, devices, raw_ids, src)
+    return problems
+
+
+def _cycle_problems(
+    config: Config, points: Points, devices: list[DeviceConfig], raw_ids: list[str], src: Source
+) -> list[str]:
+    """A cycle for every analyzer whose sample time is read."""
+    problems = []
     for device in devices:
         for sampled in device.sampled_series():
             if not _has_cycle(config, points, sampled):

@@ -53,8 +53,8 @@ def message_problem(template: str, fields: Mapping[str, type], kind: str = "") -
     samples = {name: kind_of(1) for name, kind_of in fields.items()}
     for name, conversion, spec in used:
         if name not in fields:
-            rule = f" a {kind} rule" if kind else ""
-            return f"expected only the fields{rule} offers ({offered}), found {{{name}}}"
+            whose = f"the fields a {kind} rule offers" if kind else "the fields"
+            return f"expected only {whose} ({offered}), found {{{name}}}"
         field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
         try:
             field.format(**samples)

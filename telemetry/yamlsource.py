@@ -30,7 +30,12 @@ class Source:
     data: Any
     lines: dict[Path, int] = field(default_factory=dict)
     from_env: set[Path] = field(default_factory=set)
+    unset: set[Path] = field(default_factory=set)  # values that name an unset variable (reported once, here)
     problems: list[str] = field(default_factory=list)
+
+    def at(self, path: Path, message: str) -> str:
+        """A problem as ``FILE:LINE: dotted.path: message``."""
+        return f"{self.file}:{self.line_of(path)}: {dotted(path)}: {message}"
 
     def line_of(self, path: Path) -> int:
         """Line of the longest prefix of ``path`` that exists in the document."""
@@ -138,6 +143,7 @@ def _expand(value: str, path: Path, src: Source, env: Mapping[str, str]) -> str:
             return found
         if default is not None:
             return default
+        src.unset.add(path)
         src.problems.append(
             f"{src.file}:{src.lines[path]}: {dotted(path)}: "
             f"environment variable {name} is not set and ${{{name}}} has no ':-default'"

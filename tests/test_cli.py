@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from telemetry import cli_parser
 from telemetry.simulator import LeachateStation, ModbusAnalyzer
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
@@ -191,3 +194,121 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
         "MQTT demo data",
     )
     assert rows[0]["device"] == "weighbridge"
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "telemetry") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every parser of the command line: the top level, each command, each action."""
+    yield path, parser
+    for action in parser._actions:  # argparse offers no public walk of its parsers
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, f"{path} {name}")
+
+
+def test_every_option_of_every_command_and_action_has_help_and_no_markup() -> None:
+    """`--unit`, `--count`, `--baudrate`, `--by`, `--cn`, `--st` ... had none; the description showed ``."""
+    seen = 0
+    for path, parser in _parsers(cli_parser.parser()):
+        for action in parser._actions:
+            assert (action.help or "").strip(), f"{path}: {action.option_strings or action.dest} has no help"
+            for choice in getattr(action, "_choices_actions", []):
+                assert choice.help, f"{path} {choice.dest}: no help"
+            seen += 1
+        texts = [parser.description, parser.epilog, parser.usage, parser.format_help()]
+        assert not any("``" in (text or "") for text in texts), path
+        assert parser.description, f"{path}: no description"
+    assert seen > 60
+
+
+@pytest.mark.parametrize(
+    ("action", "options"),
+    [
+        ("crc", set()),
+        ("decode", {"--modbus-crc"}),
+        ("encode", {"--cn", "--st", "--mn", "--pw", "--qn", "--version", "--ack", "--cp"}),
+        ("receiver", {"--listen", "--port", "--request", "--begin", "--end"}),
+    ],
+)
+def test_each_hj212_action_has_only_its_own_options(action: str, options: set[str]) -> None:
+    """`hj212` listed the four actions' options together."""
+    parsers = dict(_parsers(cli_parser.parser()))
+    own = {o for a in parsers[f"telemetry hj212 {action}"]._actions for o in a.option_strings}
+    assert own - {"-h", "--help"} == options
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [  # every command line the README and the tests use
+        ["run", "-c", "f.yaml", "--log-format", "json"],
+        ["check", "-c", "f.yaml"],
+        ["schema"],
+        ["probe", "-c", "f.yaml"],
+        ["probe", "modbus", "127.0.0.1:502", "--unit", "1", "--address", "100", "--count", "4", "--timeout", "0.3"],
+        ["probe", "modbus", "/dev/ttyUSB0", "--rtu", "--baudrate", "19200", "--parity", "E", "--type", "float32"],
+        ["alerts", "list", "-c", "f.yaml"],
+        ["alerts", "ack", "abc123", "-c", "f.yaml", "--by", "zhang"],
+        [
+            "silence",
+            "add",
+            "-c",
+            "f.yaml",
+            "--site",
+            "s",
+            "--device",
+            "d",
+            "--rule",
+            "r",
+            "--for",
+            "2h",
+            "--reason",
+            "x",
+        ],
+        ["silence", "list", "-c", "f.yaml"],
+        ["silence", "expire", "abc", "-c", "f.yaml"],
+        ["rules", "test", "-c", "f.yaml", "--input", "in.csv", "--at", "1", "--windows", "1h,1d", "--hj212", "city"],
+        ["hj212", "crc", "QN=1"],
+        ["hj212", "decode", "##0101QN=1", "--modbus-crc"],
+        ["hj212", "encode", "--cn", "2011", "--mn", "M", "--ack", "--qn", "1", "--cp", "a=1", "--version", "2025"],
+        [
+            "hj212",
+            "receiver",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            "9",
+            "--request",
+            "2061",
+            "--begin",
+            "1",
+            "--end",
+            "2",
+        ],
+        ["outbox", "status", "-c", "f.yaml"],
+        ["outbox", "quarantine", "list", "-c", "f.yaml", "--limit", "5"],
+        ["deadletter", "list", "-c", "f.yaml", "--limit", "5"],
+        ["demo", "--minutes", "0.5"],
+    ],
+)
+def test_existing_command_lines_still_parse(argv: list[str]) -> None:
+    cli_parser.parser().parse_args(argv)  # no SystemExit
+
+
+def test_an_option_of_another_action_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli_parser.parser().parse_args(["hj212", "encode", "--port", "9"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --port 9" in capsys.readouterr().err
+
+
+async def test_help_is_readable() -> None:
+    proc = await telemetry("--help")
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    text = out.decode()
+    assert text.startswith("usage: telemetry [-h] [--version] COMMAND ...\n\nPlant telemetry daemon: reads analyzers")
+    assert "``" not in text
+    assert "Exit codes: 0 success; 2 invalid configuration or usage" in text
+    proc = await telemetry("hj212", "receiver", "--help")
+    out, _ = await proc.communicate()
+    assert "--port PORT           TCP port to listen on (default: any free port)" in out.decode()
+    assert "--cn" not in out.decode()

@@ -62,11 +62,22 @@ def test_valid_config_loads_with_typed_values(tmp_path: Path) -> None:
 
 
 def test_unknown_key_names_file_line_path_and_the_legal_keys(tmp_path: Path) -> None:
-    text = VALID.replace("    port: 502\n", "    port: 502\n    baud: 9600\n")
-    [problem] = problems(tmp_path, text)
-    assert problem.startswith(f"{tmp_path / 'site.yaml'}:9: devices[0].baud: unknown key; expected one of:")
+    text = VALID.replace("    port: 502\n", "    port: 502\n    colour: red\n")
+    [problem] = problems(tmp_path, text)  # nothing like it: every key it could have been
+    assert problem.startswith(f"{tmp_path / 'site.yaml'}:9: devices[0].colour: unknown key; expected one of:")
     assert "interval" in problem
     assert "unit_id" in problem
+
+
+def test_a_misspelt_key_gets_did_you_mean_instead_of_every_key(tmp_path: Path) -> None:
+    """It used to list all 23 keys of a Modbus device."""
+    found = problems(tmp_path, VALID.replace("interval: 5s", "intervall: 5s").replace("kind: limit", "kind: limt"))
+    file = tmp_path / "site.yaml"
+    assert found == [
+        f"{file}:9: devices[0].intervall: unknown key; did you mean 'interval'?",
+        f"{file}:19: rules[0].kind: expected one of 'limit', 'standard', 'capacity', 'stock', 'nodata', 'flatline',"
+        " 'rate', 'maintenance_too_long', found 'limt' (did you mean 'limit'?)",
+    ]
 
 
 def test_wrong_type_says_expected_and_found(tmp_path: Path) -> None:
@@ -122,6 +133,16 @@ def test_environment_expansion_and_default(tmp_path: Path) -> None:
 def test_unset_variable_without_default_is_an_error(tmp_path: Path) -> None:
     [problem] = problems(tmp_path, VALID.replace("database: plant", "database: ${DB}"))
     assert ":17: influxdb[0].database: environment variable DB is not set" in problem
+
+
+def test_an_unset_variable_is_one_problem(tmp_path: Path) -> None:
+    """It was two: "not set", then the empty value "found a value taken from the environment"."""
+    found = problems(tmp_path, VALID.replace("port: 502", "port: ${MB_PORT}").replace("url: http://", "url: ${URL}"))
+    file = tmp_path / "site.yaml"
+    assert found == [
+        f"{file}:8: devices[0].port: environment variable MB_PORT is not set and ${{MB_PORT}} has no ':-default'",
+        f"{file}:16: influxdb[0].url: environment variable URL is not set and ${{URL}} has no ':-default'",
+    ]
 
 
 def test_secrets_from_environment_never_appear_in_errors(tmp_path: Path) -> None:

@@ -420,9 +420,19 @@ aggregation: {overrides: [{quantity: cod, cycle: 1h}]}
     chosen = check(base + "points: [{id: out, site: s, devices: [a, b], flow: {device: b}}]\n")
     assert chosen.returncode == 0, chosen.stderr
     assert "device b: cod and its sample time are read in separate requests" in chosen.stdout
-    # Valid before points existed, valid now: a platform for a site that MQTT topics name, t/h flow.
+    # A platform for a site that only MQTT topics name was valid before points existed; it is refused
+    # now (issue 17: a typo in `site` uploaded nothing), saying how to keep it: list the site.
     older = check(base + "hj212: [{name: c, host: h, port: 1, site: elsewhere, mn: '1', pw: '1'}]\n")
-    assert older.returncode == 0, older.stderr
+    assert older.returncode == 2
+    assert (
+        f"{path}:14: hj212[0].site: expected a site from 'sites' (s), found 'elsewhere': add it to 'sites'\n"
+        in older.stderr
+    )
+    listed = check(
+        base.replace("sites: [{id: s}]", "sites: [{id: s}, {id: elsewhere}]")
+        + "hj212: [{name: c, host: h, port: 1, site: elsewhere, mn: '1', pw: '1'}]\n"
+    )
+    assert listed.returncode == 0, listed.stderr
     fast = check(base + "hj212: [{name: c, host: h, port: 1, site: s, mn: '1', pw: '1', rtd_interval: 1s}]\n")
     assert "device a is polled every 10s but hj212 c leaves a value out of real-time data 3s after" in fast.stdout
 

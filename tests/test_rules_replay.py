@@ -53,13 +53,74 @@ def test_rules_test_replays_a_csv_and_prints_what_would_fire(
     assert out[-1] == "240 readings replayed: 5 events, 2 firing"
 
 
-def test_rules_test_reports_a_bad_csv_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+ROW = "2026-11-25T08:00:00+08:00,diaoyushan,an,cod,130,mg/L,N"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"ts,site,device,quantity,value,unit,flag\n{ROW}\n",
+        f"{ROW}\n",  # no header line: the columns in their order
+        f"{ROW}\n\n",  # a blank line is no reading
+        "value,ts,device,site,quantity\n130,2026-11-25T08:00:00+08:00,an,diaoyushan,cod\n",  # a header's order
+        "2026-11-25T08:00:00+08:00,diaoyushan,an,cod,130\n",  # unit and flag are optional
+    ],
+)
+def test_rules_test_reads_a_csv_with_or_without_its_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    """Without the header line it used to say `day.csv:2: 'ts'`."""
     config = tmp_path / "site.yaml"
     config.write_text(CONFIG)
-    csv = tmp_path / "bad.csv"
-    csv.write_text("ts,site,device,quantity,value\n2026-11-25T08:00:00+08:00,diaoyushan,an,cod,high\n")
+    csv = tmp_path / "day.csv"
+    csv.write_text(text)
+    assert main(["rules", "test", "-c", str(config), "--input", str(csv)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 readings replayed: 0 events, 0 firing"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (f"{ROW}\n2026-11-25T08:01:00+08:00,diaoyushan,an,cod,high\n", "2: value: expected a number, found 'high'"),
+        (
+            f"{ROW}\n2026-11-25T08:01:00+08:00,diaoyushan,an\n",
+            "2: expected 5 to 7 fields (ts,site,device,quantity,value,unit,flag), found 3",
+        ),
+        (
+            "2026-11-25 08:00,diaoyushan,an,cod,130\n",
+            "1: ts: expected epoch seconds (or ms, us, ns) or ISO 8601 with a zone, found '2026-11-25 08:00':"
+            " timestamp has no time zone (add Z or +08:00)",
+        ),
+        (f"{ROW[:-1]}X\n", "1: flag: expected one of N, F, M, S, D, C, T, B, found 'X'"),
+        (f"{ROW.replace('130', 'nan')}\n", "1: value: expected a number, found 'nan'"),
+        (
+            "ts,site,device,quantity,value\n2026-11-25T08:00:00+08:00,,an,cod,1\n",
+            "2: site: expected a name usable as a tag, found '' (must not be empty)",
+        ),
+        (
+            "time,site,device,quantity,value\n" + ROW + "\n",
+            "1: expected a header of ts,site,device,quantity,value[,unit][,flag] (or none), found column 'time'",
+        ),
+        (
+            "ts,site,device,quantity,valeu\n" + ROW + "\n",
+            "1: expected a header of ts,site,device,quantity,value[,unit][,flag] (or none), found column 'valeu'"
+            " (did you mean 'value'?)",
+        ),
+        (
+            "ts,site,device,value\n" + ROW + "\n",
+            "1: expected a header of ts,site,device,quantity,value[,unit][,flag] (or none), found no quantity",
+        ),
+    ],
+)
+def test_rules_test_says_what_is_wrong_with_a_bad_csv_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, problem: str
+) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text(CONFIG)
+    csv = tmp_path / "day.csv"
+    csv.write_text(text)
     assert main(["rules", "test", "-c", str(config), "--input", str(csv)]) == 2
-    assert f"{csv}:2:" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"{csv}:{problem}\n"
 
 
 @pytest.fixture
