@@ -1,0 +1,87 @@
+"""Limits: a value, a rolling mean or a closed window's mean against its bounds (the discharge
+standards expand into these)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from alerts.kinds.state import RuleState, key_of, unit_of
+from telemetry.calendar import NS
+from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Measure, Reading
+from telemetry.rule_config import LimitRule
+
+WINDOW_WORDS = {"1m": "minute mean", "1h": "hourly mean", "1d": "daily mean"}
+
+
+class LimitState(RuleState):
+    rule: LimitRule
+
+    def __init__(self, rule: LimitRule, zones: Mapping[str, str]) -> None:
+        super().__init__(rule, zones)
+        self._recent: dict[str, deque[tuple[int, float]]] = {}
+
+    def _breach(self, value: float, firing: bool = False) -> float | None:
+        """The limit ``value`` breaks; while firing, judged against the clear thresholds."""
+        above = self.rule.clear_above if firing and self.rule.clear_above is not None else self.rule.above
+        below = self.rule.clear_below if firing and self.rule.clear_below is not None else self.rule.below
+        if above is not None and value > above:
+            return self.rule.above
+        if below is not None and value < below:
+            return self.rule.below
+        return None
+
+    def _nearest(self, value: float) -> float:
+        bounds = [b for b in (self.rule.above, self.rule.below) if b is not None]
+        return min(bounds, key=lambda b: abs(value - b))
+
+    def _verdict(self, key: str, value: float, ts: int, item: Reading | Aggregate, what: str) -> list[AlertEvent]:
+        limit = self._breach(value, key in self._firing)
+        unit = unit_of(item)
+        where = f"at {item.site}/{item.device}"
+
+        def event(state: AlertState) -> AlertEvent:
+            bound = limit if limit is not None else self._nearest(value)
+            if state is AlertState.FIRING:
+                side = "above" if self.rule.above is not None and value > self.rule.above else "below"
+                text = f"{item.quantity} {what}{value:g}{unit} {side} limit {bound:g}{unit} {where}"
+            else:
+                text = f"{item.quantity} {what}back to {value:g}{unit} (limit {bound:g}{unit}) {where}"
+            return self._event(state, ts, item, value, bound, text, Measure.READING)
+
+        return self._judge(key, limit is not None, ts, self.rule.for_, event)
+
+    def dump(self) -> dict[str, Any]:
+        return {**super().dump(), "recent": {k: list(v) for k, v in self._recent.items()}}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        super().load(data)
+        self._recent = {k: deque((int(t), float(v)) for t, v in d) for k, d in data.get("recent", {}).items()}
+
+    def on_reading(self, r: Reading) -> list[AlertEvent]:
+        if r.flag is not Flag.N:
+            return []
+        if self.rule.window == "instant":
+            return self._verdict(key_of(r), r.value, r.ts, r, "")
+        span = self.rule.rolling_s
+        if span is None:
+            return []
+        recent = self._recent.setdefault(key_of(r), deque())
+        recent.append((r.ts, r.value))
+        while recent and recent[0][0] <= r.ts - span * NS:
+            recent.popleft()
+        mean = sum(v for _, v in recent) / len(recent)
+        return self._verdict(key_of(r), mean, r.ts, r, f"{self.rule.window} mean ")
+
+    def on_window(self, w: Aggregate) -> list[AlertEvent]:
+        if w.window != self.rule.window:
+            return []
+        if not w.valid or w.avg is None:
+            bound = self._nearest(w.avg if w.avg is not None else 0.0)
+            text = (
+                f"{w.quantity} {WINDOW_WORDS[w.window]}: insufficient valid data "
+                f"({w.valid_count} of {w.count} values valid, window flag {w.flag.value}); not judged"
+            )
+            return [self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text, Measure.READING)]
+        return self._verdict(key_of(w), w.avg, w.ts, w, WINDOW_WORDS[w.window] + " ")
