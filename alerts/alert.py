@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from telemetry.config import Matchers
+from alerts.config import Matchers
 from telemetry.model import AlertEvent
 
 NS = 1_000_000_000

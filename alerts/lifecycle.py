@@ -20,8 +20,8 @@ from dataclasses import asdict
 from typing import Any
 
 from alerts.alert import NS, Alert, Message, Silence, alert_id
+from alerts.config import Notify
 from alerts.stages import GroupStage, build_pipeline
-from telemetry.config import Notify
 from telemetry.model import AlertEvent, AlertState
 
 

@@ -30,8 +30,8 @@ from datetime import datetime
 import apprise
 
 from alerts.alert import Alert, Message
+from alerts.config import Route
 from alerts.robots import LIMITS, Limit, Result, counted_bytes, is_robot, send_robot
-from telemetry.config import Route
 from telemetry.metrics import Metrics
 from telemetry.model import Measure
 from telemetry.timing import Backoff, wait_event

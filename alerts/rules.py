@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from alerts.kinds import KINDS, RuleState
+from alerts.rule_config import EvaluatedRule
 from telemetry.model import Aggregate, AlertEvent, Reading
 from telemetry.points import Points
-from telemetry.rule_config import EvaluatedRule
 
 
 @dataclass

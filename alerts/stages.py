@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from alerts.alert import NS, RETRY_AFTER_FAILURE_S, Alert, Message, Silence, matches
-from telemetry.config import Inhibit, Route
+from alerts.config import Inhibit, Route
 
 
 @dataclass

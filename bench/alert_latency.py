@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivers.mqtt import MqttDriver
-from telemetry.receiver import NotificationReceiver
+from telemetry.sim.notifications import NotificationReceiver
 from tests import services
 from tests.daemon import start_daemon
 

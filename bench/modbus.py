@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from drivers.modbus import ModbusDriver
 from drivers.modbus_config import ModbusConfig
 from telemetry.metrics import Metrics
-from telemetry.simulator import RegisterServer
+from telemetry.sim.plant import RegisterServer
 
 
 def free_ports(n: int) -> list[int]:

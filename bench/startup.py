@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from telemetry.simulator import RegisterServer
+from telemetry.sim.plant import RegisterServer
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,12 +24,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import orjson
 
 from telemetry.model import Flag
+from telemetry.times import TimeError, epoch_ns, iso_ns
 
 _EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: older stamps are broken device clocks
 _MAX_AHEAD_NS = 86_400 * 10**9
@@ -228,52 +228,13 @@ def _finite(value: float) -> float:
     return value
 
 
-def parse_timestamp(raw: str) -> int:
-    """A timestamp from text: epoch s/ms/us/ns or ISO 8601 with a zone (CSV files, the CLI)."""
-    text = raw.strip()
-    try:
-        number: float = int(text)
-    except ValueError:
-        try:
-            number = float(text)
-        except ValueError:
-            return _iso_ns(text)
-    return _epoch_ns(number)
-
-
 def _timestamp(raw: Any, received_ns: int) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise PayloadError("bad_ts", "timestamp must be epoch seconds/ms/ns or ISO 8601")
-    ns = _iso_ns(raw) if isinstance(raw, str) else _epoch_ns(raw)
+    try:
+        ns = iso_ns(raw) if isinstance(raw, str) else epoch_ns(raw)
+    except TimeError as err:
+        raise PayloadError(err.reason, str(err)) from None
     if ns < _EARLIEST_NS or ns > received_ns + _MAX_AHEAD_NS:
         raise PayloadError("implausible_ts", "timestamp is before 2000 or more than a day ahead")
     return ns
-
-
-def _epoch_ns(raw: float) -> int:
-    """Epoch s, ms, us or ns, told apart by magnitude."""
-    if not math.isfinite(raw):
-        raise PayloadError("bad_ts", "timestamp is not finite")
-    magnitude = abs(raw)
-    if magnitude < 1e11:
-        factor = 10**9  # seconds
-    elif magnitude < 1e14:
-        factor = 10**6  # milliseconds
-    elif magnitude < 1e17:
-        factor = 10**3  # microseconds
-    else:
-        factor = 1
-    if isinstance(raw, int):
-        return raw * factor
-    whole = math.floor(raw)  # whole and fraction apart, so the fraction keeps its precision
-    return whole * factor + round((raw - whole) * factor)
-
-
-def _iso_ns(raw: str) -> int:
-    try:
-        stamp = datetime.fromisoformat(raw)
-    except ValueError:
-        raise PayloadError("bad_ts", "timestamp is not ISO 8601") from None
-    if stamp.tzinfo is None:
-        raise PayloadError("bad_ts", "timestamp has no time zone (add Z or +08:00)")
-    return int(stamp.timestamp()) * 10**9 + stamp.microsecond * 1000

@@ -19,7 +19,6 @@ from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from drivers import DRIVERS, modbus_probe
 from drivers.modbus import ModbusConfig, ModbusDriver
-from drivers.mqtt_decode import parse_timestamp
 from telemetry import config, http, sinks
 from telemetry.aggregate import Aggregator, Override, Validity, rules_from
 from telemetry.hj212.config import Platform
@@ -27,6 +26,7 @@ from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.outbox import Outbox, Retention
 from telemetry.pipeline import Observer, Pipeline
+from telemetry.times import parse_timestamp
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from alerts.rules import RulesEngine
 from drivers import modbus_probe
 from drivers.modbus_decode import NUMERIC_TYPES
 from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
-from drivers.mqtt_decode import PayloadError, parse_timestamp
 from telemetry import __version__, app, cli_parser
 from telemetry.aggregate import Aggregator
 from telemetry.calendar import calendar
@@ -48,6 +47,7 @@ from telemetry.outbox import (
     read_status,
 )
 from telemetry.points import Point
+from telemetry.times import TimeError, parse_timestamp
 
 log = logging.getLogger("telemetry")
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = cli_parser.parser().parse_args(argv)
 
     if args.command == "demo":
-        from telemetry import demo as demo_mod  # noqa: PLC0415 - only the demo needs the simulators
+        from telemetry.sim import demo as demo_mod  # noqa: PLC0415 - only the demo needs the simulators
 
         return demo_mod.main(args.config, args.minutes)
     if args.command == "probe" and args.config is None:
@@ -295,7 +295,7 @@ def _local(ns: int, zone: str | None = None) -> str:
 def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     try:
         until = parse_timestamp(args.at) if args.at else None
-    except PayloadError as err:
+    except TimeError as err:
         print(f"--at: expected epoch seconds or ISO 8601 with a zone, found {args.at!r}: {err}", file=sys.stderr)
         return 2
     try:

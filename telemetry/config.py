@@ -17,18 +17,22 @@ from __future__ import annotations
 import pathlib
 from collections import Counter
 from collections.abc import Mapping
-from datetime import date, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
-    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
-    model_validator,
 )
-from pydantic_core import PydanticCustomError
 
+from alerts.config import Notify
+from alerts.rule_config import (
+    Aggregation,
+    EvaluatedRule,
+    RuleConfig,
+    StandardRule,
+    expand_standard,
+)
 from telemetry import config_refs
 from telemetry.calendar import DEFAULT_ZONE
 from telemetry.config_base import (
@@ -48,14 +52,6 @@ from telemetry.errors import ConfigError
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
 from telemetry.points import Point, PointConfig, Points
-from telemetry.rule_config import (
-    Aggregation,
-    EvaluatedRule,
-    RuleConfig,
-    StandardRule,
-    expand_standard,
-    message_problem,
-)
 from telemetry.yamlsource import Path, Source, dotted, load_yaml
 
 _SECRET_WORDS = ("password", "token", "secret", "pw", "urls", "url")
@@ -144,87 +140,6 @@ class InfluxV1(InfluxBase):
 
 
 Sink = Annotated[InfluxV2 | InfluxV1, Field(discriminator="api")]
-
-
-class Route(Model):
-    """Where notifications go and how often.
-
-    ``urls``: ``dingtalk://[SECRET@]TOKEN``, ``wecombot://KEY`` and ``feishu://[SECRET@]TOKEN``
-    are sent by the daemon itself, which reads the robot's ``errcode`` (apprise would
-    report a refusal as success); any other apprise URL (``mailto://``, ``json://`` ...)
-    goes through apprise. ``robot_base_url`` replaces the robots' public endpoints
-    (a private relay, or a test receiver).
-    """
-
-    name: Name
-    urls: list[SecretStr]
-    sites: list[Name] = []
-    severities: list[Severity] = []
-    rules: list[Name] = []  # rule names; a standard's name stands for every limit it expands into
-    send_resolved: bool = True
-    retries: Annotated[int, Field(ge=0, le=10)] = 3
-    group_by: list[Literal["site", "rule", "severity"]] = ["site"]
-    group_wait: Duration = 30.0
-    group_interval: Duration = 300.0
-    repeat_interval: Duration = 4 * 3600.0
-    language: Literal["zh", "en"] = "zh"
-    escalate_after: Duration | None = None
-    escalate_to: Name | None = None
-    robot_base_url: str = ""
-
-
-class Matchers(Model):
-    """Which alerts a silence or an inhibition side covers; unset keys match anything."""
-
-    site: Name | None = None
-    device: Name | None = None
-    rule: Name | None = None
-    severity: Severity | None = None
-
-
-class Inhibit(Model):
-    """While an alert matching ``source`` fires, alerts matching ``target`` with the same
-    ``equal`` labels are not notified (e.g. communication lost inhibits that analyzer's limits)."""
-
-    source: Matchers
-    target: Matchers
-    equal: list[Literal["site", "device", "quantity"]] = ["site", "device"]
-
-
-def _time_text(value: object) -> object:
-    """YAML reads an unquoted ``2026-12-01 08:00:00`` as a datetime: take it as written."""
-    if isinstance(value, date | datetime):
-        return value.isoformat()
-    return value
-
-
-TimeText = Annotated[str, BeforeValidator(_time_text)]
-
-
-class SilenceConfig(Model):
-    """A planned maintenance window: matching alerts are not notified between start and end.
-    Times are ISO 8601; one without a zone is local time at the site the silence matches
-    (Beijing time when it matches no single site)."""
-
-    matchers: Matchers
-    start: TimeText
-    end: TimeText
-    reason: str = ""
-
-
-class Notify(Model):
-    routes: list[Route] = []
-    inhibit: list[Inhibit] = []
-    silences: list[SilenceConfig] = []
-    grafana_url: str = ""  # e.g. http://grafana:3000/d/plant-overview?var-site={site}
-
-    @model_validator(mode="after")
-    def _link_template(self) -> Notify:
-        """A typo in the link (``{sites}``) would otherwise fail every message with a link."""
-        problem = message_problem(self.grafana_url, {"site": str, "rule": str})
-        if problem is not None:  # the text goes in the context: it holds braces of its own
-            raise PydanticCustomError("template", "{problem}", {"at": "grafana_url", "problem": problem})
-        return self
 
 
 class Metrics(Model):

@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_o
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from alerts.rule_config import EvaluatedRule, LimitRule, StandardRule
 from telemetry.calendar import DEFAULT_ZONE, calendar
-from telemetry.rule_config import EvaluatedRule, LimitRule, StandardRule
 from telemetry.yamlsource import Path, Source
 
 if TYPE_CHECKING:
-    from telemetry.config import Config, DeviceConfig, Matchers, SilenceConfig
+    from alerts.config import Matchers, SilenceConfig
+    from telemetry.config import Config, DeviceConfig
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.receiver import NotificationReceiver
+from telemetry.sim.notifications import NotificationReceiver
 from tests import services
 
 IN_CI = bool(os.environ.get("CI"))

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from alerts.alert import Alert, Silence
+from alerts.config import Inhibit, Notify, Route
 from alerts.lifecycle import AlertManager
 from alerts.stages import Candidate, DedupStage, EscalateStage, GroupStage, InhibitStage, RouteStage, SilenceStage
-from telemetry.config import Inhibit, Notify, Route
 from telemetry.model import AlertEvent, AlertState
 
 NS = 1_000_000_000
@@ -158,9 +158,9 @@ def test_a_device_wide_nodata_alert_resolves_under_the_id_it_fired_with() -> Non
     reading's: two ids, the firing one stuck for ever, repeating every 4 h and escalating."""
     from pydantic import TypeAdapter  # noqa: PLC0415
 
+    from alerts.rule_config import RuleConfig  # noqa: PLC0415
     from alerts.rules import RulesEngine  # noqa: PLC0415
     from telemetry.model import Reading  # noqa: PLC0415
-    from telemetry.rule_config import RuleConfig  # noqa: PLC0415
 
     rule = TypeAdapter(RuleConfig).validate_python({"kind": "nodata", "name": "silent", "site": "s", "for": "5m"})
     engine = RulesEngine([rule], {"s": "Asia/Shanghai"})  # type: ignore[list-item]
@@ -176,9 +176,9 @@ def test_maintenance_too_long_fires_beside_unflagged_quantities_and_clears_per_q
     every flow reading cleared the device's timer."""
     from pydantic import TypeAdapter  # noqa: PLC0415
 
+    from alerts.rule_config import RuleConfig  # noqa: PLC0415
     from alerts.rules import RulesEngine  # noqa: PLC0415
     from telemetry.model import Flag, Reading  # noqa: PLC0415
-    from telemetry.rule_config import RuleConfig  # noqa: PLC0415
 
     rule = TypeAdapter(RuleConfig).validate_python(
         {"kind": "maintenance_too_long", "name": "maint", "site": "s", "for": "4h"}

@@ -17,19 +17,19 @@ from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
 
+from alerts import rule_config
 from alerts.alert import Message, Silence
+from alerts.config import Notify
 from alerts.desk import AlertDesk
 from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier, default_send, render
 from alerts.robots import Result
+from alerts.rule_config import EvaluatedRule, RuleConfig
 from alerts.rules import RulesEngine
-from telemetry import rule_config
-from telemetry.config import Notify
 from telemetry.metrics import Metrics
 from telemetry.model import AlertEvent, Reading
 from telemetry.outbox import Outbox
-from telemetry.receiver import NotificationReceiver
-from telemetry.rule_config import EvaluatedRule, RuleConfig
+from telemetry.sim.notifications import NotificationReceiver
 from telemetry.timing import Backoff
 from tests.daemon import direct_db, start_daemon
 from tests.services import Influx1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from telemetry import cli_parser
-from telemetry.simulator import LeachateStation, ModbusAnalyzer
+from telemetry.sim.plant import LeachateStation, ModbusAnalyzer
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

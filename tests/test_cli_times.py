@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from alerts.config import Notify
 from alerts.lifecycle import AlertManager
 from telemetry.cli import main
-from telemetry.config import Notify
 from telemetry.model import AlertEvent, AlertState
 from telemetry.outbox import Outbox
 

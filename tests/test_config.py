@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from alerts.rule_config import LimitRule
 from telemetry import app
 from telemetry.config import parse_duration
 from telemetry.errors import ConfigError
-from telemetry.rule_config import LimitRule
 
 ROOT = Path(__file__).resolve().parents[1]
 

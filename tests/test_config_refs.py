@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from alerts.lifecycle import AlertManager
-from drivers.mqtt_decode import parse_timestamp
 from telemetry import app
 from telemetry.config import Deployment
 from telemetry.errors import ConfigError
+from telemetry.times import parse_timestamp
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,8 @@ from drivers.mqtt import MqttDriver
 from telemetry.errors import OutboxError
 from telemetry.model import AlertEvent, Reading
 from telemetry.pipeline import Pipeline
-from telemetry.receiver import NotificationReceiver
-from telemetry.simulator import LeachateStation, ModbusAnalyzer
+from telemetry.sim.notifications import NotificationReceiver
+from telemetry.sim.plant import LeachateStation, ModbusAnalyzer
 from tests.daemon import start_daemon
 from tests.services import Influx1, Mosquitto, Victoria, eventually, free_port
 

@@ -22,7 +22,7 @@ from drivers.modbus_link import LinkPool
 from telemetry.errors import OutboxError
 from telemetry.metrics import Metrics
 from telemetry.model import Flag, Reading, Rejected
-from telemetry.simulator import RegisterServer
+from telemetry.sim.plant import RegisterServer
 from tests.services import free_port
 
 

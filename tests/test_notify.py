@@ -18,15 +18,15 @@ from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
 
 from alerts.alert import Message
+from alerts.config import Notify, Route
 from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier, default_send, render
 from alerts.robots import Result
+from alerts.rule_config import EvaluatedRule, RuleConfig
 from alerts.rules import RulesEngine
-from telemetry.config import Notify, Route
 from telemetry.metrics import Metrics
 from telemetry.model import AlertEvent, AlertState, Flag, Measure, Reading
-from telemetry.receiver import NotificationReceiver
-from telemetry.rule_config import EvaluatedRule, RuleConfig
+from telemetry.sim.notifications import NotificationReceiver
 
 NS = 1_000_000_000
 MIN = 60 * NS

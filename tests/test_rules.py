@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from alerts.rule_config import EvaluatedRule, RuleConfig, StandardRule, expand_standard
 from alerts.rules import RulesEngine
 from telemetry.aggregate import Aggregator
 from telemetry.calendar import NS
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
-from telemetry.rule_config import EvaluatedRule, RuleConfig, StandardRule, expand_standard
 
 BJ = timezone(timedelta(hours=8))
 STANDARDS = Path(__file__).resolve().parents[1] / "config" / "standards"

@@ -15,7 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from telemetry.receiver import NotificationReceiver
+from telemetry.sim.notifications import NotificationReceiver
 from tests import services
 from tests.services import Victoria, eventually, free_port
 

@@ -25,8 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from telemetry.cli import main
 from telemetry.model import Reading
 from telemetry.outbox import Outbox, read_status
-from telemetry.receiver import NotificationReceiver
-from telemetry.simulator import LeachateStation, ModbusAnalyzer
+from telemetry.sim.notifications import NotificationReceiver
+from telemetry.sim.plant import LeachateStation, ModbusAnalyzer
 from tests import services
 from tests.daemon import RunningDaemon, start_daemon
 from tests.faults.harness import TcpGate

@@ -10,7 +10,7 @@ from alerts.kinds.capacity import CapacityState, StockState
 from alerts.kinds.limits import LimitState
 from alerts.kinds.presence import FlatlineState, MaintenanceState, NodataState, RateState
 from alerts.kinds.state import RuleState
-from telemetry.rule_config import EvaluatedRule
+from alerts.rule_config import EvaluatedRule
 
 KINDS: dict[str, type[RuleState]] = {
     "limit": LimitState,

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from alerts.kinds.state import RuleState, key_of, unit_of
+from alerts.rule_config import CapacityRule, StockRule
 from telemetry.calendar import NS
 from telemetry.model import AlertEvent, AlertState, Flag, Measure, Reading
-from telemetry.rule_config import CapacityRule, StockRule
 
 
 class StockState(RuleState):

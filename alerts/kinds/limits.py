@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from alerts.kinds.state import RuleState, key_of, unit_of
+from alerts.rule_config import LimitRule
 from telemetry.calendar import NS
 from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Measure, Reading
-from telemetry.rule_config import LimitRule
 
 WINDOW_WORDS = {"1m": "minute mean", "1h": "hourly mean", "1d": "daily mean"}
 

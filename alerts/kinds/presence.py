@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from functools import partial
 
 from alerts.kinds.state import RuleState, key_of, readings, unit_of, values
+from alerts.rule_config import FlatlineRule, MaintenanceRule, NodataRule, RateRule
 from telemetry.calendar import NS
 from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Measure, Reading
-from telemetry.rule_config import FlatlineRule, MaintenanceRule, NodataRule, RateRule
 
 
 class NodataState(RuleState):

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 
-from telemetry.receiver import StoppableHTTPServer
+from telemetry.sim.notifications import StoppableHTTPServer
 from tests.services import Influx1, Mosquitto, eventually, require
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.simulator import RegisterServer
+from telemetry.sim.plant import RegisterServer
 from tests.faults.harness import Daemon, ModbusFaultProxy, committed, count_in, site_config
 from tests.services import Influx1, eventually, free_port
 

@@ -33,11 +33,11 @@ from telemetry.errors import ConfigError
 from telemetry.hj212.receiver import Receiver
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.pipeline import Pipeline
-from telemetry.receiver import NotificationReceiver
-from telemetry.simulator import LeachateInlet, LeachateStation, ModbusAnalyzer, MqttPublisher, demo_sources
+from telemetry.sim.notifications import NotificationReceiver
+from telemetry.sim.plant import LeachateInlet, LeachateStation, ModbusAnalyzer, MqttPublisher, demo_sources
 from telemetry.timing import wait_event
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
 REFRESH_S = 10.0
 
 
