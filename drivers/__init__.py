@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.hj212 import Hj212Config, Hj212Driver
 from drivers.modbus import ModbusConfig, ModbusDriver
 from drivers.mqtt import MqttConfig, MqttDriver
 from telemetry.config import DeviceConfig
@@ -28,4 +29,5 @@ class DriverKind:
 DRIVERS: dict[str, DriverKind] = {
     "modbus": DriverKind(ModbusConfig, ModbusDriver),
     "mqtt": DriverKind(MqttConfig, MqttDriver),
+    "hj212": DriverKind(Hj212Config, Hj212Driver),
 }

@@ -98,6 +98,10 @@ class ModbusDriver:
         if self.link is not None:
             self._pool.release(self.link)
 
+    async def write_register(self, address: int, value: int) -> None:
+        """One holding-register write to this device (an HJ 212 platform's allowed command)."""
+        await self.link.write_register(self.cfg.unit_id, address, value)
+
     async def poll(self) -> list[Reading]:
         """Read every point once. Device trouble is logged, counted and returns fewer readings."""
         ts = time.time_ns()

@@ -116,6 +116,24 @@ class Link:
                     raise DeviceException(code)
             raise AssertionError("unreachable")
 
+    async def write_register(self, unit: int, address: int, value: int) -> None:
+        """Write one holding register (function 6), in turn with the polls; raises as ``read``."""
+        async with self.lock:
+            await self._connect()
+            self.requests += 1
+            try:
+                rr = await self._client.write_register(address, value, device_id=unit)
+            except ConnectionException as err:
+                self._lost()
+                raise LinkDown(str(err)) from None
+            except ModbusIOException:
+                raise DeviceTimeout(f"no answer within {self.spec.timeout:g}s") from None
+            except (ModbusException, OSError) as err:
+                self._lost()
+                raise LinkDown(f"{type(err).__name__}: {err}") from None
+            if rr.isError():
+                raise DeviceException(int(getattr(rr, "exception_code", 0)))
+
     async def _request(self, unit: int, table: Table, address: int, count: int) -> Any:
         client = self._client
         self.requests += 1

@@ -17,6 +17,9 @@ UNSUBACK sets). Connecting and reconnecting is done here, with
 back-off and jitter, so a refusal is logged with its reason (TLS verification,
 bad password, unreachable) once, and again only when it comes back. The broker's
 in-flight window bounds how many un-acked messages can be queued.
+
+HJ 212 frames a DTU publishes (``format: hj212``, with the device's ``stations``) are
+decoded as the HJ 212 listener decodes them: ``drivers.mqtt_hj212``.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from drivers.mqtt_decode import MAX_PAYLOAD, FormatName, Paths, PayloadError, decode
-from telemetry.config import DeviceConfig, Duration, KnownSeries, Model, Name
+from drivers.mqtt_hj212 import Hj212Payloads, StationTable
+from telemetry.config import DeviceConfig, Duration, KnownSeries, Model, Name, OwnWindows, PointClaim
+from telemetry.hj212.stations import own_windows, point_claims, station_series
 from telemetry.metrics import Metrics
-from telemetry.model import InvalidReading, Reading, Rejected
+from telemetry.model import Aggregate, InvalidReading, Reading, Rejected
 from telemetry.protocols import Emit
 from telemetry.timing import Backoff, until_committed, wait_event
 
@@ -63,7 +68,7 @@ class _Pending:
 
     future: asyncio.Future[None] | None
     batch: list[paho.MQTTMessage]
-    readings: list[Reading]
+    readings: list[Reading | Aggregate]
     rejected: list[Rejected]
 
 
@@ -82,6 +87,7 @@ class Subscription(Model):
     flag_path: str = "flag"
     unit_path: str = "unit"
     quantity_path: str = "quantity"
+    lenient: bool = False  # format hj212: accept what an HJ 212 listener's lenient accepts
 
     @model_validator(mode="after")
     def _template(self) -> Subscription:
@@ -93,7 +99,9 @@ class Subscription(Model):
                 raise PydanticCustomError(
                     "topic", "expected placeholders {names}", {"names": "{site}, {device} or {quantity}"}
                 )
-        needed = _FIELDS if self.format not in ("batch", "auto") else ("site", "device")
+        needed: tuple[str, ...] = _FIELDS if self.format not in ("batch", "auto") else ("site", "device")
+        if self.format == "hj212":
+            needed = ()  # the station table says whose data a frame is
         for name in needed:
             if getattr(self, name) is None and f"{{{name}}}" not in parts:
                 raise PydanticCustomError(
@@ -130,7 +138,7 @@ class Tls(Model):
     verify: bool = True
 
 
-class MqttConfig(DeviceConfig):
+class MqttConfig(DeviceConfig, StationTable):
     """One broker connection and what to subscribe on it."""
 
     kind: Literal["mqtt"]
@@ -149,6 +157,20 @@ class MqttConfig(DeviceConfig):
     insecure: bool = False  # required for a plain connection off this machine, or TLS without verification
     max_payload_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = MAX_PAYLOAD
     subscriptions: Annotated[list[Subscription], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _stations_for_hj212(self) -> MqttConfig:
+        if any(s.format == "hj212" for s in self.subscriptions) and not self.stations:
+            raise PydanticCustomError(
+                "stations", "expected 'stations' (MN, PW, site) for a format: hj212 subscription", {"at": "stations"}
+            )
+        return self
+
+    def own_windows(self) -> list[OwnWindows]:
+        return own_windows(self.stations, self.id)
+
+    def point_claims(self) -> list[PointClaim]:
+        return point_claims(self.stations, self.id)
 
     @model_validator(mode="after")
     def _locked_down(self) -> MqttConfig:
@@ -174,8 +196,16 @@ class MqttConfig(DeviceConfig):
         ]
 
     def produces(self) -> list[tuple[str | None, str | None]]:
-        """(site, device) of each subscription; None where a ``{site}``/``{device}`` level names it."""
-        return [(sub.site, sub.device) for sub in self.subscriptions]
+        """(site, device) of each subscription, of each station for HJ 212 frames; None where a
+        ``{site}``/``{device}`` level names it."""
+        plain = [(sub.site, sub.device) for sub in self.subscriptions if sub.format != "hj212"]
+        hj212 = any(sub.format == "hj212" for sub in self.subscriptions)
+        return plain + (station_series(self.stations, self.id) if hj212 else [])
+
+    def open_quantities(self) -> list[str | None]:
+        plain = [sub.site for sub in self.subscriptions if sub.format != "hj212" and sub.quantity is None]
+        hj212 = any(sub.format == "hj212" for sub in self.subscriptions)
+        return plain + ([s.site for s in self.stations] if hj212 else [])
 
     def describe(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"
@@ -205,6 +235,7 @@ class MqttDriver:
         self._wake_pending = False
         self._routes: dict[str, tuple[Subscription, dict[str, str]] | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.hj212 = Hj212Payloads(cfg.id, cfg.site, cfg, metrics, shared)
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
         self._lost = asyncio.Event()
         self._down_reason: str | None = None
@@ -241,6 +272,15 @@ class MqttDriver:
     def where(self) -> str:
         return f"mqtt {self.cfg.id} ({self.cfg.host}:{self.cfg.port})"
 
+    @property
+    def on_alert(self) -> Any:
+        return self.hj212.gate.on_alert
+
+    @on_alert.setter
+    def on_alert(self, hook: Any) -> None:
+        """Refused HJ 212 stations raise alerts through this (the pipeline sets it)."""
+        self.hj212.gate.on_alert = hook
+
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         pending: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -256,7 +296,7 @@ class MqttDriver:
                 # one future and one fsync for the lot, and the acks still in arrival order.
                 while inbox:
                     batch: list[paho.MQTTMessage] = []
-                    readings: list[Reading] = []
+                    readings: list[Reading | Aggregate] = []
                     rejected: list[Rejected] = []
                     while inbox and len(readings) < MAX_BATCH_READINGS:
                         msg = inbox.popleft()
@@ -373,13 +413,16 @@ class MqttDriver:
         self._routes[topic] = route
         return route
 
-    def _decode(self, msg: paho.MQTTMessage) -> tuple[list[Reading], list[Rejected]]:
+    def _decode(self, msg: paho.MQTTMessage) -> tuple[list[Reading | Aggregate], list[Rejected]]:
         route = self._route(msg.topic)
         if route is None:
             return [], []
         sub, tags = route
         now = time.time_ns()
         payload = bytes(msg.payload)
+        if sub.format == "hj212":
+            bad = partial(self._bad_hj212, sub, msg.topic, now)
+            return self.hj212.decode(payload, sub.lenient, now, self.cfg.max_payload_bytes, bad)
         try:
             result = decode(payload, now, sub.format, sub.paths, self.cfg.max_payload_bytes)
             site, device, quantity = tags["site"], tags["device"], tags.get("quantity") or ""
@@ -396,8 +439,11 @@ class MqttDriver:
         if result.errors:
             first = result.errors[0]
             detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"
-            return readings, [self._bad(sub, msg.topic, payload, first.reason, detail, now)]
-        return readings, []
+            return [*readings], [self._bad(sub, msg.topic, payload, first.reason, detail, now)]
+        return [*readings], []
+
+    def _bad_hj212(self, sub: Subscription, topic: str, now: int, payload: bytes, reason: str, detail: str) -> Rejected:
+        return self._bad(sub, topic, payload, reason, detail, now)
 
     def _bad(self, sub: Subscription, topic: str, payload: bytes, reason: str, detail: str, now: int) -> Rejected:
         self._metrics.rejected.labels(self.cfg.id, reason).inc()

@@ -10,8 +10,9 @@ Formats (``format`` of a subscription):
   where top-level ``ts``/``flag``/``unit`` apply to every entry.
 - ``auto`` (default): a number, an object with a value (json), a list or an
   object without one (batch).
-- HJ 212 frames over MQTT plug in here as another format once the HJ 212 codec
-  exists: a function from payload to ``list[Decoded]`` added to ``DECODERS``.
+- ``hj212``: one or more HJ 212 frames as a DTU publishes them (``hj212_frames``); what
+  they hold is decoded by the MQTT driver with its ``stations`` table, as the HJ 212
+  listener does (``telemetry.hj212.inbound``), not here.
 
 Timestamps: epoch seconds, milliseconds, microseconds or nanoseconds (told apart
 by magnitude) or ISO 8601 with a zone. Anything wrong raises PayloadError with a
@@ -28,6 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from telemetry.hj212.codec import FrameReader
 from telemetry.model import Flag
 from telemetry.times import TimeError, epoch_ns, iso_ns
 
@@ -35,7 +37,7 @@ _EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: older stamps are broken device
 _MAX_AHEAD_NS = 86_400 * 10**9
 MAX_PAYLOAD = 256 * 1024
 
-FormatName = Literal["auto", "number", "json", "batch"]
+FormatName = Literal["auto", "number", "json", "batch", "hj212"]
 
 
 class PayloadError(ValueError):
@@ -82,7 +84,22 @@ def decode(
     """Decode one message; raises PayloadError when nothing in it can be used."""
     if len(payload) > max_bytes:
         raise PayloadError("too_large", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    if fmt not in DECODERS:
+        raise PayloadError("bad_format", f"format {fmt} is decoded with a station table, not here")
     return DECODERS[fmt](payload.strip(), received_ns, paths)
+
+
+def hj212_frames(payload: bytes, max_bytes: int = MAX_PAYLOAD) -> list[bytes]:
+    """The HJ 212 frames of one message (a DTU may publish several, with or without CR LF);
+    raises PayloadError when it holds anything else."""
+    if len(payload) > max_bytes:
+        raise PayloadError("too_large", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    reader = FrameReader()
+    data = payload.strip()
+    frames = reader.feed(data + b"\r\n")
+    if reader.skipped or reader.pending or not frames:
+        raise PayloadError("not_hj212", "expected HJ 212 frames (##NNNN...CRC), found other bytes")
+    return frames
 
 
 def _auto(text: bytes, received_ns: int, paths: Paths) -> Result:

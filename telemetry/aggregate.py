@@ -158,7 +158,11 @@ class Aggregator:
         rules: SeriesRules | None = None,
         points: Points | None = None,
         flow_weighted_daily: bool = True,
+        external: Iterable[tuple[str, str]] = (),
     ) -> None:
+        # (site, device) of sources that send their own windows (HJ 212 stations): not aggregated
+        # here, or their hours would be counted twice and stored over the station's own.
+        self.external = frozenset(external)
         self._cals = {site: calendar(zone) for site, zone in zones.items()}
         self.points = points if points is not None else Points.from_config(zones, ())
         self.windows = [w for w in ("1m", "1h", "1d") if w in set(windows)]
@@ -207,6 +211,8 @@ class Aggregator:
         must not open tomorrow's windows, nor make an analyzer's next results look old."""
         cache = self._series_cache
         ahead = now_ns + MAX_AHEAD_NS if now_ns is not None else None
+        if self.external:
+            readings = [r for r in readings if (r.site, r.device) not in self.external]
         for reading in readings:
             r = reading
             if ahead is not None and r.ts > ahead:

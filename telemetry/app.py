@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -21,7 +21,8 @@ from drivers import DRIVERS, modbus_probe
 from drivers.modbus import ModbusConfig, ModbusDriver
 from telemetry import config, http, sinks
 from telemetry.aggregate import Aggregator, Override, Validity, rules_from
-from telemetry.hj212.config import Platform
+from telemetry.hj212.config import Control, Platform
+from telemetry.hj212.extras import Extras
 from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.outbox import Outbox, Retention
@@ -39,8 +40,12 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> config.Deployme
 def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = None) -> Pipeline:
     cfg = dep.config
     zones = {s.id: s.timezone for s in cfg.sites}
-    shared: dict[str, Any] = {}
+    extras = Extras()  # SampleTime/EFlag of relayed HJ 212 values: from the input drivers to the uplinks
+    shared: dict[str, Any] = {"hj212.extras": extras}
     drivers = [DRIVERS[d.kind].build(d, metrics, shared) for d in dep.devices]
+    uplinks = [uplink(dep, platform, metrics, extras) for platform in cfg.hj212]
+    for link in uplinks:
+        link.control = _control(drivers, link.name)
     return Pipeline(
         outbox=outbox(cfg),
         drivers=drivers,
@@ -55,7 +60,7 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         commit_max=cfg.outbox.commit_max,
         observer=observer,
         aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
-        uplinks=[uplink(dep, platform, metrics) for platform in cfg.hj212],
+        uplinks=uplinks,
         snapshot_s=cfg.outbox.snapshot_interval,
     )
 
@@ -89,10 +94,25 @@ def retention(cfg: config.Config) -> Retention:
     )
 
 
-def uplink(dep: config.Deployment, platform: Platform, metrics: Metrics) -> Uplink:
-    """A platform connection for its monitoring point, on that point's site calendar."""
+def uplink(dep: config.Deployment, platform: Platform, metrics: Metrics, extras: Extras | None = None) -> Uplink:
+    """A platform connection for its monitoring point, on that point's site calendar; it relays
+    the minute data of stations at the point's site that send their own (``station_windows``)."""
     point = dep.platform_point(platform)
-    return Uplink(platform, point, metrics, site_zone=dep.zone(point.site))
+    own = frozenset(w.minutes for d in dep.devices for w in d.own_windows() if w.site == point.site)
+    return Uplink(platform, point, metrics, site_zone=dep.zone(point.site), extras=extras, station_windows=own)
+
+
+def _control(drivers: list[Any], platform: str) -> Callable[[Control], Awaitable[None]]:
+    """A platform's allowed remote-control command (``controls``) as the Modbus write it maps to."""
+
+    async def write(control: Control) -> None:
+        target = next((d for d in drivers if isinstance(d, ModbusDriver) and d.name == control.device), None)
+        if target is None:
+            raise LookupError(f"no modbus device {control.device!r}")
+        log.info("hj212 %s: writing %d to register %d of %s", platform, control.value, control.address, target.name)
+        await target.write_register(control.address, control.value)
+
+    return write
 
 
 def aggregator(dep: config.Deployment) -> Aggregator:
@@ -112,6 +132,7 @@ def aggregator(dep: config.Deployment) -> Aggregator:
         rules=rules_from(default, overrides),
         points=dep.points,
         flow_weighted_daily=agg.flow_weighted_daily,
+        external=[(w.site, w.device) for d in dep.devices for w in d.own_windows()],
     )
 
 

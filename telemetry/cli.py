@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -140,7 +141,8 @@ def _hj212(args: argparse.Namespace) -> int:
         if args.action == "crc":
             print(f"{hj212.crc16((args.data or '').encode()):04X}")
         elif args.action == "decode":
-            packet = hj212.decode_frame((args.data or "").encode(), accept_modbus_crc=args.modbus_crc)
+            frame = os.fsencode(args.data or "")  # the bytes as given: GBK text stays GBK
+            packet = hj212.decode_frame(frame, accept_modbus_crc=args.modbus_crc, lenient=args.lenient)
             print(
                 json.dumps(
                     dataclasses.asdict(packet) | {"version": packet.version, "ack": packet.wants_ack},
@@ -459,20 +461,17 @@ def _shared_series(dep: Deployment) -> list[str]:
 def likely_mistakes(dep: Deployment) -> list[str]:
     """Valid but probably wrong: rules nobody feeds, devices nobody watches."""
     produced: dict[str, set[str]] = {}  # site -> quantities known to be produced
-    dynamic = False  # an MQTT topic or batch names quantities at run time: cannot know them all
     for device in dep.devices:
-        for quantity in getattr(device, "points", []):
-            produced.setdefault(device.site or "", set()).add(quantity.quantity)
-        for sub in getattr(device, "subscriptions", []):
-            if sub.quantity is None or sub.site is None:
-                dynamic = True
-            else:
-                produced.setdefault(sub.site, set()).add(sub.quantity)
+        for series in device.known_series():
+            produced.setdefault(series.site, set()).add(series.quantity)
+    # where topics, payloads or HJ 212 codes name quantities at run time (None: any site)
+    open_sites = {site for device in dep.devices for site in device.open_quantities()}
     notes = []
     for rule in dep.rules:
         quantity = getattr(rule, "quantity", None)
-        sites = [rule.site] if rule.site else list(produced)
-        if quantity and not dynamic and not any(quantity in produced.get(s, set()) for s in sites):
+        sites = [rule.site] if rule.site else list(produced | dict.fromkeys(s for s in open_sites if s))
+        unknown = None in open_sites or any(s in open_sites for s in sites)
+        if quantity and not unknown and not any(quantity in produced.get(s, set()) for s in sites):
             notes.append(f"rule {rule.name}: no device produces {quantity!r} at {rule.site or 'any site'}")
     notes += _shared_series(dep)
     notes += _point_mistakes(dep)
@@ -499,10 +498,8 @@ def _point_mistakes(dep: Deployment) -> list[str]:
     """Two flow meters in one inferred point (an inlet and an outlet), and point devices nobody produces."""
     notes = []
     known = [s for d in dep.devices for s in d.known_series()]
-    named = {(s.site, s.device) for s in known}
-    dynamic = any(
-        sub.device is None for d in dep.devices for sub in getattr(d, "subscriptions", [])
-    )  # an MQTT topic names devices at run time
+    named = {pair for d in dep.devices for pair in d.produces()}
+    dynamic = any(device is None for _, device in named)  # an MQTT topic names devices at run time
     for point in dep.points.all:
         flows = sorted({s.device for s in known if s.site == point.site and point.is_flow(s.device, s.quantity)})
         if point.inferred and len(flows) > 1:
@@ -556,7 +553,8 @@ def summary(dep: Deployment) -> str:
     out += [f"  {point_line(p)}" for p in dep.points.all]
     out.append(f"devices ({len(dep.devices)}):")
     for d in dep.devices:
-        out.append(f"  {d.id:<20} {d.kind:<7} site {d.site or '(from topic)'}: {d.describe()}")
+        where = d.site or ("(from stations)" if d.kind == "hj212" else "(from topic)")
+        out.append(f"  {d.id:<20} {d.kind:<7} site {where}: {d.describe()}")
     out.append(f"influxdb sinks ({len(cfg.influxdb)}):")
     for s in cfg.influxdb:
         target = f"db {s.database}" if s.api == "v1" else f"bucket {s.bucket}"

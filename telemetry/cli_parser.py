@@ -162,6 +162,9 @@ def _hj212(sub: Any) -> None:
     decode = _command(hj, "decode", "print a frame as JSON, or what is wrong with it")
     decode.add_argument("data", metavar="FRAME", help="a frame (##0101QN=...\\r\\n)")
     decode.add_argument("--modbus-crc", action="store_true", help="accept a CRC-16/MODBUS too (some platforms' CRC)")
+    decode.add_argument(
+        "--lenient", action="store_true", help="accept the field variants data acquisition units send, each named"
+    )
     encode = _command(hj, "encode", "print a frame built from fields (split into packets when long)")
     encode.add_argument("--cn", default="2011", help="command code, e.g. 2011 real-time data (default: %(default)s)")
     encode.add_argument("--st", default="32", help="system code: 32 water, 31 gas (default: %(default)s)")

@@ -75,6 +75,24 @@ class KnownSeries(NamedTuple):
     where: Path  # the config path (below the device) that declares it
 
 
+class OwnWindows(NamedTuple):
+    """A source that sends its own aggregates (a data acquisition unit): the daemon does not
+    aggregate its (site, device), and its minute data is stored as windows of ``minutes``."""
+
+    site: str
+    device: str
+    minutes: str  # e.g. "10m"
+
+
+class PointClaim(NamedTuple):
+    """A device section naming the monitoring point its data feeds (checked against ``points``)."""
+
+    where: Path  # below the device
+    site: str
+    point: str
+    device: str
+
+
 class DeviceConfig(Model):
     """Fields every driver section has; each driver's config class extends it."""
 
@@ -96,12 +114,25 @@ class DeviceConfig(Model):
         run time. By default its own id at its site."""
         return [(self.site, self.id)]
 
+    def open_quantities(self) -> list[str | None]:
+        """Sites where its readings name quantities the configuration does not list (a topic
+        level, a payload, an HJ 212 station's codes); None: at a site named at run time too."""
+        return []
+
     def sampled_series(self) -> list[KnownSeries]:
         """Series whose readings carry the analyzer's sample time (a sample-time register)."""
         return []
 
     def warnings(self) -> list[str]:
         """Valid but probably wrong, for ``telemetry check`` (none by default)."""
+        return []
+
+    def own_windows(self) -> list[OwnWindows]:
+        """Series whose windows the device itself sends (none by default)."""
+        return []
+
+    def point_claims(self) -> list[PointClaim]:
+        """Monitoring points the device section names (none by default)."""
         return []
 
     @classmethod
@@ -592,6 +623,7 @@ def _point_checks(sections: Sections, devices: list[DeviceConfig], raw_ids: list
             problems += _unit_problems(platform, point, series, src)
     if sections.complete(("aggregation", "overrides")):
         problems += _cycle_problems(config, points, devices, raw_ids, src)
+    problems += _station_checks(config, points, devices, raw_ids, src)
     return problems
 
 
@@ -608,6 +640,31 @@ def _cycle_problems(
                     f"{{quantity: {sampled.quantity}, device: {sampled.device}, cycle: 1h}} to aggregation.overrides"
                 )
                 problems.append(_at(src, ("devices", raw_ids.index(device.id), *sampled.where), message))
+    return problems
+
+
+def _station_checks(
+    config: Config, points: Points, devices: list[DeviceConfig], raw_ids: list[str], src: Source
+) -> list[str]:
+    """HJ 212 both ways: a platform's allowed commands write to Modbus devices only; a station
+    names a point of its site that holds its device."""
+    problems = []
+    for index, platform in enumerate(config.hj212):
+        for cn, control in platform.controls.items():
+            target = next((d for d in devices if d.id == control.device), None)
+            if target is None or target.kind != "modbus":
+                message = f"expected a modbus device from 'devices', found {control.device!r}"
+                problems.append(_at(src, ("hj212", index, "controls", cn, "device"), message))
+    for device in devices:
+        for claim in device.point_claims():
+            found = points.by_id.get(claim.point)
+            if (
+                found is None
+                or found.site != claim.site
+                or (found.devices is not None and claim.device not in found.devices)
+            ):
+                message = f"expected a point of site {claim.site!r} whose devices hold {claim.device!r}"
+                problems.append(_at(src, ("devices", raw_ids.index(device.id), *claim.where), message))
     return problems
 
 

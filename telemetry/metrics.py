@@ -155,6 +155,25 @@ class Metrics:
             ["platform"],
             registry=registry,
         )
+        self.hj212_frames = Counter(
+            "telemetry_hj212_input_frames_total",
+            "HJ 212 frames from stations (data acquisition units) by listener, command and result"
+            " (acked, stored, refused, rejected, unsupported, notice)",
+            ["device", "cn", "result"],
+            registry=registry,
+        )
+        self.hj212_lenient = Counter(
+            "telemetry_hj212_lenient_total",
+            "HJ 212 frames decoded only by tolerating a deviation from the standard, by kind",
+            ["device", "deviation"],
+            registry=registry,
+        )
+        self.hj212_connections = Gauge(
+            "telemetry_hj212_input_connections",
+            "Stations connected to an HJ 212 listener",
+            ["device"],
+            registry=registry,
+        )
         self.notifications = Counter(
             "telemetry_notifications_total",
             "Notification attempts per route by result (sent, failed)",

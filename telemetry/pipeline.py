@@ -88,6 +88,9 @@ class Pipeline:
         self.drivers = list(drivers)
         self.alerts = alerts
         alerts.attach(self.db, outbox)
+        for driver in self.drivers:
+            if hasattr(driver, "on_alert"):  # a driver that raises alerts (refused HJ 212 stations)
+                driver.on_alert = self._record_event
         self.metrics = metrics
         self.commit_max = commit_max
         self.observer = observer
@@ -138,8 +141,9 @@ class Pipeline:
         """Run an outbox method on the outbox's own thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
-    async def emit(self, readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
-        """Hand readings (and dead letters) over; returns once they are committed to the outbox."""
+    async def emit(self, readings: Sequence[Reading | Aggregate], rejected: Sequence[Rejected] = ()) -> None:
+        """Hand readings (and dead letters, and a source's own closed windows) over; returns once
+        they are committed to the outbox."""
         if self._committer is not None and self._committer.done():
             raise _committer_gone()  # the daemon is shutting down: the source keeps its data
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -293,10 +297,15 @@ class Pipeline:
             self.metrics.readings.labels(site, device).inc(n)
         if self.aggregator is not None:
             self.aggregator.add(readings, self.now())
+        # A source's own windows (an HJ 212 station's periods) are judged as the aggregator's are,
+        # and may complete periods an uplink relays.
+        own = [r for item in items if item.future is not None for r in item.records if isinstance(r, Aggregate)]
         for uplink in self.uplinks:
             uplink.observe(readings)
+            if own:
+                uplink.wake.set()
         self._watch_clock()
-        events = self.alerts.feed(self.clock.align(readings))
+        events = self.alerts.feed(self.clock.align(readings)) + (self.alerts.on_windows(own) if own else [])
         for event in events:
             self._record_event(event)
         if self.observer is not None:

@@ -13,9 +13,12 @@ from telemetry.model import Aggregate, AlertEvent, Reading, Rejected
 
 class Emit(Protocol):
     """Hands readings (and inputs rejected on the way, for the dead-letter table) to the
-    pipeline; returns once both are committed to the outbox."""
+    pipeline; returns once both are committed to the outbox. A source that sends its own
+    aggregates (an HJ 212 station's periods) hands them over as ``Aggregate`` records."""
 
-    def __call__(self, readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> Awaitable[None]: ...
+    def __call__(
+        self, readings: Sequence[Reading | Aggregate], rejected: Sequence[Rejected] = ()
+    ) -> Awaitable[None]: ...
 
 
 class Driver(Protocol):

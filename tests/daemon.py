@@ -10,7 +10,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from alerts.desk import AlertDesk
 from telemetry import app
+from telemetry.hj212.uplink import Uplink
 from telemetry.pipeline import Observer, Pipeline
 
 
@@ -33,6 +35,18 @@ class RunningDaemon:
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def uplink(self, index: int = 0) -> Uplink:
+        """The HJ 212 uplink the composition root built (the pipeline sees only a ``Consumer``)."""
+        uplink = self.pipeline.uplinks[index]
+        assert isinstance(uplink, Uplink)
+        return uplink
+
+    def desk(self) -> AlertDesk:
+        """The alert desk the composition root built (the pipeline sees only an ``AlertPath``)."""
+        desk = self.pipeline.alerts
+        assert isinstance(desk, AlertDesk)
+        return desk
 
 
 async def start_daemon(config: Path, observer: Observer | None = None) -> RunningDaemon:

@@ -166,6 +166,7 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
         "DEMO_POLL_TIMEOUT": "200ms",
         "HJ212_PORT": str(free_port()),
         "HJ212_RTD": "2s",
+        "DEMO_DAU_LISTEN": f"127.0.0.1:{free_port()}",
     }
     proc = await telemetry("demo", "--minutes", "0.5", env=env)
     assert proc.stdout is not None
@@ -194,6 +195,15 @@ async def test_demo_shows_readings_the_cod_alert_and_its_notification(
         "MQTT demo data",
     )
     assert rows[0]["device"] == "weighbridge"
+    assert "simulated data acquisition unit of haizhou (HJ 212" in text
+    dau = await asyncio.to_thread(
+        eventually,
+        lambda: influx1.query(unique, "SELECT * FROM telemetry WHERE site='haizhou' AND quantity='cod' LIMIT 1"),
+        20,
+        "the data acquisition unit's readings",
+    )
+    assert dau[0]["device"] == "haizhou-dau"
+    assert dau[0]["unit"] == "mg/L"
 
 
 def _parsers(parser: argparse.ArgumentParser, path: str = "telemetry") -> Iterator[tuple[str, argparse.ArgumentParser]]:
@@ -224,7 +234,7 @@ def test_every_option_of_every_command_and_action_has_help_and_no_markup() -> No
     ("action", "options"),
     [
         ("crc", set()),
-        ("decode", {"--modbus-crc"}),
+        ("decode", {"--modbus-crc", "--lenient"}),
         ("encode", {"--cn", "--st", "--mn", "--pw", "--qn", "--version", "--ack", "--cp"}),
         ("receiver", {"--listen", "--port", "--request", "--begin", "--end"}),
     ],

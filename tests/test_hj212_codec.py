@@ -185,3 +185,82 @@ def test_cli_tools(capsys: pytest.CaptureFixture[str]) -> None:
     assert decode_frame(frame.encode()).get("w01018-Rtd") == "41.5"
     assert main(["hj212", "decode", "##0101QN=2016"]) == 1
     assert "invalid (truncated)" in capsys.readouterr().err
+
+
+# -- lenient receive: what field devices send ------------------------------------------------------
+
+SEG_2005 = "ST=101;CN=2011;PW=123456;MN=41050022000017;CP=&&DataTime=20240101110000;011-Rtd=41.5,011-Flag=N&&"
+SEG_2017 = f"QN=20240101110000001;ST=32;CN=2011;PW=123456;MN={MN};Flag=5;CP=&&DataTime=20240101110000;w01018-Rtd=41.5&&"
+
+
+def framed(segment: bytes, crc: int, lower: bool = False) -> bytes:
+    digits = f"{crc:04x}" if lower else f"{crc:04X}"
+    return b"##%04d" % len(segment) + segment + digits.encode() + b"\r\n"
+
+
+def swapped(crc: int) -> int:
+    return (crc & 0xFF) << 8 | crc >> 8
+
+
+@pytest.mark.parametrize(
+    ("frame", "strict_reason", "deviations"),
+    [
+        (framed(SEG_2017.encode(), crc16_modbus(SEG_2017.encode())), "bad_crc", ("crc_modbus",)),
+        (framed(SEG_2017.encode(), swapped(crc16_modbus(SEG_2017.encode()))), "bad_crc", ("crc_modbus_swapped",)),
+        (
+            framed(SEG_2017.encode(), swapped(crc16_modbus(SEG_2017.encode())), lower=True),
+            "bad_crc",
+            ("crc_lowercase", "crc_modbus_swapped"),
+        ),
+        (framed(SEG_2005.encode(), crc16(SEG_2005.encode())), "missing_field", ("no_qn", "no_flag", "st_3digit")),
+        (
+            framed(SEG_2017.replace("w01018-Rtd=41.5", "i12001-Info=设备正常").encode("gbk"), 0),
+            "bad_encoding",
+            ("gbk",),
+        ),
+    ],
+)
+def test_lenient_decoding_accepts_field_variants_and_names_each(
+    frame: bytes, strict_reason: str, deviations: tuple[str, ...]
+) -> None:
+    if deviations == ("gbk",):  # the CRC over the GBK bytes
+        segment = frame[6:-6]
+        frame = framed(segment, crc16(segment))
+    with pytest.raises(FrameError) as info:
+        decode_frame(frame)
+    assert info.value.reason == strict_reason
+    packet = decode_frame(frame, lenient=True)
+    assert packet.deviations == deviations
+    assert packet.cn == "2011"
+    if "no_qn" in deviations:
+        assert (packet.qn, packet.flag, packet.wants_ack, packet.st) == ("", 0, False, "101")
+        assert packet.get("011-Rtd") == "41.5"
+    if deviations == ("gbk",):
+        assert packet.get("i12001-Info") == "设备正常"
+
+
+def test_a_lower_case_crc_is_accepted_strictly_and_named() -> None:
+    assert decode_frame(EXAMPLE.replace(b"1C80", b"1c80")).deviations == ("crc_lowercase",)
+    assert decode_frame(EXAMPLE).deviations == ()
+
+
+def test_a_wrong_crc_is_refused_even_when_lenient() -> None:
+    with pytest.raises(FrameError, match="does not match"):
+        decode_frame(EXAMPLE.replace(b"1C80", b"1C81"), lenient=True)
+
+
+def test_the_stream_reader_skips_a_frame_longer_than_its_limit() -> None:
+    reader = FrameReader(max_length=200)
+    frames = reader.feed(b"##9000" + b"x" * 50 + EXAMPLE)
+    assert frames == [EXAMPLE]
+    assert reader.oversized == 1
+    assert reader.pending == 0
+
+
+def test_cli_decode_lenient_names_the_deviations(capsys: pytest.CaptureFixture[str]) -> None:
+    frame = framed(SEG_2005.encode(), swapped(crc16_modbus(SEG_2005.encode()))).decode().strip()
+    assert main(["hj212", "decode", frame]) == 1
+    assert "invalid (bad_crc)" in capsys.readouterr().err
+    assert main(["hj212", "decode", frame, "--lenient"]) == 0
+    out = capsys.readouterr().out
+    assert '"deviations": [\n    "crc_modbus_swapped",\n    "no_qn",\n    "no_flag",\n    "st_3digit"\n  ]' in out

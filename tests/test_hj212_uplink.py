@@ -48,12 +48,6 @@ hj212:
     return path
 
 
-def uplink_of(daemon: RunningDaemon) -> Uplink:
-    uplink = daemon.pipeline.uplinks[0]
-    assert isinstance(uplink, Uplink)
-    return uplink
-
-
 async def start(path: Path) -> RunningDaemon:
     return await start_daemon(path)
 
@@ -166,7 +160,7 @@ async def test_history_request_returns_the_stored_windows_or_exertn_100(tmp_path
     try:
         await daemon.pipeline.emit(an_hour(hour))
         daemon.pipeline.tick(time.time_ns())
-        await asyncio.wait_for(uplink_of(daemon).connected.wait(), 10)
+        await asyncio.wait_for(daemon.uplink().connected.wait(), 10)
         begin, end = hour.strftime("%Y%m%d%H%M%S"), (hour + timedelta(minutes=59)).strftime("%Y%m%d%H%M%S")
         request = Packet(
             "20261126100000001", "32", "2061", "123456", MN, 5, None, None, [{"BeginTime": begin, "EndTime": end}]
@@ -242,7 +236,7 @@ async def test_a_password_refusal_raises_an_alert(tmp_path: Path, receiver: Rece
 async def test_garbage_from_the_platform_is_counted_and_the_link_stays_up(tmp_path: Path, receiver: Receiver) -> None:
     daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
     try:
-        uplink = uplink_of(daemon)
+        uplink = daemon.uplink()
         await asyncio.wait_for(uplink.connected.wait(), 10)
         for writer in receiver._writers:
             writer.write(os.urandom(300) + b"##0010garbage!!1234\r\n" + b"##00x")

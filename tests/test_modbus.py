@@ -21,7 +21,7 @@ from drivers.modbus_decode import BYTE_ORDERS, TYPES
 from drivers.modbus_link import LinkPool
 from telemetry.errors import OutboxError
 from telemetry.metrics import Metrics
-from telemetry.model import Flag, Reading, Rejected
+from telemetry.model import Aggregate, Flag, Reading, Rejected
 from telemetry.sim.plant import RegisterServer
 from tests.services import free_port
 
@@ -415,7 +415,7 @@ async def test_a_dead_and_a_failing_device_do_not_delay_the_other_eighteen(
     stamps: dict[str, list[int]] = {d.name: [] for d in drivers}
     stop = asyncio.Event()
 
-    async def emit(readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
+    async def emit(readings: Sequence[Reading | Aggregate], rejected: Sequence[Rejected] = ()) -> None:
         for r in readings:
             stamps[r.device].append(r.ts)
         if all(len(stamps[f"d{i}"]) >= 8 for i in range(2, 20)):
@@ -499,7 +499,7 @@ async def test_a_failed_commit_is_retried_and_polling_waits_for_it(server: Regis
     attempts: list[list[int]] = []
     committed: list[int] = []
 
-    async def emit(readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
+    async def emit(readings: Sequence[Reading | Aggregate], rejected: Sequence[Rejected] = ()) -> None:
         attempts.append([r.ts for r in readings])
         if len(attempts) <= 2:
             raise OutboxError("disk I/O error")  # a broken disk, twice

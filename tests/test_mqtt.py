@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from drivers.mqtt import MqttConfig, MqttDriver
 from telemetry.metrics import Metrics
-from telemetry.model import Flag, Reading, Rejected
+from telemetry.model import Aggregate, Flag, Reading, Rejected
 from tests import services
 from tests.services import Mosquitto
 
@@ -88,14 +88,14 @@ class Collector:
         self.calls = 0
         self._changed = changed or asyncio.Condition()  # shared, to wait on several collectors at once
 
-    async def __call__(self, readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
+    async def __call__(self, readings: Sequence[Reading | Aggregate], rejected: Sequence[Rejected] = ()) -> None:
         self.calls += 1
         if self.fail:
             self.done.set()
             raise OSError("disk full")
         if self.calls <= self.fail_first:
             raise OSError("disk full")
-        self.readings += readings
+        self.readings += [r for r in readings if isinstance(r, Reading)]
         self.rejected += rejected
         if len(self.readings) >= self.want and len(self.rejected) >= self.want_rejected:
             self.done.set()
@@ -260,7 +260,9 @@ async def test_a_stopped_driver_leaves_only_once_a_busy_broker_has_processed_its
         topic = f"{unique}/s/d/q"
         first = Collector(want=20)
 
-        async def commit_then_freeze(readings: Sequence[Reading], rejected: Sequence[Rejected] = ()) -> None:
+        async def commit_then_freeze(
+            readings: Sequence[Reading | Aggregate], rejected: Sequence[Rejected] = ()
+        ) -> None:
             await first(readings, rejected)
             if first.done.is_set():
                 os.kill(broker.proc.pid, signal.SIGSTOP)

@@ -459,6 +459,7 @@ async def test_the_demo_station_uploads_its_outlet_and_never_its_inlet(tmp_path:
         "DEMO_POLL_TIMEOUT": "200ms",
         "HJ212_PORT": str(receiver.port),
         "HJ212_RTD": "1s",
+        "DEMO_DAU_LISTEN": f"127.0.0.1:{free_port()}",
         "METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         "INFLUX_URL": f"http://127.0.0.1:{free_port()}",
         "TELEMETRY_STATE": str(tmp_path),

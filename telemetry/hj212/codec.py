@@ -13,6 +13,14 @@ bit 0 = acknowledgement wanted.
 The decoder is strict by default and tolerant where fielded devices are sloppy
 (lower-case CRC digits, a trailing ``;`` before the closing ``&&``); any other
 fault raises FrameError saying what is wrong, never anything else.
+
+``lenient=True`` also accepts what field devices send (frames captured from data
+acquisition units, and what peer implementations accept): CRC-16/MODBUS written high
+byte first or low byte first, the HJ/T 212-2005 layout without ``QN`` and ``Flag``, a
+3-digit ``ST`` (2005 captures; most carry 2 digits, which strict accepts too), and GBK
+text. Every deviation a frame needed, lower-case CRC digits included, is named in
+``Packet.deviations`` (a bounded set of labels, ``DEVIATIONS``), so a listener counts
+them by kind and ``telemetry hj212 decode --lenient`` shows them.
 """
 
 from __future__ import annotations
@@ -25,6 +33,16 @@ MAX_CP = 950  # CP characters in one packet
 MAX_LENGTH_FIELD = 9999
 VERSIONS = {"2017": 1, "2025": 2}
 HEADER_FIELDS = ("QN", "ST", "CN", "PW", "MN", "Flag", "PNUM", "PNO")
+# What a frame may deviate by and still be decoded (the lower-case CRC in strict mode too).
+DEVIATIONS = (
+    "crc_lowercase",
+    "crc_modbus",  # CRC-16/MODBUS instead of HJ 212's, written high byte first
+    "crc_modbus_swapped",  # ... written low byte first (as Modbus RTU puts it on the wire)
+    "no_qn",  # the 2005 layout: no QN ...
+    "no_flag",  # ... and no Flag (no acknowledgement wanted)
+    "st_3digit",
+    "gbk",  # text in GBK rather than UTF-8
+)
 
 
 class FrameError(ValueError):
@@ -80,6 +98,7 @@ class Packet:
     pnum: int | None = None
     pno: int | None = None
     cp: list[dict[str, str]] = field(default_factory=list)
+    deviations: tuple[str, ...] = field(default=(), compare=False)  # what decoding had to tolerate
 
     @property
     def wants_ack(self) -> bool:
@@ -160,8 +179,9 @@ def reassemble(packets: list[Packet]) -> Packet:
     return Packet(first.qn, first.st, first.cn, first.pw, first.mn, first.flag & ~2, None, None, items)
 
 
-def decode_frame(raw: bytes, *, accept_modbus_crc: bool = False) -> Packet:
-    """A packet from one frame (with or without the trailing CR LF)."""
+def decode_frame(raw: bytes, *, accept_modbus_crc: bool = False, lenient: bool = False) -> Packet:
+    """A packet from one frame (with or without the trailing CR LF). ``accept_modbus_crc``
+    accepts a CRC-16/MODBUS too; ``lenient`` accepts every deviation in ``DEVIATIONS``."""
     data = raw.rstrip(b"\r\n")
     if not data.startswith(b"##"):
         raise FrameError("no_header", "frame does not start with ##")
@@ -174,25 +194,80 @@ def decode_frame(raw: bytes, *, accept_modbus_crc: bool = False) -> Packet:
         raise FrameError("truncated", f"length field says {length} bytes, only {len(segment)} follow")
     if len(crc_field) != 4:
         raise FrameError("bad_length", f"after {length} data bytes expected 4 CRC digits, found {len(crc_field)} bytes")
+    deviations = _crc_deviations(segment, crc_field, accept_modbus_crc or lenient)
+    try:
+        text = segment.decode("utf-8")
+    except UnicodeDecodeError:
+        if not lenient:
+            raise FrameError("bad_encoding", "data segment is not UTF-8 (GBK is accepted in lenient mode)") from None
+        try:
+            text = segment.decode("gbk")
+        except UnicodeDecodeError:
+            raise FrameError("bad_encoding", "data segment is neither UTF-8 nor GBK") from None
+        deviations.append("gbk")
+    return decode_segment(text, lenient=lenient, deviations=deviations)
+
+
+def _crc_deviations(segment: bytes, crc_field: bytes, modbus: bool) -> list[str]:
     try:
         given = int(crc_field, 16)
     except ValueError:
         raise FrameError("bad_crc", f"CRC field {crc_field!r} is not hex") from None
-    if given != crc16(segment) and not (accept_modbus_crc and given == crc16_modbus(segment)):
-        raise FrameError("bad_crc", f"CRC {crc_field.decode(errors='replace')} does not match {crc16(segment):04X}")
-    try:
-        text = segment.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FrameError("bad_encoding", "data segment is not UTF-8") from None
-    return decode_segment(text)
+    deviations = ["crc_lowercase"] if crc_field != crc_field.upper() else []
+    expected = crc16(segment)
+    if given == expected:
+        return deviations
+    if modbus:
+        other = crc16_modbus(segment)
+        if given == other:
+            return [*deviations, "crc_modbus"]
+        if given == ((other & 0xFF) << 8 | other >> 8):
+            return [*deviations, "crc_modbus_swapped"]
+    raise FrameError("bad_crc", f"CRC {crc_field.decode(errors='replace')} does not match {expected:04X}")
 
 
-def decode_segment(text: str) -> Packet:
+def decode_segment(text: str, *, lenient: bool = False, deviations: list[str] | None = None) -> Packet:
+    found = list(deviations or [])
     head, sep, cp = text.partition("CP=")
     if not sep:
         raise FrameError("no_cp", "data segment has no CP=")
     if not (cp.startswith("&&") and cp.endswith("&&") and len(cp) >= 4):
         raise FrameError("bad_cp", "CP must be enclosed in && ... &&")
+    fields = _header(head)
+    for required in ("ST", "CN", "MN"):
+        if required not in fields:
+            raise FrameError("missing_field", f"data segment has no {required}")
+    for optional, label in (("QN", "no_qn"), ("Flag", "no_flag")):  # the 2005 layout has neither
+        if optional not in fields:
+            if not lenient:
+                raise FrameError("missing_field", f"data segment has no {optional} (lenient mode accepts that)")
+            found.append(label)
+    st = fields["ST"]
+    if not (st.isdigit() and len(st) in (2, 3)) or (len(st) == 3 and not lenient):
+        raise FrameError("bad_field", f"ST {st[:8]!r} is not 2 digits (lenient mode accepts 3)")
+    if len(st) == 3:
+        found.append("st_3digit")
+    try:
+        flag = int(fields.get("Flag", "0"))
+        pnum = int(fields["PNUM"]) if "PNUM" in fields else None
+        pno = int(fields["PNO"]) if "PNO" in fields else None
+    except ValueError:
+        raise FrameError("bad_field", "Flag, PNUM and PNO must be integers") from None
+    return Packet(
+        fields.get("QN", ""),
+        st,
+        fields["CN"],
+        fields.get("PW", ""),
+        fields["MN"],
+        flag,
+        pnum,
+        pno,
+        decode_cp(cp[2:-2]),
+        tuple(found),
+    )
+
+
+def _header(head: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     for part in head.rstrip(";").split(";"):
         if not part:
@@ -201,26 +276,7 @@ def decode_segment(text: str) -> Packet:
         if not eq or key not in HEADER_FIELDS:
             raise FrameError("bad_field", f"unexpected data segment field {part[:30]!r}")
         fields[key] = value
-    for required in ("QN", "ST", "CN", "MN", "Flag"):
-        if required not in fields and not (required == "QN" and "CN" in fields):
-            raise FrameError("missing_field", f"data segment has no {required}")
-    try:
-        flag = int(fields["Flag"])
-        pnum = int(fields["PNUM"]) if "PNUM" in fields else None
-        pno = int(fields["PNO"]) if "PNO" in fields else None
-    except ValueError:
-        raise FrameError("bad_field", "Flag, PNUM and PNO must be integers") from None
-    return Packet(
-        fields.get("QN", ""),
-        fields["ST"],
-        fields["CN"],
-        fields.get("PW", ""),
-        fields["MN"],
-        flag,
-        pnum,
-        pno,
-        decode_cp(cp[2:-2]),
-    )
+    return fields
 
 
 def decode_cp(body: str) -> list[dict[str, str]]:
@@ -239,11 +295,23 @@ def decode_cp(body: str) -> list[dict[str, str]]:
 
 
 class FrameReader:
-    """Splits a TCP byte stream into frames; garbage between frames is skipped and counted."""
+    """Splits a TCP byte stream into frames; garbage between frames is skipped and counted.
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()  # bounded: a 4-digit length field caps a frame at 10,015 bytes
+    The buffer is bounded: it holds at most one frame (``max_length`` data bytes, a 4-digit
+    length field's 9999 at most, plus 12) and the last read. A frame announcing a longer data
+    segment than ``max_length`` is skipped as ``oversized`` (counted), and the search for the
+    next ``##`` goes on from there."""
+
+    def __init__(self, max_length: int = MAX_LENGTH_FIELD) -> None:
+        self._buffer = bytearray()
+        self.max_length = max_length
         self.skipped = 0
+        self.oversized = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not complete yet."""
+        return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
@@ -260,7 +328,9 @@ class FrameReader:
             if len(self._buffer) < 6:
                 return out
             header = bytes(self._buffer[2:6])
-            if not header.isdigit():
+            if not header.isdigit() or int(header) > self.max_length:
+                if header.isdigit():
+                    self.oversized += 1
                 self.skipped += 1  # one byte: "###0101..." still holds a frame
                 del self._buffer[:1]
                 continue

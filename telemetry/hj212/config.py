@@ -55,16 +55,46 @@ CODES_2005 = {
 }
 
 
-def _frame_safe_secret(value: SecretStr) -> SecretStr:
+def frame_safe_secret(value: SecretStr) -> SecretStr:
     if not re.fullmatch(r"[A-Za-z0-9_.@#$%^*+-]{1,16}", value.get_secret_value()):
         raise PydanticCustomError("pw", "expected 1-16 letters, digits or _.@#$%^*+- (no ; , = & in an HJ 212 PW)")
     return value
 
 
-def _quoted(value: object) -> object:
+def quoted(value: object) -> object:
     """MN and PW are text: YAML reads 41050022000017 as a number (and 0123 as octal), losing digits."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         raise PydanticCustomError("quoted", "expected text: put it in quotes, so YAML keeps every digit")
+    return value
+
+
+Code = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,12}$")]
+
+
+class Equipment(Model):
+    """An equipment (HJ 212 ``SBn``) whose status a series reports: 0 stopped, 1 running. Its
+    value goes up as ``SBn-RS`` (2021) and its running hours per day as ``SBn-RT`` (2041)."""
+
+    id: Code  # SB1, SB2 ... as the platform knows the equipment
+    device: Name
+    quantity: Name
+
+
+class Control(Model):
+    """One remote-control command (3011-3021) the platform may send, allowed as one fixed write
+    of ``value`` to holding register ``address`` of a Modbus device. Nothing the platform sends
+    is written: the allow-list is the CN, the register and the value configured here."""
+
+    device: Name
+    address: Annotated[int, Field(ge=0, le=65535)]
+    value: Annotated[int, Field(ge=0, le=65535)]
+
+
+def _control_cns(value: dict[str, Control]) -> dict[str, Control]:
+    for cn in value:
+        if not (cn.isdigit() and 3011 <= int(cn) <= 3021):
+            message = "expected remote-control commands 3011-3021 as keys, found {cn}"
+            raise PydanticCustomError("cn", message, {"cn": cn})
     return value
 
 
@@ -78,13 +108,13 @@ class Platform(Model):
     site: Name | None = None
     # Everything that goes into a frame's header or CP keys is restricted to characters with
     # no meaning in HJ 212 (';', ',', '=', '&&' separate fields): no field can be injected.
-    mn: Annotated[str, BeforeValidator(_quoted), Field(pattern=r"^[A-Za-z0-9]{1,24}$")]
-    pw: Annotated[SecretStr, BeforeValidator(_quoted), AfterValidator(_frame_safe_secret)]
+    mn: Annotated[str, BeforeValidator(quoted), Field(pattern=r"^[A-Za-z0-9]{1,24}$")]
+    pw: Annotated[SecretStr, BeforeValidator(quoted), AfterValidator(frame_safe_secret)]
     st: Annotated[str, Field(pattern=r"^[0-9]{2}$")] | None = None  # default: 32 for water, 31 for a stack
     version: Literal["2017", "2025"] = "2017"
     timezone: TimeZone = "Asia/Shanghai"
     code_set: Literal["2017", "2005"] = "2017"
-    codes: dict[Name, Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,12}$")]] = {}  # overrides and additions
+    codes: dict[Name, Code] = {}  # overrides and additions
     send: list[Literal["rtd", "min", "hour", "day"]] = ["rtd", "min", "hour", "day"]
     rtd_interval: Duration = 30.0
     min_interval_minutes: Annotated[int, Field(ge=1, le=60)] = 10
@@ -96,6 +126,8 @@ class Platform(Model):
     grace: Duration = 180.0  # wait after a period ends (and its windows have closed) before sending it
     stale_after: Duration | None = None  # real-time: a value not refreshed for this long is left out (3 x rtd)
     min_valid_fraction: Annotated[float, Field(gt=0, le=1)] = 0.75  # of a 2051 period's minutes, for flag N
+    equipment: list[Equipment] = []  # 2021/2022 running status and 2041 running time
+    controls: Annotated[dict[str, Control], AfterValidator(_control_cns)] = {}  # 3011-3021 allowed as writes
 
     @model_validator(mode="after")
     def _interval_divides_an_hour(self) -> Platform:

@@ -13,7 +13,10 @@ Rules (documented in README; the water ones unverified against HJ 356-2019):
   its minutes are valid; of an analyzer with a measuring cycle, when it holds a valid
   measurement. Otherwise it carries the most frequent flag of its invalid minutes (F
   when minutes are missing), beside whatever valid values it has, never made-up ones;
-- ``-SampleTime`` goes with the values of analyzers whose readings carry their sample time;
+- ``-SampleTime`` goes with the values of analyzers whose readings carry their sample time,
+  and with values relayed from a data acquisition unit that sent one (``-EFlag`` too);
+- a station's own period (a window of the period's length, ``method: station``) goes up
+  with its own values and flag, never re-judged;
 - real-time data (2011) leave out a value not refreshed within ``stale_after``: a
   silent analyzer's last value is not presented as fresh (no flag says "old value").
 """
@@ -29,11 +32,13 @@ from telemetry.aggregate import worst_flag
 from telemetry.calendar import NS, Calendar, calendar
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
+from telemetry.hj212.extras import Extras
 from telemetry.model import Aggregate, Reading
 from telemetry.points import Point
 
 KINDS = {"min": ("2051", "1m"), "hour": ("2061", "1h"), "day": ("2031", "1d")}
 CN_KIND = {cn: kind for kind, (cn, _) in KINDS.items()}
+STATION = "station"  # ``Aggregate.method`` of a period a data acquisition unit sent (``drivers.hj212``)
 Key = tuple[str, str, str]
 
 
@@ -51,6 +56,7 @@ class PointEncoder:
         site_zone: str,
         cycle_of: Callable[[Key], tuple[float, bool]] = _no_cycle,
         unit_error: Callable[[str, str], None] | None = None,
+        extras: Extras | None = None,
     ) -> None:
         self.cfg = cfg
         self.point = point
@@ -60,6 +66,7 @@ class PointEncoder:
         self.platform_cal: Calendar = calendar(cfg.timezone)
         self.cycle_of = cycle_of  # (cycle seconds, readings carry the sample time) of a series
         self._unit_error = unit_error
+        self.extras = extras  # SampleTime and EFlag of values relayed from a data acquisition unit
 
     # -- periods ------------------------------------------------------------------------------
 
@@ -113,13 +120,15 @@ class PointEncoder:
         if cou and scale is not None:
             item[f"{code}-Cou"] = _num(sum(cou))  # m3 for a flow, kg for a pollutant: the aggregator's units
         samples = [w.sample_ts for w in valid if w.sample_ts is not None]
-        if samples and self._sampled(windows[0]):
+        if samples and (self._sampled(windows[0]) or windows[0].method == STATION):
             item[f"{code}-SampleTime"] = self.local(max(samples))
         item[f"{code}-Flag"] = self._flag(kind, windows)
         return item
 
     def _flag(self, kind: str, windows: list[Aggregate]) -> str:
-        if kind != "min" or (len(windows) == 1 and self.min_minutes == 1):
+        if kind != "min" or (len(windows) == 1 and windows[0].window == self.window(kind)):
+            # an hour or a day; or a minute period that is one window: the daemon's 1-minute
+            # window, or a station's own period of this length (relayed as the station judged it)
             return "N" if all(w.valid for w in windows) else _worst(w for w in windows if not w.valid)
         good = sum(w.valid for w in windows)
         cyclic = any(w.sample_ts is not None for w in windows)
@@ -145,6 +154,12 @@ class PointEncoder:
             item = {f"{code}-Rtd": _num(r.value * scale), f"{code}-Flag": r.flag.value}
             if self.cycle_of((r.site, r.device, r.quantity))[1]:
                 item[f"{code}-SampleTime"] = self.local(r.ts)
+            extra = self.extras.get(r.site, r.device, r.quantity, r.ts) if self.extras is not None else None
+            if extra is not None:
+                if extra.sample_ts is not None:
+                    item[f"{code}-SampleTime"] = self.local(extra.sample_ts)
+                if extra.eflag:
+                    item[f"{code}-EFlag"] = extra.eflag
             items.append(item)
         return items if len(items) > 1 else None
 

@@ -46,6 +46,9 @@ CODE_UNITS: dict[str, str] = {
 # 2005 codes for the same quantities (HJ/T 212-2005), same units.
 CODE_UNITS.update({"B01": "L/s", "001": "pH", "003": "mg/L", "010": "mg/L", "011": "mg/L", "015": "mg/L"})
 CODE_UNITS.update({"065": "mg/L", "060": "mg/L", "101": "mg/L"})
+CODE_UNITS.update(
+    {"B02": "m3/s", "01": "mg/m3", "02": "mg/m3", "03": "mg/m3", "04": "mg/m3", "08": "mg/m3", "S01": "%"}
+)
 
 FLOW_CODES = frozenset({"w00000", "a00000", "B01", "B02"})  # their -Cou is a volume (m3), not a mass
 

@@ -1,8 +1,9 @@
 """``telemetry demo``: the simulated plant and the daemon together on loopback.
 
 Starts the Diaoyushan analyzers (pymodbus server), the Chenxing weighbridge on
-MQTT when a broker answers, and a local receiver standing in for the
-supervisors' chat robot; runs the daemon on ``config/demo.yaml``; prints the
+MQTT when a broker answers, the Haizhou station's data acquisition unit (HJ 212
+to the daemon's listener, relayed to the city platform), and a local receiver
+standing in for the supervisors' chat robot; runs the daemon on ``config/demo.yaml``; prints the
 latest values every few seconds and every alert and notification as it happens.
 With no InfluxDB reachable, everything stays in the local outbox, and says so.
 
@@ -30,7 +31,9 @@ from urllib.parse import urlsplit
 from telemetry import app
 from telemetry.config import Deployment
 from telemetry.errors import ConfigError
+from telemetry.hj212.dau import SimulatedDau
 from telemetry.hj212.receiver import Receiver
+from telemetry.hj212.stations import Station
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.pipeline import Pipeline
 from telemetry.sim.notifications import NotificationReceiver
@@ -131,7 +134,7 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
         f" calibration flagged [C] in ~{station.calibration_at:.0f}s)"
     )
 
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(dau.run(stop)) for dau in _daus(dep)]
     publisher = _mqtt_publisher(dep, stop)
     if publisher is not None:
         tasks.append(asyncio.create_task(publisher))
@@ -157,6 +160,20 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
             await platform.stop()
     _say("demo stopped; readings not yet in InfluxDB stay in the outbox for the next run")
     return 0
+
+
+def _daus(dep: Deployment) -> list[SimulatedDau]:
+    """A simulated data acquisition unit for the first station of each HJ 212 listener."""
+    out = []
+    for device in dep.devices:
+        stations: list[Station] = getattr(device, "stations", [])
+        if device.kind == "hj212" and stations:
+            listen = str(getattr(device, "listen", ""))
+            host, _, port = listen.rpartition(":")
+            station = stations[0]
+            out.append(SimulatedDau(host, int(port), station.mn, station.pw.get_secret_value()))
+            _say(f"simulated data acquisition unit of {station.site} (HJ 212, MN {station.mn}) -> {listen}")
+    return out
 
 
 def _mqtt_publisher(dep: Deployment, stop: asyncio.Event) -> Coroutine[Any, Any, None] | None:

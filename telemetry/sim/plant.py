@@ -138,8 +138,9 @@ class RegisterServer:
     ``holding`` and ``input``; coils and discrete inputs are fixed at start.
     ``holes`` are (table, address) pairs the device refuses with "illegal data
     address"; ``failing`` units answer every request with a device-failure
-    exception. ``requests`` counts the requests each unit received. Runs in the
-    caller's event loop (``start_async``) or in a thread of its own (``start``).
+    exception. ``requests`` counts the requests each unit received; ``writes`` lists the
+    register writes, which reads then find. Runs in the caller's event loop
+    (``start_async``) or in a thread of its own (``start``).
     """
 
     def __init__(
@@ -157,6 +158,7 @@ class RegisterServer:
         self.holes: set[tuple[str, int]] = set()
         self.failing: set[int] = set()
         self.requests: dict[int, int] = dict.fromkeys(units, 0)
+        self.writes: list[tuple[int, int, list[int]]] = []  # (unit, address, values) of each write
         self._on_read = on_read
         bits = [bool((coils or {}).get(a, False)) for a in range(256)]
         self._devices = [
@@ -178,11 +180,15 @@ class RegisterServer:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _serve(
-        self, unit: int, fc: int, start: int, address: int, count: int, registers: list[int], _values: object
+        self, unit: int, fc: int, start: int, address: int, count: int, registers: list[int], values: object
     ) -> ExcCodes | None:
         self.requests[unit] += 1
         if unit in self.failing:
             return ExcCodes.DEVICE_FAILURE
+        if fc in (6, 16) and isinstance(values, list):  # a write: kept where reads find it, and noted
+            self.set(unit, "holding", address, [int(v) for v in values])
+            self.writes.append((unit, address, [int(v) for v in values]))
+            return None
         table = {3: "holding", 4: "input"}.get(fc)
         if table is None:
             return None  # coils and discrete inputs: the values given at start
