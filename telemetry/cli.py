@@ -35,7 +35,6 @@ from telemetry.hj212 import codec as hj212
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
 from telemetry.hj212.periods import KINDS, PointEncoder
-from telemetry.hj212.receiver import Receiver
 from telemetry.lineproto import line
 from telemetry.model import Aggregate, AlertState
 from telemetry.outbox import (
@@ -48,6 +47,7 @@ from telemetry.outbox import (
     read_status,
 )
 from telemetry.points import Point
+from telemetry.sim.platform import Receiver
 from telemetry.times import TimeError, parse_timestamp
 
 log = logging.getLogger("telemetry")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from telemetry.hj212.codec import Packet
-from telemetry.hj212.receiver import Receiver
 from telemetry.model import Reading
 from telemetry.sim.plant import RegisterServer
+from telemetry.sim.platform import Receiver
 from tests.daemon import RunningDaemon, start_daemon
 
 BJ = timezone(timedelta(hours=8))

@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 from alerts.desk import AlertDesk
 from telemetry import app
 from telemetry.hj212.codec import Packet
-from telemetry.hj212.receiver import Receiver
 from telemetry.hj212.uplink import RESCAN_S, Uplink
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, Flag, Reading
 from telemetry.outbox import Outbox
+from telemetry.sim.platform import Receiver
 from tests.daemon import RunningDaemon, direct_db, start_daemon
 from tests.services import eventually, free_port
 

@@ -443,9 +443,9 @@ async def test_the_demo_station_uploads_its_outlet_and_never_its_inlet(tmp_path:
     import asyncio  # noqa: PLC0415 - this test alone runs the daemon
 
     from telemetry import app  # noqa: PLC0415
-    from telemetry.hj212.receiver import Receiver  # noqa: PLC0415
     from telemetry.model import AlertEvent, Reading  # noqa: PLC0415
     from telemetry.sim.plant import LeachateInlet, LeachateStation, ModbusAnalyzer  # noqa: PLC0415
+    from telemetry.sim.platform import Receiver  # noqa: PLC0415
     from tests.services import free_port  # noqa: PLC0415
 
     receiver = Receiver()

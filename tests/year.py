@@ -27,11 +27,11 @@ from alerts.notify import Notifier
 from alerts.rules import RulesEngine
 from telemetry import app
 from telemetry.config import Deployment
-from telemetry.hj212.receiver import Receiver
 from telemetry.hj212.uplink import Uplink
 from telemetry.metrics import Metrics
 from telemetry.model import Reading
 from telemetry.pipeline import Pipeline
+from telemetry.sim.platform import Receiver
 
 NS = 1_000_000_000
 HOUR = 3600 * NS

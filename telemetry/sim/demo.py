@@ -31,13 +31,13 @@ from urllib.parse import urlsplit
 from telemetry import app
 from telemetry.config import Deployment
 from telemetry.errors import ConfigError
-from telemetry.hj212.dau import SimulatedDau
-from telemetry.hj212.receiver import Receiver
 from telemetry.hj212.stations import Station
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.pipeline import Pipeline
+from telemetry.sim.dau import SimulatedDau
 from telemetry.sim.notifications import NotificationReceiver
 from telemetry.sim.plant import LeachateInlet, LeachateStation, ModbusAnalyzer, MqttPublisher, demo_sources
+from telemetry.sim.platform import Receiver
 from telemetry.timing import wait_event
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"

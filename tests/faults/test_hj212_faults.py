@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from telemetry.hj212.codec import Packet
-from telemetry.hj212.receiver import Receiver
+from telemetry.sim.platform import Receiver
 from tests.faults.harness import Daemon, mqtt_device, publish_lines, site_config
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
