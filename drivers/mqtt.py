@@ -16,7 +16,10 @@ event loop (the aiomqtt pattern; the shutdown waits on a threading.Event the
 UNSUBACK sets). Connecting and reconnecting is done here, with
 back-off and jitter, so a refusal is logged with its reason (TLS verification,
 bad password, unreachable) once, and again only when it comes back. The broker's
-in-flight window bounds how many un-acked messages can be queued.
+in-flight window bounds how many un-acked messages can be queued: with acks after the
+commit, a window of 20 (Mosquitto's default) caps the rate at 20 messages per commit round
+trip, so MQTT 5 asks for ``receive_maximum`` (1000) by default and falls back to 3.1.1 only
+where the broker refuses 5.
 
 HJ 212 frames a DTU publishes (``format: hj212``, with the device's ``stations``) are
 decoded as the HJ 212 listener decodes them: ``drivers.mqtt_hj212``.
@@ -144,7 +147,10 @@ class MqttConfig(DeviceConfig, StationTable):
     kind: Literal["mqtt"]
     host: str
     port: Annotated[int, Field(gt=0, lt=65536)] = 1883
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    # auto: MQTT 5 with a Receive Maximum (the broker's default window, 20 on Mosquitto, would
+    # hold acks-after-commit to 20 messages a round trip), 3.1.1 where the broker refuses 5.
+    protocol: Literal["auto", "3.1.1", "5"] = "auto"
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
     username: str = ""
     password: SecretStr = SecretStr("")
     password_file: str = ""
@@ -245,28 +251,34 @@ class MqttDriver:
         self.last_error: str | None = None
         self._last_logged: dict[str, float] = {}
         self._backoff = Backoff(initial=1.0, maximum=60.0)
-        v5 = cfg.protocol == "5"
-        self._client = paho.Client(
+        self._v5 = cfg.protocol != "3.1.1"  # auto starts with 5 and falls back once refused
+        self._client = self._make_client()
+        self._renew = False
+
+    def _make_client(self) -> paho.Client:
+        cfg = self.cfg
+        client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or f"telemetry-{cfg.id}",
-            clean_session=None if v5 else False,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
             manual_ack=True,
             reconnect_on_failure=False,  # reconnecting is ours: back-off, reasons, metrics
         )
         if cfg.tls is not None:
-            self._client.tls_set(
+            client.tls_set(
                 ca_certs=cfg.tls.ca_file or None,
                 certfile=cfg.tls.cert_file or None,
                 keyfile=cfg.tls.key_file or None,
                 cert_reqs=ssl.CERT_REQUIRED if cfg.tls.verify else ssl.CERT_NONE,
             )
-            self._client.tls_insecure_set(not cfg.tls.verify)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_unsubscribe = self._on_unsubscribe
+            client.tls_insecure_set(not cfg.tls.verify)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
+        return client
 
     @property
     def where(self) -> str:
@@ -339,15 +351,20 @@ class MqttDriver:
             if stop.is_set():
                 return
             await asyncio.to_thread(self._client.loop_stop)
+            if self._renew:
+                self._client, self._renew = self._make_client(), False
             await wait_event(stop, self._backoff.next())
 
     def _connect(self) -> None:
         self._session_up = False
         if self.cfg.username:  # read again each time: a rotated password_file needs no restart
             self._client.username_pw_set(self.cfg.username, self.cfg.secret())
-        if self.cfg.protocol == "5":
+        if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = int(self.cfg.session_expiry)
+            # How many un-acked messages the broker may send: Mosquitto takes it in place of its
+            # max_inflight_messages; EMQX takes the smaller of the two.
+            props.ReceiveMaximum = self.cfg.receive_maximum
             self._client.connect(
                 self.cfg.host, self.cfg.port, int(self.cfg.keepalive), clean_start=False, properties=props
             )
@@ -476,12 +493,28 @@ class MqttDriver:
 
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
+            if self._v5 and self.cfg.protocol == "auto" and _protocol_refused(reason):
+                self._call(self._fall_back)
+                return
             self._call(self._went_down, "connect", "refused", f"broker refused the connection: {reason}")
             return
         self._session_up = True
         topics: list[tuple[str, int]] = [(self.cfg.subscribe_filter(s), s.qos) for s in self.cfg.subscriptions]
         client.subscribe(topics)
         self._call(self._connected, bool(getattr(flags, "session_present", False)))
+
+    def _fall_back(self) -> None:
+        """The broker speaks no MQTT 5: 3.1.1 from the next attempt on, in flight as it allows."""
+        if not self._v5:
+            return
+        log.warning(
+            "%s: the broker refused MQTT 5; using 3.1.1 (its own in-flight window, 20 on a stock Mosquitto, "
+            "bounds the rate of acks after commit)",
+            self.where,
+        )
+        self._v5 = False
+        self._backoff.reset()
+        self._renew = True  # a new client once the refused one's loop has stopped
 
     def _connected(self, session_present: bool) -> None:
         self._metrics.device_up.labels(self.cfg.id).set(1)
@@ -521,6 +554,12 @@ class MqttDriver:
 def _retrieved(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _protocol_refused(reason: Any) -> bool:
+    """A CONNACK refusing the protocol version: 0x84 from an MQTT 5 broker; paho reports a 3.1.1
+    broker's return code 1 (unacceptable protocol level) as 0x84 too."""
+    return getattr(reason, "value", None) == 0x84
 
 
 def _loopback(host: str) -> bool:
