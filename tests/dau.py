@@ -121,11 +121,16 @@ class Dau:
         if self.variant == "v2005":
             segment = f"ST=101;CN={cn};PW={self.pw};MN={self.mn};CP=&&{cp}&&"  # 3-digit ST, as captured
             return "", wrap(segment.encode(), self.variant)
-        qn = qn or self.qn()
-        flag = 5 if ack else 4
-        segment = f"QN={qn};ST={self.st};CN={cn};PW={self.pw};MN={self.mn};Flag={flag};CP=&&{cp}&&"
-        data = segment.encode("gbk" if self.variant == "gbk" else "utf-8")
-        return qn, wrap(data, self.variant)
+        given = qn
+        while True:
+            qn = given or self.qn()
+            flag = 5 if ack else 4
+            segment = f"QN={qn};ST={self.st};CN={cn};PW={self.pw};MN={self.mn};Flag={flag};CP=&&{cp}&&"
+            data = segment.encode("gbk" if self.variant == "gbk" else "utf-8")
+            framed = wrap(data, self.variant)
+            # A lowercase CRC of digits only reads as upper case: the next QN, so the variant shows.
+            if self.variant != "lowercase" or given or any(c in b"abcdef" for c in framed[-6:-2]):
+                return qn, framed
 
     async def send_raw(self, data: bytes) -> None:
         assert self._writer is not None
