@@ -47,6 +47,7 @@ from paho.mqtt.properties import Properties
 from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticCustomError
 
+from drivers.mqtt_client import Client, Message
 from drivers.mqtt_decode import MAX_PAYLOAD, FormatName, Paths, PayloadError, decode
 from drivers.mqtt_hj212 import Hj212Payloads, StationTable
 from telemetry.config import DeviceConfig, Duration, KnownSeries, Model, Name, OwnWindows, PointClaim
@@ -63,6 +64,7 @@ _LOG_EVERY_S = 60.0
 MAX_BATCH_READINGS = 1000  # a commit takes messages until it holds this many readings
 _ACKS_CONFIRMED_S = 10.0  # at shutdown, how long to wait for the broker to confirm it processed the acks
 _ROUTE_CACHE_MAX = 100_000  # topics remembered with their subscription and tags
+Inbound = Message | paho.MQTTMessage  # the lean client's message, or paho's off its fast path
 
 
 @dataclass
@@ -70,7 +72,7 @@ class _Pending:
     """Messages handed over in one emit, waiting for their commit before they are acked."""
 
     future: asyncio.Future[None] | None
-    batch: list[paho.MQTTMessage]
+    batch: list[Inbound]
     readings: list[Reading | Aggregate]
     rejected: list[Rejected]
 
@@ -236,7 +238,7 @@ class MqttDriver:
         self._metrics = metrics
         # paho's thread appends here and wakes the event loop only when it may be asleep:
         # one wake-up per burst rather than one call_soon_threadsafe per message.
-        self._inbox: collections.deque[paho.MQTTMessage] = collections.deque()
+        self._inbox: collections.deque[Inbound] = collections.deque()
         self._wake = asyncio.Event()
         self._wake_pending = False
         self._routes: dict[str, tuple[Subscription, dict[str, str]] | None] = {}
@@ -255,9 +257,9 @@ class MqttDriver:
         self._client = self._make_client()
         self._renew = False
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> Client:
         cfg = self.cfg
-        client = paho.Client(
+        client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or f"telemetry-{cfg.id}",
             clean_session=None if self._v5 else False,
@@ -307,7 +309,7 @@ class MqttDriver:
                 # Everything that arrived meanwhile goes into commits of up to MAX_BATCH_READINGS:
                 # one future and one fsync for the lot, and the acks still in arrival order.
                 while inbox:
-                    batch: list[paho.MQTTMessage] = []
+                    batch: list[Inbound] = []
                     readings: list[Reading | Aggregate] = []
                     rejected: list[Rejected] = []
                     while inbox and len(readings) < MAX_BATCH_READINGS:
@@ -407,9 +409,7 @@ class MqttDriver:
                     return  # not acknowledged: the broker sends them again to the next run
                 if failures:
                     log.info("%s: committed again after %d failed attempts", self.where, failures)
-            for msg in item.batch:
-                if msg.qos > 0:
-                    self._client.ack(msg.mid, msg.qos)
+            self._client.ack_many([msg.mid for msg in item.batch if msg.qos > 0])
 
     def _commit_failed(self, item: _Pending, err: BaseException, attempt: int) -> None:
         self._metrics.errors.labels("mqtt", "commit", "outbox").inc()
@@ -430,7 +430,7 @@ class MqttDriver:
         self._routes[topic] = route
         return route
 
-    def _decode(self, msg: paho.MQTTMessage) -> tuple[list[Reading | Aggregate], list[Rejected]]:
+    def _decode(self, msg: Inbound) -> tuple[list[Reading | Aggregate], list[Rejected]]:
         route = self._route(msg.topic)
         if route is None:
             return [], []
@@ -544,7 +544,7 @@ class MqttDriver:
         if self._session_up and getattr(reason, "value", 0) != 0:  # a refused CONNACK was reported already
             self._call(self._went_down, "connection", "lost", f"connection lost: {reason}")
 
-    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+    def _on_message(self, _c: paho.Client, _u: Any, msg: Inbound) -> None:
         self._inbox.append(msg)
         if not self._wake_pending:
             self._wake_pending = True

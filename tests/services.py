@@ -115,11 +115,16 @@ class Mosquitto:
 
 @contextmanager
 def mosquitto(
-    tmp: Path, tls: bool = False, user: tuple[str, str] | None = None, default_limits: bool = False
+    tmp: Path,
+    tls: bool = False,
+    user: tuple[str, str] | None = None,
+    default_limits: bool = False,
+    extra: Sequence[str] = (),
 ) -> Iterator[Mosquitto]:
     """A broker with persistence (queued messages survive a restart); optionally TLS with a
     self-signed CA and a password file instead of anonymous access. Its queue limits are
-    raised for the tests' bursts unless ``default_limits`` (Mosquitto's: 1000 queued, 20 in flight)."""
+    raised for the tests' bursts unless ``default_limits`` (Mosquitto's: 1000 queued, 20 in flight);
+    ``extra`` lines go last (the benches' limits)."""
     binary = require("mosquitto")
     port = free_port()
     conf = tmp / "mosquitto.conf"
@@ -141,6 +146,7 @@ def mosquitto(
         passwd.touch()
         subprocess.run([require("mosquitto_passwd"), "-b", str(passwd), *user], check=True, capture_output=True)
         lines.append(f"password_file {passwd}")
+    lines += extra
     conf.write_text("\n".join(lines) + "\n")
     cmd = [binary, "-c", str(conf)]
     log = tmp / "mosquitto.log"
