@@ -96,6 +96,9 @@ class Hj212Config(DeviceConfig):
     def produces(self) -> list[tuple[str | None, str | None]]:
         return station_series(self.stations, self.id)
 
+    def site_refs(self) -> list[tuple[tuple[str | int, ...], str | None]]:
+        return [*super().site_refs(), *((("stations", j, "site"), s.site) for j, s in enumerate(self.stations))]
+
     def open_quantities(self) -> list[str | None]:
         return [s.site for s in self.stations]
 

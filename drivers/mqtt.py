@@ -210,6 +210,9 @@ class MqttConfig(DeviceConfig, StationTable):
         hj212 = any(sub.format == "hj212" for sub in self.subscriptions)
         return plain + (station_series(self.stations, self.id) if hj212 else [])
 
+    def site_refs(self) -> list[tuple[tuple[str | int, ...], str | None]]:
+        return [*super().site_refs(), *((("stations", j, "site"), s.site) for j, s in enumerate(self.stations))]
+
     def open_quantities(self) -> list[str | None]:
         plain = [sub.site for sub in self.subscriptions if sub.format != "hj212" and sub.quantity is None]
         hj212 = any(sub.format == "hj212" for sub in self.subscriptions)

@@ -114,6 +114,10 @@ class DeviceConfig(Model):
         run time. By default its own id at its site."""
         return [(self.site, self.id)]
 
+    def site_refs(self) -> list[tuple[tuple[str | int, ...], str | None]]:
+        """Each site this device's configuration names, with its path under the device."""
+        return [(("site",), self.site)]
+
     def open_quantities(self) -> list[str | None]:
         """Sites where its readings name quantities the configuration does not list (a topic
         level, a payload, an HJ 212 station's codes); None: at a site named at run time too."""

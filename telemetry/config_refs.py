@@ -176,7 +176,8 @@ class References:
 
     def run(self) -> None:
         for device in self.devices:
-            self.site(("devices", self.device_ids.index(device.id), "site"), device.site)
+            for suffix, site in device.site_refs():
+                self.site(("devices", self.device_ids.index(device.id), *suffix), site)
         self.platforms()
         self.rule_references()
         self.routes()

@@ -78,6 +78,7 @@ rules:
         ),
         (("point: outlet}", "point: inlet}"), "devices[0].stations[0].point", "whose devices hold 'dau-out'"),
         (('mn: "41050022000019"', "mn: 41050022000019"), "devices[0].stations[2].mn", "put it in quotes"),
+        (("site: t, codes", "site: x, codes"), "devices[0].stations[2].site", "expected a site from 'sites'"),
         (
             ("aggregates: daemon", "min_interval_minutes: 7"),
             "devices[0].stations[1].min_interval_minutes",
