@@ -31,19 +31,15 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from drivers.mqtt import MqttDriver
 from telemetry import app
 from telemetry.pipeline import Pipeline
 from tests import services
@@ -73,25 +69,9 @@ log_level: WARNING
     return cfg
 
 
-def register_session(broker: services.Mosquitto, client_id: str, topic: str) -> None:
-    """The daemon's persistent session (MQTT 5, as ``protocol: auto`` connects), so the broker
-    queues for it while it is down."""
-    done = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-    client.on_subscribe = lambda *_: done.set()
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 7 * 86400
-    client.connect(broker.host, broker.port, clean_start=False, properties=props)
-    client.loop_start()
-    client.subscribe(topic, qos=1)
-    done.wait(10)
-    client.disconnect()
-    client.loop_stop()
-
-
 class Publisher:
     """``bench/publisher.py`` in its own process; ``wait`` returns the wall-clock times of its
-    first and last send and how many messages the broker acknowledged."""
+    first send and of the broker's last acknowledgement, and how many it acknowledged."""
 
     def __init__(self, broker: services.Mosquitto, prefix: str, count: int, series: int, rate: float = 0) -> None:
         args = [broker.host, str(broker.port), prefix, str(count), str(series), str(rate)]
@@ -121,13 +101,15 @@ class Daemon:
     def written(self) -> int:
         return int(self.registry.get_sample_value("telemetry_sink_points_written_total", {"sink": "local"}) or 0)
 
-    async def start(self) -> Pipeline:
+    async def start(self) -> None:
+        """Until the broker has confirmed the daemon's subscription."""
         ready: asyncio.Future[Pipeline] = asyncio.get_running_loop().create_future()
         self.cpu = os.times()
         self.task = asyncio.create_task(
             app.serve(self.dep, self.stop, observer=self.observe, registry=self.registry, pipeline_ready=ready)
         )
-        return await ready
+        mqtt = next(d for d in (await ready).drivers if isinstance(d, MqttDriver))
+        await asyncio.wait_for(mqtt.subscribed.wait(), 10)
 
     def cpu_seconds(self) -> float:
         now = os.times()
@@ -166,7 +148,7 @@ async def drain(
     tmp: Path, broker: services.Mosquitto, influx: services.Influx1, name: str, args: argparse.Namespace
 ) -> None:
     cfg = write_config(tmp, broker, influx, name)
-    register_session(broker, f"{name}-daemon", f"{name}/+/+/+")
+    services.register_session(broker, f"{name}-daemon", f"{name}/+/+/+", v5=True)  # as protocol auto connects
     _, _, acked = await asyncio.to_thread(Publisher(broker, name, args.backlog, args.series).wait)
     assert acked == args.backlog, f"the broker acknowledged {acked} of {args.backlog}"
     daemon = Daemon(cfg)
@@ -184,9 +166,7 @@ async def live(
     tmp: Path, broker: services.Mosquitto, influx: services.Influx1, name: str, args: argparse.Namespace, rate: float
 ) -> None:
     daemon = Daemon(write_config(tmp, broker, influx, name))
-    pipeline = await daemon.start()
-    mqtt = next(d for d in pipeline.drivers if hasattr(d, "subscribed"))
-    await asyncio.wait_for(mqtt.subscribed.wait(), 10)
+    await daemon.start()
     cpu = daemon.cpu_seconds()
     first, last, _ = await asyncio.to_thread(Publisher(broker, name, args.live, args.series, rate).wait)
     done = await until(lambda: daemon.written >= args.live)
@@ -194,7 +174,8 @@ async def live(
     await daemon.close()
     print(f"{name}_publisher_rate: {args.live / (last - first):.0f} msg/s")
     print(f"{name}_points_per_s: {args.live / (done - first):.0f} points/s into InfluxDB")
-    print(f"{name}_behind_publisher: {max(0.0, done - last):.2f} s (last point in InfluxDB after the last send)")
+    behind = max(0.0, done - last)
+    print(f"{name}_behind_publisher: {behind:.2f} s (last point in InfluxDB after the broker took the last)")
     print(f"{name}_cpu_per_point: {cpu / args.live * 1e6:.0f} us")
 
 
@@ -202,9 +183,7 @@ async def loss(
     tmp: Path, broker: services.Mosquitto, influx: services.Influx1, name: str, rate: float, count: int, series: int
 ) -> None:
     daemon = Daemon(write_config(tmp, broker, influx, name))
-    pipeline = await daemon.start()
-    mqtt = next(d for d in pipeline.drivers if hasattr(d, "subscribed"))
-    await asyncio.wait_for(mqtt.subscribed.wait(), 10)
+    await daemon.start()
     first, last, _ = await asyncio.to_thread(Publisher(broker, name, count, series, rate).wait)
     got = await settled(lambda: daemon.committed, count)
     await daemon.close()

@@ -63,22 +63,9 @@ def preload(broker: services.Mosquitto, topic_prefix: str, messages: int, per_me
             raise SystemExit(f"mosquitto_pub failed with {pub.returncode}")
 
 
-def register_session(broker: services.Mosquitto, client_id: str, topic: str) -> None:
-    """Subscribe once with a persistent session, so the broker queues for it while it is away."""
-    done = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-    client.on_subscribe = lambda *_: done.set()
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    client.subscribe(topic, qos=1)
-    done.wait(10)
-    client.disconnect()
-    client.loop_stop()
-
-
 def raw_rate(broker: services.Mosquitto, topic: str, messages: int) -> float:
     client_id = f"bench-raw-{topic.split('/', maxsplit=1)[0]}"
-    register_session(broker, client_id, topic)
+    services.register_session(broker, client_id, topic)
     preload(broker, topic.split("/", maxsplit=1)[0], messages, 1)
     got = 0
     done = threading.Event()
@@ -131,10 +118,11 @@ outbox: {{path: "{tmp}/{prefix}.sqlite"}}
 log_level: WARNING
 """
     )
-    register_session(
+    services.register_session(
         broker,
         f"{prefix}-daemon",
         topic.replace("{site}", "+").replace("{device}", "+").replace("{quantity}", "+"),
+        v5=PROTOCOL != "3.1.1",
     )
     preload(broker, prefix, messages, per_message)
     total = messages * per_message

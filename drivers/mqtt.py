@@ -168,11 +168,16 @@ class MqttConfig(DeviceConfig, StationTable):
 
     @model_validator(mode="after")
     def _stations_for_hj212(self) -> MqttConfig:
-        if any(s.format == "hj212" for s in self.subscriptions) and not self.stations:
+        if self.carries_hj212 and not self.stations:
             raise PydanticCustomError(
                 "stations", "expected 'stations' (MN, PW, site) for a format: hj212 subscription", {"at": "stations"}
             )
         return self
+
+    @property
+    def carries_hj212(self) -> bool:
+        """Some subscription takes HJ 212 frames: the stations' series are this device's."""
+        return any(sub.format == "hj212" for sub in self.subscriptions)
 
     def own_windows(self) -> list[OwnWindows]:
         return own_windows(self.stations, self.id)
@@ -207,16 +212,14 @@ class MqttConfig(DeviceConfig, StationTable):
         """(site, device) of each subscription, of each station for HJ 212 frames; None where a
         ``{site}``/``{device}`` level names it."""
         plain = [(sub.site, sub.device) for sub in self.subscriptions if sub.format != "hj212"]
-        hj212 = any(sub.format == "hj212" for sub in self.subscriptions)
-        return plain + (station_series(self.stations, self.id) if hj212 else [])
+        return plain + (station_series(self.stations, self.id) if self.carries_hj212 else [])
 
     def site_refs(self) -> list[tuple[tuple[str | int, ...], str | None]]:
         return [*super().site_refs(), *((("stations", j, "site"), s.site) for j, s in enumerate(self.stations))]
 
     def open_quantities(self) -> list[str | None]:
         plain = [sub.site for sub in self.subscriptions if sub.format != "hj212" and sub.quantity is None]
-        hj212 = any(sub.format == "hj212" for sub in self.subscriptions)
-        return plain + ([s.site for s in self.stations] if hj212 else [])
+        return plain + ([s.site for s in self.stations] if self.carries_hj212 else [])
 
     def describe(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"
@@ -412,7 +415,7 @@ class MqttDriver:
                     return  # not acknowledged: the broker sends them again to the next run
                 if failures:
                     log.info("%s: committed again after %d failed attempts", self.where, failures)
-            self._client.ack_many([msg.mid for msg in item.batch if msg.qos > 0])
+            self._client.ack_many([msg.mid for msg in item.batch if msg.qos == 1])
 
     def _commit_failed(self, item: _Pending, err: BaseException, attempt: int) -> None:
         self._metrics.errors.labels("mqtt", "commit", "outbox").inc()
@@ -441,31 +444,28 @@ class MqttDriver:
         now = time.time_ns()
         payload = bytes(msg.payload)
         if sub.format == "hj212":
-            bad = partial(self._bad_hj212, sub, msg.topic, now)
+            bad = partial(self._bad, sub, msg.topic, now)
             return self.hj212.decode(payload, sub.lenient, now, self.cfg.max_payload_bytes, bad)
         try:
             result = decode(payload, now, sub.format, sub.paths, self.cfg.max_payload_bytes)
             site, device, quantity = tags["site"], tags["device"], tags.get("quantity") or ""
-            readings = [  # positional: keywords double the cost of building a named tuple
+            readings: list[Reading | Aggregate] = [  # positional: keywords double the cost of a named tuple
                 Reading(
                     d.ts, site, device, d.quantity or quantity, d.value, sub.unit if d.unit is None else d.unit, d.flag
                 ).check()
                 for d in result.readings
             ]
         except PayloadError as err:
-            return [], [self._bad(sub, msg.topic, payload, err.reason, str(err), now)]
+            return [], [self._bad(sub, msg.topic, now, payload, err.reason, str(err))]
         except InvalidReading as err:
-            return [], [self._bad(sub, msg.topic, payload, "invalid_reading", str(err), now)]
+            return [], [self._bad(sub, msg.topic, now, payload, "invalid_reading", str(err))]
         if result.errors:
             first = result.errors[0]
             detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"
-            return [*readings], [self._bad(sub, msg.topic, payload, first.reason, detail, now)]
-        return [*readings], []
+            return readings, [self._bad(sub, msg.topic, now, payload, first.reason, detail)]
+        return readings, []
 
-    def _bad_hj212(self, sub: Subscription, topic: str, now: int, payload: bytes, reason: str, detail: str) -> Rejected:
-        return self._bad(sub, topic, payload, reason, detail, now)
-
-    def _bad(self, sub: Subscription, topic: str, payload: bytes, reason: str, detail: str, now: int) -> Rejected:
+    def _bad(self, sub: Subscription, topic: str, now: int, payload: bytes, reason: str, detail: str) -> Rejected:
         self._metrics.rejected.labels(self.cfg.id, reason).inc()
         self._metrics.mqtt_rejected.labels(self.cfg.id, sub.topic, reason).inc()
         seen = time.monotonic()

@@ -71,7 +71,6 @@ class Client(paho.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._buffer = bytearray()
-        self._fast = kwargs.get("manual_ack", False)  # the fast path leaves acks to the caller
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if not self._buffer:
@@ -100,7 +99,7 @@ class Client(paho.Client):
 
     def _handle_publish(self) -> MQTTErrorCode:
         callback = self.on_message
-        if self._fast and callback is not None:
+        if self._manual_ack and callback is not None:  # the fast path leaves acks to the caller
             message = decode_publish(
                 self._in_packet["command"], self._in_packet["packet"], self._protocol == paho.MQTTv5
             )

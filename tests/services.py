@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -20,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 T = TypeVar("T")
 
@@ -158,6 +163,26 @@ def mosquitto(
             if broker.proc.poll() is None:
                 broker.proc.terminate()
                 broker.proc.wait(10)
+
+
+def register_session(broker: Mosquitto, client_id: str, topic: str, v5: bool = False) -> None:
+    """Subscribe once with a persistent session (MQTT 5: with a week's session expiry), so the
+    broker queues for ``client_id`` while it is away: the benches' backlogs."""
+    done = threading.Event()
+    if v5:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 7 * 86400
+        client.connect(broker.host, broker.port, clean_start=False, properties=props)
+    else:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        client.connect(broker.host, broker.port)
+    client.on_subscribe = lambda *_: done.set()
+    client.loop_start()
+    client.subscribe(topic, qos=1)
+    done.wait(10)
+    client.disconnect()
+    client.loop_stop()
 
 
 def make_certificates(tmp: Path) -> tuple[str, str, str]:

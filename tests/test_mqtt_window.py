@@ -8,10 +8,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
 
 import pytest
 
+from drivers.mqtt import MqttDriver
 from telemetry.model import Aggregate, Reading, Rejected
 from tests import services
 from tests.services import Mosquitto
@@ -42,52 +42,46 @@ class HeldCommits:
         await self.release.wait()
 
 
-async def test_receive_maximum_takes_more_than_the_brokers_default_window(stock: Mosquitto, unique: str) -> None:
-    emit = HeldCommits()
-    driver = make(stock, unique)  # protocol auto: MQTT 5 with receive_maximum 1000
+@contextlib.asynccontextmanager
+async def running(driver: MqttDriver, emit: HeldCommits | Collector) -> AsyncIterator[None]:
+    """The driver connected and subscribed; on the way out its held commits are let go (a
+    stopping driver waits for what it handed over) and it stops."""
     stop = asyncio.Event()
     task = asyncio.create_task(driver.run(emit, stop))
     try:
-        await asyncio.wait_for(driver.subscribed.wait(), 10)
-        await asyncio.to_thread(publish, stock, [(f"{unique}/s/d/q", str(i).encode()) for i in range(300)])
-        async with emit.changed:
-            # Mosquitto's max_inflight_messages (20) would stop it at 20 until an ack.
-            await asyncio.wait_for(emit.changed.wait_for(lambda: emit.handed == 300), 20)
+        await asyncio.wait_for(driver.subscribed.wait(), 20)
+        yield
     finally:
-        emit.release.set()
+        if isinstance(emit, HeldCommits):
+            emit.release.set()
         stop.set()
         await asyncio.wait_for(task, 15)
 
 
+async def test_receive_maximum_takes_more_than_the_brokers_default_window(stock: Mosquitto, unique: str) -> None:
+    emit = HeldCommits()
+    async with running(make(stock, unique), emit):  # protocol auto: MQTT 5 with receive_maximum 1000
+        await asyncio.to_thread(publish, stock, [(f"{unique}/s/d/q", str(i).encode()) for i in range(300)])
+        async with emit.changed:
+            # Mosquitto's max_inflight_messages (20) would stop it at 20 until an ack.
+            await asyncio.wait_for(emit.changed.wait_for(lambda: emit.handed == 300), 20)
+
+
 async def test_receive_maximum_is_what_the_broker_keeps_to(stock: Mosquitto, unique: str) -> None:
     emit = HeldCommits()
-    driver = make(stock, unique, receive_maximum=50)
-    stop = asyncio.Event()
-    task = asyncio.create_task(driver.run(emit, stop))
-    try:
-        await asyncio.wait_for(driver.subscribed.wait(), 10)
+    async with running(make(stock, unique, receive_maximum=50), emit):
         await asyncio.to_thread(publish, stock, [(f"{unique}/s/d/q", str(i).encode()) for i in range(120)])
         async with emit.changed:
             await asyncio.wait_for(emit.changed.wait_for(lambda: emit.handed >= 50), 20)
         # The broker sends the 51st only after an ack: one more message through the same
         # broker to a second subscriber marks that it has dealt with everything published before.
-        second = make(
-            stock, f"{unique}-probe", subscriptions=[{"topic": f"{unique}/mark/{{device}}/{{quantity}}", "site": "m"}]
-        )
+        mark = [{"topic": f"{unique}/mark/{{device}}/{{quantity}}", "site": "m"}]
         marked = HeldCommits()
-        probe = asyncio.create_task(second.run(marked, stop))
-        await asyncio.wait_for(second.subscribed.wait(), 10)
-        await asyncio.to_thread(publish, stock, [(f"{unique}/mark/x/q", b"1")])
-        async with marked.changed:
-            await asyncio.wait_for(marked.changed.wait_for(lambda: marked.handed == 1), 10)
+        async with running(make(stock, f"{unique}-probe", subscriptions=mark), marked):
+            await asyncio.to_thread(publish, stock, [(f"{unique}/mark/x/q", b"1")])
+            async with marked.changed:
+                await asyncio.wait_for(marked.changed.wait_for(lambda: marked.handed == 1), 10)
         assert emit.handed == 50
-        marked.release.set()
-    finally:
-        emit.release.set()
-        stop.set()
-        await asyncio.wait_for(task, 15)
-        with contextlib.suppress(NameError):
-            await asyncio.wait_for(probe, 15)
 
 
 class Mqtt311Only:
@@ -144,21 +138,15 @@ async def old_broker(stock: Mosquitto) -> AsyncIterator[Mqtt311Only]:
 
 
 async def test_auto_falls_back_to_3_1_1_where_mqtt5_is_refused(
-    stock: Mosquitto, old_broker: Mqtt311Only, unique: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    stock: Mosquitto, old_broker: Mqtt311Only, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="drivers.mqtt")
     behind = Mosquitto(stock.host, old_broker.port, stock.proc, stock.cmd, stock.log, "", "", "")
     driver = make(behind, unique)
     emit = Collector(want=2)
-    stop = asyncio.Event()
-    task = asyncio.create_task(driver.run(emit, stop))
-    try:
-        await asyncio.wait_for(driver.subscribed.wait(), 20)
+    async with running(driver, emit):
         await asyncio.to_thread(publish, stock, [(f"{unique}/s/d/q", b"1"), (f"{unique}/s/d/q", b"2")])
         await asyncio.wait_for(emit.done.wait(), 10)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
     assert [r.value for r in emit.readings] == [1, 2]
     assert old_broker.levels[:2] == [5, 4]
     assert set(old_broker.levels[1:]) == {4}  # it stays on 3.1.1
