@@ -77,7 +77,10 @@ def _probe(sub: Any) -> None:
     probe.add_argument(
         "-c", "--config", default=None, metavar="FILE", help="poll each Modbus device of this deployment YAML once"
     )
-    protocols = probe.add_subparsers(dest="protocol", metavar="PROTOCOL", help="or one address of one device:")
+    # prog: argparse would otherwise prefix the subcommand's usage with probe's own custom one
+    protocols = probe.add_subparsers(
+        dest="protocol", metavar="PROTOCOL", help="or one address of one device:", prog="telemetry probe"
+    )
     modbus = _command(protocols, "modbus", "read registers of one Modbus device and decode them every way")
     modbus.add_argument(
         "target", metavar="TARGET", help="HOST[:PORT] (port 502 by default), or a serial port with --rtu"

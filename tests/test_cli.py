@@ -224,6 +224,8 @@ def test_every_option_of_every_command_and_action_has_help_and_no_markup() -> No
             for choice in getattr(action, "_choices_actions", []):
                 assert choice.help, f"{path} {choice.dest}: no help"
             seen += 1
+        # `probe modbus --help` ran probe's custom usage into its own
+        assert parser.format_usage().startswith(f"usage: {path} "), (path, parser.format_usage())
         texts = [parser.description, parser.epilog, parser.usage, parser.format_help()]
         assert not any("``" in (text or "") for text in texts), path
         assert parser.description, f"{path}: no description"
