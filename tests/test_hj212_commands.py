@@ -66,12 +66,14 @@ class Platform:
         self.receiver = receiver
         self.n = 0
 
-    async def ask(self, cn: str, cp: list[dict[str, str]] | None = None, pw: str = "123456") -> list[Packet]:
+    async def ask(
+        self, cn: str, cp: list[dict[str, str]] | None = None, pw: str = "123456", mn: str = MN
+    ) -> list[Packet]:
         """Send a command; every packet from then until its 9012 (or a 9011 that is no QnRtn 1)."""
         self.n += 1
         qn = f"20260101000000{self.n:03d}"
         before = len(self.receiver.packets)
-        await self.receiver.send(Packet(qn, "32", cn, pw, MN, 5, None, None, cp or []))
+        await self.receiver.send(Packet(qn, "32", cn, pw, mn, 5, None, None, cp or []))
 
         def answered(packets: list[Packet]) -> bool:
             mine = [p for p in packets[before:] if p.qn == qn]
@@ -154,11 +156,18 @@ async def test_a_new_password_from_the_platform_is_stored_used_and_never_logged(
     try:
         wrong = await platform.ask("1072", [{"NewPW": "abc999"}], pw="guess1")
         unusable = await platform.ask("1072", [{"NewPW": "x" * 17}])
+        guessed = await platform.ask("2041", pw="guess1")
+        elsewhere = await platform.ask("1011", mn="41050022000099")
         changed = await platform.ask("1072", [{"NewPW": "n3w-PW"}])
-        after = await platform.ask("1011")
+        stale = await platform.ask("1013")  # the old password: no longer anyone's
+        after = await platform.ask("1011", pw="n3w-PW")
     finally:
         await daemon.close()
     assert codes(wrong) == [("9011", "3")]  # only who knows the current password may change it
+    assert codes(guessed) == [("9011", "3")]  # nor ask for anything else
+    assert codes(elsewhere) == [("9011", "4")]
+    assert codes(stale) == [("9011", "3")]
+    assert codes(after) == [("9011", "1"), ("9012", "1")]
     assert codes(unusable) == [("9011", "1"), ("9012", "3")]
     assert codes(changed) == [("9011", "1"), ("9012", "1")]
     assert {p.pw for p in changed} == {"123456"}  # the answers go under the password the request had

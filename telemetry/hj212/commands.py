@@ -1,7 +1,8 @@
 """The platform's commands to the station, and the station's answers (a mixin of ``Uplink``).
 
 Each request gets 9011 (QnRtn) with its QN, then, once done, 9012 (ExeRtn); data asked
-for goes between the two. What is answered, and how:
+for goes between the two. A request that names another MN gets QnRtn 4, one without the
+station's current PW QnRtn 3, whatever it asks. What is answered, and how:
 
 - 1000 OverTime/ReCount, 1061-1064 intervals, 2011/2012 real-time data on/off: set
   within bounds (the platform is not trusted), else ExeRtn 3;
@@ -9,7 +10,7 @@ for goes between the two. What is answered, and how:
   NTP, never by a platform); 1013 (a station's time-calibration request, sent by a
   platform): answered like 1011 with the station's time, so the platform sees the
   clock it would calibrate, and ExeRtn 1;
-- 1072 set password: the request must carry the current PW (else QnRtn 3); a ``NewPW``
+- 1072 set password: a ``NewPW``
   HJ 212 can carry (1-16 of the characters the config allows) is stored in the outbox
   and used from then on, across restarts, until the configured PW changes (ExeRtn 1);
   an unusable one gets ExeRtn 3, a store that fails ExeRtn 2. The password is never logged;
@@ -130,13 +131,30 @@ class PlatformCommands:
             if code in REFUSALS:
                 self._refusal(REFUSALS[code])
             return
-        if p.cn in CN_KIND and p.get("BeginTime"):
+        refused = self._unauthorized(p)
+        if refused:
+            await self._reply(p, refused)
+        elif p.cn in CN_KIND and p.get("BeginTime"):
             self._background(self._history(p))
-            return
-        if p.cn == "2041":
+        elif p.cn == "2041":
             self._background(self._running_time(p))
-            return
-        handler = {
+        elif (handler := self._handlers().get(p.cn)) is None:
+            await self._reply(p, "8")
+        else:
+            await self._reply(p, "1")
+            await handler(p)
+
+    def _unauthorized(self, p: Packet) -> str | None:
+        """Who may ask anything: the platform that names this station (else QnRtn 4) and knows
+        its current PW (else 3)."""
+        if p.mn != self.cfg.mn:
+            return "4"
+        if not hmac.compare_digest(p.pw.encode(), self._pw.encode()):
+            return "3"
+        return None
+
+    def _handlers(self) -> dict[str, Callable[[Packet], Awaitable[None]]]:
+        return {
             "1000": self._set_timeouts,
             "1011": self._get_time,
             "1012": self._set_time,
@@ -151,17 +169,8 @@ class PlatformCommands:
             "2021": self._start_status,
             "2022": self._stop_status,
             "2081": self._restart_time,
-        }.get(p.cn)
-        if p.cn in CONTROL_CNS:
-            handler = self._remote_control
-        if handler is None:
-            await self._reply(p, "8")
-            return
-        if p.cn == "1072" and not hmac.compare_digest(p.pw.encode(), self._pw.encode()):
-            await self._reply(p, "3")  # a new password only from who knows the current one
-            return
-        await self._reply(p, "1")
-        await handler(p)
+            **dict.fromkeys(CONTROL_CNS, self._remote_control),
+        }
 
     def _background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
