@@ -422,13 +422,13 @@ def _expand_rules(
             try:
                 standard = rule.model_copy(update={"point": resolve_point(points, None, rule.site).id})
             except ValueError as err:
-                problems.append(_at(src, ("rules", index, "site"), str(err)))
+                problems.append(src.at(("rules", index, "site"), str(err)))
                 standards = None
                 continue
         try:
             limits = expand_standard(standard, directory)
         except (ValueError, OSError) as err:
-            problems.append(_at(src, ("rules", index, "tables"), str(err)))
+            problems.append(src.at(("rules", index, "tables"), str(err)))
             standards = None
             continue
         out.extend(limits)
@@ -437,7 +437,7 @@ def _expand_rules(
     twice = sorted(name for name, n in Counter(r.name for r in out).items() if n > 1)
     if twice:
         message = f"expected unique rule names once standards are expanded, found {twice}"
-        problems.append(_at(src, ("rules",), message))
+        problems.append(src.at(("rules",), message))
     return out, standards
 
 
@@ -446,13 +446,13 @@ def _device(
 ) -> DeviceConfig | None:
     path: Path = ("devices", index)
     if not isinstance(raw, Mapping):
-        problems.append(_at(src, path, f"expected a mapping, found {_kind(raw)}"))
+        problems.append(src.at(path, f"expected a mapping, found {_kind(raw)}"))
         return None
     kind = raw.get("kind")
     if not isinstance(kind, str) or kind not in drivers:
         where = (*path, "kind") if "kind" in raw else path
         found = f"found {kind!r}{suggest(str(kind), drivers)}" if "kind" in raw else "found no 'kind'"
-        problems.append(_at(src, where, f"expected kind one of: {', '.join(sorted(drivers))}, {found}"))
+        problems.append(src.at(where, f"expected kind one of: {', '.join(sorted(drivers))}, {found}"))
         return None
     return _validate(drivers[kind], raw, path, src, problems)
 
@@ -472,7 +472,7 @@ def _validate(model: type[M], data: Any, prefix: Path, src: Source, problems: li
         where = paths.get(obj_id, prefix)
         for key in keys:
             hint = did_you_mean(str(key), allowed) or f"expected one of: {', '.join(allowed)}"
-            problems.append(_at(src, (*where, key), f"unknown key; {hint}"))
+            problems.append(src.at((*where, key), f"unknown key; {hint}"))
     return result  # without the unknown keys: phase 2 checks the rest (the problems refuse the config)
 
 
@@ -503,15 +503,15 @@ def _describe(error: Any, prefix: Path, src: Source) -> str | None:
     if kind == "union_tag_invalid":
         path = (*path, ctx["discriminator"].strip("'"))
         hint = suggest(str(ctx["tag"]), _quoted_choices(ctx["expected_tags"]))
-        return _at(src, path, f"expected one of {ctx['expected_tags']}, found {ctx['tag']!r}{hint}")
+        return src.at(path, f"expected one of {ctx['expected_tags']}, found {ctx['tag']!r}{hint}")
     if kind == "missing":
-        return _at(src, path, "required key is missing")
+        return src.at(path, "required key is missing")
     message = error["msg"]
     if kind in ("literal_error", "enum"):
         message = f"expected one of {ctx['expected']}"
         if isinstance(error.get("input"), str) and not _may_be_secret(path):
             message += f", found {error['input']!r}{suggest(error['input'], _quoted_choices(ctx['expected']))}"
-            return _at(src, path, message)
+            return src.at(path, message)
     elif message.startswith("Input should be "):
         message = "expected " + message.removeprefix("Input should be ")
     elif message.startswith("String should match pattern"):
@@ -522,7 +522,7 @@ def _describe(error: Any, prefix: Path, src: Source) -> str | None:
         message = message.removeprefix("Value error, ")
     if message.startswith("expected") and not isinstance(error.get("input"), Mapping):
         message = f"{message}, found {_found(error.get('input'), path, src)}"
-    return _at(src, path, message)
+    return src.at(path, message)
 
 
 def _quoted_choices(text: str) -> list[str]:
@@ -556,10 +556,6 @@ def _kind(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _at(src: Source, path: Path, message: str) -> str:
-    return f"{src.file}:{src.line_of(path)}: {dotted(path)}: {message}"
-
-
 def _line_key(problem: str) -> tuple[int, str]:
     parts = problem.split(":", 2)
     return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, problem)
@@ -575,7 +571,7 @@ def _cross_checks(sections: Sections, devices: list[DeviceConfig], src: Source) 
         counts = Counter(names)
         for index, name in enumerate(names):
             if name and counts[name] > 1 and names.index(name) != index:
-                problems.append(_at(src, (*section, index, key), f"expected a unique {key}, found {name!r} again"))
+                problems.append(src.at((*section, index, key), f"expected a unique {key}, found {name!r} again"))
 
     for section, key in (("sites",), "id"), (("devices",), "id"), (("influxdb",), "name"), (("rules",), "name"):
         duplicates(section, key)
@@ -583,7 +579,7 @@ def _cross_checks(sections: Sections, devices: list[DeviceConfig], src: Source) 
     raw_ids = raw_names(src, ("devices",), "id")
     for kind in sorted({type(d) for d in devices}, key=lambda t: t.__name__):
         for device, key, message in kind.cross_check([d for d in devices if type(d) is kind]):
-            problems.append(_at(src, ("devices", raw_ids.index(device.id), key), message))
+            problems.append(src.at(("devices", raw_ids.index(device.id), key), message))
     if sections.complete(("points",), ("sites",), ("aggregation", "flow_quantity")):
         problems += _point_checks(sections, devices, raw_ids, src)
     return problems
@@ -604,7 +600,7 @@ def _point_checks(sections: Sections, devices: list[DeviceConfig], raw_ids: list
         try:
             return resolve_point(points, point, site)
         except ValueError as err:
-            problems.append(_at(src, (*path, "point" if point is not None else "site"), str(err)))
+            problems.append(src.at((*path, "point" if point is not None else "site"), str(err)))
             return None
 
     for index, rule in sections.each(("rules",), config.rules):
@@ -618,7 +614,7 @@ def _point_checks(sections: Sections, devices: list[DeviceConfig], raw_ids: list
         flows = sorted({s.device for _, s in series if _flow_of(declared, s)})
         if declared.flow_device is None and len(flows) > 1:
             message = f"expected flow.device: {', '.join(flows)} all measure {declared.flow_quantity} at this point"
-            problems.append(_at(src, ("points", index, "flow"), message))
+            problems.append(src.at(("points", index, "flow"), message))
     for index, platform in sections.each(("hj212",), config.hj212):
         if platform.point is None and platform.site not in sites:
             continue  # refused as a site that is not configured (config_refs)
@@ -643,7 +639,7 @@ def _cycle_problems(
                     f"expected the analyzer's measuring cycle for a sample-time register: add "
                     f"{{quantity: {sampled.quantity}, device: {sampled.device}, cycle: 1h}} to aggregation.overrides"
                 )
-                problems.append(_at(src, ("devices", raw_ids.index(device.id), *sampled.where), message))
+                problems.append(src.at(("devices", raw_ids.index(device.id), *sampled.where), message))
     return problems
 
 
@@ -658,7 +654,7 @@ def _station_checks(
             target = next((d for d in devices if d.id == control.device), None)
             if target is None or target.kind != "modbus":
                 message = f"expected a modbus device from 'devices', found {control.device!r}"
-                problems.append(_at(src, ("hj212", index, "controls", cn, "device"), message))
+                problems.append(src.at(("hj212", index, "controls", cn, "device"), message))
     for device in devices:
         for claim in device.point_claims():
             found = points.by_id.get(claim.point)
@@ -668,7 +664,7 @@ def _station_checks(
                 or (found.devices is not None and claim.device not in found.devices)
             ):
                 message = f"expected a point of site {claim.site!r} whose devices hold {claim.device!r}"
-                problems.append(_at(src, ("devices", raw_ids.index(device.id), *claim.where), message))
+                problems.append(src.at(("devices", raw_ids.index(device.id), *claim.where), message))
     return problems
 
 
@@ -679,23 +675,23 @@ def _declared_points(config: Config, src: Source) -> list[str]:
     for index, point in enumerate(config.points):
         at: Path = ("points", index)
         if any(p.id == point.id for p in config.points[:index]):
-            problems.append(_at(src, (*at, "id"), f"expected a unique id, found {point.id!r} again"))
+            problems.append(src.at((*at, "id"), f"expected a unique id, found {point.id!r} again"))
         if point.site not in site_ids:
-            problems.append(_at(src, (*at, "site"), f"expected a site from 'sites', found {point.site!r}"))
+            problems.append(src.at((*at, "site"), f"expected a site from 'sites', found {point.site!r}"))
         if point.id in inferred:
-            problems.append(_at(src, (*at, "id"), f"expected an id other than site {point.id!r} (its inferred point)"))
+            problems.append(src.at((*at, "id"), f"expected an id other than site {point.id!r} (its inferred point)"))
         if point.flow.device is not None and point.flow.device not in point.devices:
             message = f"expected one of the point's devices {point.devices}"
-            problems.append(_at(src, (*at, "flow", "device"), message))
+            problems.append(src.at((*at, "flow", "device"), message))
         flow = point.flow.quantity or config.aggregation.flow_quantity
         if point.quantities and flow not in point.quantities:
             message = f"expected its flow quantity {flow!r} among them (else the point has no volume and no mass)"
-            problems.append(_at(src, (*at, "quantities"), message))
+            problems.append(src.at((*at, "quantities"), message))
         for other in config.points[:index]:
             shared = _overlap(point, other)
             if shared:
                 message = f"expected each series in one point; {shared} is also in {other.id!r}"
-                problems.append(_at(src, (*at, "devices"), message))
+                problems.append(src.at((*at, "devices"), message))
     return problems
 
 
@@ -711,7 +707,7 @@ def _unit_problems(platform: Platform, point: Point, series: list[tuple[int, Kno
                 f"expected a unit convertible to {units.wire_unit(code)} for {known.quantity} ({code}),"
                 f" uploaded to hj212 {platform.name!r}, found {known.unit!r}"
             )
-            problems.append(_at(src, ("devices", device_index, *known.where), message))
+            problems.append(src.at(("devices", device_index, *known.where), message))
     return problems
 
 

@@ -36,7 +36,6 @@ class Budget:
     max_bytes: int | None
     min_free: int
     dropped: int
-    shed_rows: int
     _db: sqlite3.Connection
     _page: int
     _checkpoint_pages: int
@@ -92,7 +91,6 @@ class Budget:
         oldest = self.oldest_pending_ts()
         shed = self.shed(oldest if oldest is not None else time.time_ns() - 2 * 86400 * 1_000_000_000)
         if shed:
-            self.shed_rows += sum(shed.values())
             log.warning("outbox %s over 90 %% of its budget: shed side data %s", self.path, shed)
         if drop_records:
             self._drop_oldest()

@@ -15,7 +15,7 @@ from telemetry.errors import OutboxError
 from telemetry.model import Record, Rejected
 from telemetry.outbox.records import decode
 from telemetry.outbox.schema import SCHEMA
-from telemetry.outbox.side import dead_letters
+from telemetry.outbox.side import dead_letters, side_rows
 
 
 def read_dead_letters(path: str, limit: int = 50) -> list[Rejected]:
@@ -70,15 +70,16 @@ def read_status(path: str) -> Status:
             db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
         ) * page
         files = sum(p.stat().st_size for p in Path(path).parent.glob(Path(path).name + "*"))
+        side = side_rows(db)
         return Status(
             consumers=consumers,
             records=int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0]),
             used_bytes=int(used),
             file_bytes=int(files),
-            quarantined=int(db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]),
-            dead_letters=int(db.execute("SELECT COUNT(*) FROM deadletter").fetchone()[0]),
-            windows=int(db.execute("SELECT COUNT(*) FROM windows").fetchone()[0]),
-            hj212_acked=int(db.execute("SELECT COUNT(*) FROM hj212_acked").fetchone()[0]),
+            quarantined=side["quarantine"],
+            dead_letters=side["deadletter"],
+            windows=side["windows"],
+            hj212_acked=side["hj212_acked"],
         )
     except sqlite3.Error as err:
         raise OutboxError(f"cannot read outbox {path}: {err}") from err

@@ -110,9 +110,8 @@ class SideStores:
         return int(self._db.execute(query, (rows,)).rowcount)
 
     def side_rows(self) -> dict[str, int]:
-        """Rows per side table, for ``telemetry outbox status`` and the year's bench."""
-        tables = ("windows", "hj212_acked", "quarantine", "deadletter", "deliveries", "commands", "state")
-        return {t: int(self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in tables}  # noqa: S608
+        """Rows per side table, for the year's bench (``telemetry outbox status`` reads a copy)."""
+        return side_rows(self._db)
 
     # -- closed windows ---------------------------------------------------------------------------
 
@@ -187,6 +186,11 @@ class SideStores:
     def dead_letters(self, limit: int = 50) -> list[Rejected]:
         """The newest dead letters, newest first."""
         return dead_letters(self._db, limit)
+
+
+def side_rows(db: sqlite3.Connection) -> dict[str, int]:
+    tables = ("windows", "hj212_acked", "quarantine", "deadletter", "deliveries", "commands", "state")
+    return {t: int(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in tables}  # noqa: S608
 
 
 def dead_letters(db: sqlite3.Connection, limit: int) -> list[Rejected]:

@@ -17,7 +17,6 @@ import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from telemetry.errors import OutboxError, OutboxFull, OutboxFullDisk
@@ -34,21 +33,18 @@ class Outbox(RecordQueue, SideStores, Budget):
         path: str,
         *,
         synchronous: str = "full",
-        deadletter_max: int | None = None,
         max_bytes: int | None = None,
         when_full: str = "drop_oldest",
         min_free: int = MIN_FREE_BYTES,
         retention: Retention | None = None,
     ) -> None:
         self.path = path
-        keep = retention or Retention()
-        self.retention = keep if deadletter_max is None else replace(keep, deadletter_max=deadletter_max)
+        self.retention = retention or Retention()
         self.max_bytes = max_bytes
         self.when_full = when_full
         self.min_free = min_free  # more than a checkpoint can take: the file system never fills
         self._reclaimed_at = -1e9
         self.dropped = 0  # records deleted by the disk budget before every consumer took them
-        self.shed_rows = 0  # side-table rows the disk budget deleted before their retention
         self.deleted: Counter[tuple[str, str]] = Counter()
         try:
             make_private(path)
