@@ -20,9 +20,6 @@ class NodataState(RuleState):
         self._last = self.keep("last", readings())  # the last valid reading of each series
         self._expected = rule.site is not None and rule.device is not None and rule.quantity is not None
 
-    def _series(self, r: Reading) -> str:
-        return key_of(r) if self.rule.quantity is not None else f"{r.site}/{r.device}"
-
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
             return []
@@ -124,19 +121,16 @@ class MaintenanceState(RuleState):
         super().__init__(rule, zones)
         self._flagged = self.keep("flagged", readings())  # site/device/quantity -> (since, reading)
 
-    def _judged(self, r: Reading) -> str:
-        return key_of(r) if self.rule.quantity is not None else f"{r.site}/{r.device}"
-
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag in self.rule.flags:
             self._flagged.setdefault(key_of(r), (r.ts, r))
-            return self._verdict(self._judged(r), r.ts, r)
+            return self._verdict(self._series(r), r.ts, r)
         cleared = self._flagged.pop(key_of(r), None)
-        return self._verdict(self._judged(r), r.ts, r, cleared[0] if cleared else None)
+        return self._verdict(self._series(r), r.ts, r, cleared[0] if cleared else None)
 
     def on_tick(self, now_ns: int) -> list[AlertEvent]:
         events = []
-        for key in {self._judged(r) for _, r in self._flagged.values()}:
+        for key in {self._series(r) for _, r in self._flagged.values()}:
             events += self._verdict(key, now_ns, None)
         return events
 
@@ -144,7 +138,10 @@ class MaintenanceState(RuleState):
         """The rule's series (a quantity, or the device) against ``for``: held as long as its
         longest-flagged quantity; once none is flagged, a resolve says how long the flag lasted
         (since ``cleared``, when the reading that ended it is the one judged)."""
-        flagged = [(since, r) for k, (since, r) in self._flagged.items() if k == key or k.startswith(key + "/")]
+        if self._device_wide:
+            flagged = [(since, r) for k, (since, r) in self._flagged.items() if k.startswith(key + "/")]
+        else:  # a quantity's own key: one lookup, not a scan on every reading
+            flagged = [self._flagged[key]] if key in self._flagged else []
         since, r = min(flagged, key=lambda f: f[0]) if flagged else (cleared if cleared is not None else ts, reading)
         if r is None:
             return []

@@ -168,12 +168,21 @@ class RuleState:
             templated=templated,
         )
 
+    @property
+    def _device_wide(self) -> bool:
+        """A rule that watches a device as a whole (``nodata`` or ``maintenance_too_long``
+        without a quantity)."""
+        return getattr(self.rule, "quantity", ...) is None
+
+    def _series(self, r: Reading) -> str:
+        """The series the rule judges a reading in: its quantity's, or its device's."""
+        return f"{r.site}/{r.device}" if self._device_wide else key_of(r)
+
     def _identity(self, item: Reading | Aggregate) -> dict[str, str]:
         """The labels that identify the alert: the rule's own key, the same for its firing and its
-        resolve. A rule that watches a device as a whole (``nodata`` or ``maintenance_too_long``
-        without a quantity) leaves the quantity out: whichever reading fired it or resolved it,
-        it is one alert."""
-        if getattr(self.rule, "quantity", ...) is None:
+        resolve. A device-wide rule leaves the quantity out: whichever reading fired it or
+        resolved it, it is one alert."""
+        if self._device_wide:
             return {"device": item.device}
         return {"device": item.device, "quantity": item.quantity, "unit": item.unit}
 
