@@ -71,8 +71,8 @@ class AlertDesk:
     def counts(self) -> dict[tuple[str, str], int]:
         return self.rules.counts()
 
-    def rules_state(self) -> bytes:
-        return orjson.dumps(self.rules.snapshot())
+    async def save_rules(self) -> None:
+        await self._db(self._outbox.save_state, "rules", orjson.dumps(self.rules.snapshot()))
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.notifier.run(stop)
@@ -115,7 +115,7 @@ class AlertDesk:
     async def save(self) -> None:
         self._dirty = False
         await self._db(self._outbox.save_state, "alerts", orjson.dumps(self.manager.snapshot()))
-        await self._db(self._outbox.save_state, "rules", orjson.dumps(self.rules.snapshot()))
+        await self.save_rules()
 
     def _apply(self, kind: str, body: dict[str, Any], now: int) -> None:
         if kind == "ack":

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_o
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from alerts.rule_config import EvaluatedRule, LimitRule, StandardRule
-from telemetry.calendar import DEFAULT_ZONE, calendar
+from telemetry.aggregate import WINDOW_NS
+from telemetry.calendar import DEFAULT_ZONE, NS, calendar
+from telemetry.hj212.periods import KINDS
 from telemetry.yamlsource import Path, Source
 
 if TYPE_CHECKING:
@@ -43,8 +45,6 @@ M = TypeVar("M", bound=BaseModel)
 
 DAEMON_SITE = "daemon"  # the site of the daemon's own alerts (``outbox_full``)
 UPLINK_DEVICE = "hj212"  # the device of a platform's refusal alert (``hj212_NAME_refused``)
-_WINDOW_S = {"1m": 60.0, "1h": 3600.0, "1d": 86400.0}
-_KIND_WINDOW = {"min": "1m", "hour": "1h", "day": "1d"}  # the window each kind of HJ 212 data is made of
 
 
 def builtin_rules(config: Config) -> list[str]:
@@ -246,11 +246,11 @@ class References:
                 )
             elif rule.site is None or rule.site in self.sites:
                 self.device((*at, "device"), rule.site or (point.site if point else None), rule.device)
-            if isinstance(rule, LimitRule) and rule.window in _WINDOW_S:
+            if isinstance(rule, LimitRule) and rule.window in WINDOW_NS:
                 self.window((*at, "window"), rule.window)
             elif isinstance(rule, StandardRule):
                 for j, window in enumerate(rule.windows):
-                    if window in _WINDOW_S:
+                    if window in WINDOW_NS:
                         self.window((*at, "windows", j), window)
         for index, override in self.sections.each(("aggregation", "overrides"), self.config.aggregation.overrides):
             at = ("aggregation", "overrides", index)
@@ -286,11 +286,11 @@ class References:
             self.site((*at, "site"), platform.site)
             if not agg_ok:
                 continue
-            sent = [(j, kind) for j, kind in enumerate(platform.send) if kind in _KIND_WINDOW]
+            sent = [(j, kind) for j, kind in enumerate(platform.send) if kind in KINDS]
             written = (*at, "send") in self.src.lines
             default = "" if written else f" ({', '.join(platform.send)}: send by default)"
             for j, kind in sent:
-                window = _KIND_WINDOW[kind]
+                window = KINDS[kind][1]  # the window that kind of HJ 212 data is made of
                 where = (*at, "send", j) if written else (*at, "send")
                 if not agg.enabled:
                     self.refuse(
@@ -305,9 +305,7 @@ class References:
                         f" {', '.join(agg.windows) or 'none'}), found {kind!r}{default}: add {window} to"
                         " aggregation.windows" + ("" if written else " or set send"),
                     )
-            made = [
-                _WINDOW_S[_KIND_WINDOW[kind]] for _, kind in sent if agg.enabled and _KIND_WINDOW[kind] in agg.windows
-            ]
+            made = [WINDOW_NS[KINDS[kind][1]] / NS for _, kind in sent if agg.enabled and KINDS[kind][1] in agg.windows]
             if not made:
                 continue
             longest = max(made)

@@ -459,7 +459,7 @@ class Pipeline:
         if self.aggregator is not None:
             body = self.aggregator.snapshot()
             await self.db(self.outbox.save_state, "aggregator", body)
-        await self.db(self.outbox.save_state, "rules", self.alerts.rules_state())
+        await self.alerts.save_rules()
 
     async def prune(self) -> None:
         """The outbox's retention (``telemetry.outbox.side``): old windows, acknowledgements,

@@ -64,8 +64,8 @@ class AlertPath(Protocol):
     def counts(self) -> Mapping[tuple[str, str], int]:
         """What rules adjusted or ignored in the data, by (rule, reason), for the metrics."""
 
-    def rules_state(self) -> bytes:
-        """The rules' state (a day's tonnage, timers) as saved with the open windows."""
+    async def save_rules(self) -> None:
+        """Store the rules' state (a day's tonnage, timers), with the open windows' snapshot."""
 
     async def close(self) -> None: ...
 
