@@ -108,7 +108,7 @@ class PlatformCommands:
     def _packet(self, cn: str, cp: list[dict[str, str]], qn: str = "", st: str = "", ack: bool | None = None) -> Packet:
         raise NotImplementedError
 
-    async def _send(self, packet: Packet, ack: bool) -> None:
+    async def _send(self, packet: Packet) -> None:
         raise NotImplementedError
 
     async def _write_packet(self, packet: Packet) -> None:
@@ -198,7 +198,7 @@ class PlatformCommands:
             for start in await self.periods_between(p.cn, begin, end):
                 packet = await self._period_packet(p.cn, start)
                 if packet is not None:
-                    await self._send(packet, ack=self.cfg.ack)
+                    await self._send(packet)
                     sent += 1
             await self._result(p, "1" if sent else "100")
         except (NotAcked, ConnectionError, OSError, ValueError, TimeoutError) as err:
@@ -329,7 +329,7 @@ class PlatformCommands:
             while day <= end and sent < 366:
                 items = await self._running_items(day)
                 if items is not None:
-                    await self._send(self._packet("2041", items, ack=False), ack=False)
+                    await self._send(self._packet("2041", items, ack=False))
                     sent += 1
                 day = self.encoder.end("day", day)
             await self._result(p, "1" if sent else "100")

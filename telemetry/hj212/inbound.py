@@ -36,12 +36,12 @@ from telemetry.calendar import NS, calendar
 from telemetry.hj212 import codes
 from telemetry.hj212.codec import Packet
 from telemetry.hj212.extras import Extra, Extras
-from telemetry.hj212.periods import STATION
+from telemetry.hj212.periods import CN_KIND, KINDS, STATION
 from telemetry.hj212.stations import Station
 from telemetry.model import Aggregate, Flag, Reading
 
 EARLIEST_NS = 946_684_800 * NS  # 2000-01-01: older stamps are broken device clocks
-UPLOADS = {"2011": "rtd", "2051": "min", "2061": "hour", "2031": "day", "2021": "status", "2041": "runtime"}
+UPLOADS = {"2011": "rtd", **CN_KIND, "2021": "status", "2041": "runtime"}
 _LEVEL = {"rtd": 0, "min": 1, "hour": 2, "day": 3}
 _CODE = re.compile(r"[A-Za-z0-9]{1,12}")
 _EFLAG = re.compile(r"[A-Za-z0-9]{1,4}")
@@ -86,7 +86,10 @@ class Coverage:
 
     def note(self, mn: str, code: str, level: str, ts: int) -> None:
         seen = self._seen.setdefault((mn, code, _LEVEL[level]), [])
-        bisect.insort(seen, ts)
+        at = bisect.bisect_left(seen, ts)
+        if at < len(seen) and seen[at] == ts:
+            return  # known already (a second value of the code, a frame sent again)
+        seen.insert(at, ts)
         if len(seen) > _KEEP_PER_SERIES or seen[0] < seen[-1] - _KEEP_NS:
             cut = max(len(seen) - _KEEP_PER_SERIES, bisect.bisect_left(seen, seen[-1] - _KEEP_NS))
             del seen[:cut]
@@ -165,6 +168,7 @@ class Inbound:
     def _items(self, station: Station, p: Packet, out: Decoded) -> list[_Item]:
         """Each code's values, whatever the grouping of CP items (one per code, or several)."""
         by_code: dict[str, dict[str, str]] = {}
+        seen = self._codes.setdefault(station.mn, set())
         for item in p.cp:
             for key, value in item.items():
                 code, dash, suffix = key.partition("-")
@@ -173,7 +177,6 @@ class Inbound:
                 if not _CODE.fullmatch(code):
                     out.problems.append(f"code {code[:16]!r} is not a pollutant code")
                     continue
-                seen = self._codes.setdefault(station.mn, set())
                 if code not in seen and len(seen) >= MAX_CODES:
                     out.problems.append(f"code {code}: the station already sent {MAX_CODES} distinct codes")
                     continue
@@ -188,24 +191,26 @@ class Inbound:
         flag = self._flag(item, out)
         if flag is None:
             return
+        unit = codes.unit_of(item.code, "Rtd")
+        extra: Extra | None = None
         for suffix, quantity in (("Rtd", item.quantity), ("ZsRtd", f"{item.quantity}_zs")):
             value = self._number(item, suffix, out)
             if value is None:
                 continue
-            reading = Reading(ts, station.site, device, quantity, value, codes.unit_of(item.code, "Rtd"), flag)
-            out.readings.append(reading)
-            self.coverage.note(station.mn, item.code, "rtd", ts)
-            sample = self._sample_time(station, item, received_ns)
-            eflag = item.values.get("EFlag", "")
-            if self.extras is not None and (sample is not None or _EFLAG.fullmatch(eflag)):
+            out.readings.append(Reading(ts, station.site, device, quantity, value, unit, flag))
+            if extra is None:  # the code's coverage, sample time and EFlag: once for both values
+                self.coverage.note(station.mn, item.code, "rtd", ts)
+                sample = self._sample_time(station, item, received_ns)
+                eflag = item.values.get("EFlag", "")
                 extra = Extra(ts, sample, eflag if _EFLAG.fullmatch(eflag) else "")
+            if self.extras is not None and (extra.sample_ts is not None or extra.eflag):
                 self.extras.note(station.site, device, quantity, extra)
 
     def _period(self, station: Station, device: str, item: _Item, kind: str, start: int, out: Decoded) -> None:
         flag = self._flag(item, out)
         if flag is None:
             return
-        window = f"{station.min_interval_minutes}m" if kind == "min" else {"hour": "1h", "day": "1d"}[kind]
+        window = station.min_window if kind == "min" else KINDS[kind][1]
         end = calendar(station.timezone or self.timezone).end(window, start)
         values = {suffix: self._number(item, suffix, out) for suffix in ("Min", "Avg", "Max", "Cou")}
         if all(v is None for v in values.values()) and "Flag" not in item.values:

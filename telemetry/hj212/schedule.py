@@ -54,7 +54,7 @@ class DuePeriods:
     def _packet(self, cn: str, cp: list[dict[str, str]], qn: str = "", st: str = "", ack: bool | None = None) -> Packet:
         raise NotImplementedError
 
-    async def _send(self, packet: Packet, ack: bool) -> None:
+    async def _send(self, packet: Packet) -> None:
         raise NotImplementedError
 
     def windows_of(self, kind: str) -> list[str]:
@@ -80,7 +80,7 @@ class DuePeriods:
         for start, cn in due[:limit]:
             packet = await self._period_packet(cn, start)
             if packet is not None:
-                await self._send(packet, ack=self.cfg.ack)
+                await self._send(packet)
             # A period with nothing of this point's codes (an inlet-only hour) is done too.
             self._acked.add((cn, start))
             await self._db(self._outbox.hj212_mark_acked, self.name, cn, start)

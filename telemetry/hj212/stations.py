@@ -57,6 +57,11 @@ class Station(Model):
             )
         return self
 
+    @property
+    def min_window(self) -> str:
+        """The aggregation window of its minute data (2051)."""
+        return f"{self.min_interval_minutes}m"
+
     def device_or(self, default: str) -> str:
         return self.device or default
 
@@ -64,7 +69,7 @@ class Station(Model):
 def own_windows(stations: list[Station], device: str) -> list[OwnWindows]:
     """The series of stations that send their own aggregates (``device``: the default device)."""
     return [
-        OwnWindows(s.site, s.device_or(device), f"{s.min_interval_minutes}m")
+        OwnWindows(s.site, s.device_or(device), s.min_window)
         for s in stations
         if s.aggregates == "station"
     ]

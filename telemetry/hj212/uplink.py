@@ -68,6 +68,7 @@ class Uplink(DuePeriods, PlatformCommands):
         self._pw = cfg.pw.get_secret_value()  # until a platform's 1072 sets another (``commands``)
         self._latest: dict[str, tuple[Reading, int]] = {}  # quantity -> (newest reading, when it arrived)
         self._status: dict[tuple[str, str], Reading] = {}  # equipment status series -> newest reading
+        self._equipment = {(e.device, e.quantity) for e in cfg.equipment}  # the status series observed
         self._unit_errors: set[tuple[str, str]] = set()
         # Windows ending at or before this have all closed (set by the pipeline from its aggregator).
         self.closed_through: Callable[[str], int] = lambda window: time.time_ns()
@@ -120,7 +121,7 @@ class Uplink(DuePeriods, PlatformCommands):
         back-filled outage) are not real-time; a sample time may be up to one cycle old."""
         now = self.now()
         window = max(60.0, 3 * self._rtd_interval)
-        equipment = {(e.device, e.quantity) for e in self.cfg.equipment}
+        equipment = self._equipment
         for r in readings:
             if equipment and r.site == self.point.site and (r.device, r.quantity) in equipment:
                 self._status[(r.device, r.quantity)] = r
@@ -199,7 +200,7 @@ class Uplink(DuePeriods, PlatformCommands):
                     await self._write_packet(self._packet("2021", items, ack=False))
                 next_rtd = now + self._rtd_interval
             if self.cfg.version == "2025" and now >= next_beat:
-                await self._send(self._packet("9015", []), ack=False)
+                await self._send(self._packet("9015", []))
                 next_beat = now + self.cfg.heartbeat
             sent = await self._send_due(self.now())
             if not sent:
@@ -211,7 +212,7 @@ class Uplink(DuePeriods, PlatformCommands):
     async def _send_rtd(self) -> None:
         items = self.encoder.rtd_items(self._latest.values(), self.now())
         if items is not None:
-            await self._send(self._packet("2011", items), ack=False)
+            await self._send(self._packet("2011", items))
 
     def _unit_error(self, code: str, unit: str) -> None:
         self._metrics.errors.labels("hj212", "convert", "unit").inc()
@@ -242,11 +243,12 @@ class Uplink(DuePeriods, PlatformCommands):
             cp,
         )
 
-    async def _send(self, packet: Packet, ack: bool) -> None:
+    async def _send(self, packet: Packet) -> None:
         session = self._session_now
         if session is None:
             raise ConnectionError("not connected")
-        await session.send_acked(packet, self._overtime, self._recount if ack else 0, self._counted(packet.cn))
+        # A packet whose flag asks for no 9014 is written once, whatever ``recount`` says.
+        await session.send_acked(packet, self._overtime, self._recount, self._counted(packet.cn))
 
     def _counted(self, cn: str) -> Callable[[str], None]:
         def count(result: str) -> None:
