@@ -38,7 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from telemetry.calendar import calendar
 from telemetry.config import DeviceConfig, Duration, OwnWindows, PointClaim
-from telemetry.config_base import Listen, TimeZone
+from telemetry.config_base import Listen, TimeZone, host_port, loopback
 from telemetry.hj212.codec import MAX_LENGTH_FIELD, Packet
 from telemetry.hj212.extras import Extras
 from telemetry.hj212.inbound import UPLOADS, Inbound, InboundError
@@ -109,8 +109,7 @@ class Hj212Config(DeviceConfig):
         return point_claims(self.stations, self.id)
 
     def warnings(self) -> list[str]:
-        host = self.listen.rpartition(":")[0]
-        if host in ("127.0.0.1", "localhost", "::1"):
+        if loopback(host_port(self.listen)[0]):
             return []
         return [f"{self.id}: HJ 212 carries the stations' passwords in clear text; listen on a private network only"]
 
@@ -162,12 +161,12 @@ class Hj212Driver:
         self.gate.on_alert = hook
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
-        host, _, port = self.cfg.listen.rpartition(":")
+        host, port = host_port(self.cfg.listen)
         backoff = Backoff(initial=1.0, maximum=30.0)
         server: asyncio.Server | None = None
         while server is None and not stop.is_set():
             try:
-                server = await asyncio.start_server(partial(self._accept, emit, stop), host.strip("[]"), int(port))
+                server = await asyncio.start_server(partial(self._accept, emit, stop), host, port)
             except OSError as err:
                 self._metrics.errors.labels("hj212_input", "listen", "bind").inc()
                 if backoff.attempts == 0:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import logging
 import ssl
 import threading
@@ -51,6 +50,7 @@ from drivers.mqtt_client import Client, Message
 from drivers.mqtt_decode import MAX_PAYLOAD, FormatName, Paths, PayloadError, decode
 from drivers.mqtt_hj212 import Hj212Payloads, StationTable
 from telemetry.config import DeviceConfig, Duration, KnownSeries, Model, Name, OwnWindows, PointClaim
+from telemetry.config_base import loopback
 from telemetry.hj212.stations import own_windows, point_claims, station_series
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, InvalidReading, Reading, Rejected
@@ -189,7 +189,7 @@ class MqttConfig(DeviceConfig, StationTable):
     def _locked_down(self) -> MqttConfig:
         if self.insecure:
             return self
-        if self.tls is None and not _loopback(self.host):
+        if self.tls is None and not loopback(self.host):
             raise PydanticCustomError(
                 "insecure",
                 "expected a tls section for a broker off this machine, or insecure: true to send "
@@ -563,15 +563,6 @@ def _protocol_refused(reason: Any) -> bool:
     """A CONNACK refusing the protocol version: 0x84 from an MQTT 5 broker; paho reports a 3.1.1
     broker's return code 1 (unacceptable protocol level) as 0x84 too."""
     return getattr(reason, "value", None) == 0x84
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _reason(err: BaseException) -> tuple[str, str]:

@@ -6,6 +6,7 @@ them without importing the whole configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import zoneinfo
 from collections.abc import Mapping
@@ -91,6 +92,22 @@ def _check_listen(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise PydanticCustomError("listen", "expected HOST:PORT such as 127.0.0.1:9108")
     return value
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    """HOST and PORT of a ``Listen`` value; an IPv6 host without its brackets."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def loopback(host: str) -> bool:
+    """Only this machine reaches it: localhost, 127.0.0.0/8, ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 M = TypeVar("M", bound=BaseModel)

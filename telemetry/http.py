@@ -26,6 +26,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
+from telemetry.config_base import host_port
 from telemetry.errors import OutboxError
 from telemetry.metrics import Metrics
 from telemetry.outbox import add_command, read_state
@@ -94,9 +95,9 @@ def serve(
     metrics: Metrics, listen: str, outbox_path: str, ack_token: str = "", readiness: Readiness | None = None
 ) -> Callable[[], None]:
     """Start the endpoint in a thread; returns a function that stops it."""
-    host, _, port = listen.rpartition(":")
+    host, port = host_port(listen)
     handler = app(metrics, outbox_path, ack_token, readiness)
-    server: WSGIServer = make_server(host.strip("[]"), int(port), handler, handler_class=_QuietHandler)
+    server: WSGIServer = make_server(host, port, handler, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
 

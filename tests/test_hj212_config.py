@@ -12,6 +12,7 @@ import yaml
 
 from telemetry import app
 from telemetry.cli import likely_mistakes, summary
+from telemetry.config_base import host_port, loopback
 from telemetry.errors import ConfigError
 
 BASE = """\
@@ -129,3 +130,12 @@ def test_the_relay_example_validates_against_the_schema_and_the_loader() -> None
     dep = app.load(str(example), {"DAU_PW": "d1", "CITY_PW": "c1", "PROVINCE_PW": "p1"})
     assert [p.name for p in dep.config.hj212] == ["city", "province"]
     assert [w.minutes for d in dep.devices for w in d.own_windows()] == ["10m"]
+
+
+def test_a_listener_on_loopback_is_not_warned_about_clear_text(tmp_path: Path) -> None:
+    """One loopback test for the MQTT broker and the listener: 127.0.0.0/8 and [::1] too."""
+    for listen, warned in (("0.0.0.0:9212", True), ("127.0.0.2:9212", False), ("[::1]:9212", False)):
+        dep = load(tmp_path, BASE.replace('"0.0.0.0:9212"', f'"{listen}"'))
+        assert any("clear text" in w for w in dep.devices[0].warnings()) is warned, listen  # type: ignore[attr-defined]
+    assert host_port("[::1]:9212") == ("::1", 9212)
+    assert [loopback(h) for h in ("localhost", "127.9.9.9", "::1", "10.0.0.1", "broker")] == [True] * 3 + [False] * 2

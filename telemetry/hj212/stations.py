@@ -68,11 +68,7 @@ class Station(Model):
 
 def own_windows(stations: list[Station], device: str) -> list[OwnWindows]:
     """The series of stations that send their own aggregates (``device``: the default device)."""
-    return [
-        OwnWindows(s.site, s.device_or(device), s.min_window)
-        for s in stations
-        if s.aggregates == "station"
-    ]
+    return [OwnWindows(s.site, s.device_or(device), s.min_window) for s in stations if s.aggregates == "station"]
 
 
 def station_series(stations: list[Station], device: str) -> list[tuple[str | None, str | None]]:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from telemetry import app
 from telemetry.config import Deployment
+from telemetry.config_base import host_port
 from telemetry.errors import ConfigError
 from telemetry.hj212.stations import Station
 from telemetry.model import AlertEvent, AlertState, Flag, Reading
@@ -169,9 +170,9 @@ def _daus(dep: Deployment) -> list[SimulatedDau]:
         stations: list[Station] = getattr(device, "stations", [])
         if device.kind == "hj212" and stations:
             listen = str(getattr(device, "listen", ""))
-            host, _, port = listen.rpartition(":")
+            host, port = host_port(listen)
             station = stations[0]
-            out.append(SimulatedDau(host, int(port), station.mn, station.pw.get_secret_value()))
+            out.append(SimulatedDau(host, port, station.mn, station.pw.get_secret_value()))
             _say(f"simulated data acquisition unit of {station.site} (HJ 212, MN {station.mn}) -> {listen}")
     return out
 
