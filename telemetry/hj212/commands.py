@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import logging
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -48,7 +47,7 @@ import orjson
 
 from telemetry.calendar import NS
 from telemetry.hj212.codec import Packet, flag_value
-from telemetry.hj212.config import Control, Platform
+from telemetry.hj212.config import PW_CHARS, Control, Platform
 from telemetry.hj212.periods import CN_KIND, PointEncoder
 from telemetry.hj212.session import NotAcked, answer
 from telemetry.model import Aggregate, Reading
@@ -60,7 +59,6 @@ log = logging.getLogger(__name__)
 MAX_RTD_INTERVAL_S = 86400.0  # what a platform may set (1062): a day; beyond that a command is refused
 REFUSALS = {"3": "wrong password (PW)", "4": "wrong station id (MN)", "5": "wrong ST", "6": "wrong Flag"}
 CONTROL_CNS = frozenset(str(cn) for cn in range(3011, 3022))
-_PW = re.compile(r"[A-Za-z0-9_.@#$%^*+-]{1,16}")  # what the config accepts: nothing that separates fields
 Db = Callable[..., Awaitable[Any]]
 Control_ = Callable[[Control], Awaitable[None]]
 
@@ -82,7 +80,7 @@ def stored_password(config_pw: str, body: bytes | None) -> str | None:
     if not isinstance(data, dict) or data.get("config") != hashlib.sha256(config_pw.encode()).hexdigest():
         return None
     pw = data.get("pw")
-    return pw if isinstance(pw, str) and _PW.fullmatch(pw) else None
+    return pw if isinstance(pw, str) and PW_CHARS.fullmatch(pw) else None
 
 
 class PlatformCommands:
@@ -262,7 +260,7 @@ class PlatformCommands:
 
     async def _set_password(self, p: Packet) -> None:
         new = p.get("NewPW") or ""
-        if not _PW.fullmatch(new):
+        if not PW_CHARS.fullmatch(new):
             log.warning("hj212 %s: platform sent a new password HJ 212 cannot carry; refused", self.name)
             await self._result(p, "3")
             return

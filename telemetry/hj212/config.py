@@ -55,8 +55,13 @@ CODES_2005 = {
 }
 
 
+PW_CHARS = re.compile(r"[A-Za-z0-9_.@#$%^*+-]{1,16}")  # no ; , = & that separate HJ 212 fields
+MN_CHARS = re.compile(r"[A-Za-z0-9]{1,24}")
+CODE_CHARS = re.compile(r"[A-Za-z0-9]{1,12}")
+
+
 def frame_safe_secret(value: SecretStr) -> SecretStr:
-    if not re.fullmatch(r"[A-Za-z0-9_.@#$%^*+-]{1,16}", value.get_secret_value()):
+    if not PW_CHARS.fullmatch(value.get_secret_value()):
         raise PydanticCustomError("pw", "expected 1-16 letters, digits or _.@#$%^*+- (no ; , = & in an HJ 212 PW)")
     return value
 
@@ -68,7 +73,18 @@ def quoted(value: object) -> object:
     return value
 
 
-Code = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,12}$")]
+def _divides_an_hour(minutes: int) -> int:
+    if 60 % minutes:
+        raise PydanticCustomError("interval", "expected a MinInterval that divides an hour")
+    return minutes
+
+
+Code = Annotated[str, Field(pattern=f"^{CODE_CHARS.pattern}$")]
+# Everything that goes into a frame's header or CP keys is restricted to characters with no
+# meaning in HJ 212 (';', ',', '=', '&&' separate fields): no field can be injected.
+Mn = Annotated[str, BeforeValidator(quoted), Field(pattern=f"^{MN_CHARS.pattern}$")]
+Pw = Annotated[SecretStr, BeforeValidator(quoted), AfterValidator(frame_safe_secret)]
+MinInterval = Annotated[int, Field(ge=1, le=60), AfterValidator(_divides_an_hour)]  # minutes of 2051 data
 
 
 class Equipment(Model):
@@ -106,10 +122,8 @@ class Platform(Model):
     # platform); ``site`` alone names a site's only point.
     point: Name | None = None
     site: Name | None = None
-    # Everything that goes into a frame's header or CP keys is restricted to characters with
-    # no meaning in HJ 212 (';', ',', '=', '&&' separate fields): no field can be injected.
-    mn: Annotated[str, BeforeValidator(quoted), Field(pattern=r"^[A-Za-z0-9]{1,24}$")]
-    pw: Annotated[SecretStr, BeforeValidator(quoted), AfterValidator(frame_safe_secret)]
+    mn: Mn
+    pw: Pw
     st: Annotated[str, Field(pattern=r"^[0-9]{2}$")] | None = None  # default: 32 for water, 31 for a stack
     version: Literal["2017", "2025"] = "2017"
     timezone: TimeZone = "Asia/Shanghai"
@@ -117,7 +131,7 @@ class Platform(Model):
     codes: dict[Name, Code] = {}  # overrides and additions
     send: list[Literal["rtd", "min", "hour", "day"]] = ["rtd", "min", "hour", "day"]
     rtd_interval: Duration = 30.0
-    min_interval_minutes: Annotated[int, Field(ge=1, le=60)] = 10
+    min_interval_minutes: MinInterval = 10
     ack: bool = True
     overtime: Duration = 5.0
     recount: Annotated[int, Field(ge=0, le=10)] = 3
@@ -133,10 +147,6 @@ class Platform(Model):
     def _interval_divides_an_hour(self) -> Platform:
         if self.site is None and self.point is None:
             raise PydanticCustomError("where", "expected 'point' (or 'site' for a site with one point), found neither")
-        if 60 % self.min_interval_minutes:
-            raise PydanticCustomError(
-                "interval", "expected a MinInterval that divides an hour", {"at": "min_interval_minutes"}
-            )
         return self
 
     def code_map(self, kind: str = "water") -> dict[str, str]:

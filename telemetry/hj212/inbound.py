@@ -35,6 +35,7 @@ from typing import NamedTuple
 from telemetry.calendar import NS, calendar
 from telemetry.hj212 import codes
 from telemetry.hj212.codec import Packet
+from telemetry.hj212.config import CODE_CHARS
 from telemetry.hj212.extras import Extra, Extras
 from telemetry.hj212.periods import CN_KIND, KINDS, STATION
 from telemetry.hj212.stations import Station
@@ -43,7 +44,6 @@ from telemetry.model import Aggregate, Flag, Reading
 EARLIEST_NS = 946_684_800 * NS  # 2000-01-01: older stamps are broken device clocks
 UPLOADS = {"2011": "rtd", **CN_KIND, "2021": "status", "2041": "runtime"}
 _LEVEL = {"rtd": 0, "min": 1, "hour": 2, "day": 3}
-_CODE = re.compile(r"[A-Za-z0-9]{1,12}")
 _EFLAG = re.compile(r"[A-Za-z0-9]{1,4}")
 _FLAGS = {f.value: f for f in Flag}
 _KEEP_NS = 3 * 86400 * NS  # what the coverage remembers: a DAU back-fills a few days at most
@@ -174,7 +174,7 @@ class Inbound:
                 code, dash, suffix = key.partition("-")
                 if not dash:
                     continue  # DataTime and the like
-                if not _CODE.fullmatch(code):
+                if not CODE_CHARS.fullmatch(code):
                     out.problems.append(f"code {code[:16]!r} is not a pollutant code")
                     continue
                 if code not in seen and len(seen) >= MAX_CODES:

@@ -16,28 +16,24 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal, NamedTuple
-
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
-from pydantic_core import PydanticCustomError
+from typing import Literal, NamedTuple
 
 from telemetry.config import OwnWindows, PointClaim
 from telemetry.config_base import Model, Name, TimeZone
 from telemetry.hj212.codec import Packet
-from telemetry.hj212.config import Code, frame_safe_secret, quoted
+from telemetry.hj212.config import MN_CHARS, Code, MinInterval, Mn, Pw
 from telemetry.model import AlertEvent, AlertState, Rejected
 
 UNKNOWN_QUIET_NS = 3600 * 10**9  # an unknown-station alert resolves after this long without one
 _PW_FIELD = re.compile(rb"PW=[^;&]*")
 _QN = re.compile(r"\d{17,20}")
-_MN = re.compile(r"[A-Za-z0-9]{1,24}")
 
 
 class Station(Model):
     """A data acquisition unit (数采仪) sending HJ 212: where its data belongs."""
 
-    mn: Annotated[str, BeforeValidator(quoted), Field(pattern=r"^[A-Za-z0-9]{1,24}$")]
-    pw: Annotated[SecretStr, BeforeValidator(quoted), AfterValidator(frame_safe_secret)]
+    mn: Mn
+    pw: Pw
     site: Name
     device: Name | None = None  # the readings' device; default: the listener's id
     point: Name | None = None  # the monitoring point it feeds (checked against ``points``)
@@ -47,15 +43,7 @@ class Station(Model):
     # are, never recomputed); ``daemon``: the daemon aggregates what it sends (for a station that
     # sends only real-time data), period values entering as readings where no finer data came.
     aggregates: Literal["station", "daemon"] = "station"
-    min_interval_minutes: Annotated[int, Field(ge=1, le=60)] = 10  # the period of its 2051 data
-
-    @model_validator(mode="after")
-    def _divides_an_hour(self) -> Station:
-        if 60 % self.min_interval_minutes:
-            raise PydanticCustomError(
-                "interval", "expected a MinInterval that divides an hour", {"at": "min_interval_minutes"}
-            )
-        return self
+    min_interval_minutes: MinInterval = 10  # the period of its 2051 data
 
     @property
     def min_window(self) -> str:
@@ -98,7 +86,7 @@ def redact(raw: bytes) -> bytes:
 
 def shown_mn(mn: str) -> str:
     """An MN as logs and alerts may show it: what a station sent is not trusted."""
-    return mn if _MN.fullmatch(mn) else "(not an MN)"
+    return mn if MN_CHARS.fullmatch(mn) else "(not an MN)"
 
 
 class Gate:
