@@ -36,14 +36,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from drivers.mqtt_hj212 import StationTable, count_deviations, station_desk
 from telemetry.calendar import calendar
-from telemetry.config import DeviceConfig, Duration, OwnWindows, PointClaim
-from telemetry.config_base import Listen, TimeZone, host_port, loopback
+from telemetry.config import DeviceConfig, Duration
+from telemetry.config_base import Listen, host_port, loopback
 from telemetry.hj212.codec import MAX_LENGTH_FIELD, Packet
-from telemetry.hj212.extras import Extras
-from telemetry.hj212.inbound import UPLOADS, Inbound, InboundError
+from telemetry.hj212.inbound import UPLOADS, InboundError
 from telemetry.hj212.session import ANSWERS, Idle, QnClock, Session, answer
-from telemetry.hj212.stations import Gate, Refusal, Station, own_windows, point_claims, redact, shown_mn, station_series
+from telemetry.hj212.stations import Refusal, Station, redact, shown_mn, station_series
 from telemetry.metrics import Metrics
 from telemetry.model import Rejected
 from telemetry.protocols import Emit
@@ -55,18 +55,16 @@ NOTICES = frozenset({"1013", "2081", "9015"})
 _CN_LABELS = frozenset(UPLOADS) | NOTICES | ANSWERS  # what a metric label may say; anything else is "other"
 
 
-class Hj212Config(DeviceConfig):
+class Hj212Config(StationTable):
     """A TCP listener for HJ 212 stations."""
 
     kind: Literal["hj212"]
     listen: Listen
     lenient: bool = False  # accept CRC-16/MODBUS, the 2005 layout, a 3-digit ST, GBK (each counted)
     stations: Annotated[list[Station], Field(min_length=1)]
-    timezone: TimeZone = "Asia/Shanghai"  # of the stations' DataTime, unless a station says otherwise
     max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
     idle_timeout: Annotated[Duration, Field(gt=0)] = 300.0  # no complete frame for this long: closed
     max_frame_bytes: Annotated[int, Field(ge=64, le=MAX_LENGTH_FIELD)] = MAX_LENGTH_FIELD  # data segment
-    max_clock_ahead: Duration = 300.0  # a DataTime later than this ahead of the host's clock is refused
     calibrate_time: bool = False  # answer a station's 1013 with 1012 (the host's time)
 
     @model_validator(mode="after")
@@ -96,17 +94,8 @@ class Hj212Config(DeviceConfig):
     def produces(self) -> list[tuple[str | None, str | None]]:
         return station_series(self.stations, self.id)
 
-    def site_refs(self) -> list[tuple[tuple[str | int, ...], str | None]]:
-        return [*super().site_refs(), *((("stations", j, "site"), s.site) for j, s in enumerate(self.stations))]
-
     def open_quantities(self) -> list[str | None]:
         return [s.site for s in self.stations]
-
-    def own_windows(self) -> list[OwnWindows]:
-        return own_windows(self.stations, self.id)
-
-    def point_claims(self) -> list[PointClaim]:
-        return point_claims(self.stations, self.id)
 
     def warnings(self) -> list[str]:
         if loopback(host_port(self.listen)[0]):
@@ -142,9 +131,7 @@ class Hj212Driver:
         self.cfg = cfg
         self.name = cfg.id
         self._metrics = metrics
-        extras: Extras = (shared if shared is not None else {}).setdefault("hj212.extras", Extras())
-        self.gate = Gate(cfg.id, cfg.stations, cfg.site)
-        self.inbound = Inbound(cfg.id, cfg.timezone, cfg.max_clock_ahead, extras)
+        self.gate, self.inbound = station_desk(cfg, shared)
         self.listening = asyncio.Event()
         self.port = 0  # the bound port, once listening (``listen`` may say 0)
         self._connections: dict[asyncio.Task[None], _Connection] = {}
@@ -228,8 +215,7 @@ class Hj212Driver:
             await session.close()
 
     def _deviations(self, deviations: tuple[str, ...]) -> None:
-        for deviation in deviations:
-            self._metrics.hj212_lenient.labels(self.name, deviation).inc()
+        count_deviations(self._metrics, self.name, deviations)
 
     async def _one(self, session: Session, p: Packet, emit: Emit, stop: asyncio.Event) -> bool:
         """Handle one packet; False when the connection must go (a commit given up at shutdown)."""
@@ -258,8 +244,7 @@ class Hj212Driver:
         else:
             records, rejected = decoded.records, []
             if decoded.problems:
-                detail = f"{len(decoded.problems)} values left out; first: {decoded.problems[0]}"
-                rejected.append(self._dead_letter(p, "bad_values", detail, raw, now))
+                rejected.append(self._dead_letter(p, "bad_values", decoded.problem_summary, raw, now))
                 self._metrics.rejected.labels(self.name, "bad_values").inc()
         if not await self._commit(emit, stop, records, rejected):
             return False

@@ -49,9 +49,9 @@ from pydantic_core import PydanticCustomError
 from drivers.mqtt_client import Client, Message
 from drivers.mqtt_decode import MAX_PAYLOAD, FormatName, Paths, PayloadError, decode
 from drivers.mqtt_hj212 import Hj212Payloads, StationTable
-from telemetry.config import DeviceConfig, Duration, KnownSeries, Model, Name, OwnWindows, PointClaim
+from telemetry.config import Duration, KnownSeries, Model, Name
 from telemetry.config_base import loopback
-from telemetry.hj212.stations import own_windows, point_claims, station_series
+from telemetry.hj212.stations import station_series
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, InvalidReading, Reading, Rejected
 from telemetry.protocols import Emit
@@ -143,7 +143,7 @@ class Tls(Model):
     verify: bool = True
 
 
-class MqttConfig(DeviceConfig, StationTable):
+class MqttConfig(StationTable):
     """One broker connection and what to subscribe on it."""
 
     kind: Literal["mqtt"]
@@ -179,12 +179,6 @@ class MqttConfig(DeviceConfig, StationTable):
         """Some subscription takes HJ 212 frames: the stations' series are this device's."""
         return any(sub.format == "hj212" for sub in self.subscriptions)
 
-    def own_windows(self) -> list[OwnWindows]:
-        return own_windows(self.stations, self.id)
-
-    def point_claims(self) -> list[PointClaim]:
-        return point_claims(self.stations, self.id)
-
     @model_validator(mode="after")
     def _locked_down(self) -> MqttConfig:
         if self.insecure:
@@ -213,9 +207,6 @@ class MqttConfig(DeviceConfig, StationTable):
         ``{site}``/``{device}`` level names it."""
         plain = [(sub.site, sub.device) for sub in self.subscriptions if sub.format != "hj212"]
         return plain + (station_series(self.stations, self.id) if self.carries_hj212 else [])
-
-    def site_refs(self) -> list[tuple[tuple[str | int, ...], str | None]]:
-        return [*super().site_refs(), *((("stations", j, "site"), s.site) for j, s in enumerate(self.stations))]
 
     def open_quantities(self) -> list[str | None]:
         plain = [sub.site for sub in self.subscriptions if sub.format != "hj212" and sub.quantity is None]
@@ -249,7 +240,7 @@ class MqttDriver:
         self._wake_pending = False
         self._routes: dict[str, tuple[Subscription, dict[str, str]] | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.hj212 = Hj212Payloads(cfg.id, cfg.site, cfg, metrics, shared)
+        self.hj212 = Hj212Payloads(cfg, metrics, shared)
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
         self._lost = asyncio.Event()
         self._down_reason: str | None = None

@@ -14,36 +14,55 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.mqtt_decode import MAX_PAYLOAD, PayloadError, hj212_frames
-from telemetry.config import Duration, Model
+from telemetry.config import DeviceConfig, Duration, OwnWindows, PointClaim
 from telemetry.config_base import TimeZone
 from telemetry.hj212.codec import FrameError, decode_frame
 from telemetry.hj212.extras import Extras
 from telemetry.hj212.inbound import Inbound, InboundError
-from telemetry.hj212.stations import Gate, Refusal, Station, redact
+from telemetry.hj212.stations import Gate, Refusal, Station, own_windows, point_claims, redact
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, Reading, Rejected
 
 Bad = Callable[[bytes, str, str], Rejected]  # (payload, reason, detail) -> the dead letter, counted
 
 
-class StationTable(Model):
-    """The HJ 212 stations of an MQTT device (a mixin of its config)."""
+class StationTable(DeviceConfig):
+    """A device that takes HJ 212 from stations: the listener's config, and the MQTT device's
+    for ``format: hj212`` subscriptions."""
 
-    stations: list[Station] = []  # whose frames ``format: hj212`` subscriptions carry
+    stations: list[Station] = []  # whose frames it takes
     timezone: TimeZone = "Asia/Shanghai"  # of the stations' DataTime, unless a station says otherwise
     max_clock_ahead: Duration = 300.0  # a DataTime later than this ahead of the host's clock is refused
+
+    def site_refs(self) -> list[tuple[tuple[str | int, ...], str | None]]:
+        return [*super().site_refs(), *((("stations", j, "site"), s.site) for j, s in enumerate(self.stations))]
+
+    def own_windows(self) -> list[OwnWindows]:
+        return own_windows(self.stations, self.id)
+
+    def point_claims(self) -> list[PointClaim]:
+        return point_claims(self.stations, self.id)
+
+
+def station_desk(cfg: StationTable, shared: dict[str, Any] | None) -> tuple[Gate, Inbound]:
+    """Who may send (MN, PW) and how frames become records, for either kind of device; the
+    extras (sample times, EFlags) are shared with the uplinks that relay them."""
+    extras: Extras = (shared if shared is not None else {}).setdefault("hj212.extras", Extras())
+    return Gate(cfg.id, cfg.stations, cfg.site), Inbound(cfg.id, cfg.timezone, cfg.max_clock_ahead, extras)
+
+
+def count_deviations(metrics: Metrics, device: str, deviations: tuple[str, ...]) -> None:
+    """Each lenient deviation a frame had, counted per device."""
+    for deviation in deviations:
+        metrics.hj212_lenient.labels(device, deviation).inc()
 
 
 class Hj212Payloads:
     """Messages of ``format: hj212`` subscriptions into records and dead letters."""
 
-    def __init__(
-        self, device: str, site: str | None, cfg: StationTable, metrics: Metrics, shared: dict[str, Any] | None = None
-    ) -> None:
-        extras: Extras = (shared if shared is not None else {}).setdefault("hj212.extras", Extras())
-        self.device = device
-        self.gate = Gate(device, cfg.stations, site)
-        self.inbound = Inbound(device, cfg.timezone, cfg.max_clock_ahead, extras)
+    def __init__(self, cfg: StationTable, metrics: Metrics, shared: dict[str, Any] | None = None) -> None:
+        self.device = cfg.id
+        self.gate, self.inbound = station_desk(cfg, shared)
         self._metrics = metrics
 
     def decode(
@@ -61,8 +80,7 @@ class Hj212Payloads:
         for raw in frames:
             try:
                 packet = decode_frame(raw, lenient=lenient)
-                for deviation in packet.deviations:
-                    self._metrics.hj212_lenient.labels(self.device, deviation).inc()
+                count_deviations(self._metrics, self.device, packet.deviations)
                 station = self.gate.check(packet, lenient)
                 if isinstance(station, Refusal):
                     rejected.append(letter(redact(raw), station.reason, station.detail))
@@ -73,6 +91,5 @@ class Hj212Payloads:
                 continue
             records += decoded.records
             if decoded.problems:
-                detail = f"{len(decoded.problems)} values left out; first: {decoded.problems[0]}"
-                rejected.append(letter(redact(raw), "bad_values", detail))
+                rejected.append(letter(redact(raw), "bad_values", decoded.problem_summary))
         return records, rejected

@@ -69,6 +69,11 @@ class Decoded:
     def records(self) -> list[Reading | Aggregate]:
         return [*self.readings, *self.windows]
 
+    @property
+    def problem_summary(self) -> str:
+        """The dead letter's detail when values were left out."""
+        return f"{len(self.problems)} values left out; first: {self.problems[0]}"
+
 
 class _Item(NamedTuple):
     code: str
