@@ -19,9 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -31,13 +29,10 @@ from telemetry import app
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate
 from telemetry.outbox import Outbox
+from tests.daemon import direct_db
 
 NS = 1_000_000_000
 QUANTITIES = ["cod", "nh3n", "tp", "tn", "ph", "flow", "bod5", "ss", "level", "volume", "throughput", "tss"]
-
-
-async def direct(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
 
 
 def windows(site: str, point: str, quantities: list[str], window: str, starts: range) -> list[Aggregate]:
@@ -79,7 +74,7 @@ hj212:
         for kind, cn, step in (("min", "2051", 600), ("hour", "2061", 3600), ("day", "2031", 86400)):
             for start in range(first // (step * NS) * step * NS, acked_before - step * NS, step * NS):
                 outbox.hj212_mark_acked("city", cn, uplink.encoder.period(kind, start))
-        uplink.attach(direct, outbox)
+        uplink.attach(direct_db, outbox)
         uplink._acked = outbox.hj212_acked("city")  # what run() loads at start
         closed = {"t": now}
         uplink.closed_through = lambda window: closed["t"]

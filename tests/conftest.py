@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from telemetry.sim.notifications import NotificationReceiver
+from telemetry.sim.platform import Receiver
 from tests import services
 
 IN_CI = bool(os.environ.get("CI"))
@@ -36,6 +37,15 @@ def influx1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Influ
 def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Victoria]:
     with services.victoria(tmp_path_factory.mktemp("victoria")) as server:
         yield server
+
+
+@pytest.fixture
+async def hj212_platform() -> AsyncIterator[Receiver]:
+    """The HJ 212 platform stand-in (``receiver`` is the notification one)."""
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

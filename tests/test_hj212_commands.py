@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,14 +21,6 @@ from tests.daemon import RunningDaemon, start_daemon
 BJ = timezone(timedelta(hours=8))
 NS = 1_000_000_000
 MN = "010000A8900016F000169DC0"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
@@ -62,8 +54,8 @@ hj212:
 class Platform:
     """Commands to the station through a receiver, and the packets that answer each."""
 
-    def __init__(self, receiver: Receiver) -> None:
-        self.receiver = receiver
+    def __init__(self, hj212_platform: Receiver) -> None:
+        self.receiver = hj212_platform
         self.n = 0
 
     async def ask(
@@ -87,7 +79,7 @@ def codes(packets: list[Packet]) -> list[tuple[str, str]]:
     return [(p.cn, p.get("QnRtn") or p.get("ExeRtn") or "") for p in packets if p.cn in ("9011", "9012")]
 
 
-async def connected(path: Path, receiver: Receiver, history: list[Reading] | None = None) -> RunningDaemon:
+async def connected(path: Path, hj212_platform: Receiver, history: list[Reading] | None = None) -> RunningDaemon:
     """The daemon, connected to the platform; ``history`` committed and aggregated first (before
     the first tick closes the past: later, readings of closed windows are late)."""
     daemon = await start_daemon(path)
@@ -96,26 +88,26 @@ async def connected(path: Path, receiver: Receiver, history: list[Reading] | Non
         daemon.pipeline.tick(time.time_ns())
         await daemon.pipeline.emit([])  # after the tick's windows: the commits are in order
     await asyncio.wait_for(daemon.uplink().connected.wait(), 10)
-    await receiver.wait_for(lambda ps: any(p.cn == "2081" for p in ps), 10)  # its restart time, first
+    await hj212_platform.wait_for(lambda ps: any(p.cn == "2081" for p in ps), 10)  # its restart time, first
     return daemon
 
 
 async def test_time_status_running_time_restart_and_remote_control_commands(
-    tmp_path: Path, receiver: Receiver, analyzers: RegisterServer
+    tmp_path: Path, hj212_platform: Receiver, analyzers: RegisterServer
 ) -> None:
     started = time.time_ns()
     yesterday = datetime.now(BJ).replace(hour=10, minute=0, second=0, microsecond=0) - timedelta(days=1)
     t0 = int(yesterday.timestamp()) * NS
     hours = [Reading(t0 + m * 60 * NS, "s", "an", "pump", 1.0) for m in range(60)]  # ran the whole hour
     hours += [Reading(t0 + (60 + m) * 60 * NS, "s", "an", "pump", float(m < 30)) for m in range(60)]  # half
-    daemon = await connected(config(tmp_path, receiver.port, analyzers.port), receiver, hours)
-    platform = Platform(receiver)
+    daemon = await connected(config(tmp_path, hj212_platform.port, analyzers.port), hj212_platform, hours)
+    platform = Platform(hj212_platform)
     try:
-        [restart] = [p for p in receiver.packets if p.cn == "2081"]
+        [restart] = [p for p in hj212_platform.packets if p.cn == "2081"]
         calibrate = await platform.ask("1013")
         asked_restart = await platform.ask("2081")
         status_on = await platform.ask("2021")
-        await receiver.wait_for(lambda ps: len([p for p in ps if p.cn == "2021"]) >= 2, 10)  # every RtdInterval
+        await hj212_platform.wait_for(lambda ps: len([p for p in ps if p.cn == "2021"]) >= 2, 10)  # every RtdInterval
         status_off = await platform.ask("2022")
         day = f"{yesterday:%Y%m%d}"
         running = await platform.ask("2041", [{"BeginTime": f"{day}000000", "EndTime": f"{day}235959"}])
@@ -147,12 +139,12 @@ async def test_time_status_running_time_restart_and_remote_control_commands(
 
 
 async def test_a_new_password_from_the_platform_is_stored_used_and_never_logged(
-    tmp_path: Path, receiver: Receiver, analyzers: RegisterServer, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, hj212_platform: Receiver, analyzers: RegisterServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    path = config(tmp_path, receiver.port, analyzers.port)
-    daemon = await connected(path, receiver)
-    platform = Platform(receiver)
+    path = config(tmp_path, hj212_platform.port, analyzers.port)
+    daemon = await connected(path, hj212_platform)
+    platform = Platform(hj212_platform)
     try:
         wrong = await platform.ask("1072", [{"NewPW": "abc999"}], pw="guess1")
         unusable = await platform.ask("1072", [{"NewPW": "x" * 17}])
@@ -172,13 +164,13 @@ async def test_a_new_password_from_the_platform_is_stored_used_and_never_logged(
     assert codes(changed) == [("9011", "1"), ("9012", "1")]
     assert {p.pw for p in changed} == {"123456"}  # the answers go under the password the request had
     assert {p.pw for p in after} == {"n3w-PW"}
-    receiver.packets.clear()
-    daemon = await connected(path, receiver)  # restarted: the stored password, over the configured one
-    daemon_pw = {p.pw for p in receiver.packets}
+    hj212_platform.packets.clear()
+    daemon = await connected(path, hj212_platform)  # restarted: the stored password, over the configured one
+    daemon_pw = {p.pw for p in hj212_platform.packets}
     await daemon.close()
-    receiver.packets.clear()
-    daemon = await connected(config(tmp_path, receiver.port, analyzers.port, pw="op-set7"), receiver)
-    operator_pw = {p.pw for p in receiver.packets}  # the operator changed the configured one since: it wins
+    hj212_platform.packets.clear()
+    daemon = await connected(config(tmp_path, hj212_platform.port, analyzers.port, pw="op-set7"), hj212_platform)
+    operator_pw = {p.pw for p in hj212_platform.packets}  # the operator changed the configured one since: it wins
     await daemon.close()
     assert daemon_pw == {"n3w-PW"}
     assert operator_pw == {"op-set7"}

@@ -25,6 +25,7 @@ from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, AlertEvent, Reading, Rejected
 from tests.daemon import RunningDaemon, start_daemon
 from tests.dau import VARIANTS, Dau, period_cp, rtd_cp, wrap
+from tests.faults.harness import committed
 from tests.services import Influx1, eventually, free_port
 
 BJ = timezone(timedelta(hours=8))
@@ -71,13 +72,6 @@ async def started(path: Path) -> tuple[RunningDaemon, int, Committed]:
     assert isinstance(driver, Hj212Driver)
     await asyncio.wait_for(driver.listening.wait(), 10)
     return daemon, driver.port, committed
-
-
-def committed_records(outbox: Path) -> int:
-    """How many records the outbox ever committed (AUTOINCREMENT's high-water mark)."""
-    with sqlite3.connect(outbox) as db:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-    return int(row[0]) if row else 0
 
 
 def windows(outbox: Path) -> list[Aggregate]:
@@ -138,7 +132,7 @@ async def test_daus_sending_every_variant_are_acked_by_qn_and_stored_once(
         assert ack["ST"] == "91"
         assert ack["MN"] == dau.mn
     assert deviations == dict.fromkeys(deviations, 1.0)
-    assert len(stored) == committed_records(tmp_path / "outbox.sqlite") == 12  # two values from each unit, once
+    assert len(stored) == committed(tmp_path / "outbox.sqlite") == 12  # two values from each unit, once
     cod = sorted((r.device, r.value) for r in stored if r.quantity == "cod")
     assert cod == [(f"st{i}", 40.5 + i) for i in range(6)]
     assert {r.ts for r in stored} == {int(when.timestamp()) * NS}  # the unit's DataTime, Beijing time

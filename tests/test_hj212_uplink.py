@@ -7,15 +7,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
 from prometheus_client import CollectorRegistry
 
-from alerts.desk import AlertDesk
 from telemetry import app
 from telemetry.hj212.codec import Packet
 from telemetry.hj212.uplink import RESCAN_S, Uplink
@@ -66,26 +64,20 @@ def an_hour(start: datetime, flag_minutes: range = range(0)) -> list[Reading]:
     return out
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 def by_cn(packets: list[Packet], cn: str) -> list[Packet]:
     return [p for p in packets if p.cn == cn]
 
 
-async def test_station_sends_realtime_minute_hour_and_day_data_each_acked(tmp_path: Path, receiver: Receiver) -> None:
-    daemon = await start(config(tmp_path, receiver.port))
+async def test_station_sends_realtime_minute_hour_and_day_data_each_acked(
+    tmp_path: Path, hj212_platform: Receiver
+) -> None:
+    daemon = await start(config(tmp_path, hj212_platform.port))
     try:
         yesterday = datetime.now(BJ).replace(hour=10, minute=0, second=0, microsecond=0) - timedelta(days=1)
         await daemon.pipeline.emit(an_hour(yesterday, flag_minutes=range(20, 35)))  # 45 valid minutes: still valid
         await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 55.5, "mg/L")])
         daemon.pipeline.tick(time.time_ns())
-        packets = await receiver.wait_for(
+        packets = await hj212_platform.wait_for(
             lambda ps: len(by_cn(ps, "2051")) >= 6 and by_cn(ps, "2061") and by_cn(ps, "2031") and by_cn(ps, "2011"), 30
         )
         acked = daemon.pipeline.metrics.registry.get_sample_value(
@@ -138,24 +130,26 @@ async def test_outage_and_restart_back_fill_every_period_once_oldest_first(tmp_p
         assert 2 * 3600 <= age < 3 * 3600
     finally:
         await daemon.close()
-    receiver = Receiver(port=port)
-    await receiver.start()
+    hj212_platform = Receiver(port=port)
+    await hj212_platform.start()
     daemon = await start(path)  # restarted daemon, platform back
     try:
-        packets = await receiver.wait_for(lambda ps: len(by_cn(ps, "2051")) >= 6 and by_cn(ps, "2061"), 30)
+        packets = await hj212_platform.wait_for(lambda ps: len(by_cn(ps, "2051")) >= 6 and by_cn(ps, "2061"), 30)
         await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 60.0, "mg/L")])
-        await receiver.wait_for(lambda ps: by_cn(ps, "2011"), 10)  # live data resumes
+        await hj212_platform.wait_for(lambda ps: by_cn(ps, "2011"), 10)  # live data resumes
     finally:
         await daemon.close()
-        await receiver.stop()
+        await hj212_platform.stop()
     periods = [(p.cn, p.get("DataTime")) for p in packets if p.cn in ("2051", "2061")]
     assert len(periods) == len(set(periods)) == 7  # each once
     starts = [p.get("DataTime") or "" for p in packets if p.cn in ("2051", "2061")]
     assert starts == sorted(starts)  # oldest first
 
 
-async def test_history_request_returns_the_stored_windows_or_exertn_100(tmp_path: Path, receiver: Receiver) -> None:
-    daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
+async def test_history_request_returns_the_stored_windows_or_exertn_100(
+    tmp_path: Path, hj212_platform: Receiver
+) -> None:
+    daemon = await start(config(tmp_path, hj212_platform.port, send="[rtd]"))
     hour = datetime.now(BJ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     try:
         await daemon.pipeline.emit(an_hour(hour))
@@ -165,8 +159,8 @@ async def test_history_request_returns_the_stored_windows_or_exertn_100(tmp_path
         request = Packet(
             "20261126100000001", "32", "2061", "123456", MN, 5, None, None, [{"BeginTime": begin, "EndTime": end}]
         )
-        await receiver.send(request)
-        got = await receiver.wait_for(lambda ps: any(p.cn == "9012" and p.qn == request.qn for p in ps), 20)
+        await hj212_platform.send(request)
+        got = await hj212_platform.wait_for(lambda ps: any(p.cn == "9012" and p.qn == request.qn for p in ps), 20)
         empty = Packet(
             "20261126100000002",
             "32",
@@ -178,8 +172,8 @@ async def test_history_request_returns_the_stored_windows_or_exertn_100(tmp_path
             None,
             [{"BeginTime": "20200101000000", "EndTime": "20200101010000"}],
         )
-        await receiver.send(empty)
-        none = await receiver.wait_for(lambda ps: any(p.cn == "9012" and p.qn == empty.qn for p in ps), 20)
+        await hj212_platform.send(empty)
+        none = await hj212_platform.wait_for(lambda ps: any(p.cn == "9012" and p.qn == empty.qn for p in ps), 20)
     finally:
         await daemon.close()
     answer = [p for p in got if p.qn == request.qn or p.cn == "2061"]
@@ -190,18 +184,20 @@ async def test_history_request_returns_the_stored_windows_or_exertn_100(tmp_path
     assert [p.get("ExeRtn") for p in none if p.qn == empty.qn and p.cn == "9012"] == ["100"]
 
 
-async def test_no_9014_means_resend_recount_times_then_pending_then_sent(tmp_path: Path, receiver: Receiver) -> None:
-    receiver.ack = False
-    daemon = await start(config(tmp_path, receiver.port, send="[hour]"))
+async def test_no_9014_means_resend_recount_times_then_pending_then_sent(
+    tmp_path: Path, hj212_platform: Receiver
+) -> None:
+    hj212_platform.ack = False
+    daemon = await start(config(tmp_path, hj212_platform.port, send="[hour]"))
     hour = datetime.now(BJ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     try:
         await daemon.pipeline.emit(an_hour(hour))
         daemon.pipeline.tick(time.time_ns())
-        tries = await receiver.wait_for(lambda ps: len(by_cn(ps, "2061")) >= 3, 20)
+        tries = await hj212_platform.wait_for(lambda ps: len(by_cn(ps, "2061")) >= 3, 20)
         first = by_cn(tries, "2061")[:3]
         assert len({p.qn for p in first}) == 1  # one packet, sent and resent twice (ReCount 2)
-        receiver.ack = True
-        packets = await receiver.wait_for(lambda ps: len({p.qn for p in by_cn(ps, "2061")}) >= 2, 30)
+        hj212_platform.ack = True
+        packets = await hj212_platform.wait_for(lambda ps: len({p.qn for p in by_cn(ps, "2061")}) >= 2, 30)
         registry = daemon.pipeline.metrics.registry
         unacked = registry.get_sample_value(
             "telemetry_hj212_packets_total", {"platform": "city", "cn": "2061", "result": "unacked"}
@@ -213,15 +209,13 @@ async def test_no_9014_means_resend_recount_times_then_pending_then_sent(tmp_pat
     assert len(by_cn(packets, "2061")) >= 4
 
 
-async def test_a_password_refusal_raises_an_alert(tmp_path: Path, receiver: Receiver) -> None:
-    receiver.refuse = "3"
-    daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
-    desk = daemon.pipeline.alerts
-    assert isinstance(desk, AlertDesk)
-    manager = desk.manager
+async def test_a_password_refusal_raises_an_alert(tmp_path: Path, hj212_platform: Receiver) -> None:
+    hj212_platform.refuse = "3"
+    daemon = await start(config(tmp_path, hj212_platform.port, send="[rtd]"))
+    manager = daemon.desk().manager
     try:
         await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 60.0, "mg/L")])
-        await receiver.wait_for(lambda ps: by_cn(ps, "2011"), 10)
+        await hj212_platform.wait_for(lambda ps: by_cn(ps, "2011"), 10)
         for _ in range(100):
             if manager.alerts:
                 break
@@ -233,16 +227,18 @@ async def test_a_password_refusal_raises_an_alert(tmp_path: Path, receiver: Rece
     assert "wrong password" in alert.message
 
 
-async def test_garbage_from_the_platform_is_counted_and_the_link_stays_up(tmp_path: Path, receiver: Receiver) -> None:
-    daemon = await start(config(tmp_path, receiver.port, send="[rtd]"))
+async def test_garbage_from_the_platform_is_counted_and_the_link_stays_up(
+    tmp_path: Path, hj212_platform: Receiver
+) -> None:
+    daemon = await start(config(tmp_path, hj212_platform.port, send="[rtd]"))
     try:
         uplink = daemon.uplink()
         await asyncio.wait_for(uplink.connected.wait(), 10)
-        for writer in receiver._writers:
+        for writer in hj212_platform._writers:
             writer.write(os.urandom(300) + b"##0010garbage!!1234\r\n" + b"##00x")
             await writer.drain()
         await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 61.0, "mg/L")])
-        packets = await receiver.wait_for(lambda ps: any(p.get("w01018-Rtd") == "61" for p in ps), 10)
+        packets = await hj212_platform.wait_for(lambda ps: any(p.get("w01018-Rtd") == "61" for p in ps), 10)
     finally:
         await daemon.close()
     assert uplink.reader_errors >= 1
@@ -312,11 +308,11 @@ hj212:
 
 
 async def test_two_points_at_one_site_go_up_under_their_own_mn_with_their_own_values(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, hj212_platform: Receiver
 ) -> None:
     mn_out, mn_in = "41050022000017", "41050022000018"
     path = tmp_path / "site.yaml"
-    path.write_text(TWO_POINTS.format(tmp=tmp_path, port=receiver.port, mn_out=mn_out, mn_in=mn_in))
+    path.write_text(TWO_POINTS.format(tmp=tmp_path, port=hj212_platform.port, mn_out=mn_out, mn_in=mn_in))
     daemon = await start(path)
     hour = datetime.now(BJ).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     t0 = int(hour.timestamp()) * NS
@@ -336,7 +332,7 @@ async def test_two_points_at_one_site_go_up_under_their_own_mn_with_their_own_va
         await daemon.pipeline.emit(
             [Reading(now, "s", "eff", "cod", 47.0, "mg/L"), Reading(now, "s", "raw", "cod", 9700.0, "mg/L")]
         )
-        packets = await receiver.wait_for(
+        packets = await hj212_platform.wait_for(
             lambda ps: (
                 {(p.mn, p.cn) for p in ps} >= {(mn_out, "2061"), (mn_in, "2061"), (mn_out, "2011"), (mn_in, "2011")}
             ),
@@ -352,8 +348,8 @@ async def test_two_points_at_one_site_go_up_under_their_own_mn_with_their_own_va
     assert {p.get("w01018-Rtd") for p in packets if (p.mn, p.cn) == (mn_in, "2011")} == {"9700"}
 
 
-async def test_a_silent_analyzer_drops_out_of_realtime_data(tmp_path: Path, receiver: Receiver) -> None:
-    daemon = await start(config(tmp_path, receiver.port, send="[rtd]", stale_after="2s"))
+async def test_a_silent_analyzer_drops_out_of_realtime_data(tmp_path: Path, hj212_platform: Receiver) -> None:
+    daemon = await start(config(tmp_path, hj212_platform.port, send="[rtd]", stale_after="2s"))
     stop = asyncio.Event()
 
     async def nh3n_keeps_reporting() -> None:
@@ -364,9 +360,9 @@ async def test_a_silent_analyzer_drops_out_of_realtime_data(tmp_path: Path, rece
     feeder = asyncio.create_task(nh3n_keeps_reporting())
     try:
         await daemon.pipeline.emit([Reading(time.time_ns(), "s", "an", "cod", 55.0, "mg/L")])  # then silence
-        first = await receiver.wait_for(lambda ps: any(p.get("w01018-Rtd") == "55" for p in ps), 10)
+        first = await hj212_platform.wait_for(lambda ps: any(p.get("w01018-Rtd") == "55" for p in ps), 10)
         seen = len(first)
-        later = await receiver.wait_for(
+        later = await hj212_platform.wait_for(
             lambda ps: any(p.cn == "2011" and p.get("w01018-Rtd") is None for p in ps[seen:]), 15
         )
     finally:
@@ -380,10 +376,12 @@ async def test_a_silent_analyzer_drops_out_of_realtime_data(tmp_path: Path, rece
     assert all(p.get("w01018-Rtd") is None for p in later[later.index(gone) :] if p.cn == "2011")  # ... never after
 
 
-async def test_a_minute_period_waits_until_every_window_in_it_has_closed(tmp_path: Path, receiver: Receiver) -> None:
+async def test_a_minute_period_waits_until_every_window_in_it_has_closed(
+    tmp_path: Path, hj212_platform: Receiver
+) -> None:
     """The aggregation grace (10 min) is longer than the platform's (0 s): half the period's minute
     windows have closed when the period is over. It must not go up with five minutes of ten."""
-    path = config(tmp_path, receiver.port, send="[rtd, min]")
+    path = config(tmp_path, hj212_platform.port, send="[rtd, min]")
     path.write_text(path.read_text() + "aggregation: {grace: 10m}\n")
     daemon = await start(path)
     period = (time.time_ns() // (600 * NS) - 2) * 600 * NS  # a ten-minute period that ended 10-20 min ago
@@ -399,10 +397,10 @@ async def test_a_minute_period_waits_until_every_window_in_it_has_closed(tmp_pat
             def has(ps: list[Packet], v: str = value) -> bool:
                 return any(p.get("w21003-Rtd") == v for p in ps)
 
-            await receiver.wait_for(has, 10)
-        early = [p for p in receiver.packets if p.cn == "2051"]
+            await hj212_platform.wait_for(has, 10)
+        early = [p for p in hj212_platform.packets if p.cn == "2051"]
         daemon.pipeline.tick(period + 10 * 60 * NS + 600 * NS)  # now the whole period has closed
-        packets = await receiver.wait_for(lambda ps: any(p.cn == "2051" for p in ps), 20)
+        packets = await hj212_platform.wait_for(lambda ps: any(p.cn == "2051" for p in ps), 20)
     finally:
         await daemon.close()
     assert early == []
@@ -413,7 +411,7 @@ async def test_a_minute_period_waits_until_every_window_in_it_has_closed(tmp_pat
 
 
 async def test_a_site_outside_beijing_time_sends_its_own_days_in_platform_time(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, hj212_platform: Receiver
 ) -> None:
     """A station in Asia/Tokyo: its day runs from Tokyo midnight, which the platform (Beijing
     time) reads as 23:00 the evening before; the daemon and `rules test --hj212` agree."""
@@ -425,7 +423,7 @@ sites: [{{id: s, timezone: Asia/Tokyo}}]
 metrics: {{enabled: false}}
 outbox: {{path: "{tmp_path}/outbox.sqlite"}}
 hj212:
-  - {{name: city, host: 127.0.0.1, port: {receiver.port}, site: s, mn: {MN}, pw: "123456", overtime: 500ms,
+  - {{name: city, host: 127.0.0.1, port: {hj212_platform.port}, site: s, mn: {MN}, pw: "123456", overtime: 500ms,
      grace: 0s, send: [day]}}
 """
     )
@@ -437,7 +435,7 @@ hj212:
     try:
         await daemon.pipeline.emit(readings)
         daemon.pipeline.tick(time.time_ns())
-        packets = await receiver.wait_for(lambda ps: any(p.cn == "2031" for p in ps), 20)
+        packets = await hj212_platform.wait_for(lambda ps: any(p.cn == "2031" for p in ps), 20)
     finally:
         await daemon.close()
     [day] = [p for p in packets if p.cn == "2031"]
