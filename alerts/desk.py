@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -25,10 +25,10 @@ from alerts.rules import RulesEngine
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, AlertEvent, Reading
 from telemetry.outbox import Outbox
+from telemetry.protocols import Db
 
 log = logging.getLogger(__name__)
 
-Db = Callable[..., Awaitable[Any]]
 NS = 1_000_000_000
 
 

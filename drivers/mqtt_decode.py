@@ -31,9 +31,8 @@ import orjson
 
 from telemetry.hj212.codec import FrameReader
 from telemetry.model import Flag
-from telemetry.times import TimeError, epoch_ns, iso_ns
+from telemetry.times import EARLIEST_NS, TimeError, epoch_ns, iso_ns
 
-_EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: older stamps are broken device clocks
 _MAX_AHEAD_NS = 86_400 * 10**9
 MAX_PAYLOAD = 256 * 1024
 
@@ -252,6 +251,6 @@ def _timestamp(raw: Any, received_ns: int) -> int:
         ns = iso_ns(raw) if isinstance(raw, str) else epoch_ns(raw)
     except TimeError as err:
         raise PayloadError(err.reason, str(err)) from None
-    if ns < _EARLIEST_NS or ns > received_ns + _MAX_AHEAD_NS:
+    if ns < EARLIEST_NS or ns > received_ns + _MAX_AHEAD_NS:
         raise PayloadError("implausible_ts", "timestamp is before 2000 or more than a day ahead")
     return ns

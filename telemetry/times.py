@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
+EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: older stamps are broken device clocks
+
 
 class TimeError(ValueError):
     """A timestamp that cannot be read; ``reason`` is a bounded label for metrics."""

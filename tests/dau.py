@@ -78,7 +78,6 @@ def parse(frame: bytes) -> dict[str, str]:
 class Upload:
     qn: str
     frame: bytes
-    ack: bool
 
 
 @dataclass
@@ -143,7 +142,7 @@ class Dau:
         qn, data = self.frame(cn, cp, ack and self.variant != "v2005")
         wants = ack and bool(qn)
         if wants:
-            self.unacked[qn] = Upload(qn, data, True)
+            self.unacked[qn] = Upload(qn, data)
         await self.send_raw(data)
         if wants:
             await self.until_acked(qn)

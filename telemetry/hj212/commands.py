@@ -41,7 +41,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 
@@ -53,13 +52,13 @@ from telemetry.hj212.session import NotAcked, answer
 from telemetry.model import Aggregate, Reading
 from telemetry.outbox import Outbox
 from telemetry.points import Point
+from telemetry.protocols import Db
 
 log = logging.getLogger(__name__)
 
 MAX_RTD_INTERVAL_S = 86400.0  # what a platform may set (1062): a day; beyond that a command is refused
 REFUSALS = {"3": "wrong password (PW)", "4": "wrong station id (MN)", "5": "wrong ST", "6": "wrong Flag"}
 CONTROL_CNS = frozenset(str(cn) for cn in range(3011, 3022))
-Db = Callable[..., Awaitable[Any]]
 Control_ = Callable[[Control], Awaitable[None]]
 
 
@@ -183,6 +182,11 @@ class PlatformCommands:
     async def _reply(self, request: Packet, qn_rtn: str) -> None:
         await self._write_packet(self._answer(request, "9011", [{"QnRtn": qn_rtn}]))
 
+    async def _data_reply(self, request: Packet, cn: str, cp: list[dict[str, str]]) -> None:
+        """What was asked for, under the request's QN, then ExeRtn 1."""
+        await self._write_packet(self._packet(cn, cp, qn=request.qn, ack=False))
+        await self._result(request, "1")
+
     async def _result(self, request: Packet, exe_rtn: str) -> None:
         await self._write_packet(self._answer(request, "9012", [{"ExeRtn": exe_rtn}]))
 
@@ -218,9 +222,7 @@ class PlatformCommands:
         await self._result(p, "1" if ok else "3")
 
     async def _get_time(self, p: Packet) -> None:
-        now = self.encoder.local(time.time_ns())
-        await self._write_packet(self._packet("1011", [{"SystemTime": now}], qn=p.qn, ack=False))
-        await self._result(p, "1")
+        await self._data_reply(p, "1011", [{"SystemTime": self.encoder.local(time.time_ns())}])
 
     async def _set_time(self, p: Packet) -> None:
         log.warning(
@@ -231,9 +233,7 @@ class PlatformCommands:
         await self._result(p, "3")
 
     async def _get_rtd(self, p: Packet) -> None:
-        interval = [{"RtdInterval": str(int(self._rtd_interval))}]
-        await self._write_packet(self._packet("1061", interval, qn=p.qn, ack=False))
-        await self._result(p, "1")
+        await self._data_reply(p, "1061", [{"RtdInterval": str(int(self._rtd_interval))}])
 
     async def _set_rtd(self, p: Packet) -> None:
         try:
@@ -246,9 +246,7 @@ class PlatformCommands:
         await self._result(p, "1" if ok else "3")
 
     async def _get_min(self, p: Packet) -> None:
-        minutes = str(self.encoder.min_minutes)
-        await self._write_packet(self._packet("1063", [{"MinInterval": minutes}], qn=p.qn, ack=False))
-        await self._result(p, "1")
+        await self._data_reply(p, "1063", [{"MinInterval": str(self.encoder.min_minutes)}])
 
     async def _set_min(self, p: Packet) -> None:
         text = p.get("MinInterval") or ""
@@ -354,8 +352,7 @@ class PlatformCommands:
         return [{"DataTime": self.encoder.local(day)}, *items] if items else None
 
     async def _restart_time(self, p: Packet) -> None:
-        await self._write_packet(self._packet("2081", self.restart_items(), qn=p.qn, ack=False))
-        await self._result(p, "1")
+        await self._data_reply(p, "2081", self.restart_items())
 
     def restart_items(self) -> list[dict[str, str]]:
         return [{"DataTime": self.encoder.local(time.time_ns())}, {"RestartTime": self.encoder.local(self.started_ns)}]

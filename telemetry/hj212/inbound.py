@@ -40,8 +40,8 @@ from telemetry.hj212.extras import Extra, Extras
 from telemetry.hj212.periods import CN_KIND, KINDS, STATION
 from telemetry.hj212.stations import Station
 from telemetry.model import Aggregate, Flag, Reading
+from telemetry.times import EARLIEST_NS
 
-EARLIEST_NS = 946_684_800 * NS  # 2000-01-01: older stamps are broken device clocks
 UPLOADS = {"2011": "rtd", **CN_KIND, "2021": "status", "2041": "runtime"}
 _LEVEL = {"rtd": 0, "min": 1, "hour": 2, "day": 3}
 _EFLAG = re.compile(r"[A-Za-z0-9]{1,4}")

@@ -14,8 +14,7 @@ flags, instead of being recomputed (``station_windows`` names the labels to read
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 from telemetry.calendar import NS
 from telemetry.hj212.codec import Packet
@@ -24,9 +23,9 @@ from telemetry.hj212.periods import CN_KIND, KINDS, PointEncoder
 from telemetry.metrics import Metrics
 from telemetry.outbox import Outbox
 from telemetry.points import Point
+from telemetry.protocols import Db
 
 RESCAN_S = 300.0  # a full look at the back-fill horizon this often, for windows stored late
-Db = Callable[..., Awaitable[Any]]
 
 
 class DuePeriods:

@@ -33,12 +33,13 @@ from telemetry.hj212.commands import Control_, PlatformCommands, stored_password
 from telemetry.hj212.config import Platform
 from telemetry.hj212.extras import Extras
 from telemetry.hj212.periods import CN_KIND, Key, PointEncoder
-from telemetry.hj212.schedule import RESCAN_S, Db, DuePeriods
+from telemetry.hj212.schedule import RESCAN_S, DuePeriods
 from telemetry.hj212.session import NotAcked, QnClock, Session
 from telemetry.metrics import Metrics
 from telemetry.model import AlertEvent, AlertState, Reading
 from telemetry.outbox import Outbox
 from telemetry.points import Point
+from telemetry.protocols import Db
 from telemetry.timing import Backoff, wait_event
 
 log = logging.getLogger(__name__)

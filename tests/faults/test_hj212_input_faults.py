@@ -50,7 +50,7 @@ async def test_an_upload_killed_before_its_commit_is_sent_again_and_stored_once(
         await connected(dau)
         when = datetime.now(BJ).replace(microsecond=0)
         qn, frame = dau.frame("2011", rtd_cp(when, {"w01018": (value, "N")}))
-        dau.unacked[qn] = Upload(qn, frame, True)
+        dau.unacked[qn] = Upload(qn, frame)
         await dau.send_raw(frame)
         # The commit was tried (and is waiting for room): the outbox_full alert says so.
         await asyncio.to_thread(daemon.wait, "telemetry_alert_events_total", 1, 30, rule="outbox_full", state="firing")
