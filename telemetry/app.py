@@ -39,7 +39,6 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> config.Deployme
 
 def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = None) -> Pipeline:
     cfg = dep.config
-    zones = {s.id: s.timezone for s in cfg.sites}
     extras = Extras()  # SampleTime/EFlag of relayed HJ 212 values: from the input drivers to the uplinks
     shared: dict[str, Any] = {"hj212.extras": extras}
     drivers = [DRIVERS[d.kind].build(d, metrics, shared) for d in dep.devices]
@@ -50,18 +49,25 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         outbox=outbox(cfg),
         drivers=drivers,
         sinks=[sinks.build(s) for s in cfg.influxdb],
-        alerts=AlertDesk(
-            AlertManager(cfg.notify, parse_time=parse_timestamp),
-            Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
-            RulesEngine(dep.rules, zones, dep.points),
-            metrics,
-        ),
+        alerts=alert_desk(dep, metrics),
         metrics=metrics,
         commit_max=cfg.outbox.commit_max,
         observer=observer,
         aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
         uplinks=uplinks,
         snapshot_s=cfg.outbox.snapshot_interval,
+    )
+
+
+def alert_desk(dep: config.Deployment, metrics: Metrics) -> AlertDesk:
+    """The alert path: rules, the alerts' lifecycle, their notification."""
+    cfg = dep.config
+    zones = {s.id: s.timezone for s in cfg.sites}
+    return AlertDesk(
+        AlertManager(cfg.notify, parse_time=parse_timestamp),
+        Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
+        RulesEngine(dep.rules, zones, dep.points),
+        metrics,
     )
 
 

@@ -22,9 +22,6 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from alerts.desk import AlertDesk
-from alerts.lifecycle import AlertManager
-from alerts.notify import Notifier
-from alerts.rules import RulesEngine
 from telemetry import app
 from telemetry.config import Deployment
 from telemetry.hj212.uplink import Uplink
@@ -189,18 +186,12 @@ def _pipeline(dep: Deployment, sink: CountingSink, clock: Clock) -> Pipeline:
     """``app.build`` with the counting sink and the simulation's clock; the pipeline's own ticker
     is left idle (the simulation ticks it)."""
     cfg = dep.config
-    zones = {s.id: s.timezone for s in cfg.sites}
     metrics = Metrics(CollectorRegistry())
     return Pipeline(
         outbox=app.outbox(cfg),
         drivers=[],
         sinks=[sink],
-        alerts=AlertDesk(
-            AlertManager(cfg.notify),
-            Notifier(cfg.notify.routes, metrics, zones),
-            RulesEngine(dep.rules, zones, dep.points),
-            metrics,
-        ),
+        alerts=app.alert_desk(dep, metrics),
         metrics=metrics,
         aggregator=app.aggregator(dep),
         uplinks=[app.uplink(dep, p, metrics) for p in cfg.hj212],
