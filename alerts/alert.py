@@ -15,13 +15,13 @@ from telemetry.model import AlertEvent
 
 NS = 1_000_000_000
 RETRY_AFTER_FAILURE_S = 60.0
-_NOT_ID = ("unit", "point")
+NOT_ID = ("unit", "point")  # labels that describe an alert but do not tell two apart
 
 
 def alert_id(event: AlertEvent) -> str:
     """Stable per rule and series. ``point`` follows from site, device and quantity and is left out,
     so an alert that fired before points existed resolves under the same id after an upgrade."""
-    parts = [event.rule, event.site, *(f"{k}={v}" for k, v in sorted(event.labels.items()) if k not in _NOT_ID)]
+    parts = [event.rule, event.site, *(f"{k}={v}" for k, v in sorted(event.labels.items()) if k not in NOT_ID)]
     return hashlib.sha1("|".join(parts).encode(), usedforsecurity=False).hexdigest()[:10]
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from alerts.alert import NS, Alert, Message, Silence, alert_id
+from alerts.alert import NOT_ID, NS, Alert, Message, Silence, alert_id
 from alerts.config import Notify
 from alerts.stages import GroupStage, build_pipeline
 from telemetry.model import AlertEvent, AlertState
@@ -82,7 +82,7 @@ class AlertManager:
         """Firing alerts a resolve with an unknown id ends: the same rule and site, labelled with
         more than the rule's key says today (a device-wide rule's alert restored from a version
         that labelled it with a quantity), so an upgrade leaves no alert firing for ever."""
-        wanted = {k: v for k, v in event.labels.items() if v and k not in ("unit", "point")}
+        wanted = {k: v for k, v in event.labels.items() if v and k not in NOT_ID}
         return [
             a
             for a in self.alerts.values()

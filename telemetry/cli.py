@@ -469,8 +469,9 @@ def likely_mistakes(dep: Deployment) -> list[str]:
     notes = []
     for rule in dep.rules:
         quantity = getattr(rule, "quantity", None)
-        sites = [rule.site] if rule.site else list(produced | dict.fromkeys(s for s in open_sites if s))
-        unknown = None in open_sites or any(s in open_sites for s in sites)
+        sites = [rule.site] if rule.site else list(produced)
+        # a quantity named at run time where the rule looks (anywhere, for a rule of every site)
+        unknown = None in open_sites or rule.site in open_sites if rule.site else bool(open_sites)
         if quantity and not unknown and not any(quantity in produced.get(s, set()) for s in sites):
             notes.append(f"rule {rule.name}: no device produces {quantity!r} at {rule.site or 'any site'}")
     notes += _shared_series(dep)
