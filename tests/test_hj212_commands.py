@@ -112,6 +112,8 @@ async def test_time_status_running_time_restart_and_remote_control_commands(
         day = f"{yesterday:%Y%m%d}"
         running = await platform.ask("2041", [{"BeginTime": f"{day}000000", "EndTime": f"{day}235959"}])
         nothing = await platform.ask("2041", [{"BeginTime": "20200101000000", "EndTime": "20200101235959"}])
+        # A range to the year 9999 is answered within ask's 20 s: the days looked at are bounded.
+        forever = await platform.ask("2041", [{"BeginTime": "20000101000000", "EndTime": "99991231235959"}])
         refused = await platform.ask("3011")
         allowed = await platform.ask("3012")
         unknown = await platform.ask("3099")
@@ -132,6 +134,8 @@ async def test_time_status_running_time_restart_and_remote_control_commands(
     assert codes(running) == [("9011", "1"), ("9012", "1")]
     assert [(p.get("DataTime"), p.get("SB1-RT")) for p in running if p.cn == "2041"] == [(f"{day}000000", "1.50")]
     assert codes(nothing) == [("9011", "1"), ("9012", "100")]
+    assert codes(forever) == [("9011", "1"), ("9012", "1")]
+    assert (f"{day}000000", "1.50") in [(p.get("DataTime"), p.get("SB1-RT")) for p in forever if p.cn == "2041"]
     assert codes(refused) == [("9011", "1"), ("9012", "3")]  # no remote control unless configured
     assert codes(allowed) == [("9011", "1"), ("9012", "1")]
     assert analyzers.writes == [(1, 30, [1])]  # the one write the allow-list names, nothing the platform sent

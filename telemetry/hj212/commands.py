@@ -320,6 +320,11 @@ class PlatformCommands:
             else:  # yesterday
                 begin = self.encoder.period("day", self.encoder.period("day", now) - NS)
                 end = begin
+            # The platform's range is not trusted: nothing is stored after now or before the
+            # outbox's window retention, so the days looked at are bounded by the config.
+            assert self._outbox is not None
+            begin = max(begin, now - int(self._outbox.retention.windows * NS))
+            end = min(end, now)
             sent = 0
             day = self.encoder.period("day", begin)
             while day <= end and sent < 366:
