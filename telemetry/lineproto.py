@@ -43,11 +43,11 @@ def reading_line(r: Reading) -> str:
 
 
 def alert_line(e: AlertEvent) -> str:
-    """Tagged by device, point and quantity where the event has them: two devices' events at one
-    tick are two points, not one overwriting the other."""
-    labels = e.labels
-    tags = "alerts" + "".join(f",{k}={tag(labels[k])}" for k in ("device", "point", "quantity") if labels.get(k))
-    tags += f",rule={tag(e.rule)},severity={tag(e.severity)},site={tag(e.site)},state={tag(e.state.value)}"
+    """Tagged by every label the event has but its unit (device, point, quantity, a capacity
+    rule's condition ...): two alerts at one tick are two points, not one overwriting the other."""
+    keys = {k: v for k, v in e.labels.items() if v and k != "unit"}
+    keys |= {"rule": e.rule, "severity": e.severity, "site": e.site, "state": e.state.value}
+    tags = "alerts" + "".join(f",{k}={tag(keys[k])}" for k in sorted(keys))
     fields = f"limit={number(e.limit)},message={string_field(e.message)},value={number(e.value)}"
     return f"{tags} {fields} {e.ts}"
 

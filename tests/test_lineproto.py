@@ -56,3 +56,18 @@ def test_aggregates_carry_their_point_and_method_and_alerts_their_series() -> No
         r"alerts,device=an\ 2,point=outlet,quantity=cod,rule=r,severity=critical,site=s,state=firing "
     )
     assert alert_line(event).split(" ")[0] != alert_line(other).split(" ")[0]  # two devices: two series
+
+
+def test_a_capacity_rules_two_conditions_at_one_tick_are_two_points() -> None:
+    """At midnight a day's projection and the previous day's overload of one rule and series
+    both resolve: the condition keeps them apart in InfluxDB."""
+    labels = {"device": "wb", "quantity": "throughput", "point": "s", "unit": "t/h"}
+    projection = AlertEvent(
+        9, "s", "cap", "warning", AlertState.RESOLVED, "m", 1.0, 1.0, labels | {"condition": "projection"}
+    )
+    overload = AlertEvent(
+        9, "s", "cap", "warning", AlertState.RESOLVED, "m", 1.0, 1.0, labels | {"condition": "overload"}
+    )
+    series = {alert_line(e).split(" ")[0] for e in (projection, overload)}
+    assert len(series) == 2
+    assert all(",unit=" not in s for s in series)  # a unit describes the value, it is no series
