@@ -19,6 +19,7 @@ a target's ``max_parts`` the last part says how many alerts follow in the next m
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import functools
 import logging
 import sys
@@ -243,8 +244,36 @@ _PHRASES: dict[str, tuple[str, str]] = {  # measure (or capacity condition) -> C
 }
 
 
+# The daemon's own alerts (``Measure.STATE``): what they say, by rule name, in the template's
+# language; the English ``message`` with its details (an MN, the platform's answer) goes with
+# the English template and into the alerts list.
+_OWN: tuple[tuple[str, str, str], ...] = (
+    ("hj212_wrong_password", "站点密码错误，上传被拒收", "wrong password, uploads refused"),
+    ("hj212_unknown_station", "未登记 MN 的站点上传，已拒收", "a station with an unknown MN, uploads refused"),
+    ("hj212_*_refused", "平台 {quantity} 拒绝本站上传", "platform {quantity} refuses the station"),
+)
+_OUTBOX_DROPPED = (
+    "本地缓存超出磁盘预算，已丢弃最早未送出的记录 {value} 条",
+    "{value} oldest undelivered records dropped",
+)
+_OUTBOX_WAITING = ("本地缓存已满，新数据等待存入", "outbox full, new readings wait")
+
+
+def _state_phrase(a: Alert, zh: bool) -> str:
+    """``outbox_full``'s value is how many records the budget dropped (0: commits wait)."""
+    if a.rule == "outbox_full":
+        chinese, english = _OUTBOX_DROPPED if a.value > 0 else _OUTBOX_WAITING
+    else:
+        chinese, english = next(
+            ((c, e) for pattern, c, e in _OWN if fnmatch.fnmatchcase(a.rule, pattern)), ("状态告警", "condition")
+        )
+    return (chinese if zh else english).format(quantity=a.labels.get("quantity", ""), value=f"{a.value:.0f}")
+
+
 def _numbers(a: Alert, zh: bool) -> str:
     """Value against limit as the rule kind's ``measure`` says they read."""
+    if a.measure == Measure.STATE:
+        return _state_phrase(a, zh)
     key = a.measure
     condition = a.labels.get("condition", "")
     if key == Measure.DAY_TOTAL and condition in _PHRASES:

@@ -150,8 +150,8 @@ class AlertState(StrEnum):
 
 class Measure(StrEnum):
     """What an alert's ``value`` and ``limit`` are, as the rule kind says: notifications render
-    each with its own unit. ``""`` (events from before this existed, the daemon's own alerts)
-    reads as plain numbers in the series' unit."""
+    each with its own unit. ``""`` (events from before this existed) reads as plain numbers in
+    the series' unit."""
 
     READING = "reading"  # a reading or a mean of readings, limit in the reading's unit
     SILENCE = "silence"  # seconds without valid data, limit in seconds
@@ -160,6 +160,7 @@ class Measure(StrEnum):
     FRACTION = "fraction"  # a fraction of capacity (0.35 is 35 %), limit likewise
     DAY_TOTAL = "day_total"  # a plant day's total in the rate's unit without "/h" (t/h -> t)
     PER_MINUTE = "per_minute"  # change of the reading per minute, limit likewise
+    STATE = "state"  # a condition of the daemon's own (a refused station, a full outbox): no numbers
 
 
 @dataclass(frozen=True, slots=True)

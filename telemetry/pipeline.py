@@ -32,7 +32,7 @@ from telemetry.commits import CommitLog
 from telemetry.delivery import Delivery
 from telemetry.errors import OutboxError, OutboxFull, TaskFailed
 from telemetry.metrics import Metrics
-from telemetry.model import Aggregate, AlertEvent, AlertState, Reading, Record, Rejected
+from telemetry.model import Aggregate, AlertEvent, AlertState, Measure, Reading, Record, Rejected
 from telemetry.outbox import Outbox
 from telemetry.protocols import AlertPath, Consumer, Driver
 from telemetry.sinks import Sink
@@ -339,7 +339,7 @@ class Pipeline:
                 if self._stopping:
                     raise
                 self.commit_error = str(err)  # /readyz says so while it lasts
-                self._budget_firing(str(err))
+                self._budget_firing(str(err), 0)
                 self._progress.clear()
                 await wait_event(self._progress, 1.0)
 
@@ -356,7 +356,8 @@ class Pipeline:
             self._dropped_seen += dropped
             self.metrics.outbox_dropped.inc(dropped)
             log.error("outbox over its disk budget: dropped the %d oldest undelivered records", dropped)
-            self._budget_firing(f"outbox over its disk budget: dropped {self._dropped_seen} oldest undelivered records")
+            message = f"outbox over its disk budget: dropped {self._dropped_seen} oldest undelivered records"
+            self._budget_firing(message, self._dropped_seen)
         elif (
             alert is not None
             and not await self.db(self.outbox.over_budget, 0.5)
@@ -373,7 +374,8 @@ class Pipeline:
             )
             self._budget_alert = None
 
-    def _budget_firing(self, message: str) -> None:
+    def _budget_firing(self, message: str, dropped: int) -> None:
+        """Its value: the records dropped (0 while commits wait for room); its limit the budget."""
         if self._budget_alert is not None:
             return
         self._budget_alert = AlertEvent(
@@ -383,8 +385,9 @@ class Pipeline:
             severity="critical",
             state=AlertState.FIRING,
             message=message,
-            value=float(self.outbox.max_bytes or 0),
+            value=float(dropped),
             limit=float(self.outbox.max_bytes or 0),
+            measure=Measure.STATE,
         )
         self._record_event(self._budget_alert)
 

@@ -24,6 +24,8 @@ from alerts.notify import Notifier, default_send, render
 from alerts.robots import Result
 from alerts.rule_config import EvaluatedRule, RuleConfig
 from alerts.rules import RulesEngine
+from telemetry.hj212.codec import Packet
+from telemetry.hj212.stations import Gate, Station
 from telemetry.metrics import Metrics
 from telemetry.model import AlertEvent, AlertState, Flag, Measure, Reading
 from telemetry.sim.notifications import NotificationReceiver
@@ -206,6 +208,70 @@ def test_chinese_messages_have_no_english_words_but_names() -> None:
     text = re.sub(r"编号 [0-9a-f]{10}", "", lines(fired, T0, "zh"))
     names = {"cod_limit", "pond", "s", "an", "p", "mg", "L", "m3"}
     assert set(re.findall(r"[A-Za-z][A-Za-z0-9_]*", text)) <= names
+
+
+def test_the_daemons_own_alerts_read_in_chinese_without_meaningless_numbers() -> None:
+    """A refused station (from the listener's gate), a refusing platform and a full outbox have
+    no value against a limit: the Chinese line says what happened, in Chinese."""
+    fired: list[AlertEvent] = []
+    gate = Gate("dau", [Station(mn="41050022000017", pw="right1", site="s")], "s", clock=lambda: T0)
+    gate.on_alert = fired.append
+    for mn, pw in (("41050022000017", "wrong1"), ("41050022000099", "right1")):
+        gate.check(Packet("20251201080000000", "32", "2011", pw, mn, 5, None, None, []), lenient=False)
+    own = {"device": "hj212", "quantity": "city", "point": "outlet"}
+    fired.append(
+        AlertEvent(
+            T0,
+            "s",
+            "hj212_city_refused",
+            "critical",
+            AlertState.FIRING,
+            "HJ 212 platform city refuses the station: wrong password (PW)",
+            1.0,
+            0.0,
+            own,
+            Measure.STATE,
+        )
+    )
+    fired.append(
+        AlertEvent(
+            T0,
+            "s",
+            "outbox_full",
+            "critical",
+            AlertState.FIRING,
+            "outbox over its disk budget: dropped 654 oldest undelivered records",
+            654.0,
+            5e8,
+            {},
+            Measure.STATE,
+        )
+    )
+    assert [e.rule for e in fired] == [
+        "hj212_wrong_password",
+        "hj212_unknown_station",
+        "hj212_city_refused",
+        "outbox_full",
+    ]
+    text = re.sub(r"编号 [0-9a-f]{10}", "", lines(fired, T0, "zh"))
+    for said in ("站点密码错误", "未登记 MN", "平台 city 拒绝本站上传", "已丢弃最早未送出的记录 654 条"):
+        assert said in text
+    assert "数值" not in text
+    assert "限值" not in text
+    names = {
+        "hj212_wrong_password",
+        "hj212_unknown_station",
+        "hj212_city_refused",
+        "outbox_full",
+        "s",
+        "dau",
+        "hj212",
+        "city",
+        "MN",
+    }
+    assert set(re.findall(r"[A-Za-z][A-Za-z0-9_]*", text)) <= names
+    english = lines(fired, T0, "en")
+    assert "refuses the station: wrong password (PW)" in english  # the details stay in English messages
 
 
 def test_state_saved_by_an_earlier_version_still_loads_and_reads_as_before() -> None:

@@ -22,7 +22,7 @@ from telemetry.config import OwnWindows, PointClaim
 from telemetry.config_base import Model, Name, TimeZone
 from telemetry.hj212.codec import Packet
 from telemetry.hj212.config import MN_CHARS, Code, MinInterval, Mn, Pw
-from telemetry.model import AlertEvent, AlertState, Rejected
+from telemetry.model import AlertEvent, AlertState, Measure, Rejected
 
 UNKNOWN_QUIET_NS = 3600 * 10**9  # an unknown-station alert resolves after this long without one
 _PW_FIELD = re.compile(rb"PW=[^;&]*")
@@ -144,7 +144,9 @@ class Gate:
         )
 
     def _fire(self, rule: str, site: str, message: str, labels: dict[str, str]) -> AlertEvent:
-        event = AlertEvent(self._clock(), site, rule, "warning", AlertState.FIRING, message, 1.0, 0.0, labels)
+        event = AlertEvent(
+            self._clock(), site, rule, "warning", AlertState.FIRING, message, 1.0, 0.0, labels, Measure.STATE
+        )
         if self.on_alert is not None:
             self.on_alert(event)
         return event
@@ -161,5 +163,6 @@ class Gate:
                 0.0,
                 0.0,
                 event.labels,
+                Measure.STATE,
             )
             self.on_alert(resolved)

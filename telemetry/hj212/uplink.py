@@ -36,7 +36,7 @@ from telemetry.hj212.periods import CN_KIND, Key, PointEncoder
 from telemetry.hj212.schedule import RESCAN_S, DuePeriods
 from telemetry.hj212.session import NotAcked, QnClock, Session
 from telemetry.metrics import Metrics
-from telemetry.model import AlertEvent, AlertState, Reading
+from telemetry.model import AlertEvent, AlertState, Measure, Reading
 from telemetry.outbox import Outbox
 from telemetry.points import Point
 from telemetry.protocols import Db
@@ -288,6 +288,7 @@ class Uplink(DuePeriods, PlatformCommands):
             1.0,
             0.0,
             {"device": "hj212", "quantity": self.name, "point": self.point.id},
+            Measure.STATE,
         )
         if self.on_alert is not None:
             self.on_alert(self._refused)
