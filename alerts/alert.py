@@ -44,6 +44,9 @@ class Alert:
     sent_resolved: list[str] = field(default_factory=list)  # routes told it resolved
     escalated: list[str] = field(default_factory=list)  # channels told of the escalation
     failed: dict[str, int] = field(default_factory=dict)  # route -> time of the last failed send
+    # the first time it got past inhibition and silences: escalation counts from here, so an
+    # alert held by a maintenance silence is not escalated the moment it is first told
+    audible_ns: int | None = None
     measure: str = ""  # how value and limit read (telemetry.model.Measure); "" in state from earlier versions
     templated: bool = False  # message is the rule's own template, not the kind's English text
 

@@ -149,6 +149,8 @@ class AlertManager:
         self._groups.first = moved(self._groups.first)
         for alert in self.alerts.values():
             alert.started_ns += delta_ns
+            if alert.audible_ns is not None:
+                alert.audible_ns += delta_ns
             if alert.resolved_ns is not None:
                 alert.resolved_ns += delta_ns
             alert.sent_firing = moved(alert.sent_firing)
@@ -177,7 +179,8 @@ class AlertManager:
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
-        self.alerts = {a["id"]: Alert(**a) for a in data.get("alerts", [])}
+        # State from before audible_ns: escalation counts from the start, as it did then.
+        self.alerts = {a["id"]: Alert(**({"audible_ns": a["started_ns"]} | a)) for a in data.get("alerts", [])}
         for s in data.get("silences", []):
             self.silences[s["id"]] = Silence(**s)
         self._groups.sent = {k: int(v) for k, v in data.get("group_sent", {}).items()}

@@ -148,32 +148,35 @@ class GroupStage:
 
 
 class EscalateStage:
-    """A firing alert nobody acknowledged within a route's ``escalate_after`` goes to its
-    ``escalate_to`` route once, per target. Only alerts the inhibit and silence stages let
-    through get here."""
+    """A firing alert nobody acknowledged within a route's ``escalate_after`` of becoming
+    audible (past inhibition and silences) goes to its ``escalate_to`` route once, per target;
+    the alerts of one site due at once go in one message. Only alerts the inhibit and silence
+    stages let through get here."""
 
     def __init__(self, routes: Mapping[str, Route], routing: RouteStage) -> None:
         self.routes = routes
         self.routing = routing
 
     def __call__(self, alerts: Iterable[Alert], now: int) -> list[Message]:
-        out = []
+        due: dict[tuple[str, str], list[Alert]] = {}
         for alert in alerts:
+            if alert.audible_ns is None:
+                alert.audible_ns = now
             if alert.state != "firing" or alert.acked_by:
                 continue
             for route in self.routing.for_alert(alert):
                 target = self.routes.get(route.escalate_to or "")
                 if route.escalate_after is None or target is None:
                     continue
-                if now - alert.started_ns < route.escalate_after * NS:
+                if now - alert.audible_ns < route.escalate_after * NS:
                     continue
                 for index in range(len(target.urls)):
                     channel = f"{target.name}#{index}"
                     failed = alert.failed.get(channel)
                     retry_wait = failed is not None and now - failed < RETRY_AFTER_FAILURE_S * NS
                     if channel not in alert.escalated and not retry_wait:
-                        out.append(Message(channel, alert.site, [alert], [], escalation=True))
-        return out
+                        due.setdefault((channel, alert.site), []).append(alert)
+        return [Message(channel, site, firing, [], escalation=True) for (channel, site), firing in due.items()]
 
 
 @dataclass

@@ -3,6 +3,7 @@ or silence stage holds back is never sent, repeated or escalated."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from alerts.alert import Alert, Silence
@@ -84,11 +85,25 @@ def test_group_waits_then_batches_a_groups_news_per_target() -> None:
 def test_escalate_goes_once_per_target_after_the_wait_unless_acknowledged() -> None:
     routes = {"ops": route(escalate_after="2h", escalate_to="boss"), "boss": route(name="boss", urls=["json://c"])}
     stage = EscalateStage(routes, RouteStage([routes["ops"]]))
-    assert stage([alert()], 60 * MIN) == []
-    [message] = stage([alert()], 2 * 60 * MIN)
+    # audible_ns 0: past inhibition and silences since it started
+    assert stage([alert(audible_ns=0)], 60 * MIN) == []
+    [message] = stage([alert(audible_ns=0)], 2 * 60 * MIN)
     assert (message.channel, message.escalation) == ("boss#0", True)
-    assert stage([alert(escalated=["boss#0"])], 3 * 60 * MIN) == []
-    assert stage([alert(acked_by="wang")], 3 * 60 * MIN) == []
+    assert stage([alert(escalated=["boss#0"], audible_ns=0)], 3 * 60 * MIN) == []
+    assert stage([alert(acked_by="wang", audible_ns=0)], 3 * 60 * MIN) == []
+    late = alert()  # first audible at 1 h (a silence ended): the wait counts from then
+    assert stage([late], 60 * MIN) == []
+    assert stage([late], 2 * 60 * MIN) == []
+    assert len(stage([late], 3 * 60 * MIN)) == 1
+
+
+def test_escalations_due_at_once_go_in_one_message_per_target_and_site() -> None:
+    """Thirty alerts escalated at one moment were thirty messages to the manager's robot."""
+    routes = {"ops": route(escalate_after="2h", escalate_to="boss"), "boss": route(name="boss", urls=["json://c"])}
+    stage = EscalateStage(routes, RouteStage([routes["ops"]]))
+    many = [alert(device=f"d{i}", audible_ns=0) for i in range(30)]
+    [message] = stage(many, 2 * 60 * MIN)
+    assert (message.channel, message.escalation, len(message.firing)) == ("boss#0", True, 30)
 
 
 def event(rule: str, device: str, state: AlertState, ts: int) -> AlertEvent:
@@ -146,11 +161,13 @@ def test_a_silenced_alert_is_never_repeated_or_escalated_and_is_told_when_the_si
     manager.add_silence(Silence("s1", {"rule": "cod"}, 0, 3 * 60 * MIN, "maintenance"))
     manager.ingest([event("cod", "an", AlertState.FIRING, 0)])
     sent = []
-    for minute in range(0, 4 * 60, 5):
+    for minute in range(0, 5 * 60 + 5, 5):
         for message in manager.due(minute * MIN):
             sent.append((minute, message.channel, message.escalation))
             manager.record(message, True, minute * MIN)
-    assert sent == [(180, "ops#0", False), (180, "boss#0", True)]  # after the silence: told, and escalated
+    # after the silence: told, repeated hourly, and escalated only once its 2 h without an ack
+    # have passed since then (it was escalated the moment the silence ended)
+    assert sent == [(180, "ops#0", False), (240, "ops#0", False), (300, "ops#0", False), (300, "boss#0", True)]
 
 
 def test_a_device_wide_nodata_alert_resolves_under_the_id_it_fired_with() -> None:
@@ -226,3 +243,11 @@ def test_an_alert_restored_with_an_older_identity_is_resolved_by_its_rule() -> N
         ("an", "resolved"),
         ("b", "firing"),
     ]
+
+
+def test_alerts_saved_before_audible_ns_escalate_from_their_start_as_they_did() -> None:
+    manager = AlertManager(Notify.model_validate({"routes": []}))
+    saved = asdict(alert(started=7 * MIN))
+    del saved["audible_ns"]
+    manager.restore({"alerts": [saved]})
+    assert [a.audible_ns for a in manager.alerts.values()] == [7 * MIN]
