@@ -313,7 +313,7 @@ def parse(
         if device is not None:
             devices.append(device)
         else:
-            sections.devices_complete = False
+            sections.failed_devices.append(raw)
     problems.extend(_cross_checks(sections, devices, src))
     rules, standards = _expand_rules(sections, file, src, problems)
     refs = config_refs.References(src, sections, devices, rules, standards)

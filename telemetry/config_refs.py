@@ -84,7 +84,7 @@ class Sections:
     config: Config
     index: dict[Path, list[int]] = field(default_factory=dict)
     broken: set[Path] = field(default_factory=set)
-    devices_complete: bool = True
+    failed_devices: list[Any] = field(default_factory=list)  # device entries as written that did not parse
 
     def each(self, section: Path, items: Sequence[T]) -> list[tuple[int, T]]:
         """Entries with their index in the file."""
@@ -220,7 +220,8 @@ class References:
             return
         where = f" at site {site}" if site else ""
         dynamic = sorted({p.source for p in here if p.device in (device, None)})
-        if dynamic or not self.sections.devices_complete:
+        unparsed = _device_names(self.sections.failed_devices)
+        if dynamic or unparsed is None or device in unparsed:
             sources = f"the topics or payloads of {', '.join(dynamic)}" if dynamic else "a device that did not parse"
             self.warn(path, f"{device!r} is not a configured device{where}; only {sources} can name it: not checked")
             return
@@ -448,6 +449,30 @@ def resolved(
         silences.append(silence.model_copy(update=times))
     notify = config.notify.model_copy(update={"routes": routes, "silences": silences})
     return config.model_copy(update={"notify": notify})
+
+
+def _device_names(entries: list[Any]) -> set[str] | None:
+    """The device names device entries that did not parse could produce, as written: each one's
+    id and every ``device`` inside it (an HJ 212 station's, a subscription's); None when one could
+    name any device (no id, or a ``{device}`` topic level)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "device" and isinstance(value, str):
+                    names.add(value)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for entry in entries:
+        if not isinstance(entry, dict) or not entry.get("id") or "{device}" in str(entry):
+            return None
+        names.add(str(entry["id"]))
+        walk(entry)
+    return names
 
 
 def raw_list(src: Source, section: Path) -> list[Any]:

@@ -385,3 +385,23 @@ notify:
 """
     route = load(tmp_path, BASE + notify).config.notify.routes[0]
     assert (route.sites, route.rules) == (["daemon"], ["outbox_full"])
+
+
+def test_a_device_that_did_not_parse_hides_only_the_names_it_could_produce(tmp_path: Path) -> None:
+    """A listener whose station password is unset did not parse; a rule's misspelt device was then
+    not checked at all. Now only the names that device's entry could produce are left alone."""
+    text = (
+        BASE
+        + """\
+  - {id: dau, kind: hj212, listen: "127.0.0.1:9212", stations: [{mn: "1234", pw: "${NOPE}", site: s1, device: dau-out}]}
+rules:
+  - {kind: nodata, name: typo, site: s1, device: an2, for: 5m}
+  - {kind: nodata, name: station, site: s1, device: dau-out, for: 5m}
+"""
+    )
+    found = problems(tmp_path, text)
+    assert any("stations[0].pw" in p and "NOPE" in p for p in found), found
+    assert any(p.startswith(":7: rules[0].device") and "'an2'" in p for p in found), found
+    assert not any("rules[1]" in p for p in found), found  # the listener's station may produce it
+    topic = text.replace("device: dau-out}]}", 'device: dau-out}], topic: "x/{device}"}')
+    assert not any("rules[0].device" in p for p in problems(tmp_path, topic))  # could be any name
