@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Daemon, count_in, publish, values_in
+from tests.faults.harness import Daemon, PacedPublisher, count_in, values_in
 from tests.services import Influx1, Mosquitto, eventually, free_port
 
 pytestmark = pytest.mark.service
@@ -49,13 +49,16 @@ def test_two_instances_share_a_stream_each_reading_lands_once_and_a_kill_loses_n
         a.wait("telemetry_device_up", timeout=30)
         b.wait("telemetry_device_up", timeout=30)
         base_ms = int(time.time() * 1000) - N
-        publish(mosquitto, f"{unique}/{unique}/meter/flow", range(N), base_ms)
+        # 5,000 msg/s: the stream flows for four seconds, whatever the daemons' pace.
+        stream = PacedPublisher(mosquitto, f"{unique}/{unique}/meter/flow", range(N), base_ms, 5000)
         # Both instances take part before one is killed: the broker really splits the stream.
         b.wait("telemetry_readings_total")
         taken_by_a = a.wait("telemetry_readings_total")
         a.kill9()  # mid-stream; the broker keeps a's unacknowledged messages and re-sends them on restart
         at_kill = count_in(influx1, unique)
-        assert at_kill < N, "the stream was done before the kill: not a mid-stream kill"
+        assert stream.feeding, "the stream was done before the kill: not a mid-stream kill"
+        assert at_kill < N
+        stream.join()
         eventually(lambda: count_in(influx1, unique) >= N, 120, f"all {N} readings in InfluxDB (had {at_kill})")
         values = values_in(influx1, unique)
     finally:

@@ -255,6 +255,41 @@ def publish(broker: Mosquitto, topic: str, values: range, base_ms: int, username
     publish_lines(broker, topic, lines, username, password)
 
 
+class PacedPublisher:
+    """QoS 1 messages ``{"value": v, "ts": base_ms + v}`` through one ``mosquitto_pub -l``, fed
+    ``per_second`` lines a second in a thread: a stream that is still flowing when a test acts
+    (a daemon that drains 20,000 messages in under a second would otherwise see none of it)."""
+
+    def __init__(self, broker: Mosquitto, topic: str, values: range, base_ms: int, per_second: float) -> None:
+        cmd = [require("mosquitto_pub"), "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic, "-l"]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+        self._lines = [f'{{"value": {v}, "ts": {base_ms + v}}}\n'.encode() for v in values]
+        self._per_second = per_second
+        self._thread = threading.Thread(target=self._feed, daemon=True)
+        self._thread.start()
+
+    def _feed(self) -> None:
+        assert self._proc.stdin is not None
+        step = max(1, int(self._per_second / 100))
+        start = time.monotonic()
+        for first in range(0, len(self._lines), step):
+            self._proc.stdin.write(b"".join(self._lines[first : first + step]))
+            self._proc.stdin.flush()
+            ahead = start + (first + step) / self._per_second - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)  # pacing of a load generator
+        self._proc.stdin.close()
+
+    @property
+    def feeding(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float = 120) -> None:
+        self._thread.join(timeout)
+        if self._proc.wait(timeout):
+            raise RuntimeError(f"mosquitto_pub failed with {self._proc.returncode}")
+
+
 PUB_CHUNK = 50_000  # mosquitto_pub -l queues what it reads; past 65,535 its message ids wrap and it quits early
 
 
