@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import difflib
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from alerts.rules import RulesEngine
@@ -26,23 +27,29 @@ def replay(
     readings: Iterable[Reading],
     until_ns: int | None = None,
     windows: list[Aggregate] | None = None,
+    derive: Callable[[Sequence[Reading]], list[Reading]] | None = None,
 ) -> list[AlertEvent]:
-    """The alert events the readings give, in event time; the closed windows go to ``windows``."""
+    """The alert events the readings give, in event time; the closed windows go to ``windows``.
+    Readings of one timestamp go in together, with what ``derive`` computes from them (as
+    one poll's readings are committed together by the daemon)."""
     events: list[AlertEvent] = []
     closed = windows if windows is not None else []
     last_tick = None
     last_ts = 0
-    for reading in sorted(readings, key=lambda r: r.ts):
-        if last_tick is None or reading.ts - last_tick >= TICK_NS:
-            t = reading.ts if last_tick is None else last_tick + TICK_NS
-            while t <= reading.ts:  # the minutes a gap spans are ticked, so silence is noticed
+    for ts, group in itertools.groupby(sorted(readings, key=lambda r: r.ts), key=lambda r: r.ts):
+        batch = list(group)
+        if derive is not None:
+            batch += derive(batch)
+        if last_tick is None or ts - last_tick >= TICK_NS:
+            t = ts if last_tick is None else last_tick + TICK_NS
+            while t <= ts:  # the minutes a gap spans are ticked, so silence is noticed
                 events += _advance(engine, aggregator, t, closed)
                 last_tick = t
                 t += TICK_NS
         if aggregator is not None:
-            aggregator.add([reading])
-        events += engine.feed([reading])
-        last_ts = reading.ts
+            aggregator.add(batch)
+        events += engine.feed(batch)
+        last_ts = ts
     end = until_ns if until_ns is not None else last_ts
     t = (last_tick or end) + TICK_NS
     while t < end:

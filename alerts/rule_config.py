@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from telemetry.aggregate import Override
 from telemetry.config_base import Duration, Model, Name, Severity
+from telemetry.derive import converted
 from telemetry.model import Flag
 
 _ROLLING = re.compile(r"^rolling\s+(\d+(?:\.\d+)?)(s|m|h)$")
@@ -120,6 +121,9 @@ class LimitRule(RuleBase):
     for_: Duration = Field(0.0, alias="for")
     clear_above: float | None = None  # hysteresis: once firing above, resolve only at or under this
     clear_below: float | None = None  # hysteresis: once firing below, resolve only at or over this
+    # A closed window's breach is an alert of its own (labelled with the window's local start),
+    # resolved when the series' next window is judged: a daily violation counts once per day.
+    each_window: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> LimitRule:
@@ -131,6 +135,9 @@ class LimitRule(RuleBase):
             raise PydanticCustomError("clear", "expected clear_below at or over 'below'", {"at": "clear_below"})
         if self.window not in ("instant", "1m", "1h", "1d") and not _ROLLING.match(self.window):
             raise PydanticCustomError("window", "expected instant, 1m, 1h, 1d or 'rolling 15m'", {"at": "window"})
+        if self.each_window and self.window not in ("1m", "1h", "1d"):
+            message = "expected each_window only with a 1m, 1h or 1d window"
+            raise PydanticCustomError("each", message, {"at": "each_window"})
         return self
 
     def detail(self) -> str:
@@ -144,9 +151,11 @@ class LimitRule(RuleBase):
 
 
 class StandardRule(Model):
-    """Attach discharge-standard tables to an outfall (a ``point``, or a ``site`` with one
-    point): one ``limit`` rule per pollutant and window. ``overrides`` merge into the
-    table's limits (``{ph: {above: 8.5}}`` keeps the table's lower bound)."""
+    """Attach discharge-standard tables to an outfall or a stack (a ``point``, or a ``site`` with
+    one point): one ``limit`` rule per pollutant and window. ``overrides`` merge into the
+    table's limits (``{ph: {above: 8.5}}`` keeps the table's lower bound). A table with an
+    ``o2_reference`` (a flue-gas table) judges the O2-corrected series (``so2_zs``), corrected
+    at the rule's ``o2_reference`` when it sets one."""
 
     kind: Literal["standard"]
     name: Name
@@ -156,7 +165,8 @@ class StandardRule(Model):
     tables: Annotated[list[str], Field(min_length=1)]
     windows: list[Literal["instant", "1h", "1d"]] = ["1h", "1d"]
     overrides: dict[Name, dict[Literal["above", "below"], float]] = {}
-    severity: Severity = "critical"
+    severity: Severity | None = None  # default: the table's per window, else critical
+    o2_reference: Annotated[float, Field(ge=0, lt=20)] | None = None
 
     @model_validator(mode="after")
     def _where(self) -> StandardRule:
@@ -242,8 +252,49 @@ class MaintenanceRule(RuleBase):
     flags: list[Flag] = [Flag.M, Flag.C, Flag.D]
 
 
+class FurnaceTemperatureRule(RuleBase):
+    """A furnace's representative temperature (``telemetry.furnaces``) in clock-aligned windows
+    (``5m``): each window whose mean is below ``min`` during normal operation is one event;
+    the first event of a natural day warns (``severity``), the ``max_events_per_day``-th is
+    flagged as the last allowed, and one more is a violation (``violation_severity``).
+    850 degC is [V2]; the 5-minute means and "more than 5 a day" are [U] (DOMAIN-incinerator.md
+    A1/A2): defaults, not fixed rules. Windows in a marked start-up or shutdown are not judged."""
+
+    kind: Literal["furnace_temperature"]
+    quantity: Name = "furnace_temp"
+    min: float = 850.0
+    window: Annotated[str, Field(pattern=r"^[0-9]{1,2}m$")] = "5m"
+    max_events_per_day: Annotated[int, Field(ge=0, le=288)] = 5
+    violation_severity: Severity = "critical"
+    grace: Duration = 60.0  # a window is judged this long after its end (a late sample still counts)
+    # Which count the event reached: ``first``, ``last_allowed`` or ``violation``; the local day.
+    message_fields: ClassVar[dict[str, type]] = {**MESSAGE_FIELDS, "condition": str, "window": str}
+
+    @model_validator(mode="after")
+    def _window_divides_an_hour(self) -> FurnaceTemperatureRule:
+        minutes = int(self.window[:-1])
+        if not minutes or 60 % minutes:
+            raise PydanticCustomError("window", "expected a window of minutes that divides an hour", {"at": "window"})
+        return self
+
+    @property
+    def window_s(self) -> float:
+        return int(self.window[:-1]) * 60.0
+
+    def detail(self) -> str:
+        return f"{self.window} mean < {self.min:g}, over {self.max_events_per_day}/day: {self.violation_severity}"
+
+
 RuleConfig = Annotated[
-    LimitRule | StandardRule | CapacityRule | StockRule | NodataRule | FlatlineRule | RateRule | MaintenanceRule,
+    LimitRule
+    | StandardRule
+    | CapacityRule
+    | StockRule
+    | NodataRule
+    | FlatlineRule
+    | RateRule
+    | MaintenanceRule
+    | FurnaceTemperatureRule,
     Field(discriminator="kind"),
 ]
 
@@ -309,17 +360,56 @@ def load_table(directory: Path, table: str) -> dict[str, Any]:
     return dict(data)
 
 
+_WINDOW_KEYS = ("instant", "1h", "1d")
+
+
+def _bounds(table: str, quantity: str, raw: Any) -> dict[str, dict[str, float]]:
+    """A table's limits of one quantity, per window: ``{above: 30}`` holds for every window,
+    ``{1h: {above: 30}, 1d: {above: 20}}`` differs by window (a flue-gas table)."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"table {table}: {quantity}: expected a mapping of above/below, found {raw!r}")
+    if any(k in _WINDOW_KEYS for k in raw):
+        return {w: {k: float(v) for k, v in (b or {}).items() if k in ("above", "below")} for w, b in raw.items()}
+    same = {k: float(v) for k, v in raw.items() if k in ("above", "below")}
+    return dict.fromkeys(_WINDOW_KEYS, same)
+
+
+def o2_reference(rule: StandardRule, directory: Path) -> tuple[float, list[str]] | None:
+    """(reference O2 %, the measured pollutants) when the rule judges O2-corrected values."""
+    reference: float | None = None
+    pollutants: list[str] = []
+    for table in rule.tables:
+        data = load_table(directory, table)
+        if data.get("o2_reference") is not None:
+            reference = float(data["o2_reference"])
+            pollutants += [q for q in (data.get("limits") or {}) if q not in pollutants]
+    if reference is None:
+        return None
+    pollutants += [q for q in rule.overrides if q not in pollutants]
+    return (rule.o2_reference if rule.o2_reference is not None else reference), pollutants
+
+
 def expand_standard(rule: StandardRule, directory: Path) -> list[LimitRule]:
     """The limit rules a standard attachment stands for; later tables override earlier ones."""
-    limits: dict[str, dict[str, float]] = {}
+    limits: dict[str, dict[str, dict[str, float]]] = {}
+    severities: dict[str, str] = {}
+    each: set[str] = set()
     for table in rule.tables:
-        for quantity, bounds in (load_table(directory, table).get("limits") or {}).items():
-            limits[quantity] = {k: float(v) for k, v in bounds.items() if k in ("above", "below")}
+        data = load_table(directory, table)
+        for quantity, raw in (data.get("limits") or {}).items():
+            limits[quantity] = _bounds(table, quantity, raw)
+        severities.update(data.get("severity") or {})
+        each.update(data.get("each_window") or ())
     for quantity, bounds in rule.overrides.items():
-        limits[quantity] = {**limits.get(quantity, {}), **{k: float(v) for k, v in bounds.items()}}
+        current = limits.get(quantity, {w: {} for w in _WINDOW_KEYS})
+        limits[quantity] = {w: {**b, **{k: float(v) for k, v in bounds.items()}} for w, b in current.items()}
+    corrected = o2_reference(rule, directory) is not None
     out = []
-    for quantity, bounds in sorted(limits.items()):
+    for quantity, per_window in sorted(limits.items()):
         for window in rule.windows:
+            window_bounds = per_window.get(window)
+            if not window_bounds:
+                continue  # the table sets no limit for this window (a flue-gas 1-hour-only pollutant)
             out.append(
                 LimitRule.model_validate(
                     {
@@ -328,14 +418,24 @@ def expand_standard(rule: StandardRule, directory: Path) -> list[LimitRule]:
                         "site": rule.site,
                         "point": rule.point,
                         "device": rule.device,
-                        "quantity": quantity,
+                        "quantity": converted(quantity) if corrected else quantity,
                         "window": window,
-                        "severity": rule.severity,
-                        **bounds,
+                        "severity": rule.severity or severities.get(window, "critical"),
+                        "each_window": window in each,
+                        **window_bounds,
                     }
                 )
             )
     return out
 
 
-EvaluatedRule = LimitRule | CapacityRule | StockRule | NodataRule | FlatlineRule | RateRule | MaintenanceRule
+EvaluatedRule = (
+    LimitRule
+    | CapacityRule
+    | StockRule
+    | NodataRule
+    | FlatlineRule
+    | RateRule
+    | MaintenanceRule
+    | FurnaceTemperatureRule
+)

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import orjson
 
 from telemetry.calendar import FIXED_NS, HOUR_NS, MINUTE_NS, NS, Calendar, calendar
+from telemetry.derive import measured_of
 from telemetry.hj212 import units
 from telemetry.model import Aggregate, Flag, Reading
 from telemetry.points import Point, Points
@@ -343,7 +344,8 @@ class Aggregator:
             method = "minutes"
             valid = acc.minutes.bit_count() >= rules.hour_min_valid_minutes
         size = FIXED_NS[window]
-        cou = self._cou(series, window, acc.start, acc.unit, avg, size)
+        # An O2-corrected concentration has no mass: the mass is the measured one's.
+        cou = None if measured_of(quantity) else self._cou(series, window, acc.start, acc.unit, avg, size)
         agg = Aggregate(
             acc.start,
             window,

@@ -56,6 +56,7 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
         aggregator=aggregator(dep) if cfg.aggregation.enabled else None,
         uplinks=uplinks,
         snapshot_s=cfg.outbox.snapshot_interval,
+        derive=deriver if (deriver := dep.deriver()) else None,
     )
 
 

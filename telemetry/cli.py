@@ -315,9 +315,11 @@ def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     zones = {s.id: s.timezone for s in dep.config.sites}
     aggregator = app.aggregator(dep) if dep.config.aggregation.enabled else None
     windows: list[Aggregate] = []
-    events = replay(RulesEngine(dep.rules, zones, dep.points), aggregator, readings, until, windows)
+    events = replay(RulesEngine(dep.rules, zones, dep.points), aggregator, readings, until, windows, dep.deriver())
     for e in sorted(events, key=lambda e: e.ts):
-        print(f"{_local(e.ts, dep.zone(e.site))}  {e.state.value:<17} {e.rule:<28} {e.site:<12} {e.message}")
+        severity = e.severity if e.state is not AlertState.INSUFFICIENT else "-"
+        when = _local(e.ts, dep.zone(e.site))
+        print(f"{when}  {e.state.value:<17} {e.rule:<28} {severity:<8} {e.site:<12} {e.message}")
     shown = {w.strip() for w in args.windows.split(",") if w.strip()}
     for w in sorted(windows, key=lambda w: (w.window, w.ts, w.point, w.device, w.quantity)):
         if w.window in shown:

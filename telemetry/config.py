@@ -17,6 +17,7 @@ from __future__ import annotations
 import pathlib
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
@@ -32,6 +33,7 @@ from alerts.rule_config import (
     RuleConfig,
     StandardRule,
     expand_standard,
+    o2_reference,
 )
 from telemetry import config_refs
 from telemetry.calendar import DEFAULT_ZONE
@@ -48,7 +50,9 @@ from telemetry.config_base import (
     parse_size,
 )
 from telemetry.config_refs import Sections, did_you_mean, raw_names, salvage, suggest
+from telemetry.derive import Deriver, O2Reference
 from telemetry.errors import ConfigError
+from telemetry.furnaces import FurnaceConfig
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
 from telemetry.points import Point, PointConfig, Points
@@ -216,6 +220,7 @@ class Outbox(Model):
 class Config(Model):
     sites: Annotated[list[Site], Field(min_length=1)]
     points: list[PointConfig] = []
+    furnaces: list[FurnaceConfig] = []
     devices: list[dict[str, Any]] = []
     influxdb: list[Sink] = []
     rules: list[RuleConfig] = []
@@ -242,6 +247,11 @@ class Deployment:
         self.rules: list[EvaluatedRule] = rules if rules is not None else []  # standards expanded
         self.warnings: list[str] = []  # valid but unsafe: logged at start-up, shown by `telemetry check`
         self.points = points_of(config)
+        self.o2_references: list[O2Reference] = []  # stacks judged at a reference O2 (from their standards)
+
+    def deriver(self) -> Deriver:
+        """The readings computed from readings: O2-corrected concentrations, furnace temperatures."""
+        return Deriver(self.points, self.o2_references, self.config.furnaces)
 
     def site(self, site_id: str) -> Site:
         return next(s for s in self.config.sites if s.id == site_id)
@@ -315,13 +325,15 @@ def parse(
         else:
             sections.failed_devices.append(raw)
     problems.extend(_cross_checks(sections, devices, src))
-    rules, standards = _expand_rules(sections, file, src, problems)
+    references: list[O2Reference] = []
+    rules, standards = _expand_rules(sections, file, src, problems, references)
     refs = config_refs.References(src, sections, devices, rules, standards)
     refs.run()
     problems += refs.problems
     if problems or config is None or standards is None:
         raise ConfigError(sorted(set(problems), key=_line_key))
     dep = Deployment(file, config_refs.resolved(config, devices, rules, standards), devices, rules)
+    dep.o2_references = references
     dep.warnings = secret_warnings(src) + refs.warnings
     return dep
 
@@ -399,10 +411,11 @@ def standards_dir(config: Config, file: str) -> pathlib.Path:
 
 
 def _expand_rules(
-    sections: Sections, file: str, src: Source, problems: list[str]
+    sections: Sections, file: str, src: Source, problems: list[str], references: list[O2Reference]
 ) -> tuple[list[EvaluatedRule], dict[str, list[str]] | None]:
     """The rules with each standard expanded into its limits, and each standard's limits
-    (None when a standard could not be expanded: then not every rule name is known)."""
+    (None when a standard could not be expanded: then not every rule name is known). The
+    stacks whose standards judge O2-corrected values go to ``references``."""
     config = sections.config
     out: list[EvaluatedRule] = []
     standards: dict[str, list[str]] | None = {}
@@ -427,11 +440,25 @@ def _expand_rules(
                 continue
         try:
             limits = expand_standard(standard, directory)
+            o2 = o2_reference(standard, directory)
         except (ValueError, OSError) as err:
             problems.append(src.at(("rules", index, "tables"), str(err)))
             standards = None
             continue
         out.extend(limits)
+        if o2 is not None and standard.point is not None:
+            reference, pollutants = o2
+            known = next((r for r in references if r.point == standard.point), None)
+            if known is not None and known.reference != reference:
+                message = (
+                    f"expected one reference O2 per stack, found {known.reference:g} and {reference:g}"
+                    f" for {standard.point}"
+                )
+                problems.append(src.at(("rules", index, "o2_reference"), message))
+            elif known is None:
+                references.append(O2Reference(standard.point, reference, frozenset(pollutants)))
+            else:
+                references[references.index(known)] = replace(known, pollutants=known.pollutants | set(pollutants))
         if standards is not None:
             standards[rule.name] = [limit.name for limit in limits]
     twice = sorted(name for name, n in Counter(r.name for r in out).items() if n > 1)

@@ -72,8 +72,10 @@ class Pipeline:
         tick_s: float = 1.0,
         snapshot_s: float = 30.0,
         clock: Callable[[], int] = time.time_ns,
+        derive: Callable[[Sequence[Reading]], list[Reading]] | None = None,
     ) -> None:
         self.outbox = outbox
+        self.derive = derive  # readings computed from each commit's readings, committed with them
         self.aggregator = aggregator
         self.uplinks = list(uplinks)
         for uplink in self.uplinks:
@@ -108,6 +110,7 @@ class Pipeline:
                 Delivery(sink, outbox, self.db, metrics, wake, progress=self._progress, commits=self.commits)
             )
         self._dropped_seen = 0
+        self._derive_failed = False
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
         self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
@@ -278,6 +281,8 @@ class Pipeline:
     async def _commit(self, items: list[_Item]) -> None:
         records = [r for item in items for r in item.records]
         rejected = [r for item in items for r in item.rejected]
+        if self.derive is not None:
+            records += self._derived(records)
         try:
             await self._append(records, rejected)
         except OutboxError as err:
@@ -311,6 +316,19 @@ class Pipeline:
         if self.observer is not None:
             self.observer(readings, events)
         await self._watch_budget()
+
+    def _derived(self, records: list[Record]) -> list[Reading]:
+        """Derived readings (``telemetry.derive``); a failure there costs the derived readings
+        of this commit, never the commit: counted and logged once, the source readings go on."""
+        assert self.derive is not None
+        try:
+            return self.derive([r for r in records if isinstance(r, Reading)])
+        except Exception as err:  # contained: the readings must still be committed
+            self.metrics.errors.labels("derive", "derive", "exception").inc()
+            level = logging.DEBUG if self._derive_failed else logging.ERROR
+            self._derive_failed = True
+            log.log(level, "deriving readings failed (the measured ones are committed): %r", err, exc_info=err)
+            return []
 
     def _committed(self, items: list[_Item]) -> None:
         """The emits return; windows a tick closed are published to the uplinks."""

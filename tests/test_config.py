@@ -76,7 +76,7 @@ def test_a_misspelt_key_gets_did_you_mean_instead_of_every_key(tmp_path: Path) -
     assert found == [
         f"{file}:9: devices[0].intervall: unknown key; did you mean 'interval'?",
         f"{file}:19: rules[0].kind: expected one of 'limit', 'standard', 'capacity', 'stock', 'nodata', 'flatline',"
-        " 'rate', 'maintenance_too_long', found 'limt' (did you mean 'limit'?)",
+        " 'rate', 'maintenance_too_long', 'furnace_temperature', found 'limt' (did you mean 'limit'?)",
     ]
 
 

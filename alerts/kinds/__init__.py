@@ -7,6 +7,7 @@ judge yields an ``insufficient_data`` record, never a breach.
 """
 
 from alerts.kinds.capacity import CapacityState, StockState
+from alerts.kinds.furnace import FurnaceState
 from alerts.kinds.limits import LimitState
 from alerts.kinds.presence import FlatlineState, MaintenanceState, NodataState, RateState
 from alerts.kinds.state import RuleState
@@ -20,6 +21,7 @@ KINDS: dict[str, type[RuleState]] = {
     "rate": RateState,
     "maintenance_too_long": MaintenanceState,
     "capacity": CapacityState,
+    "furnace_temperature": FurnaceState,
 }
 
 __all__ = ["KINDS", "EvaluatedRule", "RuleState"]

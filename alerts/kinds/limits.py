@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from alerts.kinds.state import RuleState, key_of, unit_of
@@ -77,11 +78,47 @@ class LimitState(RuleState):
     def on_window(self, w: Aggregate) -> list[AlertEvent]:
         if w.window != self.rule.window:
             return []
+        if self.rule.each_window:
+            return self._each_window(w)
         if not w.valid or w.avg is None:
-            bound = self._nearest(w.avg if w.avg is not None else 0.0)
-            text = (
-                f"{w.quantity} {WINDOW_WORDS[w.window]}: insufficient valid data "
-                f"({w.valid_count} of {w.count} values valid, window flag {w.flag.value}); not judged"
-            )
-            return [self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text, Measure.READING)]
+            return [self._insufficient(w)]
         return self._verdict(key_of(w), w.avg, w.ts, w, WINDOW_WORDS[w.window] + " ")
+
+    def _insufficient(self, w: Aggregate) -> AlertEvent:
+        bound = self._nearest(w.avg if w.avg is not None else 0.0)
+        text = (
+            f"{w.quantity} {WINDOW_WORDS[w.window]}: insufficient valid data "
+            f"({w.valid_count} of {w.count} values valid, window flag {w.flag.value}); not judged"
+        )
+        return self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text, Measure.READING)
+
+    def _each_window(self, w: Aggregate) -> list[AlertEvent]:
+        """A breach of this window is its own alert, keyed and labelled by the window's local
+        start; the series' earlier windows' alerts resolve as this one is judged (a violation
+        is a fact about its day, not a condition that persists into the next)."""
+        series = key_of(w) + "@"
+        start = self.calendar(w.site).local(w.ts)
+        label = start.date().isoformat() if w.window == "1d" else start.isoformat(timespec="minutes")
+        events = [
+            replace(
+                self._firing.pop(key),
+                ts=w.ts,
+                state=AlertState.RESOLVED,
+                message=f"{w.quantity} {WINDOW_WORDS[w.window]}: {key[len(series) :]} closed (next window {label})",
+            )
+            for key in [k for k in self._firing if k.startswith(series)]
+        ]
+        if not w.valid or w.avg is None:
+            return [*events, self._insufficient(w)]
+        limit = self._breach(w.avg)
+        if limit is None:
+            return events
+        unit = unit_of(w)
+        side = "above" if self.rule.above is not None and w.avg > self.rule.above else "below"
+        text = (
+            f"{w.quantity} {WINDOW_WORDS[w.window]} {label}: {w.avg:g}{unit} {side} limit {limit:g}{unit}"
+            f" at {w.site}/{w.device}"
+        )
+        fired = self._event(AlertState.FIRING, w.ts, w, w.avg, limit, text, Measure.READING, window=label)
+        self._firing[series + label] = fired
+        return [*events, fired]

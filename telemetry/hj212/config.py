@@ -25,8 +25,9 @@ CODES_2017 = {
 }
 # A stack's quantities (DOMAIN-incinerator.md A4): flow is the flue-gas flow there.
 GAS_CODES_2017 = {
-    "flow": "a00000",
-    "particulate": "a34013",
+    "flow": "a00000",  # ``flow`` at a stack is its flue-gas flow; ``flue_flow`` is the canonical name
+    "flue_flow": "a00000",
+    "dust": "a34013",
     "so2": "a21026",
     "nox": "a21002",
     "no": "a21003",
@@ -39,9 +40,18 @@ GAS_CODES_2017 = {
     "temperature": "a01012",
     "pressure": "a01013",
     "humidity": "a01014",
-    "furnace_temperature": "a01901",
+    "furnace_temp": "a01901",  # the representative furnace temperature (``telemetry.furnaces``)
 }
-GAS_CODES_2005 = {"flow": "B02", "particulate": "01", "so2": "02", "nox": "03", "co": "04", "hcl": "08", "o2": "S01"}
+GAS_CODES_2005 = {
+    "flow": "B02",
+    "flue_flow": "B02",
+    "dust": "01",
+    "so2": "02",
+    "nox": "03",
+    "co": "04",
+    "hcl": "08",
+    "o2": "S01",
+}
 CODES_2005 = {
     "flow": "B01",
     "ph": "001",

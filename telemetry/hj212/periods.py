@@ -30,10 +30,11 @@ from datetime import datetime
 
 from telemetry.aggregate import worst_flag
 from telemetry.calendar import NS, Calendar, calendar
+from telemetry.derive import converted
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
 from telemetry.hj212.extras import Extras
-from telemetry.model import Aggregate, Reading
+from telemetry.model import Aggregate, Flag, Reading
 from telemetry.points import Point
 
 KINDS = {"min": ("2051", "1m"), "hour": ("2061", "1h"), "day": ("2031", "1d")}
@@ -61,6 +62,8 @@ class PointEncoder:
         self.cfg = cfg
         self.point = point
         self.codes = cfg.code_map(point.kind)
+        # A stack's O2-corrected series go up as their pollutant code's ``Zs`` values.
+        self.converted = {converted(q): c for q, c in self.codes.items()} if point.kind == "gas" else {}
         self.min_minutes = cfg.min_interval_minutes
         self.site_cal = calendar(site_zone)
         self.platform_cal: Calendar = calendar(cfg.timezone)
@@ -72,7 +75,7 @@ class PointEncoder:
 
     def holds(self, site: str, device: str, quantity: str, point: str | None = None) -> bool:
         """A series (or a window stored with ``point``) of this point that has a code."""
-        if quantity not in self.codes or site != self.point.site:
+        if (quantity not in self.codes and quantity not in self.converted) or site != self.point.site:
             return False
         if point:
             return point == self.point.id
@@ -96,14 +99,21 @@ class PointEncoder:
         for w in windows:
             if self.holds(w.site, w.device, w.quantity, w.point):
                 groups.setdefault(w.quantity, []).append(w)
-        items: list[dict[str, str]] = [{"DataTime": self.local(start)}]
+        by_code: dict[str, dict[str, str]] = {}
         for quantity, group in sorted(groups.items()):
-            item = self._period_item(kind, self.codes[quantity], group)
-            if item:
-                items.append(item)
+            code, zs = self.code_of(quantity)
+            _merge(by_code.setdefault(code, {}), self._period_item(kind, code, group, zs), code, zs)
+        items: list[dict[str, str]] = [{"DataTime": self.local(start)}]
+        items += [item for _, item in sorted(by_code.items()) if item]
         return items if len(items) > 1 else None
 
-    def _period_item(self, kind: str, code: str, windows: list[Aggregate]) -> dict[str, str]:
+    def code_of(self, quantity: str) -> tuple[str, str]:
+        """(pollutant code, field prefix): ``Zs`` for an O2-corrected series, else ""."""
+        if quantity in self.codes:
+            return self.codes[quantity], ""
+        return self.converted[quantity], "Zs"
+
+    def _period_item(self, kind: str, code: str, windows: list[Aggregate], zs: str = "") -> dict[str, str]:
         unit = windows[0].unit
         scale = units.factor(unit, code)
         item: dict[str, str] = {}
@@ -111,9 +121,9 @@ class PointEncoder:
         if valid and scale is not None:
             weight = sum(max(1, w.valid_count) for w in valid)
             avg = sum(w.avg * max(1, w.valid_count) for w in valid if w.avg is not None) / weight
-            item[f"{code}-Min"] = _num(min(w.min for w in valid if w.min is not None) * scale)
-            item[f"{code}-Avg"] = _num(avg * scale)
-            item[f"{code}-Max"] = _num(max(w.max for w in valid if w.max is not None) * scale)
+            item[f"{code}-{zs}Min"] = _num(min(w.min for w in valid if w.min is not None) * scale)
+            item[f"{code}-{zs}Avg"] = _num(avg * scale)
+            item[f"{code}-{zs}Max"] = _num(max(w.max for w in valid if w.max is not None) * scale)
         elif valid:
             self._unit_problem(code, unit)
         cou = [w.cou for w in windows if w.cou is not None]
@@ -145,13 +155,16 @@ class PointEncoder:
         if not fresh:
             return None
         items: list[dict[str, str]] = [{"DataTime": self.local(max(r.ts for r in fresh))}]
+        by_code: dict[str, dict[str, str]] = {}
         for r in sorted(fresh, key=lambda r: r.quantity):
-            code = self.codes[r.quantity]
+            code, zs = self.code_of(r.quantity)
+            if zs and r.flag is not Flag.N:
+                continue  # a converted value without a valid O2 is the measured one: not sent as Zs
             scale = units.factor(r.unit, code)
             if scale is None:
                 self._unit_problem(code, r.unit)
                 continue
-            item = {f"{code}-Rtd": _num(r.value * scale), f"{code}-Flag": r.flag.value}
+            item = {f"{code}-{zs}Rtd": _num(r.value * scale), f"{code}-Flag": r.flag.value}
             if self.cycle_of((r.site, r.device, r.quantity))[1]:
                 item[f"{code}-SampleTime"] = self.local(r.ts)
             extra = self.extras.get(r.site, r.device, r.quantity, r.ts) if self.extras is not None else None
@@ -160,7 +173,8 @@ class PointEncoder:
                     item[f"{code}-SampleTime"] = self.local(extra.sample_ts)
                 if extra.eflag:
                     item[f"{code}-EFlag"] = extra.eflag
-            items.append(item)
+            _merge(by_code.setdefault(code, {}), item, code, zs)
+        items += [item for _, item in sorted(by_code.items())]
         return items if len(items) > 1 else None
 
     def _sampled(self, w: Aggregate) -> bool:
@@ -178,6 +192,15 @@ class PointEncoder:
 
     def parse_local(self, text: str) -> int:
         return self.platform_cal.parse_local(text)
+
+
+def _merge(into: dict[str, str], item: dict[str, str], code: str, zs: str) -> None:
+    """One CP item per code: the converted values beside the measured ones. The measured
+    value's flag is the item's; a converted series' flag stands only without one."""
+    flag = f"{code}-Flag"
+    for key, value in item.items():
+        if not (zs and key == flag and key in into):
+            into[key] = value
 
 
 def _worst(windows: Iterable[Aggregate]) -> str:
