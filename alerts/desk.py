@@ -140,7 +140,31 @@ class AlertDesk:
             log.info("silence %s added for %s until %s: %s", sid, silence.matchers, silence.ends_ns, silence.reason)
         elif kind == "expire":
             self.manager.expire_silence(body["id"], now)
+        elif kind in ("mark", "mark_end"):
+            self._mark(kind, body, now)
         self._dirty = True
+
+    def _mark(self, kind: str, body: dict[str, Any], now: int) -> None:
+        """A furnace's operating mark from the CLI or HTTP; a bad one is logged and dropped."""
+        marks = self.rules.marks
+        try:
+            furnace = str(body["furnace"])
+            if kind == "mark_end":
+                ended = marks.end(furnace, int(body.get("at_ns", now)))
+                log.info("furnace %s: %s", furnace, f"mark {ended.kind} ended" if ended else "no open mark to end")
+                return
+            start = int(body.get("start_ns", now))
+            end = int(body["end_ns"]) if body.get("end_ns") is not None else None
+            if start > now + 300 * NS or (end is not None and end > now + 300 * NS):
+                raise ValueError("expected a mark that has started, not one in the future")
+            if start < now - 366 * 86400 * NS:
+                raise ValueError("expected a mark within the last year")
+            mark = marks.add(
+                furnace, str(body["kind"]), start, end, str(body.get("by", "cli")), str(body.get("note", ""))
+            )
+            log.info("furnace %s marked %s by %s", furnace, mark.label(), mark.by)
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("furnace mark refused (%s): %s", body.get("by", "?"), err)
 
     def _on_result(self, message: Message, ok: bool, detail: str) -> None:
         now = time.time_ns()

@@ -14,10 +14,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from alerts.furnace_watch import FurnaceWatch
 from alerts.kinds import KINDS, RuleState
-from alerts.rule_config import EvaluatedRule
+from alerts.kinds.furnace import FurnaceState
+from alerts.kinds.limits import LimitState
+from alerts.rule_config import EvaluatedRule, LimitRule
+from telemetry.derive import measured_of
+from telemetry.furnaces import FurnaceConfig
+from telemetry.marks import Marks
 from telemetry.model import Aggregate, AlertEvent, Reading
 from telemetry.points import Points
+
+FURNACES = "@furnaces"  # the snapshot's entry for the furnaces' marks and watch (no rule name starts with @)
 
 
 @dataclass
@@ -28,19 +36,51 @@ class _Entry:
 
 class RulesEngine:
     def __init__(
-        self, rules: Iterable[EvaluatedRule], zones: Mapping[str, str] | None = None, points: Points | None = None
+        self,
+        rules: Iterable[EvaluatedRule],
+        zones: Mapping[str, str] | None = None,
+        points: Points | None = None,
+        furnaces: Iterable[FurnaceConfig] = (),
     ) -> None:
         zones = dict(zones or {})
         self.points = points if points is not None else Points.from_config(zones, ())
         self._entries = [_Entry(rule, KINDS[rule.kind](rule, zones)) for rule in rules]
+        # Furnaces: their marks (set by commands and status registers) and what is audited of them.
+        self.marks = Marks(furnaces, zones)
+        self._furnaces_of: dict[str, list[FurnaceConfig]] = {}
+        for furnace in self.marks.furnaces.values():
+            self._furnaces_of.setdefault(furnace.point or "", []).append(furnace)
+        hourly = {
+            (r.point, r.quantity): r.above
+            for r in (e.rule for e in self._entries)
+            if isinstance(r, LimitRule) and r.window == "1h" and r.point and r.above is not None
+            if measured_of(r.quantity)
+        }
+        self.watch = FurnaceWatch(self.marks, hourly, zones) if self.marks else None
         self._by_quantity: dict[str | None, list[_Entry]] = {}
         for entry in self._entries:
             entry.state.point_of = self._point_id
             entry.state.count_error = self._count_error
+            if isinstance(entry.state, FurnaceState) and self.marks:
+                entry.state.exempt = self._not_normal
+            if isinstance(entry.state, LimitState) and self.marks:
+                entry.state.exempt_hour = self._exempt_hour
             self._by_quantity.setdefault(getattr(entry.rule, "quantity", None), []).append(entry)
         self.evaluations = 0
         # Counts an error of a rule by (stage, error_type); the pipeline points it at its metrics.
         self.on_error: Callable[[str, str], None] = lambda stage, error_type: None
+
+    def _not_normal(self, site: str, device: str, start: int, end: int) -> bool:
+        """A furnace whose temperature is (site, device) marked out of normal operation."""
+        return any(
+            self.marks.not_normal(f.id, start, end)
+            for f in self.marks.furnaces.values()
+            if (f.site, f.device) == (site, device)
+        )
+
+    def _exempt_hour(self, point: str, start: int, end: int) -> bool:
+        """An hour of a stack that its furnace's marks exempt from the daily judgement (within budget)."""
+        return any(self.marks.exempt(f.id, start, end, end) for f in self._furnaces_of.get(point, ()))
 
     def _count_error(self, stage: str, error_type: str) -> None:
         self.on_error(stage, error_type)
@@ -59,10 +99,18 @@ class RulesEngine:
         return self._by_quantity.get(quantity, []) + self._by_quantity.get(None, [])
 
     def feed(self, readings: Iterable[Reading]) -> list[AlertEvent]:
-        return self._run(readings, lambda e, r: e.state.on_reading(r))
+        if self.watch is None:
+            return self._run(readings, lambda e, r: e.state.on_reading(r))
+        readings = list(readings)
+        events = [e for r in readings for e in self.watch.on_reading(r)]  # status registers set marks first
+        return events + self._run(readings, lambda e, r: e.state.on_reading(r))
 
     def on_windows(self, windows: Iterable[Aggregate]) -> list[AlertEvent]:
-        return self._run(windows, lambda e, w: e.state.on_window(w))
+        if self.watch is None:
+            return self._run(windows, lambda e, w: e.state.on_window(w))
+        windows = list(windows)
+        events = self._run(windows, lambda e, w: e.state.on_window(w))
+        return events + [e for w in windows for e in self.watch.on_window(w)]
 
     def _run(self, items: Iterable[Any], call: Callable[[_Entry, Any], list[AlertEvent]]) -> list[AlertEvent]:
         events: list[AlertEvent] = []
@@ -76,7 +124,7 @@ class RulesEngine:
 
     def tick(self, now_ns: int) -> list[AlertEvent]:
         """Rules about time passing: silence, maintenance, the end of a plant day."""
-        events: list[AlertEvent] = []
+        events: list[AlertEvent] = self.watch.on_tick(now_ns) if self.watch is not None else []
         for entry in self._entries:
             events += entry.state.on_tick(now_ns)
         return events
@@ -87,8 +135,11 @@ class RulesEngine:
             entry.state.shift(delta_ns)
 
     def snapshot(self) -> dict[str, Any]:
-        """Per-rule state (firing, pending, running totals) to survive a restart."""
-        return {e.rule.name: {"kind": e.rule.kind, "state": e.state.dump()} for e in self._entries}
+        """Per-rule state (firing, pending, running totals) to survive a restart; furnaces' marks."""
+        out: dict[str, Any] = {e.rule.name: {"kind": e.rule.kind, "state": e.state.dump()} for e in self._entries}
+        if self.watch is not None:
+            out[FURNACES] = {"marks": self.marks.dump(), "watch": self.watch.dump()}
+        return out
 
     def restore(self, data: Mapping[str, Any]) -> None:
         """Take back the state of rules that still exist with the same name and kind."""
@@ -96,6 +147,11 @@ class RulesEngine:
             saved = data.get(entry.rule.name)
             if saved and saved.get("kind") == entry.rule.kind:
                 entry.state.load(saved["state"])
+        furnaces = data.get(FURNACES)
+        if furnaces and self.watch is not None:
+            self.marks.load(furnaces.get("marks", {}))
+            self.watch.load(furnaces.get("watch", {}))
 
     def firing(self) -> list[tuple[str, str]]:
-        return [(e.rule.name, key) for e in self._entries for key in e.state.firing_keys()]
+        keys = [(e.rule.name, key) for e in self._entries for key in e.state.firing_keys()]
+        return keys + [("furnaces", key) for key in (self.watch.firing_keys() if self.watch is not None else [])]

@@ -67,7 +67,7 @@ def alert_desk(dep: config.Deployment, metrics: Metrics) -> AlertDesk:
     return AlertDesk(
         AlertManager(cfg.notify, parse_time=parse_timestamp),
         Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
-        RulesEngine(dep.rules, zones, dep.points),
+        RulesEngine(dep.rules, zones, dep.points, cfg.furnaces),
         metrics,
     )
 
@@ -164,7 +164,10 @@ async def serve(
 
     if dep.config.metrics.enabled:
         ack_token = dep.config.metrics.ack_token.get_secret_value()
-        stop_http = http.serve(metrics, dep.config.metrics.listen, dep.config.outbox.path, ack_token, readiness)
+        furnaces = [f.id for f in dep.config.furnaces]
+        stop_http = http.serve(
+            metrics, dep.config.metrics.listen, dep.config.outbox.path, ack_token, readiness, furnaces
+        )
         log.info("metrics on http://%s/metrics", dep.config.metrics.listen)
     try:
         pipeline = build(dep, metrics, observer)

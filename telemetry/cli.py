@@ -25,7 +25,7 @@ from alerts.rules import RulesEngine
 from drivers import modbus_probe
 from drivers.modbus_decode import NUMERIC_TYPES
 from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
-from telemetry import __version__, app, cli_parser
+from telemetry import __version__, app, cli_marks, cli_parser
 from telemetry.aggregate import Aggregator
 from telemetry.calendar import calendar
 from telemetry.config import Deployment, KnownSeries
@@ -315,7 +315,12 @@ def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     zones = {s.id: s.timezone for s in dep.config.sites}
     aggregator = app.aggregator(dep) if dep.config.aggregation.enabled else None
     windows: list[Aggregate] = []
-    events = replay(RulesEngine(dep.rules, zones, dep.points), aggregator, readings, until, windows, dep.deriver())
+    engine = RulesEngine(dep.rules, zones, dep.points, dep.config.furnaces)
+    problem = cli_marks.replay_marks(args.marks, engine.marks) if args.marks else None
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    events = replay(engine, aggregator, readings, until, windows, dep.deriver())
     for e in sorted(events, key=lambda e: e.ts):
         severity = e.severity if e.state is not AlertState.INSUFFICIENT else "-"
         when = _local(e.ts, dep.zone(e.site))
@@ -434,6 +439,7 @@ def _silence(dep: Deployment, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "check": _check,
+    "mark": cli_marks.command,
     "run": _run,
     "probe": _probe_config,
     "deadletter": _deadletters,

@@ -42,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     _command(sub, "schema", "print the JSON Schema of the configuration (for editors' completion and checks)")
     _probe(sub)
     _alerting(sub)
+    _marking(sub)
     _rules(sub)
     _hj212(sub)
     _stores(sub)
@@ -136,6 +137,36 @@ def _alerting(sub: Any) -> None:
     _config(expire, CONFIG_HELP + " (for the state path)")
 
 
+def _marking(sub: Any) -> None:
+    mark = _actions(
+        _command(sub, "mark", "operating marks of incinerator furnaces (烘炉 启炉 停炉 停运 故障 事故): set, end, list")
+    )
+    put = _command(
+        mark,
+        "set",
+        "mark a furnace: drying (烘炉), startup (启炉), shutdown (停炉), out_of_service (停运), fault (故障),"
+        " accident (事故)",
+        "Mark a furnace from --start (default now) until --end, or until the next mark or 'mark end'; the running"
+        " daemon applies it within a second. Start-up, shutdown, fault and accident hours use the furnace's yearly"
+        " budget of exempt hours.",
+    )
+    put.add_argument("furnace", metavar="FURNACE", help="furnace id, as in the config's furnaces")
+    put.add_argument(
+        "kind", metavar="MARK", help="drying, startup, shutdown, out_of_service, fault, accident (or 烘炉 ...)"
+    )
+    _config(put, CONFIG_HELP + " (furnaces, state path)")
+    put.add_argument("--start", help="when it began (ISO 8601 with a zone, or epoch; default: now)")
+    put.add_argument("--end", help="when it ended, for a mark entered afterwards")
+    put.add_argument("--note", default="", help="why (shown in notifications and 'mark list')")
+    put.add_argument("--by", default=_USER, metavar="NAME", help="who marks (default: $USER)")
+    end = _command(mark, "end", "end a furnace's open mark")
+    end.add_argument("furnace", metavar="FURNACE", help="furnace id")
+    _config(end, CONFIG_HELP + " (furnaces, state path)")
+    end.add_argument("--at", help="when it ended (default: now)")
+    listing = _command(mark, "list", "marks of the running daemon and each furnace's exempt hours used this year")
+    _config(listing, CONFIG_HELP + " (furnaces, state path)")
+
+
 def _rules(sub: Any) -> None:
     rules = _actions(_command(sub, "rules", "replay recorded readings through the aggregation and the rules"))
     test = _command(
@@ -156,6 +187,7 @@ def _rules(sub: Any) -> None:
         "--windows", default="", help="also print the closed windows of these sizes (e.g. 1h,1d): means, validity, cou"
     )
     test.add_argument("--hj212", default=None, metavar="PLATFORM", help="also print what that platform would receive")
+    test.add_argument("--marks", default=None, metavar="FILE", help="CSV of furnace marks: furnace,mark,start[,end]")
 
 
 def _hj212(sub: Any) -> None:

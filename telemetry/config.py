@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pathlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -602,6 +602,7 @@ def _cross_checks(sections: Sections, devices: list[DeviceConfig], src: Source) 
 
     for section, key in (("sites",), "id"), (("devices",), "id"), (("influxdb",), "name"), (("rules",), "name"):
         duplicates(section, key)
+    duplicates(("furnaces",), "id")
     duplicates(("notify", "routes"), "name")
     raw_ids = raw_names(src, ("devices",), "id")
     for kind in sorted({type(d) for d in devices}, key=lambda t: t.__name__):
@@ -633,6 +634,8 @@ def _point_checks(sections: Sections, devices: list[DeviceConfig], raw_ids: list
     for index, rule in sections.each(("rules",), config.rules):
         if rule.point is not None:
             named(("rules", index), rule.point, rule.site)
+    for index, furnace in sections.each(("furnaces",), config.furnaces):
+        problems += _furnace_problems(furnace, index, sites, named, src)
     for index, override in sections.each(("aggregation", "overrides"), config.aggregation.overrides):
         if override.point is not None:
             named(("aggregation", "overrides", index), override.point, override.site)
@@ -652,6 +655,20 @@ def _point_checks(sections: Sections, devices: list[DeviceConfig], raw_ids: list
         problems += _cycle_problems(config, points, devices, raw_ids, src)
     problems += _station_checks(config, points, devices, raw_ids, src)
     return problems
+
+
+def _furnace_problems(
+    furnace: FurnaceConfig, index: int, sites: set[str], named: Callable[..., Point | None], src: Source
+) -> list[str]:
+    """A furnace at a configured site, its stack a gas point of that site."""
+    if furnace.site not in sites:
+        message = f"expected a configured site, found {furnace.site!r}{suggest(furnace.site, sites)}"
+        return [src.at(("furnaces", index, "site"), message)]
+    stack = named(("furnaces", index), furnace.point, furnace.site) if furnace.point is not None else None
+    if stack is not None and stack.kind != "gas":
+        message = f"expected the furnace's stack (a point of kind gas), found {stack.id!r} of kind {stack.kind}"
+        return [src.at(("furnaces", index, "point"), message)]
+    return []
 
 
 def _cycle_problems(

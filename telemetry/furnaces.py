@@ -34,8 +34,30 @@ class Thermocouple(Model):
     section: Section
 
 
+MarkName = Literal["drying", "startup", "shutdown", "out_of_service", "fault", "accident"]
+
+
+class StatusRegister(Model):
+    """A series (a Modbus register) whose value is the furnace's mark: ``values`` maps each
+    value to a mark; any other value ends a mark the register set."""
+
+    device: Name
+    quantity: Name
+    values: Annotated[dict[int, MarkName], Field(min_length=1)]
+
+
+class Feeding(Model):
+    """A series saying waste is being fed: a feeder or grate running signal, or steam flow;
+    feeding while its value is above ``above``."""
+
+    device: Name
+    quantity: Name
+    above: float = 0.5
+
+
 class FurnaceConfig(Model):
-    """One furnace (a grate line), its stack, and how its temperature is formed."""
+    """One furnace (a grate line), its stack, how its temperature is formed, and its marks.
+    The mark settings' defaults rest on [U] facts (DOMAIN-incinerator.md A1-A3)."""
 
     id: Name
     site: Name
@@ -45,6 +67,15 @@ class FurnaceConfig(Model):
     representative: Literal["median_of_sections", "mean"] = "median_of_sections"
     sections: Annotated[list[Section], Field(min_length=1)] = ["upper", "middle"]
     max_age: Annotated[Duration, Field(gt=0)] = 60.0  # a thermocouple older than this at a sample is left out
+    min_temperature: float = 850.0  # no waste may be fed below this
+    feeding: Feeding | None = None
+    status: StatusRegister | None = None
+    budget_hours: Annotated[float, Field(gt=0, le=8784)] = 60.0  # exempt hours per local calendar year
+    budget_warn: Annotated[float, Field(gt=0, le=1)] = 0.8  # warn once this share of the budget is used
+    budget_marks: list[MarkName] = ["startup", "shutdown", "fault", "accident"]
+    not_normal: list[MarkName] = ["drying", "startup", "shutdown", "out_of_service"]
+    exempt_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5  # of a window or hour, for it to count as marked
+    max_episode_hours: dict[MarkName, Annotated[float, Field(gt=0)]] = {"fault": 4.0, "accident": 4.0, "startup": 4.0}
 
     @model_validator(mode="after")
     def _check(self) -> FurnaceConfig:

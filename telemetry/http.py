@@ -11,7 +11,12 @@
   without a configured token the endpoint refuses every ack (403): anyone who can
   reach the port must not be able to silence a regulated alarm.
 
-Acks go through the same command table as the CLI, so both take the same path.
+- ``POST /furnaces/ID/marks``: set a furnace's operating mark, ``{"kind": "fault", "start":
+  ISO or epoch (default now), "end": ..., "note": ..., "by": ...}``; ``POST
+  /furnaces/ID/marks/end`` ends its open mark (``{"at": ...}``); same token as acks.
+  ``GET /furnaces/marks``: the marks the daemon holds.
+
+Acks and marks go through the same command table as the CLI, so both take the same path.
 Listens on loopback by default; put it behind the plant's reverse proxy to expose it.
 """
 
@@ -28,8 +33,10 @@ from prometheus_client import make_wsgi_app
 
 from telemetry.config_base import host_port
 from telemetry.errors import OutboxError
+from telemetry.marks import mark_kind
 from telemetry.metrics import Metrics
 from telemetry.outbox import add_command, read_state
+from telemetry.times import TimeError, parse_timestamp
 
 StartResponse = Callable[..., Any]
 
@@ -42,34 +49,94 @@ class _QuietHandler(WSGIRequestHandler):
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
+MAX_BODY = 64 * 1024
+
+
+Reply = tuple[str, Any]
+
+
+class _Desk:
+    """The /alerts and /furnaces endpoints: reads answer anyone who reaches the listener,
+    changes need the Bearer token and go to the daemon through the command table."""
+
+    def __init__(self, outbox_path: str, token: str, furnaces: Iterable[str]) -> None:
+        self.outbox_path = outbox_path
+        self.token = token
+        self.furnaces = frozenset(furnaces)
+
+    def __call__(self, environ: dict[str, Any], path: str, method: str) -> Reply:
+        if method == "GET" and path in ("/alerts", "/furnaces/marks"):
+            return "200 OK", self._read(path)
+        parts = path.strip("/").split("/")
+        ack = len(parts) == 3 and parts[0] == "alerts" and parts[2] == "ack"
+        mark = len(parts) in (3, 4) and parts[0] == "furnaces" and parts[2] == "marks" and parts[3:] in ([], ["end"])
+        if method != "POST" or not (ack or mark):
+            return "404 Not Found", {"error": "not found"}
+        refused, body = self._request(environ)
+        if refused is not None:
+            return refused
+        by = str(body.get("by", "http"))[:64]
+        if ack:
+            add_command(self.outbox_path, "ack", {"id": parts[1], "by": by})
+            return "202 Accepted", {"queued": True, "id": parts[1]}
+        if parts[1] not in self.furnaces:
+            return "404 Not Found", {"error": f"no furnace {parts[1][:64]!r}"}
+        return self._mark(parts[1], parts[3:] == ["end"], body, by)
+
+    def _read(self, path: str) -> Any:
+        if path == "/alerts":
+            return read_state(self.outbox_path, "alerts") or {"alerts": [], "silences": []}
+        saved = (read_state(self.outbox_path, "rules") or {}).get("@furnaces") or {}
+        return {"marks": saved.get("marks", {})}
+
+    def _request(self, environ: dict[str, Any]) -> tuple[Reply | None, dict[str, Any]]:
+        """(a refusal, or None; the JSON body of an authorised change)."""
+        if not self.token:
+            off = "changes over HTTP are off: set metrics.ack_token, or use the `telemetry` command"
+            return ("403 Forbidden", {"error": off}), {}
+        given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return ("401 Unauthorized", {"error": "bearer token required"}), {}
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+        if not 0 <= size <= MAX_BODY:
+            return ("400 Bad Request", {"error": f"expected a body of at most {MAX_BODY} bytes"}), {}
+        body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
+        if not isinstance(body, dict):
+            return ("400 Bad Request", {"error": "expected a JSON object"}), {}
+        return None, body
+
+    def _mark(self, furnace: str, end: bool, body: dict[str, Any], by: str) -> Reply:
+        command: dict[str, Any] = {"furnace": furnace, "by": by}
+        try:
+            if end:
+                if body.get("at") is not None:
+                    command["at_ns"] = parse_timestamp(str(body["at"]))
+            else:
+                command["kind"] = mark_kind(str(body.get("kind", "")))
+                command["note"] = str(body.get("note", ""))[:200]
+                for key in ("start", "end"):
+                    if body.get(key) is not None:
+                        command[f"{key}_ns"] = parse_timestamp(str(body[key]))
+        except (TimeError, ValueError) as err:
+            return "400 Bad Request", {"error": str(err)[:300]}
+        add_command(self.outbox_path, "mark_end" if end else "mark", command)
+        return "202 Accepted", {"queued": True, "furnace": furnace, **({"kind": command["kind"]} if not end else {})}
+
+
 def app(
-    metrics: Metrics, outbox_path: str, ack_token: str = "", readiness: Readiness | None = None
+    metrics: Metrics,
+    outbox_path: str,
+    ack_token: str = "",
+    readiness: Readiness | None = None,
+    furnaces: Iterable[str] = (),
 ) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     prometheus = make_wsgi_app(metrics.registry)
+    desk = _Desk(outbox_path, ack_token, furnaces)
 
     def reply(start: StartResponse, status: str, body: Any) -> list[bytes]:
         data = json.dumps(body, ensure_ascii=False).encode()
         start(status, [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(data)))])
         return [data]
-
-    def alerts_api(environ: dict[str, Any], path: str, method: str) -> tuple[str, Any]:
-        """(status, body) for the /alerts endpoints."""
-        if path == "/alerts" and method == "GET":
-            return "200 OK", read_state(outbox_path, "alerts") or {"alerts": [], "silences": []}
-        parts = path.strip("/").split("/")
-        if not (len(parts) == 3 and parts[0] == "alerts" and parts[2] == "ack" and method == "POST"):
-            return "404 Not Found", {"error": "not found"}
-        if not ack_token:
-            off = "acks over HTTP are off: set metrics.ack_token, or use `telemetry alerts ack`"
-            return "403 Forbidden", {"error": off}
-        given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), ack_token.encode()):
-            return "401 Unauthorized", {"error": "bearer token required"}
-        size = int(environ.get("CONTENT_LENGTH") or 0)
-        body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
-        by = str(body.get("by", "http"))[:64] if isinstance(body, dict) else "http"
-        add_command(outbox_path, "ack", {"id": parts[1], "by": by})
-        return "202 Accepted", {"queued": True, "id": parts[1]}
 
     def handle(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
@@ -83,7 +150,7 @@ def app(
             status, body = ("200 OK" if ready else "503 Service Unavailable"), {"ready": ready, **detail}
         else:
             try:
-                status, body = alerts_api(environ, path, method)
+                status, body = desk(environ, path, method)
             except (OutboxError, ValueError) as err:
                 status, body = "503 Service Unavailable", {"error": str(err)}
         return reply(start, status, body)
@@ -92,11 +159,16 @@ def app(
 
 
 def serve(
-    metrics: Metrics, listen: str, outbox_path: str, ack_token: str = "", readiness: Readiness | None = None
+    metrics: Metrics,
+    listen: str,
+    outbox_path: str,
+    ack_token: str = "",
+    readiness: Readiness | None = None,
+    furnaces: Iterable[str] = (),
 ) -> Callable[[], None]:
     """Start the endpoint in a thread; returns a function that stops it."""
     host, port = host_port(listen)
-    handler = app(metrics, outbox_path, ack_token, readiness)
+    handler = app(metrics, outbox_path, ack_token, readiness, furnaces)
     server: WSGIServer = make_server(host, port, handler, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()

@@ -4,13 +4,13 @@ standards expand into these)."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from alerts.kinds.state import RuleState, key_of, unit_of
 from alerts.rule_config import LimitRule
-from telemetry.calendar import NS
+from telemetry.calendar import HOUR_NS, NS
 from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Measure, Reading
 
 WINDOW_WORDS = {"1m": "minute mean", "1h": "hourly mean", "1d": "daily mean"}
@@ -22,6 +22,10 @@ class LimitState(RuleState):
     def __init__(self, rule: LimitRule, zones: Mapping[str, str]) -> None:
         super().__init__(rule, zones)
         self._recent: dict[str, deque[tuple[int, float]]] = {}
+        # Whether an hour of a point is exempt from the daily judgement (a furnace's marks within
+        # its budget: ``telemetry.marks``); set by the engine where furnaces are configured.
+        self.exempt_hour: Callable[[str, int, int], bool] | None = None
+        self._hours: dict[str, list[list[Any]]] = {}  # series -> [start, end, avg, valid] of its recent hours
 
     def _breach(self, value: float, firing: bool = False) -> float | None:
         """The limit ``value`` breaks; while firing, judged against the clear thresholds."""
@@ -76,6 +80,10 @@ class LimitState(RuleState):
         return self._verdict(key_of(r), mean, r.ts, r, f"{self.rule.window} mean ")
 
     def on_window(self, w: Aggregate) -> list[AlertEvent]:
+        if w.window == "1h" and self.rule.window == "1d" and self.exempt_hour is not None:
+            hours = self._hours.setdefault(key_of(w), [])
+            hours.append([w.ts, w.ts + HOUR_NS, w.avg, w.valid and w.avg is not None])
+            hours[:] = [h for h in hours if h[0] >= w.ts - 2 * 86400 * NS]
         if w.window != self.rule.window:
             return []
         if self.rule.each_window:
@@ -91,6 +99,22 @@ class LimitState(RuleState):
             f"({w.valid_count} of {w.count} values valid, window flag {w.flag.value}); not judged"
         )
         return self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text, Measure.READING)
+
+    def _without_exempt_hours(self, day: Aggregate) -> tuple[Aggregate, int]:
+        """The day as judged: without the hours a furnace's marks exempt (within its yearly
+        budget), the mean of its other valid hours (a stack's day is their arithmetic mean);
+        not judged when every valid hour was exempt. How exempt hours enter the daily mean
+        is [U] (DOMAIN-incinerator.md A2): this is the documented reading."""
+        if self.exempt_hour is None or day.window != "1d":
+            return day, 0
+        end = self.calendar(day.site).end("1d", day.ts)
+        hours = [h for h in self._hours.get(key_of(day), []) if day.ts <= h[0] < end]
+        exempt = [h for h in hours if self.exempt_hour(day.point, h[0], h[1])]
+        if not exempt:
+            return day, 0
+        kept = [h[2] for h in hours if h[3] and h not in exempt]
+        mean = sum(kept) / len(kept) if kept else None
+        return replace(day, avg=mean, valid=day.valid and mean is not None), len(exempt)
 
     def _each_window(self, w: Aggregate) -> list[AlertEvent]:
         """A breach of this window is its own alert, keyed and labelled by the window's local
@@ -108,6 +132,7 @@ class LimitState(RuleState):
             )
             for key in [k for k in self._firing if k.startswith(series)]
         ]
+        w, exempted = self._without_exempt_hours(w)
         if not w.valid or w.avg is None:
             return [*events, self._insufficient(w)]
         limit = self._breach(w.avg)
@@ -117,7 +142,7 @@ class LimitState(RuleState):
         side = "above" if self.rule.above is not None and w.avg > self.rule.above else "below"
         text = (
             f"{w.quantity} {WINDOW_WORDS[w.window]} {label}: {w.avg:g}{unit} {side} limit {limit:g}{unit}"
-            f" at {w.site}/{w.device}"
+            f" at {w.site}/{w.device}" + (f" ({exempted} marked hours exempt)" if exempted else "")
         )
         fired = self._event(AlertState.FIRING, w.ts, w, w.avg, limit, text, Measure.READING, window=label)
         self._firing[series + label] = fired
