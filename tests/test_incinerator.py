@@ -7,7 +7,12 @@ DOMAIN-incinerator.md (the formula, the median/mean method, clock-aligned 5-minu
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,14 +25,16 @@ from alerts.replay import replay
 from alerts.rule_config import FurnaceTemperatureRule
 from alerts.rules import RulesEngine
 from telemetry import config as config_module
+from telemetry.cli import main
 from telemetry.derive import Deriver, O2Reference
 from telemetry.errors import ConfigError
 from telemetry.furnaces import FurnaceConfig
 from telemetry.hj212.codec import Packet
-from telemetry.model import AlertState, Flag, Reading
+from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.points import PointConfig, Points
 from telemetry.sim.platform import Receiver
 from tests.daemon import start_daemon
+from tests.services import free_port
 from tests.test_points import replay as rules_test
 
 NS = 1_000_000_000
@@ -371,3 +378,178 @@ def test_check_refuses_two_o2_references_for_one_stack(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         config_module.load(str(path), {})
     assert "expected one reference O2 per stack, found 11 and 6 for stack1" in str(err.value)
+
+
+# -- marks: the budget, episodes, false marking, feeding below 850 ------------------------------
+
+MARKED = INCINERATOR.replace(
+    "      - {device: dcs1, quantity: t_mid2, section: middle}\n",
+    "      - {device: dcs1, quantity: t_mid2, section: middle}\n"
+    "    feeding: {device: dcs1, quantity: feeder}\n"
+    "    status: {device: dcs1, quantity: furnace_status, values: {1: drying, 2: startup}}\n",
+)
+
+
+def furnace_rows(
+    start: datetime, minutes: int, temp: float | list[float], **extra: float
+) -> list[tuple[int, str, str, str, float, str, str]]:
+    rows = []
+    for m in range(minutes):
+        ts = int(start.timestamp()) * NS + (m * 60 + 5) * NS
+        t = temp[m % len(temp)] if isinstance(temp, list) else temp
+        for q in ("t_up1", "t_up2", "t_up3", "t_mid1", "t_mid2"):
+            rows.append((ts, "cx", "dcs1", q, t, "degC", "N"))
+        rows += [(ts, "cx", "dcs1", q, v, "", "N") for q, v in extra.items()]
+    return rows
+
+
+def marked_day(tmp: Path, capsys: pytest.CaptureFixture[str], january_hours: int) -> list[list[str]]:
+    """A fault marked 00:00-06:00 on 2026-11-29 with SO2 at 400 in it and 40 after, the furnace
+    burning at 900; earlier in the year ``january_hours`` of start-up marks."""
+    day = datetime(2026, 11, 29, tzinfo=BJ)
+    so2 = [400.0] * 360 + [40.0] * 1080
+    rows = minute_rows(day, 1440, o2=11.0, so2=so2, flue_flow=50.0) + furnace_rows(day, 1440, 900.0, feeder=1.0)
+    january = datetime(2026, 1, 10, tzinfo=BJ)
+    (tmp / "marks.csv").write_text(
+        "furnace,mark,start,end\n"
+        f"line1,启炉,{january.isoformat()},{(january + timedelta(hours=january_hours)).isoformat()}\n"
+        f"line1,fault,{day.isoformat()},{(day + timedelta(hours=6)).isoformat()}\n"
+    )
+    events, _, _ = rules_test(
+        tmp, MARKED, rows, capsys, "--marks", str(tmp / "marks.csv"), "--at", "2026-11-30T00:10:00+08:00"
+    )
+    return [e.split(maxsplit=5) for e in events]
+
+
+def fired(lines: list[list[str]], rule: str) -> list[list[str]]:
+    return [line for line in lines if line[1] == "firing" and line[2] == rule]
+
+
+def test_marked_hours_within_the_budget_are_exempt_from_the_daily_judgement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = marked_day(tmp_path, capsys, january_hours=50)  # 50 + 6 = 56 h of 60: every fault hour exempt
+    assert fired(lines, "gb18485_so2_1d") == []  # (6 x 400 + 18 x 40) / 24 = 130 without the marks; 40 with
+    [budget] = fired(lines, "furnace_exempt_budget")  # 50 h is over 80 % of 60 h
+    assert budget[3] == "warning"
+    assert "50.0 h of 60 h" in budget[5]
+    episodes = fired(lines, "furnace_episode_too_long")  # a 50 h start-up and a 6 h fault: both over 4 h
+    assert [(e[0], e[3]) for e in episodes] == [
+        ("2026-01-10T04:00:00+08:00", "warning"),  # not stable within 4 h of the start-up
+        ("2026-11-29T04:00:00+08:00", "critical"),  # a fault episode beyond 4 h
+    ]
+    [false] = fired(lines, "furnace_false_marking")  # analyzers normal, 400 over 100, furnace at 900
+    assert false[3] == "critical"
+    assert "possible false marking: 2026-11-29 00:00 marked 故障 (fault)" in false[5]
+    assert len(fired(lines, "furnace_mark")) == 2  # the January start-up and the fault, as info
+    assert fired(lines, "furnace_feed_below_850") == []
+
+
+def test_beyond_the_budget_marked_hours_are_judged_as_normal_operation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = marked_day(tmp_path, capsys, january_hours=58)  # 2 h of budget left: 02:00-06:00 are judged
+    [violation] = fired(lines, "gb18485_so2_1d")
+    assert violation[3] == "critical"
+    mean = (4 * 400 + 18 * 40) / 22  # the 22 hours left after the 2 exempt ones
+    assert f"{mean:g} mg/m3 above limit 80" in violation[5]
+    assert "(2 marked hours exempt)" in violation[5]
+    levels = [line[3] for line in fired(lines, "furnace_exempt_budget")]
+    assert levels == ["warning", "critical"]  # 58 h at the start, 60 h used during the fault
+
+
+def test_feeding_below_850_is_critical_whatever_the_mark_and_status_register_sets_marks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = datetime(2026, 12, 1, 6, tzinfo=BJ)
+    rows = furnace_rows(start, 60, 700.0, feeder=0.0, furnace_status=1.0)  # drying: no waste fed
+    rows += furnace_rows(start + timedelta(hours=1), 30, 800.0, feeder=1.0, furnace_status=1.0)  # fed while drying
+    rows += furnace_rows(start + timedelta(minutes=90), 90, 900.0, feeder=1.0, furnace_status=0.0)  # normal
+    events, _, _ = rules_test(tmp_path, MARKED, rows, capsys, "--at", "2026-12-01T09:30:00+08:00")
+    lines = [e.split(maxsplit=5) for e in events]
+    [feed] = fired(lines, "furnace_feed_below_850")
+    assert (feed[0], feed[3]) == ("2026-12-01T07:00:05+08:00", "critical")
+    assert "while marked 烘炉 (drying)" in feed[5]
+    assert [line[0] for line in lines if line[1] == "resolved" and line[2] == "furnace_feed_below_850"] == [
+        "2026-12-01T07:30:05+08:00"
+    ]
+    [mark] = fired(lines, "furnace_mark")
+    assert (mark[0], mark[3]) == ("2026-12-01T06:00:05+08:00", "info")
+    assert "marked 烘炉 (drying) by register" in mark[5]
+    # Below 850 from 06:00 to 07:30, all of it marked drying: not one furnace temperature event.
+    assert fired(lines, "furnace850") == []
+
+
+# -- marks through the running daemon: HTTP, CLI, restart ----------------------------------------
+
+
+def _post(port: int, path: str, body: Mapping[str, object], token: str | None) -> tuple[int, dict[str, object]]:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def test_marks_from_http_and_the_cli_reach_the_daemon_and_survive_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        MARKED.split("hj212:")[0]
+        + f"metrics: {{listen: '127.0.0.1:{port}', ack_token: tok-s3cret}}\noutbox: {{path: '{tmp_path}/outbox.sqlite'}}\n"
+    )
+    marks_seen: list[AlertEvent] = []
+    changed = asyncio.Event()
+
+    def observer(_readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
+        marks_seen.extend(e for e in events if e.rule == "furnace_mark")
+        if marks_seen:
+            changed.set()
+
+    async def next_mark_event() -> AlertEvent:
+        await asyncio.wait_for(changed.wait(), 10)
+        changed.clear()
+        return marks_seen.pop(0)
+
+    daemon = await start_daemon(path, observer)
+    try:
+        fault = {"kind": "故障", "note": "ID fan tripped", "by": "zhang"}
+        assert (await asyncio.to_thread(_post, port, "/furnaces/line1/marks", fault, None))[0] == 401
+        assert (await asyncio.to_thread(_post, port, "/furnaces/line9/marks", fault, "tok-s3cret"))[0] == 404
+        bad = await asyncio.to_thread(_post, port, "/furnaces/line1/marks", {"kind": "nap"}, "tok-s3cret")
+        assert bad[0] == 400
+        assert "expected a mark" in str(bad[1]["error"])
+        assert (await asyncio.to_thread(_post, port, "/furnaces/line1/marks", fault, "tok-s3cret"))[0] == 202
+        started = await next_mark_event()
+        assert (started.state, started.severity) == (AlertState.FIRING, "info")
+        assert started.message == "furnace line1 marked 故障 (fault) by zhang: ID fan tripped"
+        assert main(["mark", "end", "line1", "-c", str(path)]) == 0
+        ended = await next_mark_event()
+        assert ended.state is AlertState.RESOLVED
+        assert main(["mark", "set", "line1", "shutdown", "-c", str(path), "--by", "li"]) == 0
+        assert (await next_mark_event()).message == "furnace line1 marked 停炉 (shutdown) by li"
+        await daemon.desk().save()
+    finally:
+        await daemon.close()
+    capsys.readouterr()
+    assert main(["mark", "list", "-c", str(path)]) == 0
+    listing = capsys.readouterr().out
+    assert "故障 (fault)" in listing
+    assert "by zhang: ID fan tripped" in listing
+    assert "停炉 (shutdown)" in listing
+    again = await start_daemon(path)
+    try:
+        await asyncio.wait_for(again.pipeline.started.wait(), 10)  # after the state is restored
+        marks = again.desk().rules.marks
+        assert [(m.kind, m.by, m.end is None) for m in marks.of("line1")] == [
+            ("fault", "zhang", False),
+            ("shutdown", "li", True),  # still open after the restart
+        ]
+    finally:
+        await again.close()
