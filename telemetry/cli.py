@@ -357,10 +357,8 @@ def hj212_lines(dep: Deployment, platform: Platform, aggregator: Aggregator, win
     point = dep.platform_point(platform)
     encoder = PointEncoder(platform, point, dep.zone(point.site), aggregator.cycle_of)
     out = []
-    for kind in ("min", "hour", "day"):
+    for kind in encoder.kinds():
         cn, window = KINDS[kind]
-        if kind not in platform.send:
-            continue
         periods: dict[int, list[Aggregate]] = {}
         for w in windows:
             if w.window == window:

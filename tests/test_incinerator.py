@@ -330,11 +330,14 @@ def test_furnace_dip_prints_first_last_allowed_and_violation(
 # -- the uplink against a platform stand-in ---------------------------------------------------
 
 
-async def test_stack_uploads_zs_values_and_the_furnace_temperature(tmp_path: Path, hj212_platform: Receiver) -> None:
+@pytest.mark.parametrize("version", ["2017", "2025"])
+async def test_stack_uploads_zs_values_and_the_furnace_temperature(
+    tmp_path: Path, hj212_platform: Receiver, version: str
+) -> None:
     path = tmp_path / "site.yaml"
     path.write_text(
         INCINERATOR.replace("port: 9", f"port: {hj212_platform.port}").replace(
-            "min_interval_minutes: 5}", "min_interval_minutes: 5, rtd_interval: 1s, grace: 0s}"
+            "min_interval_minutes: 5}", f"min_interval_minutes: 5, rtd_interval: 1s, grace: 0s, version: '{version}'}}"
         )
         + f"metrics: {{enabled: false}}\noutbox: {{path: '{tmp_path}/outbox.sqlite'}}\n"
     )
@@ -356,8 +359,13 @@ async def test_stack_uploads_zs_values_and_the_furnace_temperature(tmp_path: Pat
         await daemon.pipeline.emit(
             [Reading(now, "cx", "cems1", "o2", 16.0, "%"), Reading(now, "cx", "cems1", "so2", 20.0, "mg/m3")]
         )
+        furnace_periods = 12 if version == "2025" else 0  # 2025: a 2111 per 5 minutes of the hour
         packets: list[Packet] = await hj212_platform.wait_for(
-            lambda ps: any(p.cn == "2061" for p in ps) and any(p.cn == "2011" and p.get("a21026-ZsRtd") for p in ps),
+            lambda ps: (
+                any(p.cn == "2061" for p in ps)
+                and any(p.cn == "2011" and p.get("a21026-ZsRtd") for p in ps)
+                and sum(p.cn == "2111" for p in ps) >= furnace_periods
+            ),
             30,
         )
     finally:
@@ -368,6 +376,13 @@ async def test_stack_uploads_zs_values_and_the_furnace_temperature(tmp_path: Pat
     assert hourly.st == "31"  # a stack
     rtd = next(p for p in packets if p.cn == "2011" and p.get("a21026-ZsRtd"))
     assert (rtd.get("a21026-Rtd"), rtd.get("a21026-ZsRtd"), rtd.get("a19001-Rtd")) == ("20", "40", "16")
+    furnace = [p for p in packets if p.cn == "2111"]
+    assert [p.get("DataTime") for p in furnace] == [
+        (hour + timedelta(minutes=m)).strftime("%Y%m%d%H%M%S") for m in range(0, 60, 5)
+    ][: len(furnace)]
+    assert len(furnace) == furnace_periods
+    assert all({k for item in p.cp for k in item} == {"DataTime", "a01901-Avg", "a01901-Flag"} for p in furnace)
+    assert {(p.get("a01901-Avg"), p.get("a01901-Flag")) for p in furnace} <= {("890", "N")}
 
 
 def test_check_refuses_two_o2_references_for_one_stack(tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ from telemetry.hj212.stations import Station
 from telemetry.model import Aggregate, Flag, Reading
 from telemetry.times import EARLIEST_NS
 
-UPLOADS = {"2011": "rtd", **CN_KIND, "2021": "status", "2041": "runtime"}
+# What a station's uploads are relayed as; a 2111 (5-minute furnace means) is not taken in yet.
+UPLOADS = {"2011": "rtd", **{cn: k for cn, k in CN_KIND.items() if k != "furnace"}, "2021": "status", "2041": "runtime"}
 _LEVEL = {"rtd": 0, "min": 1, "hour": 2, "day": 3}
 _EFLAG = re.compile(r"[A-Za-z0-9]{1,4}")
 _FLAGS = {f.value: f for f in Flag}

@@ -37,7 +37,9 @@ from telemetry.hj212.extras import Extras
 from telemetry.model import Aggregate, Flag, Reading
 from telemetry.points import Point
 
-KINDS = {"min": ("2051", "1m"), "hour": ("2061", "1h"), "day": ("2031", "1d")}
+KINDS = {"min": ("2051", "1m"), "hour": ("2061", "1h"), "day": ("2031", "1d"), "furnace": ("2111", "1m")}
+FURNACE_CODE = "a01901"  # 2111: the furnace temperature's 5-minute means (2025 [V-code])
+FURNACE_MINUTES = 5
 CN_KIND = {cn: kind for kind, (cn, _) in KINDS.items()}
 STATION = "station"  # ``Aggregate.method`` of a period a data acquisition unit sent (``drivers.hj212``)
 Key = tuple[str, str, str]
@@ -65,6 +67,9 @@ class PointEncoder:
         # A stack's O2-corrected series go up as their pollutant code's ``Zs`` values.
         self.converted = {converted(q): c for q, c in self.codes.items()} if point.kind == "gas" else {}
         self.min_minutes = cfg.min_interval_minutes
+        # A 2025 platform takes a stack's furnace temperature as 5-minute means in their own
+        # packets (CN 2111, DOMAIN-incinerator.md A4); a 2017 one in the minute data (2051).
+        self.furnace_periods = cfg.version == "2025" and point.kind == "gas"
         self.site_cal = calendar(site_zone)
         self.platform_cal: Calendar = calendar(cfg.timezone)
         self.cycle_of = cycle_of  # (cycle seconds, readings carry the sample time) of a series
@@ -83,7 +88,14 @@ class PointEncoder:
 
     def window(self, kind: str) -> str:
         """The period's length as a calendar window (``10m``, ``1h``, ``1d``)."""
+        if kind == "furnace":
+            return f"{FURNACE_MINUTES}m"
         return f"{self.min_minutes}m" if kind == "min" else KINDS[kind][1]
+
+    def kinds(self) -> list[str]:
+        """The period kinds this platform is sent, in the order they are looked at."""
+        kinds = [k for k in ("min", "hour", "day") if k in self.cfg.send]
+        return kinds + (["furnace"] if self.furnace_periods and "min" in self.cfg.send else [])
 
     def period(self, kind: str, window_start: int) -> int:
         return self.site_cal.start(self.window(kind), window_start)
@@ -98,11 +110,16 @@ class PointEncoder:
         groups: dict[str, list[Aggregate]] = {}
         for w in windows:
             if self.holds(w.site, w.device, w.quantity, w.point):
+                if kind == "furnace" and self.code_of(w.quantity) != (FURNACE_CODE, ""):
+                    continue
                 groups.setdefault(w.quantity, []).append(w)
         by_code: dict[str, dict[str, str]] = {}
         for quantity, group in sorted(groups.items()):
             code, zs = self.code_of(quantity)
-            _merge(by_code.setdefault(code, {}), self._period_item(kind, code, group, zs), code, zs)
+            item = self._period_item(kind, code, group, zs)
+            if kind == "furnace":  # 2111 carries the mean (and its flag) only
+                item = {k: v for k, v in item.items() if k in (f"{code}-Avg", f"{code}-Flag")}
+            _merge(by_code.setdefault(code, {}), item, code, zs)
         items: list[dict[str, str]] = [{"DataTime": self.local(start)}]
         items += [item for _, item in sorted(by_code.items()) if item]
         return items if len(items) > 1 else None
@@ -136,13 +153,14 @@ class PointEncoder:
         return item
 
     def _flag(self, kind: str, windows: list[Aggregate]) -> str:
-        if kind != "min" or (len(windows) == 1 and windows[0].window == self.window(kind)):
+        if kind not in ("min", "furnace") or (len(windows) == 1 and windows[0].window == self.window(kind)):
             # an hour or a day; or a minute period that is one window: the daemon's 1-minute
             # window, or a station's own period of this length (relayed as the station judged it)
             return "N" if all(w.valid for w in windows) else _worst(w for w in windows if not w.valid)
         good = sum(w.valid for w in windows)
         cyclic = any(w.sample_ts is not None for w in windows)
-        needed = 1 if cyclic else math.ceil(self.min_minutes * self.cfg.min_valid_fraction)
+        minutes = FURNACE_MINUTES if kind == "furnace" else self.min_minutes
+        needed = 1 if cyclic else math.ceil(minutes * self.cfg.min_valid_fraction)
         if good >= needed:
             return "N"
         return _worst(w for w in windows if not w.valid)

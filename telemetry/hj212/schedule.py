@@ -118,9 +118,7 @@ class DuePeriods:
             # Periods older than the horizon are never looked at again: their marks can go.
             self._acked = {(cn, start) for cn, start in self._acked if start >= since - 86400 * NS}
         due: list[tuple[int, str]] = []
-        for kind in ("min", "hour", "day"):
-            if kind not in self.cfg.send:
-                continue
+        for kind in self.encoder.kinds():
             cn, window = KINDS[kind]
             periods = self._periods.setdefault(kind, {})
             after = max(since, self._newest.get(kind, since))
