@@ -68,6 +68,9 @@ class AlertDesk:
     def tick_rules(self, now_ns: int) -> list[AlertEvent]:
         return self.rules.tick(now_ns)
 
+    def status_readings(self, now_ns: int) -> list[Reading]:
+        return self.rules.status_readings(now_ns)
+
     def counts(self) -> dict[tuple[str, str], int]:
         return self.rules.counts()
 

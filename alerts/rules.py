@@ -19,12 +19,14 @@ from alerts.kinds import KINDS, RuleState
 from alerts.kinds.furnace import FurnaceState
 from alerts.kinds.limits import LimitState
 from alerts.rule_config import EvaluatedRule, LimitRule
+from telemetry.calendar import HOUR_NS, NS
 from telemetry.derive import measured_of
 from telemetry.furnaces import FurnaceConfig
 from telemetry.marks import Marks
 from telemetry.model import Aggregate, AlertEvent, Reading
 from telemetry.points import Points
 
+STATUS_EVERY_NS = 60 * NS
 FURNACES = "@furnaces"  # the snapshot's entry for the furnaces' marks and watch (no rule name starts with @)
 
 
@@ -57,6 +59,7 @@ class RulesEngine:
             if measured_of(r.quantity)
         }
         self.watch = FurnaceWatch(self.marks, hourly, zones) if self.marks else None
+        self._status_at = 0
         self._by_quantity: dict[str | None, list[_Entry]] = {}
         for entry in self._entries:
             entry.state.point_of = self._point_id
@@ -128,6 +131,23 @@ class RulesEngine:
         for entry in self._entries:
             events += entry.state.on_tick(now_ns)
         return events
+
+    def status_readings(self, now_ns: int) -> list[Reading]:
+        """Per furnace, once a minute: the exempt hours used this year (``exempt_hours_used``, h)
+        and per furnace temperature series the events counted today (``furnace_events``), stored
+        as readings of the furnace's device so that Grafana charts what the rules judged."""
+        if not self.marks or now_ns - self._status_at < STATUS_EVERY_NS:
+            return []
+        self._status_at = now_ns
+        out = [
+            Reading(now_ns, f.site, f.device, "exempt_hours_used", self.marks.used(f.id, now_ns) / HOUR_NS, "h")
+            for f in self.marks.furnaces.values()
+        ]
+        for entry in self._entries:
+            if isinstance(entry.state, FurnaceState):
+                for (site, device, _), n in entry.state.events_today(now_ns).items():
+                    out.append(Reading(now_ns, site, device, "furnace_events", float(n), ""))
+        return out
 
     def clock_stepped(self, delta_ns: int) -> None:
         """The host clock stepped (``telemetry.clock``): every rule moves its timers with it."""

@@ -30,7 +30,9 @@ from telemetry.aggregate import Aggregator
 from telemetry.calendar import calendar
 from telemetry.config import Deployment, KnownSeries
 from telemetry.config_base import parse_duration
+from telemetry.derive import converted
 from telemetry.errors import ConfigError, OutboxError, TaskFailed
+from telemetry.furnaces import FURNACE_TEMP, FurnaceConfig
 from telemetry.hj212 import codec as hj212
 from telemetry.hj212 import units
 from telemetry.hj212.config import Platform
@@ -470,6 +472,9 @@ def likely_mistakes(dep: Deployment) -> list[str]:
     for device in dep.devices:
         for series in device.known_series():
             produced.setdefault(series.site, set()).add(series.quantity)
+    used = _derived_inputs(dep)
+    for where, derived in used.values():
+        produced.setdefault(where, set()).add(derived)
     # where topics, payloads or HJ 212 codes name quantities at run time (None: any site)
     open_sites = {site for device in dep.devices for site in device.open_quantities()}
     notes = []
@@ -484,6 +489,8 @@ def likely_mistakes(dep: Deployment) -> list[str]:
     notes += _point_mistakes(dep)
     notes += [note for device in dep.devices for note in device.warnings()]
     watched = {(r.site, getattr(r, "quantity", None)) for r in dep.rules}
+    watched |= {(site, source) for (site, source), derived in used.items() if (None, derived[1]) in watched}
+    watched |= {(f.site, q) for f in dep.config.furnaces for q in _furnace_inputs(f)}  # audited by the furnace watch
     for device in dep.devices:
         quantities = {p.quantity for p in getattr(device, "points", [])}
         if quantities and not any(
@@ -491,6 +498,25 @@ def likely_mistakes(dep: Deployment) -> list[str]:
         ):
             notes.append(f"device {device.id}: no rule watches its {', '.join(sorted(quantities))}")
     return notes
+
+
+def _derived_inputs(dep: Deployment) -> dict[tuple[str, str], tuple[str, str]]:
+    """(site, quantity) read -> (site, quantity) derived from it (``telemetry.derive``)."""
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for ref in dep.o2_references:
+        site = dep.points.by_id[ref.point].site
+        for quantity in ref.pollutants:
+            out[(site, quantity)] = (site, converted(quantity))
+    for furnace in dep.config.furnaces:
+        for t in furnace.thermocouples:
+            out[(furnace.site, t.quantity)] = (furnace.site, FURNACE_TEMP)
+    return out
+
+
+def _furnace_inputs(furnace: FurnaceConfig) -> set[str]:
+    inputs = {FURNACE_TEMP} | {t.quantity for t in furnace.thermocouples}
+    inputs |= {s.quantity for s in (furnace.feeding, furnace.status) if s is not None}
+    return inputs
 
 
 def point_line(p: Point) -> str:

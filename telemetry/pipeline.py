@@ -462,6 +462,9 @@ class Pipeline:
         events = self.alerts.on_windows(closed) + self.alerts.tick_rules(now_ns)
         for event in events:
             self._record_event(event)
+        status = self.alerts.status_readings(now_ns)
+        if status:
+            self._queue.put_nowait(_Item(status, None))
         if self.observer is not None and events:
             self.observer([], events)
         return events

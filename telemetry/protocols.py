@@ -50,6 +50,10 @@ class AlertPath(Protocol):
     def tick_rules(self, now_ns: int) -> list[AlertEvent]:
         """Transitions of rules about time passing (silence, the end of a plant day)."""
 
+    def status_readings(self, now_ns: int) -> list[Reading]:
+        """Figures the rules keep that operators chart (a furnace's exempt hours used, its
+        furnace temperature events today), as readings to commit; at most once a minute."""
+
     def events(self, events: list[AlertEvent]) -> None:
         """Transitions to notify (firing and resolved)."""
 

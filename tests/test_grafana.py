@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "config" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 HEALTH = GRAFANA / "dashboards" / "daemon-health.json"  # Prometheus: the daemon's own metrics
-PLANT = [path for path in DASHBOARDS if path != HEALTH]  # InfluxDB: the plants' data
+INCINERATOR = GRAFANA / "dashboards" / "incinerator-compliance.json"  # tested in test_incinerator
+PLANT = [path for path in DASHBOARDS if path not in (HEALTH, INCINERATOR)]  # InfluxDB: the plants' data
 NS = 1_000_000_000
 
 
@@ -52,7 +53,7 @@ def test_dashboards_have_the_structure_grafana_provisioning_loads() -> None:
     assert uids == {"influxdb-plant", "prometheus-telemetry"}
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "plant.yaml").read_text())
     assert provider["providers"][0]["type"] == "file"
-    assert len(DASHBOARDS) == 4
+    assert len(DASHBOARDS) == 5
     seen_uids = set()
     for path in DASHBOARDS:
         board = load(path)

@@ -34,11 +34,22 @@ from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.points import PointConfig, Points
 from telemetry.sim.platform import Receiver
 from tests.daemon import start_daemon
-from tests.services import free_port
+from tests.services import Influx1, eventually, free_port
+from tests.test_grafana import queries as dashboard_queries
 from tests.test_points import replay as rules_test
 
 NS = 1_000_000_000
 BJ = ZoneInfo("Asia/Shanghai")
+ROOT = Path(__file__).resolve().parents[1]
+CEMS_VALUES = [
+    ("o2", 9.0, "%"),
+    ("so2", 40.0, "mg/m3"),
+    ("nox", 180.0, "mg/m3"),
+    ("dust", 6.0, "mg/m3"),
+    ("hcl", 18.0, "mg/m3"),
+    ("co", 20.0, "mg/m3"),
+    ("flue_flow", 38.0, "m3/s"),
+]
 MN = "010000A8900016F000169DC1"
 
 STACK = PointConfig(id="stack1", site="cx", kind="gas", devices=["cems1", "dcs1"])
@@ -568,3 +579,62 @@ async def test_marks_from_http_and_the_cli_reach_the_daemon_and_survive_a_restar
         ]
     finally:
         await again.close()
+
+
+# -- the "incinerator compliance" dashboard against a real InfluxDB -------------------------------
+
+
+@pytest.mark.service
+async def test_every_incinerator_panel_query_returns_data_from_the_daemons_influxdb(
+    tmp_path: Path, unique: str, influx1: Influx1
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        MARKED.split("hj212:")[0]
+        + f"""influxdb: [{{name: local, api: v1, url: "{influx1.url}", database: {unique}, create_database: true,
+             flush_interval: 100ms}}]
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+"""
+    )
+    daemon = await start_daemon(path)
+    pipeline = daemon.pipeline
+    now = time.time_ns()
+    start = now - 30 * 3600 * NS
+    readings: list[Reading] = []
+    for step in range(30 * 60):  # a reading a minute for 30 hours
+        ts = start + step * 60 * NS
+        furnace = 830.0 if step % 240 < 12 else 905.0  # a 12-minute dip every 4 hours
+        readings += [Reading(ts, "cx", "cems1", q, v, u) for q, v, u in CEMS_VALUES]
+        readings += [Reading(ts, "cx", "dcs1", q, furnace, "degC") for q in ("t_up1", "t_mid1")]
+        readings.append(Reading(ts, "cx", "dcs1", "feeder", 1.0, ""))
+    try:
+        await asyncio.wait_for(pipeline.started.wait(), 10)
+        daemon.desk().rules.marks.add("line1", "fault", start + 3600 * NS, start + 3 * 3600 * NS, by="zhang")
+        for i in range(0, len(readings), 2000):
+            await pipeline.emit(readings[i : i + 2000])
+        pipeline.tick(now)
+        await asyncio.to_thread(
+            eventually,
+            lambda: (
+                influx1.query(unique, 'SELECT count("avg") FROM telemetry_agg WHERE "window" = \'1d\'')
+                and influx1.query(unique, 'SELECT count("value") FROM alerts WHERE "rule" = \'furnace_mark\'')
+                and influx1.query(unique, 'SELECT count("value") FROM telemetry WHERE "quantity" = \'furnace_events\'')
+                and pipeline.outbox.backlog()["influx:local"] == 0
+            ),
+            30,
+            "aggregates, marks and the rules' figures in InfluxDB",
+        )
+    finally:
+        await daemon.close()
+    board = json.loads((ROOT / "config" / "grafana" / "dashboards" / "incinerator-compliance.json").read_text())
+    empty = []
+    for where, query in dashboard_queries(board):
+        expanded = query.replace("$timeFilter", "time > now() - 48h").replace("/^$site$/", "/^cx$/")
+        if not await asyncio.to_thread(influx1.query, unique, expanded):
+            empty.append(f"{where}: {expanded}")
+    assert empty == []
+    events = await asyncio.to_thread(
+        influx1.query, unique, 'SELECT last("value") FROM telemetry WHERE "quantity" = \'furnace_events\''
+    )
+    assert events  # the rule's count, as the stat panel shows it

@@ -115,6 +115,20 @@ class FurnaceState(RuleState):
             for k in [k for k in self._firing if k.startswith(prefix)]
         ]
 
+    def events_today(self, now_ns: int) -> dict[tuple[str, str, str], int]:
+        """Per series this rule has seen: its events counted on the local day holding ``now_ns``."""
+        out: dict[tuple[str, str, str], int] = {}
+        for window in self._open.values():
+            item = Reading.from_dict(window[4])
+            out[(item.site, item.device, item.quantity)] = 0
+        for key, (day, n, _) in self._days.items():
+            site, device, quantity = key.split("/", 2)
+            if self.calendar(site).local(now_ns).date().isoformat() == day:
+                out[(site, device, quantity)] = n
+            else:
+                out.setdefault((site, device, quantity), 0)
+        return out
+
     def dump(self) -> dict[str, Any]:
         return {**super().dump(), "open": self._open, "days": self._days}
 

@@ -8,7 +8,8 @@ latest values every few seconds and every alert and notification as it happens.
 With no InfluxDB reachable, everything stays in the local outbox, and says so.
 
 Environment knobs (besides the ``${VAR}`` of the demo YAML): DEMO_EXCURSION_AT
-(seconds until the COD excursion, default 60), DEMO_RECEIVER_PORT (18099).
+(seconds until the COD excursion, default 60), DEMO_DIP_AT (seconds until the furnace
+temperature dips below 850 degC, default 240), DEMO_RECEIVER_PORT (18099).
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ from telemetry.model import AlertEvent, AlertState, Flag, Reading
 from telemetry.pipeline import Pipeline
 from telemetry.sim.dau import SimulatedDau
 from telemetry.sim.notifications import NotificationReceiver
-from telemetry.sim.plant import LeachateInlet, LeachateStation, ModbusAnalyzer, MqttPublisher, demo_sources
+from telemetry.sim.plant import (
+    IncineratorLine,
+    LeachateInlet,
+    LeachateStation,
+    ModbusAnalyzer,
+    MqttPublisher,
+    demo_sources,
+)
 from telemetry.sim.platform import Receiver
 from telemetry.timing import wait_event
 
@@ -121,8 +129,13 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
     view = LiveView()
     station = LeachateStation(excursion_at=float(os.environ.get("DEMO_EXCURSION_AT", "60")))
     modbus = next(d for d in dep.devices if d.kind == "modbus")
+    line = IncineratorLine(dip_at=float(os.environ.get("DEMO_DIP_AT", "240")))
     analyzer = ModbusAnalyzer(
-        station, getattr(modbus, "host", "127.0.0.1"), getattr(modbus, "port", 15020), inlet=LeachateInlet()
+        station,
+        getattr(modbus, "host", "127.0.0.1"),
+        getattr(modbus, "port", 15020),
+        inlet=LeachateInlet(),
+        incinerator=line,
     )
     try:
         await analyzer.start()
@@ -133,6 +146,10 @@ async def _run(dep: Deployment, minutes: float | None, receiver: NotificationRec
         f"simulated Diaoyushan analyzers on modbus tcp {analyzer.host}:{analyzer.port}"
         f" (COD excursion above 100 mg/L in ~{station.excursion_at:.0f}s,"
         f" calibration flagged [C] in ~{station.calibration_at:.0f}s)"
+    )
+    _say(
+        f"simulated Chenxing line 1 CEMS and DCS on the same server (units 3, 4): start-up marked 启炉 for"
+        f" {line.startup_for:.0f}s, the furnace dipping below 850 degC in ~{line.dip_at:.0f}s"
     )
 
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(dau.run(stop)) for dau in _daus(dep)]

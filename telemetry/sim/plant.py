@@ -6,7 +6,8 @@
   pH, flow and totalised flow as float32 (big-endian words) in holding
   registers and a status word, with a daily cycle, noise, and one COD excursion
   above the 100 mg/L limit of GB 16889-2008 table 2 a little after start.
-- The Chenxing incinerator's weighbridge publishing throughput over MQTT.
+- The Chenxing incinerator's weighbridge publishing throughput over MQTT, and its line 1:
+  the stack's CEMS and the furnace's DCS (thermocouples, feeder, marking register) on Modbus.
 
 Values are computed when a client reads, so the server never runs a timer.
 """
@@ -131,6 +132,65 @@ class LeachateInlet:
         return 0
 
 
+# The Chenxing incinerator's line 1: its stack's CEMS (unit 3) and its DCS (unit 4).
+CEMS_REGISTERS: dict[str, int] = {"o2": 0, "so2": 2, "nox": 4, "dust": 6, "hcl": 8, "co": 10, "flue_flow": 12}
+DCS_REGISTERS: dict[str, int] = {"t_up1": 0, "t_up2": 2, "t_up3": 4, "t_mid1": 6, "t_mid2": 8, "feeder": 10}
+DCS_STATUS = 20  # uint16: 0 normal operation, 1 drying (烘炉), 2 start-up (启炉), the furnace's marking register
+
+
+@dataclass
+class IncineratorLine:
+    """A grate line of 750 t/d: a start-up first (marked 启炉 by its status register, the furnace
+    heating from 700 to 920 degC, waste fed once it passes 850), then normal operation, and a
+    dip of the furnace temperature to ~835 degC (wet waste) ``dip_at`` seconds after start for
+    ``dip_for`` seconds: a few 5-minute means below 850, each an event of the furnace rule."""
+
+    started: float = field(default_factory=time.time)
+    startup_for: float = 90.0
+    dip_at: float = 240.0
+    dip_for: float = 600.0
+    seed: int = 18485
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def furnace(self, now: float | None = None) -> float:
+        """The furnace's temperature around which the thermocouples read."""
+        since = (time.time() if now is None else now) - self.started
+        if since < self.startup_for:
+            return 700.0 + 220.0 * since / self.startup_for
+        x = since - self.dip_at
+        if 0 <= x <= self.dip_for:
+            return 920.0 - 85.0 * min(1.0, x / 60, (self.dip_for - x) / 60)
+        return 920.0
+
+    def cems(self, now: float | None = None) -> dict[str, float]:
+        t = time.time() if now is None else now
+        noise = self._rng.gauss
+        return {
+            "o2": min(19.5, max(4.0, 8.5 + 0.8 * _daily(t, 3) + noise(0, 0.2))),
+            "so2": max(0.0, 42 + 8 * _daily(t, 12) + noise(0, 2)),
+            "nox": max(0.0, 180 + 25 * _daily(t, 14) + noise(0, 5)),
+            "dust": max(0.0, 6 + noise(0, 0.5)),
+            "hcl": max(0.0, 18 + noise(0, 1.5)),
+            "co": max(0.0, 22 + noise(0, 3)),
+            "flue_flow": max(0.0, 38 + 3 * _daily(t, 11) + noise(0, 0.4)),  # m3/s
+        }
+
+    def dcs(self, now: float | None = None) -> dict[str, float]:
+        t = time.time() if now is None else now
+        furnace = self.furnace(t)
+        noise = self._rng.gauss
+        out = {q: furnace + offset + noise(0, 3) for q, offset in (("t_up1", 15), ("t_up2", 5), ("t_up3", 25))}
+        out.update({q: furnace + offset + noise(0, 3) for q, offset in (("t_mid1", -20), ("t_mid2", -10))})
+        out["feeder"] = 1.0 if t - self.started >= self.startup_for * 0.8 else 0.0  # fed from ~876 degC
+        return out
+
+    def status_word(self, now: float | None = None) -> int:
+        since = (time.time() if now is None else now) - self.started
+        return 2 if since < self.startup_for else 0
+
+
 class RegisterServer:
     """A real pymodbus server (Modbus TCP, or RTU framing over TCP) whose units read plain dicts.
 
@@ -250,21 +310,38 @@ class ModbusAnalyzer:
         unit_id: int = 1,
         inlet: LeachateInlet | None = None,
         inlet_unit: int = 2,
+        incinerator: IncineratorLine | None = None,
+        cems_unit: int = 3,
+        dcs_unit: int = 4,
     ) -> None:
         self.station = station
         self.unit_id = unit_id
         self._models: dict[int, LeachateStation | LeachateInlet] = {unit_id: station}
         if inlet is not None:
             self._models[inlet_unit] = inlet
-        self.server = RegisterServer(host, port, units=tuple(self._models), on_read=self._refresh)
+        self._line = incinerator
+        self._line_units = {cems_unit: "cems", dcs_unit: "dcs"} if incinerator is not None else {}
+        units = tuple(self._models) + tuple(self._line_units)
+        self.server = RegisterServer(host, port, units=units, on_read=self._refresh)
         self.host, self.port = self.server.host, self.server.port
 
     def _refresh(self, unit: int) -> None:
+        if unit in self._line_units:
+            self._refresh_line(unit, self._line_units[unit])
+            return
         model = self._models[unit]
         for quantity, value in model.values().items():
             words = list(struct.unpack(">HH", struct.pack(">f", value)))  # float32, ABCD
             self.server.set(unit, "holding", LEACHATE_REGISTERS[quantity], words)
         self.server.set(unit, "holding", LEACHATE_STATUS, [model.status_word()])
+
+    def _refresh_line(self, unit: int, part: str) -> None:
+        assert self._line is not None
+        values, registers = (self._line.cems(), CEMS_REGISTERS) if part == "cems" else (self._line.dcs(), DCS_REGISTERS)
+        for quantity, value in values.items():
+            self.server.set(unit, "holding", registers[quantity], list(struct.unpack(">HH", struct.pack(">f", value))))
+        if part == "dcs":
+            self.server.set(unit, "holding", DCS_STATUS, [self._line.status_word()])
 
     async def start(self) -> None:
         await self.server.start_async()
