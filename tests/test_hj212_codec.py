@@ -264,3 +264,19 @@ def test_cli_decode_lenient_names_the_deviations(capsys: pytest.CaptureFixture[s
     assert main(["hj212", "decode", frame, "--lenient"]) == 0
     out = capsys.readouterr().out
     assert '"deviations": [\n    "crc_modbus_swapped",\n    "no_qn",\n    "no_flag",\n    "st_3digit"\n  ]' in out
+
+
+def _bitwise(data: bytes, modbus: bool) -> int:
+    """DESIGN.md's CRC written out bit by bit (and CRC-16/MODBUS, its per-byte XOR in the low byte)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = crc ^ byte if modbus else (crc >> 8) ^ byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+@given(st.binary(max_size=1100))
+def test_table_crcs_match_the_bitwise_definition(data: bytes) -> None:
+    assert crc16(data) == _bitwise(data, modbus=False)
+    assert crc16_modbus(data) == _bitwise(data, modbus=True)
