@@ -519,6 +519,16 @@ def _furnace_inputs(furnace: FurnaceConfig) -> set[str]:
     return inputs
 
 
+def furnace_line(f: FurnaceConfig) -> str:
+    sections = ", ".join(f"{n} {s}" for s in f.sections if (n := sum(t.section == s for t in f.thermocouples)))
+    source = f"{f.representative} of {sections} thermocouples" if f.thermocouples else "furnace_temp read as it is"
+    return (
+        f"{f.id:<20} stack {f.point or '-'}, temperature {f.device}/furnace_temp ({source}),"
+        f" budget {f.budget_hours:g} h/year, feeding {'watched' if f.feeding else 'not wired'},"
+        f" marks from {'the register and ' if f.status else ''}CLI/HTTP"
+    )
+
+
 def point_line(p: Point) -> str:
     devices = "every device of the site" if p.devices is None else ", ".join(sorted(p.devices))
     quantities = "" if p.quantities is None else f" ({', '.join(sorted(p.quantities))})"
@@ -584,6 +594,9 @@ def summary(dep: Deployment) -> str:
     out += [f"  {s.id:<20} {s.timezone:<16} {s.name}" for s in cfg.sites]
     out.append(f"monitoring points ({len(dep.points.all)}):")
     out += [f"  {point_line(p)}" for p in dep.points.all]
+    if dep.config.furnaces:
+        out.append(f"furnaces ({len(dep.config.furnaces)}):")
+        out += [f"  {furnace_line(f)}" for f in dep.config.furnaces]
     out.append(f"devices ({len(dep.devices)}):")
     for d in dep.devices:
         where = d.site or ("(from stations)" if d.kind == "hj212" else "(from topic)")

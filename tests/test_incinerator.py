@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -638,3 +641,19 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
         influx1.query, unique, 'SELECT last("value") FROM telemetry WHERE "quantity" = \'furnace_events\''
     )
     assert events  # the rule's count, as the stat panel shows it
+
+
+def test_the_incinerator_example_passes_check_and_lists_its_furnace() -> None:
+    example = ROOT / "config" / "examples" / "incinerator-line.yaml"
+    env = {**os.environ, "DINGTALK_URL": "json://127.0.0.1:9/x", "HJ212_PW": "abc123", "TELEMETRY_ACK_TOKEN": "t0ken"}
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetry.cli", "check", "-c", str(example)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "line1                stack stack1, temperature dcs1/furnace_temp" in done.stdout
+    assert "gb18485_so2_1d               limit                *@stack1/*/so2_zs 1d > 80 [critical]" in done.stdout
+    assert "warnings (0)" in done.stdout
