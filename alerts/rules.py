@@ -22,12 +22,12 @@ from alerts.rule_config import EvaluatedRule, LimitRule
 from telemetry.calendar import HOUR_NS, NS
 from telemetry.derive import measured_of
 from telemetry.furnaces import FurnaceConfig
+from telemetry.marks import STATE_KEY as FURNACES
 from telemetry.marks import Marks
 from telemetry.model import Aggregate, AlertEvent, Reading
 from telemetry.points import Points
 
 STATUS_EVERY_NS = 60 * NS
-FURNACES = "@furnaces"  # the snapshot's entry for the furnaces' marks and watch (no rule name starts with @)
 
 
 @dataclass

@@ -8,11 +8,10 @@ import pathlib
 import sys
 import time
 
-from alerts.rules import FURNACES
 from telemetry.calendar import NS, calendar
 from telemetry.config import Deployment
 from telemetry.errors import OutboxError
-from telemetry.marks import MARK_NAMES, Marks, mark_kind
+from telemetry.marks import MARK_NAMES, STATE_KEY, Marks, mark_kind
 from telemetry.outbox import add_command, read_state
 from telemetry.times import TimeError, parse_timestamp
 
@@ -55,7 +54,7 @@ def command(dep: Deployment, args: argparse.Namespace) -> int:
 
 def _list(dep: Deployment) -> int:
     marks = Marks(dep.config.furnaces, {s.id: s.timezone for s in dep.config.sites})
-    saved = (read_state(dep.config.outbox.path, "rules") or {}).get(FURNACES) or {}
+    saved = (read_state(dep.config.outbox.path, "rules") or {}).get(STATE_KEY) or {}
     marks.load(saved.get("marks", {}))
     now = time.time_ns()
     for furnace in dep.config.furnaces:

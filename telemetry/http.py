@@ -33,7 +33,7 @@ from prometheus_client import make_wsgi_app
 
 from telemetry.config_base import host_port
 from telemetry.errors import OutboxError
-from telemetry.marks import mark_kind
+from telemetry.marks import STATE_KEY, mark_kind
 from telemetry.metrics import Metrics
 from telemetry.outbox import add_command, read_state
 from telemetry.times import TimeError, parse_timestamp
@@ -86,7 +86,7 @@ class _Desk:
     def _read(self, path: str) -> Any:
         if path == "/alerts":
             return read_state(self.outbox_path, "alerts") or {"alerts": [], "silences": []}
-        saved = (read_state(self.outbox_path, "rules") or {}).get("@furnaces") or {}
+        saved = (read_state(self.outbox_path, "rules") or {}).get(STATE_KEY) or {}
         return {"marks": saved.get("marks", {})}
 
     def _request(self, environ: dict[str, Any]) -> tuple[Reply | None, dict[str, Any]]:

@@ -42,6 +42,7 @@ MARK_NAMES = {
     "accident": "事故",
 }
 _BY_NAME = {**{k: k for k in MARK_NAMES}, **{v: k for k, v in MARK_NAMES.items()}}
+STATE_KEY = "@furnaces"  # the marks' entry in the rules' saved state (no rule name starts with @)
 MAX_MARKS = 5000  # per furnace: marks older than two years go first, then the oldest
 
 
