@@ -13,7 +13,8 @@ Built-in for every configured furnace (``furnaces:``), whatever the rules say
 - ``furnace_false_marking`` (critical): an hour marked fault or accident in which the
   stack's analyzers read normally (flag N, a valid hour) above the hourly limit while
   the furnace burned normally (its hourly mean temperature at or above ``min_temperature``).
-A Modbus status register (``status``) sets and ends marks as its value changes.
+A Modbus status register (``status``) sets and ends marks as its value changes; it changes only
+the marks it set, never one an operator entered.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ class FurnaceWatch:
             return
         kind = furnace.status.values.get(round(r.value))
         current = self.marks.open(furnace.id)
-        if current is not None and r.ts < current.start:
-            self.counts["status_out_of_order"] = self.counts.get("status_out_of_order", 0) + 1
+        if current is not None and (r.ts < current.start or current.by != "register"):
+            # an old reading, or a mark an operator set: the register changes only its own marks
+            self.counts["status_ignored"] = self.counts.get("status_ignored", 0) + 1
             return
         if kind is not None and (current is None or current.kind != kind):
             self.marks.add(furnace.id, kind, r.ts, by="register")
@@ -126,6 +128,8 @@ class FurnaceWatch:
                     del hours[old]
                 events += self._judge_marking(furnace, w.ts)
         limit = self.hourly_limits.get((w.point, w.quantity))
+        for stale in [k for k in self._suspect if k[1] < w.ts - 2 * HOUR_NS]:
+            del self._suspect[stale]  # hours the furnace's temperature never came for
         if limit is not None and measured_of(w.quantity) and w.valid and w.flag is Flag.N and (w.avg or 0) > limit:
             for furnace in self._by_point.get(w.point, []):
                 self._suspect.setdefault((furnace.id, w.ts), []).append(w)
@@ -139,8 +143,6 @@ class FurnaceWatch:
         if not suspects or temp is None:
             return []
         del self._suspect[(furnace.id, hour)]
-        for old in [k for k in self._suspect if k[1] < hour - 2 * HOUR_NS]:
-            del self._suspect[old]
         covered = self.marks.covered(furnace.id, hour, hour + HOUR_NS, ("fault", "accident"))
         mark = self.marks.at(furnace.id, hour + HOUR_NS // 2) or self.marks.at(furnace.id, hour)
         if covered < furnace.exempt_fraction * HOUR_NS or temp < furnace.min_temperature or mark is None:

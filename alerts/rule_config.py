@@ -167,6 +167,8 @@ class StandardRule(Model):
     overrides: dict[Name, dict[Literal["above", "below"], float]] = {}
     severity: Severity | None = None  # default: the table's per window, else critical
     o2_reference: Annotated[float, Field(ge=0, lt=20)] | None = None
+    o2_max: Annotated[float, Field(gt=0, le=21)] = 20.0  # an O2 at or above this: the stack draws air
+    o2_max_age: Annotated[Duration, Field(gt=0, le=3600)] = 60.0  # an O2 this far from the sample is not its own
 
     @model_validator(mode="after")
     def _where(self) -> StandardRule:
@@ -258,7 +260,8 @@ class FurnaceTemperatureRule(RuleBase):
     the first event of a natural day warns (``severity``), the ``max_events_per_day``-th is
     flagged as the last allowed, and one more is a violation (``violation_severity``).
     850 degC is [V2]; the 5-minute means and "more than 5 a day" are [U] (DOMAIN-incinerator.md
-    A1/A2): defaults, not fixed rules. Windows in a marked start-up or shutdown are not judged."""
+    A1/A2): defaults, not fixed rules. Windows the furnace's ``not_normal`` marks cover (drying,
+    start-up, shutdown, out of service) are not judged."""
 
     kind: Literal["furnace_temperature"]
     quantity: Name = "furnace_temp"

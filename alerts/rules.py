@@ -43,6 +43,7 @@ class RulesEngine:
         zones: Mapping[str, str] | None = None,
         points: Points | None = None,
         furnaces: Iterable[FurnaceConfig] = (),
+        day_min_valid_hours: int = 20,
     ) -> None:
         zones = dict(zones or {})
         self.points = points if points is not None else Points.from_config(zones, ())
@@ -68,6 +69,7 @@ class RulesEngine:
                 entry.state.exempt = self._not_normal
             if isinstance(entry.state, LimitState) and self.marks:
                 entry.state.exempt_hour = self._exempt_hour
+                entry.state.day_min_valid_hours = day_min_valid_hours
             self._by_quantity.setdefault(getattr(entry.rule, "quantity", None), []).append(entry)
         self.evaluations = 0
         # Counts an error of a rule by (stage, error_type); the pipeline points it at its metrics.

@@ -67,7 +67,7 @@ def alert_desk(dep: config.Deployment, metrics: Metrics) -> AlertDesk:
     return AlertDesk(
         AlertManager(cfg.notify, parse_time=parse_timestamp),
         Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
-        RulesEngine(dep.rules, zones, dep.points, cfg.furnaces),
+        RulesEngine(dep.rules, zones, dep.points, cfg.furnaces, cfg.aggregation.day_min_valid_hours),
         metrics,
     )
 

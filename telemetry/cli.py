@@ -317,7 +317,7 @@ def _rules_test(dep: Deployment, args: argparse.Namespace) -> int:
     zones = {s.id: s.timezone for s in dep.config.sites}
     aggregator = app.aggregator(dep) if dep.config.aggregation.enabled else None
     windows: list[Aggregate] = []
-    engine = RulesEngine(dep.rules, zones, dep.points, dep.config.furnaces)
+    engine = RulesEngine(dep.rules, zones, dep.points, dep.config.furnaces, dep.config.aggregation.day_min_valid_hours)
     problem = cli_marks.replay_marks(args.marks, engine.marks) if args.marks else None
     if problem:
         print(problem, file=sys.stderr)
@@ -487,6 +487,15 @@ def likely_mistakes(dep: Deployment) -> list[str]:
             notes.append(f"rule {rule.name}: no device produces {quantity!r} at {rule.site or 'any site'}")
     notes += _shared_series(dep)
     notes += _point_mistakes(dep)
+    stacks = {f.point for f in dep.config.furnaces if f.point}
+    for platform in dep.config.hj212:
+        point = dep.platform_point(platform)
+        if point.id in stacks and platform.version == "2017" and platform.min_interval_minutes != 5:
+            notes.append(
+                f"hj212 {platform.name}: the furnace temperature goes up as a01901 in the minute data, as"
+                f" {platform.min_interval_minutes}-minute means: set min_interval_minutes: 5 for the 5-minute"
+                " means the 850 degC rule judges"
+            )
     notes += [note for device in dep.devices for note in device.warnings()]
     watched = {(r.site, getattr(r, "quantity", None)) for r in dep.rules}
     watched |= {(site, source) for (site, source), derived in used.items() if (None, derived[1]) in watched}

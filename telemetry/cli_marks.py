@@ -11,7 +11,7 @@ import time
 from telemetry.calendar import NS, calendar
 from telemetry.config import Deployment
 from telemetry.errors import OutboxError
-from telemetry.marks import MARK_NAMES, STATE_KEY, Marks, mark_kind
+from telemetry.marks import MARK_NAMES, STATE_KEY, Marks, check_times, mark_kind
 from telemetry.outbox import add_command, read_state
 from telemetry.times import TimeError, parse_timestamp
 
@@ -28,23 +28,25 @@ def command(dep: Deployment, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        now = time.time_ns()
         if args.action == "end":
             body: dict[str, object] = {"furnace": args.furnace}
             if args.at:
-                body["at_ns"] = parse_timestamp(args.at)
+                body["at_ns"] = at = parse_timestamp(args.at)
+                check_times(now, end=at)
             add_command(path, "mark_end", body)
             print(f"end of {args.furnace}'s open mark queued; the daemon applies it within a second")
             return 0
         kind = mark_kind(args.kind)
         body = {"furnace": args.furnace, "kind": kind, "by": args.by, "note": args.note}
-        if args.start:
-            body["start_ns"] = parse_timestamp(args.start)
-        if args.end:
-            body["end_ns"] = parse_timestamp(args.end)
+        start = parse_timestamp(args.start) if args.start else None
+        end = parse_timestamp(args.end) if args.end else None
+        check_times(now, start, end)
+        body |= {k: v for k, v in (("start_ns", start), ("end_ns", end)) if v is not None}
         add_command(path, "mark", body)
         print(f"mark {MARK_NAMES[kind]} ({kind}) of {args.furnace} queued; the daemon applies it within a second")
         return 0
-    except (TimeError, ValueError) as err:
+    except (TimeError, ValueError, OverflowError) as err:
         print(err, file=sys.stderr)
         return 2
     except OutboxError as err:

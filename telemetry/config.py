@@ -456,7 +456,11 @@ def _expand_rules(
                 )
                 problems.append(src.at(("rules", index, "o2_reference"), message))
             elif known is None:
-                references.append(O2Reference(standard.point, reference, frozenset(pollutants)))
+                references.append(
+                    O2Reference(
+                        standard.point, reference, frozenset(pollutants), "o2", standard.o2_max, standard.o2_max_age
+                    )
+                )
             else:
                 references[references.index(known)] = replace(known, pollutants=known.pollutants | set(pollutants))
         if standards is not None:

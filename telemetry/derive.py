@@ -17,9 +17,10 @@ HJ 212 uplink sends ``_zs`` series as the pollutant code's ``Zs`` values.
 
 Furnace temperature: see ``telemetry.furnaces``. The representative reading is formed once
 per sample time at which any of the furnace's thermocouples reported, from each
-thermocouple's newest valid value within the furnace's ``max_age``; its flag is ``D`` when
-a section used has no valid value (the mean then rests on the other section), and no
-reading is formed when none has.
+thermocouple's newest valid value within the furnace's ``max_age``. A section without a
+valid value is left out and the sample judged on the other one (as plants with a single
+probe per section are), logged when it starts and ends: a faulted section must not take
+the furnace out of the 850 degC audit. No reading is formed when no section has a value.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Deriver:
         self._o2: dict[str, Reading] = {}  # per point: its newest O2 reading
         self._tc: dict[str, dict[tuple[str, str], tuple[Reading, str]]] = {}  # per furnace: newest per thermocouple
         self._roles: dict[tuple[str, str, str], tuple[int, Any] | None] = {}
+        self._short: set[str] = set()  # furnaces judged on fewer sections than wired (logged once)
         self.counts: Counter[str] = Counter()  # converted values left invalid, samples without a temperature
 
     def __bool__(self) -> bool:
@@ -166,7 +168,19 @@ class Deriver:
             self.counts["furnace_no_valid_thermocouple"] += 1
             return []
         wired = {t.section for t in furnace.thermocouples} & set(furnace.sections)
-        flag = Flag.N if all(by_section.get(s) for s in wired) else Flag.D
-        if flag is Flag.D:
+        missing = sorted(s for s in wired if not by_section.get(s))
+        if missing:
             self.counts["furnace_section_missing"] += 1
-        return [Reading(ts, furnace.site, furnace.device, FURNACE_TEMP, value, unit or "degC", flag)]
+        if bool(missing) != (furnace.id in self._short):
+            self._short.symmetric_difference_update({furnace.id})
+            if missing:
+                log.warning(
+                    "furnace %s at %s: no valid thermocouple in the %s section; its temperature is judged on the"
+                    " other section alone until one is back",
+                    furnace.id,
+                    furnace.site,
+                    " and ".join(missing),
+                )
+            else:
+                log.info("furnace %s at %s: every section has a valid thermocouple again", furnace.id, furnace.site)
+        return [Reading(ts, furnace.site, furnace.device, FURNACE_TEMP, value, unit or "degC", Flag.N)]

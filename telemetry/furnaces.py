@@ -29,8 +29,10 @@ Section = Literal["upper", "middle", "lower"]
 
 
 class Thermocouple(Model):
+    """One thermocouple: a device's ``furnace_temp`` (one device per probe), or any quantity."""
+
     device: Name
-    quantity: Name
+    quantity: Name = "furnace_temp"
     section: Section
 
 

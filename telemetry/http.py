@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -33,7 +34,7 @@ from prometheus_client import make_wsgi_app
 
 from telemetry.config_base import host_port
 from telemetry.errors import OutboxError
-from telemetry.marks import STATE_KEY, mark_kind
+from telemetry.marks import STATE_KEY, check_times, mark_kind
 from telemetry.metrics import Metrics
 from telemetry.outbox import add_command, read_state
 from telemetry.times import TimeError, parse_timestamp
@@ -100,7 +101,10 @@ class _Desk:
         size = int(environ.get("CONTENT_LENGTH") or 0)
         if not 0 <= size <= MAX_BODY:
             return ("400 Bad Request", {"error": f"expected a body of at most {MAX_BODY} bytes"}), {}
-        body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
+        try:
+            body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
+        except ValueError:
+            return ("400 Bad Request", {"error": "expected a JSON object"}), {}
         if not isinstance(body, dict):
             return ("400 Bad Request", {"error": "expected a JSON object"}), {}
         return None, body
@@ -111,13 +115,15 @@ class _Desk:
             if end:
                 if body.get("at") is not None:
                     command["at_ns"] = parse_timestamp(str(body["at"]))
+                check_times(time.time_ns(), end=command.get("at_ns"))
             else:
                 command["kind"] = mark_kind(str(body.get("kind", "")))
                 command["note"] = str(body.get("note", ""))[:200]
                 for key in ("start", "end"):
                     if body.get(key) is not None:
                         command[f"{key}_ns"] = parse_timestamp(str(body[key]))
-        except (TimeError, ValueError) as err:
+                check_times(time.time_ns(), command.get("start_ns"), command.get("end_ns"))
+        except (TimeError, ValueError, OverflowError) as err:
             return "400 Bad Request", {"error": str(err)[:300]}
         add_command(self.outbox_path, "mark_end" if end else "mark", command)
         return "202 Accepted", {"queued": True, "furnace": furnace, **({"kind": command["kind"]} if not end else {})}

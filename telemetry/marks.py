@@ -3,13 +3,15 @@
 A plant marks a furnace as drying out (烘炉), starting up (启炉), shutting down (停炉), out
 of service (停运), in fault (故障) or in an accident (事故): from the CLI (``telemetry
 mark``), the HTTP API (``POST /furnaces/ID/marks``, with the ack token) or a Modbus status
-register (``furnaces[].status``). One mark is open per furnace at a time: a new one ends
-the open one where it starts.
+register (``furnaces[].status``). One mark is open per furnace at a time: a new open one
+ends the open one where it starts.
 
 What marks do (DOMAIN-incinerator.md A1-A3; the list of marks and how exempt hours enter
 the daily mean are [U], so each is a setting of the furnace, with these defaults):
 - the furnace temperature rule does not count a window that ``not_normal`` marks cover
   for at least ``exempt_fraction`` of it (drying, start-up, shutdown, out of service);
+- a mark entered with no end while a later one exists lasted until that one began; a mark
+  with an end never ends the open one; a status register changes only the marks it set;
 - ``budget_marks`` (start-up, shutdown, fault, accident) use the furnace's yearly budget
   (``budget_hours``, 60 h per local calendar year, GB 18485 [V]), in the order they
   happened; the hours within the budget are exempt from the stack's daily judgement (an
@@ -44,6 +46,24 @@ MARK_NAMES = {
 _BY_NAME = {**{k: k for k in MARK_NAMES}, **{v: k for k, v in MARK_NAMES.items()}}
 STATE_KEY = "@furnaces"  # the marks' entry in the rules' saved state (no rule name starts with @)
 MAX_MARKS = 5000  # per furnace: marks older than two years go first, then the oldest
+
+
+EARLIEST_S = 366 * 86400  # a mark may be entered up to a year afterwards
+AHEAD_S = 300  # and never for the future (a clock a few minutes ahead is tolerated)
+
+
+def check_times(now: int, start: int | None = None, end: int | None = None) -> None:
+    """ValueError unless the times a plant gives a mark are past (within a year) and in order:
+    the CLI and HTTP refuse them before queuing, the daemon again before applying."""
+    for name, at in (("start", start), ("end", end)):
+        if at is None:
+            continue
+        if at > now + AHEAD_S * NS:
+            raise ValueError(f"expected a mark's {name} that has passed, not one in the future")
+        if at < now - EARLIEST_S * NS:
+            raise ValueError(f"expected a mark's {name} within the last year")
+    if start is not None and end is not None and end <= start:
+        raise ValueError("expected the mark's end after its start")
 
 
 def mark_kind(name: str) -> str:
@@ -92,9 +112,12 @@ class Marks:
         if end is not None and end <= start:
             raise ValueError("expected the mark's end after its start")
         marks = self._marks[furnace]
+        later = [m.start for m in marks if m.start > start]
+        if end is None and later:
+            end = min(later)  # entered afterwards, open: it lasted until the next mark began
         current = self.open(furnace)
-        if current is not None and current.start <= start:
-            self.end(furnace, start)
+        if end is None and current is not None and current.start <= start:
+            self.end(furnace, start)  # only a mark still open takes over from the open one
         mark = Mark(uuid.uuid4().hex[:8], furnace, kind, start, end, by[:64], note[:200])
         marks.append(mark)
         marks.sort(key=lambda m: m.start)
@@ -181,7 +204,7 @@ class Marks:
     def year(self, furnace: str, ts: int) -> tuple[int, int]:
         """UTC ns bounds of the furnace site's local calendar year holding ``ts``."""
         zone = calendar(self._zones.get(self.furnaces[furnace].site, "Asia/Shanghai")).zone
-        year = datetime.fromtimestamp(ts / NS, zone).year
+        year = datetime.fromtimestamp(ts // NS, zone).year  # whole seconds: a float rounds 1 ns before midnight up
         return (
             int(datetime(year, 1, 1, tzinfo=zone).timestamp()) * NS,
             int(datetime(year + 1, 1, 1, tzinfo=zone).timestamp()) * NS,

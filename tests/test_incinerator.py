@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alerts.replay import replay
-from alerts.rule_config import FurnaceTemperatureRule
+from alerts.rule_config import FurnaceTemperatureRule, LimitRule
 from alerts.rules import RulesEngine
 from telemetry import config as config_module
 from telemetry.cli import main
@@ -33,7 +33,7 @@ from telemetry.derive import Deriver, O2Reference
 from telemetry.errors import ConfigError
 from telemetry.furnaces import FurnaceConfig
 from telemetry.hj212.codec import Packet
-from telemetry.model import AlertEvent, AlertState, Flag, Reading
+from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Reading
 from telemetry.points import PointConfig, Points
 from telemetry.sim.platform import Receiver
 from tests.daemon import start_daemon
@@ -156,7 +156,7 @@ def test_representative_temperature_is_the_mean_of_the_section_medians(
     assert out[0].value == pytest.approx((upper_median + middle_median) / 2)
 
 
-def test_a_section_without_a_valid_thermocouple_flags_the_temperature() -> None:
+def test_a_section_without_a_valid_thermocouple_leaves_the_other_to_judge(caplog: pytest.LogCaptureFixture) -> None:
     furnace = FurnaceConfig.model_validate(
         {
             "id": "line1",
@@ -173,10 +173,15 @@ def test_a_section_without_a_valid_thermocouple_flags_the_temperature() -> None:
     [out] = derive(
         [Reading(ts, "cx", "dcs1", "tu", 900.0, "degC"), Reading(ts, "cx", "dcs1", "tm", 0.0, "degC", Flag.D)]
     )
-    assert (out.value, out.flag) == (900.0, Flag.D)  # the upper section alone: not a valid furnace temperature
+    # A faulted section must not take the furnace out of the 850 degC audit: the upper one judges.
+    assert (out.value, out.flag) == (900.0, Flag.N)
     assert derive([Reading(ts + NS, "cx", "dcs1", "tm", 0.0, "degC", Flag.D)]) == [
-        Reading(ts + NS, "cx", "dcs1", "furnace_temp", 900.0, "degC", Flag.D)
+        Reading(ts + NS, "cx", "dcs1", "furnace_temp", 900.0, "degC", Flag.N)
     ]
+    assert [r.getMessage() for r in caplog.records].count(
+        "furnace line1 at cx: no valid thermocouple in the middle section; its temperature is judged on the"
+        " other section alone until one is back"
+    ) == 1  # logged once, not every sample
     late = ts + 120 * NS  # the upper thermocouple's value is now older than max_age (60 s)
     assert derive([Reading(late, "cx", "dcs1", "tm", 0.0, "degC", Flag.D)]) == []
     assert derive.counts["furnace_no_valid_thermocouple"] == 1
@@ -433,11 +438,12 @@ def furnace_rows(
 
 
 def marked_day(tmp: Path, capsys: pytest.CaptureFixture[str], january_hours: int) -> list[list[str]]:
-    """A fault marked 00:00-06:00 on 2026-11-29 with SO2 at 400 in it and 40 after, the furnace
-    burning at 900; earlier in the year ``january_hours`` of start-up marks."""
+    """A fault marked 00:00-06:00 on 2026-11-29 with SO2 at 600 (400 corrected) in it and 40
+    (26.7) after, the furnace burning at 900; earlier in the year ``january_hours`` of start-up
+    marks. Corrected: without the marks the day is (6 x 400 + 18 x 26.7) / 24 = 120 > 80."""
     day = datetime(2026, 11, 29, tzinfo=BJ)
-    so2 = [400.0] * 360 + [40.0] * 1080
-    rows = minute_rows(day, 1440, o2=11.0, so2=so2, flue_flow=50.0) + furnace_rows(day, 1440, 900.0, feeder=1.0)
+    so2 = [600.0] * 360 + [40.0] * 1080  # at 6 % O2: 400 and 26.7 mg/m3 at the 11 % reference
+    rows = minute_rows(day, 1440, o2=6.0, so2=so2, flue_flow=50.0) + furnace_rows(day, 1440, 900.0, feeder=1.0)
     january = datetime(2026, 1, 10, tzinfo=BJ)
     (tmp / "marks.csv").write_text(
         "furnace,mark,start,end\n"
@@ -458,7 +464,7 @@ def test_marked_hours_within_the_budget_are_exempt_from_the_daily_judgement(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = marked_day(tmp_path, capsys, january_hours=50)  # 50 + 6 = 56 h of 60: every fault hour exempt
-    assert fired(lines, "gb18485_so2_1d") == []  # (6 x 400 + 18 x 40) / 24 = 130 without the marks; 40 with
+    assert fired(lines, "gb18485_so2_1d") == []  # 120 without the marks; 26.7 with
     [budget] = fired(lines, "furnace_exempt_budget")  # 50 h is over 80 % of 60 h
     assert budget[3] == "warning"
     assert "50.0 h of 60 h" in budget[5]
@@ -480,7 +486,7 @@ def test_beyond_the_budget_marked_hours_are_judged_as_normal_operation(
     lines = marked_day(tmp_path, capsys, january_hours=58)  # 2 h of budget left: 02:00-06:00 are judged
     [violation] = fired(lines, "gb18485_so2_1d")
     assert violation[3] == "critical"
-    mean = (4 * 400 + 18 * 40) / 22  # the 22 hours left after the 2 exempt ones
+    mean = (4 * 600 * 10 / 15 + 18 * 40 * 10 / 15) / 22  # the 22 hours left after the 2 exempt ones
     assert f"{mean:g} mg/m3 above limit 80" in violation[5]
     assert "(2 marked hours exempt)" in violation[5]
     levels = [line[3] for line in fired(lines, "furnace_exempt_budget")]
@@ -657,3 +663,141 @@ def test_the_incinerator_example_passes_check_and_lists_its_furnace() -> None:
     assert "line1                stack stack1, temperature dcs1/furnace_temp" in done.stdout
     assert "gb18485_so2_1d               limit                *@stack1/*/so2_zs 1d > 80 [critical]" in done.stdout
     assert "warnings (0)" in done.stdout
+
+
+# -- what the review found: late readings, restarts, backdated marks, the register, absurd times ---
+
+
+def test_a_late_reading_never_gets_its_judged_window_counted_twice() -> None:
+    rule = FurnaceTemperatureRule.model_validate({"kind": "furnace_temperature", "name": "f850"})
+    state = RulesEngine([rule], {"cx": "Asia/Shanghai"})
+    ten = int(datetime(2026, 12, 1, 10, tzinfo=BJ).timestamp()) * NS
+
+    def reading(seconds: int, value: float) -> Reading:
+        return Reading(ten + seconds * NS, "cx", "dcs1", "furnace_temp", value, "degC")
+
+    fired = state.feed([reading(10, 800.0), reading(70, 800.0)])
+    fired += state.tick(ten + 360 * NS)  # 10:00-10:05 judged (its grace passed): event 1
+    for late in range(6):  # six stragglers of 10:00-10:05, and a restart in between
+        fired += state.feed([reading(100 + late, 800.0)])
+        if late == 3:
+            saved = state.snapshot()
+            state = RulesEngine([rule], {"cx": "Asia/Shanghai"})
+            state.restore(saved)
+        fired += state.tick(ten + (400 + late) * NS)
+    assert [e.labels["condition"] for e in fired if e.state is AlertState.FIRING] == ["first"]
+    [entry] = [e for e in state.counts().items() if e[0][1] == "late"]
+    assert entry[1] == 2  # counted since the restart (the counts are metrics, not state)
+
+
+def test_exempt_hours_survive_a_restart_and_the_hours_left_must_be_valid_enough(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rule = LimitRule.model_validate(
+        {
+            "kind": "limit",
+            "name": "so2_day",
+            "point": "stack1",
+            "quantity": "so2_zs",
+            "window": "1d",
+            "above": 80,
+            "each_window": True,
+        }
+    )
+    furnace = FurnaceConfig.model_validate({"id": "line1", "site": "cx", "point": "stack1", "device": "dcs1"})
+    points = Points.from_config(["cx"], [STACK])
+    day = int(datetime(2026, 11, 29, tzinfo=BJ).timestamp()) * NS
+
+    def engine() -> RulesEngine:
+        return RulesEngine([rule], {"cx": "Asia/Shanghai"}, points, [furnace])
+
+    def hour(h: int, avg: float, valid: bool = True) -> Aggregate:
+        return Aggregate(
+            day + h * 3600 * NS, "1h", "cx", "cems1", "so2_zs", "mg/m3", avg, avg, avg, 60, 60, valid, point="stack1"
+        )
+
+    first = engine()
+    first.marks.add("line1", "fault", day, day + 6 * 3600 * NS, by="zhang")
+    first.on_windows([hour(h, 400.0 if h < 6 else 40.0) for h in range(12)])
+    second = engine()  # a restart at noon
+    second.restore(first.snapshot())
+    second.on_windows([hour(h, 40.0) for h in range(12, 24)])
+    whole = Aggregate(day, "1d", "cx", "cems1", "so2_zs", "mg/m3", 40.0, 130.0, 400.0, 24, 24, True, point="stack1")
+    assert [e.state for e in second.on_windows([whole])] == []  # 40 over the 18 hours kept: no violation
+
+    third = engine()
+    third.marks.add("line1", "fault", day, day + 6 * 3600 * NS, by="zhang")
+    # Of the 18 hours left only 10 valid: a day needs 20 of 24, so 15 of 18.
+    third.on_windows([hour(h, 400.0 if h < 6 else 90.0, valid=h < 6 or h >= 14) for h in range(24)])
+    [insufficient] = third.on_windows([whole])
+    assert insufficient.state is AlertState.INSUFFICIENT
+
+
+def test_backdated_and_closed_marks_and_the_register_respect_the_open_one() -> None:
+    furnace = FurnaceConfig.model_validate(
+        {
+            "id": "line1",
+            "site": "cx",
+            "device": "dcs1",
+            "status": {"device": "dcs1", "quantity": "mode", "values": {2: "startup"}},
+        }
+    )
+    engine = RulesEngine([], {"cx": "Asia/Shanghai"}, Points.from_config(["cx"], [STACK]), [furnace])
+    marks = engine.marks
+    h = 3600 * NS
+    t0 = int(datetime(2026, 6, 1, tzinfo=BJ).timestamp()) * NS
+    startup = marks.add("line1", "startup", t0 + 10 * h, by="li")  # open
+    marks.add("line1", "fault", t0 + 11 * h, t0 + 12 * h, by="zhang")  # entered afterwards, closed
+    assert marks.open("line1") is startup  # a closed mark does not end the open one
+    backdated = marks.add("line1", "shutdown", t0 + 2 * h, by="wang")  # open, but before the open one
+    assert backdated.end == t0 + 10 * h  # it lasted until the next mark began
+    assert [m.id for m in marks.of("line1") if m.end is None] == [startup.id]
+    # The register changes only its own marks: the operator's start-up stays.
+    engine.feed([Reading(t0 + 13 * h, "cx", "dcs1", "mode", 0.0, "")])
+    assert marks.open("line1") is startup
+    marks.end("line1", t0 + 14 * h)
+    engine.feed([Reading(t0 + 15 * h, "cx", "dcs1", "mode", 2.0, "")])
+    assert (marks.open("line1") or startup).by == "register"
+    engine.feed([Reading(t0 + 16 * h, "cx", "dcs1", "mode", 0.0, "")])
+    assert marks.open("line1") is None
+
+
+def test_the_budget_is_per_local_calendar_year() -> None:
+    furnace = FurnaceConfig.model_validate({"id": "line1", "site": "cx", "device": "dcs1", "budget_hours": 10})
+    marks = RulesEngine([], {"cx": "Asia/Shanghai"}, Points.from_config(["cx"], [STACK]), [furnace]).marks
+    new_year = int(datetime(2027, 1, 1, tzinfo=BJ).timestamp()) * NS
+    h = 3600 * NS
+    marks.add("line1", "fault", new_year - 8 * h, new_year + 4 * h)  # 8 h in 2026, 4 h in 2027
+    assert marks.used("line1", new_year - 1) == 8 * h - 1
+    assert marks.used("line1", new_year + 5 * h) == 4 * h
+    assert marks.exempt_spans("line1", new_year + h, new_year + 5 * h) == [(new_year, new_year + 4 * h)]
+    marks.add("line1", "startup", new_year + 10 * h, new_year + 20 * h)  # 10 h more: 6 h of it in budget
+    assert marks.exempt_spans("line1", new_year + h, new_year + 30 * h)[-1] == (new_year + 10 * h, new_year + 16 * h)
+
+
+async def test_absurd_mark_times_are_refused_before_they_are_queued(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        MARKED.split("hj212:")[0]
+        + f"metrics: {{listen: '127.0.0.1:{port}', ack_token: tok-s3cret}}\noutbox: {{path: '{tmp_path}/outbox.sqlite'}}\n"
+    )
+    daemon = await start_daemon(path)
+    try:
+        await asyncio.wait_for(daemon.pipeline.started.wait(), 10)
+        for body in (
+            {"kind": "fault", "start": "2255-01-01T00:00:00+08:00"},
+            {"kind": "fault", "start": "2020-01-01T00:00:00+08:00"},
+            {"kind": "fault", "start": "2026-12-01T10:00:00+08:00", "end": "2026-12-01T09:00:00+08:00"},
+        ):
+            status, answer = await asyncio.to_thread(_post, port, "/furnaces/line1/marks", body, "tok-s3cret")
+            assert status == 400, answer
+        status, answer = await asyncio.to_thread(
+            _post, port, "/furnaces/line1/marks/end", {"at": "2255-01-01T00:00:00+08:00"}, "tok-s3cret"
+        )
+        assert status == 400
+        assert "future" in str(answer["error"])
+    finally:
+        await daemon.close()
+    assert main(["mark", "end", "line1", "-c", str(path), "--at", "2255-01-01T00:00:00+08:00"]) == 2
+    assert main(["mark", "set", "line1", "fault", "-c", str(path), "--start", "99999999999999999999999"]) == 2

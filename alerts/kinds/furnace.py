@@ -33,6 +33,7 @@ class FurnaceState(RuleState):
         super().__init__(rule, zones)
         self._open: dict[str, list[Any]] = {}  # series -> [start, end, total, count, reading dict]
         self._days: dict[str, list[Any]] = {}  # series -> [local day, events, day end (ns)]
+        self._judged: dict[str, int] = {}  # series -> end of its last judged window (event time: not shifted)
         # Whether a furnace's marks exempt (site, device) from start to end (``telemetry.marks``).
         self.exempt: Callable[[str, str, int, int], bool] = _never_exempt
 
@@ -45,13 +46,13 @@ class FurnaceState(RuleState):
             current = None
         if r.flag is not Flag.N:
             return events
+        if r.ts < self._judged.get(key, 0) or (current is not None and r.ts < current[0]):
+            self.counts["late"] += 1  # its window was judged already: never judged (counted) twice
+            return events
         if current is None:
             cal = self.calendar(r.site)
             start = cal.start(self.rule.window, r.ts)
             current = self._open[key] = [start, cal.end(self.rule.window, start), 0.0, 0, r.to_dict()]
-        elif r.ts < current[0]:
-            self.counts["late"] += 1  # its window was judged already
-            return events
         current[2] += r.value
         current[3] += 1
         current[4] = r.to_dict()
@@ -68,6 +69,7 @@ class FurnaceState(RuleState):
 
     def _close(self, key: str, window: list[Any]) -> list[AlertEvent]:
         start, end, total, count, last = window
+        self._judged[key] = max(end, self._judged.get(key, 0))
         item = Reading.from_dict(last)
         mean = total / count
         cal = self.calendar(item.site)
@@ -130,9 +132,10 @@ class FurnaceState(RuleState):
         return out
 
     def dump(self) -> dict[str, Any]:
-        return {**super().dump(), "open": self._open, "days": self._days}
+        return {**super().dump(), "open": self._open, "days": self._days, "judged": self._judged}
 
     def load(self, data: Mapping[str, Any]) -> None:
         super().load(data)
         self._open = {k: list(v) for k, v in data.get("open", {}).items()}
         self._days = {k: list(v) for k, v in data.get("days", {}).items()}
+        self._judged = {k: int(v) for k, v in data.get("judged", {}).items()}

@@ -3,6 +3,7 @@ standards expand into these)."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -26,6 +27,7 @@ class LimitState(RuleState):
         # its budget: ``telemetry.marks``); set by the engine where furnaces are configured.
         self.exempt_hour: Callable[[str, int, int], bool] | None = None
         self._hours: dict[str, list[list[Any]]] = {}  # series -> [start, end, avg, valid] of its recent hours
+        self.day_min_valid_hours = 20  # the aggregation's, for the share of the hours left (set by the engine)
 
     def _breach(self, value: float, firing: bool = False) -> float | None:
         """The limit ``value`` breaks; while firing, judged against the clear thresholds."""
@@ -58,11 +60,12 @@ class LimitState(RuleState):
         return self._judge(key, limit is not None, ts, self.rule.for_, event)
 
     def dump(self) -> dict[str, Any]:
-        return {**super().dump(), "recent": {k: list(v) for k, v in self._recent.items()}}
+        return {**super().dump(), "recent": {k: list(v) for k, v in self._recent.items()}, "hours": self._hours}
 
     def load(self, data: Mapping[str, Any]) -> None:
         super().load(data)
         self._recent = {k: deque((int(t), float(v)) for t, v in d) for k, d in data.get("recent", {}).items()}
+        self._hours = {k: [list(h) for h in hours] for k, hours in data.get("hours", {}).items()}
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
@@ -103,8 +106,9 @@ class LimitState(RuleState):
     def _without_exempt_hours(self, day: Aggregate) -> tuple[Aggregate, int]:
         """The day as judged: without the hours a furnace's marks exempt (within its yearly
         budget), the mean of its other valid hours (a stack's day is their arithmetic mean);
-        not judged when every valid hour was exempt. How exempt hours enter the daily mean
-        is [U] (DOMAIN-incinerator.md A2): this is the documented reading."""
+        valid when the hours kept hold the share of valid hours a whole day needs. How exempt
+        hours enter the daily mean is [U] (DOMAIN-incinerator.md A2): this is the documented
+        reading."""
         if self.exempt_hour is None or day.window != "1d":
             return day, 0
         end = self.calendar(day.site).end("1d", day.ts)
@@ -114,7 +118,11 @@ class LimitState(RuleState):
             return day, 0
         kept = [h[2] for h in hours if h[3] and h not in exempt]
         mean = sum(kept) / len(kept) if kept else None
-        return replace(day, avg=mean, valid=day.valid and mean is not None), len(exempt)
+        # Valid with the same share of the hours left as a whole day needs (20 of 24: 15 of 18).
+        day_hours = round((end - day.ts) / HOUR_NS)
+        needed = math.ceil(self.day_min_valid_hours * (day_hours - len(exempt)) / day_hours)
+        valid = day.valid and mean is not None and len(kept) >= needed
+        return replace(day, avg=mean, valid=valid, valid_count=len(kept)), len(exempt)
 
     def _each_window(self, w: Aggregate) -> list[AlertEvent]:
         """A breach of this window is its own alert, keyed and labelled by the window's local

@@ -25,6 +25,9 @@ CODES_2017 = {
 }
 # A stack's quantities (DOMAIN-incinerator.md A4): flow is the flue-gas flow there.
 GAS_CODES_2017 = {
+    # Earlier names first: a code maps back to the last (canonical) name of it.
+    "particulate": "a34013",
+    "furnace_temperature": "a01901",
     "flow": "a00000",  # ``flow`` at a stack is its flue-gas flow; ``flue_flow`` is the canonical name
     "flue_flow": "a00000",
     "dust": "a34013",
@@ -43,6 +46,7 @@ GAS_CODES_2017 = {
     "furnace_temp": "a01901",  # the representative furnace temperature (``telemetry.furnaces``)
 }
 GAS_CODES_2005 = {
+    "particulate": "01",
     "flow": "B02",
     "flue_flow": "B02",
     "dust": "01",
