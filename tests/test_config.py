@@ -192,7 +192,7 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "devices (4):" in ok.stdout
+    assert "devices (6):" in ok.stdout
     assert "haizhou-dau          hj212   site (from stations): hj212 listener" in ok.stdout
     assert "cod_limit" in ok.stdout
     bad = tmp_path / "bad.yaml"
