@@ -93,3 +93,21 @@ class Notify(Model):
         if problem is not None:  # the text goes in the context: it holds braces of its own
             raise PydanticCustomError("template", "{problem}", {"at": "grafana_url", "problem": problem})
         return self
+
+
+class DailyReport(Model):
+    """The daily report (日报) of each site for the previous local day, sent at ``at`` (the
+    site's local time) through ``routes``: Markdown to the chat robots, HTML to e-mail. The
+    rates' thresholds are unverified (DOMAIN-incinerator.md B5): marked below them."""
+
+    at: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "08:00"
+    routes: list[Name] = []  # none: not sent (``telemetry report daily`` still prints it)
+    sites: list[Name] = []  # default: every site
+    transmission: Annotated[float, Field(gt=0, le=1)] = 0.9
+    validity: Annotated[float, Field(gt=0, le=1)] = 0.9
+    effective: Annotated[float, Field(gt=0, le=1)] = 0.9
+    retry: Annotated[Duration, Field(ge=10)] = 300.0  # after a failed delivery
+
+
+class Reports(Model):
+    daily: DailyReport = DailyReport()

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from alerts.alert import Message, Silence
+from alerts.daily import DailyReports
 from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
 from alerts.rules import RulesEngine
@@ -44,6 +45,7 @@ class AlertDesk:
         metrics: Metrics,
         outbox: Outbox | None = None,
         db: Db | None = None,
+        reports: DailyReports | None = None,
     ) -> None:
         self.manager = manager
         self.notifier = notifier
@@ -53,6 +55,9 @@ class AlertDesk:
         self._dirty = False
         self._pending: set[asyncio.Task[None]] = set()
         notifier.on_result = self._on_result
+        self.reports = reports
+        if reports is not None:
+            reports.on_change = self._changed
         if outbox is not None and db is not None:
             self.attach(db, outbox)
 
@@ -81,8 +86,12 @@ class AlertDesk:
     async def run(self, stop: asyncio.Event) -> None:
         await self.notifier.run(stop)
 
+    def _changed(self) -> None:
+        self._dirty = True
+
     async def restore(self) -> None:
-        for name, target in (("alerts", self.manager), ("rules", self.rules)):
+        targets: list[tuple[str, Any]] = [("alerts", self.manager), ("rules", self.rules)]
+        for name, target in targets + ([("reports", self.reports)] if self.reports is not None else []):
             saved = await self._db(self._outbox.load_state, name)
             if saved:
                 target.restore(orjson.loads(saved))
@@ -102,10 +111,15 @@ class AlertDesk:
         """Apply commands, send what is due, save what changed."""
         for kind, body in await self._db(self._outbox.take_commands):
             self._apply(kind, body, now_ns)
+            acked = self.manager.alerts.get(str(body.get("id"))) if kind == "ack" else None
+            if acked is not None and acked.acked_ns == now_ns:  # the daily report lists who acknowledged
+                await self._db(self._outbox.log_ack, acked.site, acked.id, acked.rule, acked.acked_by or "", now_ns)
         for message in self.manager.due(now_ns):
             self.notifier.submit(message)
         self.manager.prune(now_ns)
         self._metrics.alerts_undelivered.set(len(self.manager.undelivered()))
+        if self.reports is not None:
+            await self.reports.tick(now_ns, self._db, self._outbox)
         if self._dirty:
             await self.save()
 
@@ -119,6 +133,8 @@ class AlertDesk:
     async def save(self) -> None:
         self._dirty = False
         await self._db(self._outbox.save_state, "alerts", orjson.dumps(self.manager.snapshot()))
+        if self.reports is not None:
+            await self._db(self._outbox.save_state, "reports", orjson.dumps(self.reports.dump()))
         await self.save_rules()
 
     def _apply(self, kind: str, body: dict[str, Any], now: int) -> None:

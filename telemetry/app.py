@@ -13,13 +13,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from alerts.daily import DailyReports
 from alerts.desk import AlertDesk
 from alerts.lifecycle import AlertManager
 from alerts.notify import Notifier
+from alerts.rule_config import CapacityRule, LimitRule, StockRule
 from alerts.rules import RulesEngine
 from drivers import DRIVERS, modbus_probe
 from drivers.modbus import ModbusConfig, ModbusDriver
-from telemetry import config, http, sinks
+from telemetry import config, http, report, sinks
 from telemetry.aggregate import Aggregator, Override, Validity, rules_from
 from telemetry.hj212.config import Control, Platform
 from telemetry.hj212.extras import Extras
@@ -64,11 +66,17 @@ def alert_desk(dep: config.Deployment, metrics: Metrics) -> AlertDesk:
     """The alert path: rules, the alerts' lifecycle, their notification."""
     cfg = dep.config
     zones = {s.id: s.timezone for s in cfg.sites}
+    daily = cfg.reports.daily
+    reports = None
+    if daily.routes:
+        routes = {r.name: r for r in cfg.notify.routes}
+        reports = DailyReports(daily, {s.id: report_setup(dep, s.id) for s in cfg.sites}, routes)
     return AlertDesk(
         AlertManager(cfg.notify, parse_time=parse_timestamp),
         Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
         RulesEngine(dep.rules, zones, dep.points, cfg.furnaces, cfg.aggregation.day_min_valid_hours),
         metrics,
+        reports=reports,
     )
 
 
@@ -178,6 +186,49 @@ async def serve(
     finally:
         if stop_http is not None:
             stop_http()
+
+
+def report_setup(dep: config.Deployment, site: str) -> report.SiteSetup:
+    """What the configuration says one site's report covers: its points' limits, capacity rules,
+    platforms."""
+    points = [p.id for p in dep.points.of_site(site)]
+    limits: dict[tuple[str, str], dict[str, float]] = {}
+    for rule in dep.rules:
+        if not isinstance(rule, LimitRule) or rule.window not in ("1h", "1d") or rule.site not in (None, site):
+            continue
+        for point in [rule.point] if rule.point else points:
+            if point not in points:
+                continue
+            into = limits.setdefault((point, rule.quantity), {})
+            prefix = "daily" if rule.window == "1d" else "hourly"
+            for side in ("above", "below"):
+                if getattr(rule, side) is not None:
+                    into[f"{prefix}_{side}"] = float(getattr(rule, side))
+    mine = [r for r in dep.rules if getattr(r, "site", None) in (None, site)]
+    platforms = []
+    for p in dep.config.hj212:
+        uploaded = dep.platform_point(p)
+        if uploaded.site == site:
+            platforms.append(report.Platform(p.name, uploaded.id, tuple(p.send), p.min_interval_minutes))
+    cfg = dep.site(site)
+    daily = dep.config.reports.daily
+    expected = set()
+    for device in dep.devices:
+        for series in device.known_series():
+            holder = dep.points.point_of(series.site, series.device, series.quantity)
+            if series.site == site and holder is not None and (holder.id, series.quantity) in limits:
+                expected.add((holder.id, series.device, series.quantity))
+    return report.SiteSetup(
+        site,
+        cfg.name,
+        cfg.timezone,
+        {key: report.Limits(**values) for key, values in limits.items()},
+        [report.Capacity(r.name, r.quantity, r.design, r.source) for r in mine if isinstance(r, CapacityRule)],
+        [report.Stock(r.name, r.quantity, r.capacity, r.above_fraction) for r in mine if isinstance(r, StockRule)],
+        platforms,
+        report.Thresholds(daily.transmission, daily.validity, daily.effective),
+        frozenset(expected),
+    )
 
 
 def schema() -> dict[str, Any]:

@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     _probe(sub)
     _alerting(sub)
     _marking(sub)
+    _reporting(sub)
     _rules(sub)
     _hj212(sub)
     _stores(sub)
@@ -165,6 +166,24 @@ def _marking(sub: Any) -> None:
     end.add_argument("--at", help="when it ended (default: now)")
     listing = _command(mark, "list", "marks of the running daemon and each furnace's exempt hours used this year")
     _config(listing, CONFIG_HELP + " (furnaces, state path)")
+
+
+def _reporting(sub: Any) -> None:
+    reports = _actions(_command(sub, "report", "compliance reports: the daily report of each site"))
+    daily = _command(
+        reports,
+        "daily",
+        "a site's daily report: means against limits, completeness, capacity, alerts, uploads",
+        "Print a site's daily compliance report for a local day, from what the daemon stored (read-only,"
+        " safe while it runs) or, with --input, from recorded readings replayed through the rules.",
+    )
+    _config(daily, CONFIG_HELP + " (sites, rules, outbox path)")
+    daily.add_argument("--date", help="the local day, YYYY-MM-DD (default: yesterday in the site's zone)")
+    daily.add_argument("--site", help="only this site (default: every site)")
+    daily.add_argument("--format", choices=["md", "html", "csv", "json"], default="md", help="(default: md)")
+    daily.add_argument("--lang", choices=["zh", "en"], default="zh", help="language of md and html (default: zh)")
+    daily.add_argument("--input", help="CSV of readings to replay (as 'rules test' takes) instead of the stored data")
+    daily.add_argument("--out", help="write to this file instead of standard output")
 
 
 def _rules(sub: Any) -> None:

@@ -26,7 +26,7 @@ from pydantic import (
     ValidationError,
 )
 
-from alerts.config import Notify
+from alerts.config import Notify, Reports
 from alerts.rule_config import (
     Aggregation,
     EvaluatedRule,
@@ -228,6 +228,7 @@ class Config(Model):
     hj212: list[Platform] = []
     standards_dir: str = ""
     notify: Notify = Notify()
+    reports: Reports = Reports()
     metrics: Metrics = Metrics()
     outbox: Outbox = Outbox()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

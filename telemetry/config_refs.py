@@ -339,6 +339,13 @@ class References:
     def routes(self) -> None:
         routes = self.config.notify.routes
         names = {r.name for r in routes} | {n for n in raw_names(self.src, ("notify", "routes"), "name") if n}
+        for j, name in enumerate(self.config.reports.daily.routes):
+            if name not in names:
+                listed = ", ".join(sorted(names)) or "none configured"
+                message = f"expected the name of a route ({listed}), found {name!r}" + suggest(name, names)
+                self.refuse(("reports", "daily", "routes", j), message)
+        for j, site in enumerate(self.config.reports.daily.sites):
+            self.site(("reports", "daily", "sites", j), site)
         for index, route in self.sections.each(("notify", "routes"), routes):
             at: Path = ("notify", "routes", index)
             for j, site in enumerate(route.sites):

@@ -11,7 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # What assembles the parts: the composition root, the command line, and the loader that
 # composes each package's configuration section into one deployment.
-ASSEMBLERS = {"telemetry/app.py", "telemetry/cli.py", "telemetry/config.py", "telemetry/config_refs.py"}
+# The composition: the command line (and its report command, which replays through the rules) and the app.
+ASSEMBLERS = {
+    "telemetry/app.py",
+    "telemetry/cli.py",
+    "telemetry/cli_report.py",
+    "telemetry/config.py",
+    "telemetry/config_refs.py",
+}
 
 
 def imports(path: Path) -> set[str]:

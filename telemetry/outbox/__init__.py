@@ -12,11 +12,14 @@ from telemetry.outbox.readonly import (
     ConsumerStatus,
     Status,
     add_command,
+    read_alert_log,
     read_dead_letters,
     read_deliveries,
+    read_hj212_acked,
     read_quarantine,
     read_state,
     read_status,
+    read_windows,
 )
 from telemetry.outbox.records import Batch, decode, encode
 from telemetry.outbox.side import Retention
@@ -31,9 +34,12 @@ __all__ = [
     "add_command",
     "decode",
     "encode",
+    "read_alert_log",
     "read_dead_letters",
     "read_deliveries",
+    "read_hj212_acked",
     "read_quarantine",
     "read_state",
     "read_status",
+    "read_windows",
 ]

@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 
 from telemetry.errors import OutboxError
-from telemetry.model import Record, Rejected
+from telemetry.model import Aggregate, Record, Rejected
 from telemetry.outbox.records import decode
 from telemetry.outbox.schema import SCHEMA
-from telemetry.outbox.side import dead_letters, side_rows
+from telemetry.outbox.side import alert_log, dead_letters, hj212_acked_counts, side_rows
 
 
 def read_dead_letters(path: str, limit: int = 50) -> list[Rejected]:
@@ -129,6 +129,45 @@ def read_state(path: str, name: str) -> Any:
     finally:
         db.close()
     return orjson.loads(row[0]) if row else None
+
+
+def read_alert_log(path: str, site: str, start_ns: int, end_ns: int) -> list[tuple[int, str, dict[str, Any]]]:
+    """A site's alert transitions and acknowledgements in [start_ns, end_ns), oldest first, as
+    (time, kind, body): what the daily report lists (read-only, safe while the daemon runs)."""
+    db = _read_only(path)
+    try:
+        return alert_log(db, site, start_ns, end_ns)
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read the alert log of {path}: {err}") from err
+    finally:
+        db.close()
+
+
+def read_windows(path: str, site: str, window: str, start_ns: int, end_ns: int) -> list[Aggregate]:
+    """A site's closed windows of one size starting in [start_ns, end_ns) (read-only)."""
+    db = _read_only(path)
+    try:
+        rows = db.execute(
+            "SELECT body FROM windows WHERE site = ? AND window = ? AND start_ns >= ? AND start_ns < ?"
+            " ORDER BY start_ns, device, quantity",
+            (site, window, start_ns, end_ns),
+        ).fetchall()
+        return [Aggregate.from_dict(orjson.loads(body)) for (body,) in rows]
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read the windows of {path}: {err}") from err
+    finally:
+        db.close()
+
+
+def read_hj212_acked(path: str, platform: str, start_ns: int, end_ns: int) -> dict[str, int]:
+    """Periods of each CN a platform acknowledged that start in [start_ns, end_ns) (read-only)."""
+    db = _read_only(path)
+    try:
+        return hj212_acked_counts(db, platform, start_ns, end_ns)
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read the acknowledgements of {path}: {err}") from err
+    finally:
+        db.close()
 
 
 def read_deliveries(path: str, limit: int = 50) -> list[tuple[int, str, str, bool, str]]:

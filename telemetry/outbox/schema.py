@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS commands (  -- requests from the CLI or HTTP (ack, si
     at_ns INTEGER NOT NULL,
     done INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS alert_log (  -- alert transitions and acknowledgements: the daily report's
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- firing, resolved, acknowledged
+    body BLOB NOT NULL   -- the event (rule, labels, message, value, limit), or the ack (alert id, by)
+);
+CREATE INDEX IF NOT EXISTS alert_log_by_site ON alert_log (site, at_ns);
 CREATE TABLE IF NOT EXISTS deliveries (  -- every notification attempt's outcome, newest kept
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ns INTEGER NOT NULL,

@@ -6,6 +6,8 @@
 - ``quarantine``: points a sink refused: ``quarantine`` (30 days), ``quarantine_max`` rows;
 - ``deadletter``: inputs that could not become readings: ``deadletters`` (30 days), ``deadletter_max``;
 - ``deliveries``: notification attempts: ``deliveries`` (90 days), ``deliveries_max`` rows;
+- ``alert_log``: alert transitions and acknowledgements (the daily report's history): as
+  long as ``deliveries``, ``deliveries_max`` x 10 rows;
 - ``commands``: ack/silence requests from the CLI and HTTP: done ones ``commands`` (7 days),
   all of them ``commands_max`` rows;
 - ``state``: named snapshots (aggregator, rules, alerts): one row per name.
@@ -47,6 +49,10 @@ class Retention:
     commands: float = 7 * DAY_S
     commands_max: int = 10_000
 
+    @property
+    def alert_log_max(self) -> int:
+        return self.deliveries_max * 10
+
 
 # (table, time column, seconds field, row-cap field or "")
 _AGED: tuple[tuple[str, str, str, str], ...] = (
@@ -55,6 +61,7 @@ _AGED: tuple[tuple[str, str, str, str], ...] = (
     ("quarantine", "at_ns", "quarantine", "quarantine_max"),
     ("deadletter", "at_ns", "deadletters", "deadletter_max"),
     ("deliveries", "at_ns", "deliveries", "deliveries_max"),
+    ("alert_log", "at_ns", "deliveries", "alert_log_max"),
 )
 
 
@@ -93,7 +100,7 @@ class SideStores:
         """Side data the disk budget takes before any record a sink has not taken: diagnostics
         down to their newest rows, and windows and acknowledgements older than ``before_ns``."""
         out: dict[str, int] = {}
-        for table in ("quarantine", "deadletter", "deliveries"):
+        for table in ("quarantine", "deadletter", "deliveries", "alert_log"):
             if deleted := self._keep_newest(table, _DIAGNOSTICS_KEPT_WHEN_SHEDDING):
                 out[table] = deleted
         for table in ("windows", "hj212_acked"):
@@ -146,6 +153,12 @@ class SideStores:
         rows = self._db.execute("SELECT cn, start_ns FROM hj212_acked WHERE platform = ?", (platform,)).fetchall()
         return {(str(cn), int(start)) for cn, start in rows}
 
+    def hj212_acked_counts(self, platform: str, start_ns: int, end_ns: int) -> dict[str, int]:
+        return hj212_acked_counts(self._db, platform, start_ns, end_ns)
+
+    def alert_log(self, site: str, start_ns: int, end_ns: int) -> list[tuple[int, str, dict[str, Any]]]:
+        return alert_log(self._db, site, start_ns, end_ns)
+
     def hj212_mark_acked(self, platform: str, cn: str, start_ns: int) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO hj212_acked VALUES (?, ?, ?, ?)", (platform, cn, start_ns, time.time_ns())
@@ -169,6 +182,13 @@ class SideStores:
 
     # -- diagnostics --------------------------------------------------------------------------------
 
+    def log_ack(self, site: str, alert_id: str, rule: str, by: str, at_ns: int) -> None:
+        """An acknowledgement, beside the transitions ``append`` logs (for the daily report)."""
+        body = orjson.dumps({"id": alert_id, "rule": rule, "by": by})
+        self._db.execute(
+            "INSERT INTO alert_log (at_ns, site, kind, body) VALUES (?, ?, 'acknowledged', ?)", (at_ns, site, body)
+        )
+
     def log_delivery(self, channel: str, alerts: str, ok: bool, detail: str) -> None:
         self._db.execute(
             "INSERT INTO deliveries (at_ns, channel, alerts, ok, detail) VALUES (?, ?, ?, ?, ?)",
@@ -188,8 +208,26 @@ class SideStores:
         return dead_letters(self._db, limit)
 
 
+def alert_log(db: sqlite3.Connection, site: str, start_ns: int, end_ns: int) -> list[tuple[int, str, dict[str, Any]]]:
+    """A site's alert transitions and acknowledgements in [start_ns, end_ns), oldest first."""
+    rows = db.execute(
+        "SELECT at_ns, kind, body FROM alert_log WHERE site = ? AND at_ns >= ? AND at_ns < ? ORDER BY at_ns, id",
+        (site, start_ns, end_ns),
+    ).fetchall()
+    return [(int(at), str(kind), orjson.loads(body)) for at, kind, body in rows]
+
+
+def hj212_acked_counts(db: sqlite3.Connection, platform: str, start_ns: int, end_ns: int) -> dict[str, int]:
+    """Periods of each CN a platform acknowledged that start in [start_ns, end_ns)."""
+    rows = db.execute(
+        "SELECT cn, COUNT(*) FROM hj212_acked WHERE platform = ? AND start_ns >= ? AND start_ns < ? GROUP BY cn",
+        (platform, start_ns, end_ns),
+    ).fetchall()
+    return {str(cn): int(n) for cn, n in rows}
+
+
 def side_rows(db: sqlite3.Connection) -> dict[str, int]:
-    tables = ("windows", "hj212_acked", "quarantine", "deadletter", "deliveries", "commands", "state")
+    tables = ("windows", "hj212_acked", "quarantine", "deadletter", "deliveries", "alert_log", "commands", "state")
     return {t: int(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in tables}  # noqa: S608
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from telemetry.errors import OutboxError, OutboxFull, OutboxFullDisk
-from telemetry.model import Aggregate, Record, Rejected
+from telemetry.model import Aggregate, AlertEvent, AlertState, Record, Rejected
 from telemetry.outbox.budget import MIN_FREE_BYTES, WAL_CHECKPOINT_PAGES, Budget
 from telemetry.outbox.records import RECENT_MAX, Batch, RecordQueue, decode, encode
 from telemetry.outbox.schema import SCHEMA, make_private, migrate
@@ -107,6 +107,11 @@ class Outbox(RecordQueue, SideStores, Budget):
             if isinstance(r, Aggregate)
         ]
         rows = encoded if self._keep_records else []  # no sink: nothing would read them back
+        transitions = [
+            (r.ts, r.site, r.state.value, body)
+            for r, (_, body) in zip(records, encoded, strict=True)
+            if isinstance(r, AlertEvent) and r.state is not AlertState.INSUFFICIENT
+        ]
         last = self._last_id
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -115,6 +120,8 @@ class Outbox(RecordQueue, SideStores, Budget):
                 last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
             if rejected:
                 self._dead_letters(rejected)
+            if transitions:
+                self._db.executemany("INSERT INTO alert_log (at_ns, site, kind, body) VALUES (?, ?, ?, ?)", transitions)
             if windows:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO windows (site, device, quantity, window, start_ns, body, point)"

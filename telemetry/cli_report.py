@@ -1,0 +1,83 @@
+"""``telemetry report daily``: a site's daily compliance report, from what the daemon stored or
+from a replay of recorded readings (the format ``rules test`` takes)."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from alerts.daily import event_id
+from alerts.replay import read_csv, replay
+from alerts.rules import RulesEngine
+from telemetry import app, report, report_render
+from telemetry.calendar import NS, calendar
+from telemetry.config import Deployment
+from telemetry.errors import OutboxError
+from telemetry.model import AlertState
+from telemetry.outbox import read_alert_log, read_hj212_acked, read_windows
+from telemetry.times import parse_timestamp
+
+LOOK_BACK_S = 7 * 86400  # alerts that started up to a week before the day and were still firing
+
+
+def stored(dep: Deployment, setup_: report.SiteSetup, day: date) -> report.DailyReport:
+    """The report from the outbox the daemon writes (read-only: safe while it runs)."""
+    path = dep.config.outbox.path
+    start, end = report.day_bounds(setup_.zone, day)
+    windows = [w for size in ("1m", "1h", "1d") for w in read_windows(path, setup_.site, size, start, end)]
+    log = read_alert_log(path, setup_.site, start - LOOK_BACK_S * NS, max(end, time.time_ns()))
+    acked = {p.name: read_hj212_acked(path, p.name, start, end) for p in setup_.platforms}
+    return report.build(setup_, day, windows, log, event_id, acked)
+
+
+def replayed(dep: Deployment, setup_: report.SiteSetup, day: date, csv_path: str) -> report.DailyReport:
+    """The report from recorded readings replayed through the aggregator and the rules."""
+    readings = read_csv(pathlib.Path(csv_path), parse_timestamp)
+    _, end = report.day_bounds(setup_.zone, day)
+    zones = {s.id: s.timezone for s in dep.config.sites}
+    engine = RulesEngine(dep.rules, zones, dep.points, dep.config.furnaces, dep.config.aggregation.day_min_valid_hours)
+    windows: list[Any] = []
+    until = end + int((dep.config.aggregation.grace + 60) * NS)  # the day's own window has closed
+    events = replay(engine, app.aggregator(dep), [r for r in readings if r.ts < end], until, windows, dep.deriver())
+    log = [
+        (e.ts, e.state.value, e.to_dict())
+        for e in events
+        if e.site == setup_.site and e.state is not AlertState.INSUFFICIENT
+    ]
+    return report.build(setup_, day, windows, log, event_id, None)
+
+
+def command(dep: Deployment, args: argparse.Namespace) -> int:
+    sites = [args.site] if args.site else [s.id for s in dep.config.sites]
+    unknown = [s for s in sites if s not in {c.id for c in dep.config.sites}]
+    if unknown:
+        print(f"expected a site of {dep.file}, found {unknown[0]!r}", file=sys.stderr)
+        return 2
+    out: list[str] = []
+    try:
+        for site in sites:
+            zone = dep.zone(site)
+            day = date.fromisoformat(args.date) if args.date else _yesterday(zone)
+            cfg = app.report_setup(dep, site)
+            built = replayed(dep, cfg, day, args.input) if args.input else stored(dep, cfg, day)
+            out.append(report_render.render(built, args.format, args.lang))
+    except ValueError as err:  # a bad --date, a bad line of --input (FILE:LINE: ...)
+        print(err, file=sys.stderr)
+        return 2
+    except (OutboxError, OSError) as err:
+        print(err, file=sys.stderr)
+        return 1
+    text = "".join(out)
+    if args.out:
+        pathlib.Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _yesterday(zone: str) -> date:
+    return (datetime.now(calendar(zone).zone) - timedelta(days=1)).date()
