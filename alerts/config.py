@@ -85,6 +85,7 @@ class Notify(Model):
     inhibit: list[Inhibit] = []
     silences: list[SilenceConfig] = []
     grafana_url: str = ""  # e.g. http://grafana:3000/d/plant-overview?var-site={site}
+    console_url: str = ""  # the alerts page as supervisors reach it, e.g. https://plant.example/telemetry
 
     @model_validator(mode="after")
     def _link_template(self) -> Notify:

@@ -95,9 +95,11 @@ def size_of(url: str, title: str, body: str) -> int:
     return counted_bytes(url, title, body) if is_robot(url) else len(f"{title}\n{body}".encode())
 
 
-def render(message: Message, route: Route, zones: Mapping[str, str], grafana_url: str = "") -> tuple[str, str]:
+def render(
+    message: Message, route: Route, zones: Mapping[str, str], grafana_url: str = "", console_url: str = ""
+) -> tuple[str, str]:
     """Title and body of the whole message, whatever its size (``compose`` splits for a target)."""
-    [part] = compose(message, route, zones, grafana_url, limit=_UNLIMITED)
+    [part] = compose(message, route, zones, grafana_url, limit=_UNLIMITED, console_url=console_url)
     return part.title, part.body
 
 
@@ -108,6 +110,7 @@ def compose(
     grafana_url: str = "",
     url: str = "",
     limit: Limit | None = None,
+    console_url: str = "",
 ) -> list[Part]:
     """The message as its target ``url`` takes it: alerts in order (firing, then resolved), as
     many per part as its limit allows, at most ``max_parts`` parts; the last says how many are
@@ -121,6 +124,9 @@ def compose(
     zone = zoneinfo.ZoneInfo(zones.get(site, "Asia/Shanghai"))
     tail = [("查看曲线 " if zh else "Dashboard: ") + grafana_url.format(site=site, rule=items[0][0].rule)]
     tail = tail if grafana_url else []
+    if console_url:  # the alerts page (``telemetry.console``): acknowledge or silence from the phone
+        one = f"/ui/alerts/{items[0][0].id}" if len(items) == 1 else "/ui"
+        tail.append(("确认或屏蔽 " if zh else "Acknowledge or silence: ") + console_url.rstrip("/") + one)
 
     def fits(title: str, lines: list[str]) -> bool:
         return size_of(url, title, "\n".join(lines + tail)) <= limit.max_bytes
@@ -329,6 +335,7 @@ class Notifier:
         self._metrics = metrics
         self._zones = zones
         self._grafana = grafana_url
+        self.console_url = ""  # the alerts page's address, linked from each message (``notify.console_url``)
         self._send = send
         self._backoff = backoff
         self._queues: dict[str, asyncio.Queue[Message]] = {}  # per channel (ROUTE#INDEX)
@@ -404,7 +411,7 @@ class Notifier:
         offered again, as any failure). True when every part went out."""
         route = self.routes[message.route]
         url = route.urls[message.target].get_secret_value()
-        parts = compose(message, route, self._zones, self._grafana, url)
+        parts = compose(message, route, self._zones, self._grafana, url, console_url=self.console_url)
         unreported = self._unreported[message.key] = [p.message for p in parts]
         failed = 0
         for k, part in enumerate(parts, 1):

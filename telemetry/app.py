@@ -71,9 +71,11 @@ def alert_desk(dep: config.Deployment, metrics: Metrics) -> AlertDesk:
     if daily.routes:
         routes = {r.name: r for r in cfg.notify.routes}
         reports = DailyReports(daily, {s.id: report_setup(dep, s.id) for s in cfg.sites}, routes)
+    notifier = Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url)
+    notifier.console_url = cfg.notify.console_url
     return AlertDesk(
         AlertManager(cfg.notify, parse_time=parse_timestamp),
-        Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url),
+        notifier,
         RulesEngine(dep.rules, zones, dep.points, cfg.furnaces, cfg.aggregation.day_min_valid_hours),
         metrics,
         reports=reports,
@@ -173,8 +175,9 @@ async def serve(
     if dep.config.metrics.enabled:
         ack_token = dep.config.metrics.ack_token.get_secret_value()
         furnaces = [f.id for f in dep.config.furnaces]
+        zones = {s.id: s.timezone for s in dep.config.sites}
         stop_http = http.serve(
-            metrics, dep.config.metrics.listen, dep.config.outbox.path, ack_token, readiness, furnaces
+            metrics, dep.config.metrics.listen, dep.config.outbox.path, ack_token, readiness, furnaces, zones
         )
         log.info("metrics on http://%s/metrics", dep.config.metrics.listen)
     try:

@@ -22,17 +22,21 @@ Listens on loopback by default; put it behind the plant's reverse proxy to expos
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
+import socket
+import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
 from telemetry.config_base import host_port
+from telemetry.console import Console
 from telemetry.errors import OutboxError
 from telemetry.marks import STATE_KEY, check_times, mark_kind
 from telemetry.metrics import Metrics
@@ -42,7 +46,46 @@ from telemetry.times import TimeError, parse_timestamp
 StartResponse = Callable[..., Any]
 
 
+class ClosingThreads(socketserver.ThreadingMixIn):
+    """A thread per connection, and a ``stop`` that ends every open connection and joins every
+    handler thread: one slow or idle client never holds the others (a scrape, a probe), and a
+    keep-alive connection neither outlives the server nor holds its shutdown."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)  # type: ignore[misc]
+
+    def stop(self) -> None:
+        """Stop accepting, wake handlers blocked reading from a client, and wait for them."""
+        self.shutdown()  # type: ignore[attr-defined]
+        with self._open_lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+
+
+class _Server(ClosingThreads, WSGIServer):
+    pass
+
+
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 30.0  # a connection that sends nothing for this long is closed
+
     def log_message(self, format: str, *args: Any) -> None:
         return
 
@@ -135,9 +178,11 @@ def app(
     ack_token: str = "",
     readiness: Readiness | None = None,
     furnaces: Iterable[str] = (),
+    zones: Mapping[str, str] | None = None,
 ) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     prometheus = make_wsgi_app(metrics.registry)
     desk = _Desk(outbox_path, ack_token, furnaces)
+    console = Console(outbox_path, ack_token, zones)
 
     def reply(start: StartResponse, status: str, body: Any) -> list[bytes]:
         data = json.dumps(body, ensure_ascii=False).encode()
@@ -148,6 +193,13 @@ def app(
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path == "/metrics":
             return prometheus(environ, start)  # type: ignore[no-any-return]
+        if path == "/ui" or path.startswith("/ui/"):
+            try:
+                status, headers, page = console(environ, path, method)
+            except (OutboxError, ValueError) as err:
+                return reply(start, "503 Service Unavailable", {"error": str(err)[:300]})
+            start(status, [*headers, ("Content-Length", str(len(page)))])
+            return [page]
         body: Any
         if path == "/healthz":
             status, body = "200 OK", {"status": "ok"}
@@ -171,17 +223,17 @@ def serve(
     ack_token: str = "",
     readiness: Readiness | None = None,
     furnaces: Iterable[str] = (),
+    zones: Mapping[str, str] | None = None,
 ) -> Callable[[], None]:
     """Start the endpoint in a thread; returns a function that stops it."""
     host, port = host_port(listen)
-    handler = app(metrics, outbox_path, ack_token, readiness, furnaces)
-    server: WSGIServer = make_server(host, port, handler, handler_class=_QuietHandler)
+    handler = app(metrics, outbox_path, ack_token, readiness, furnaces, zones)
+    server = make_server(host, port, handler, server_class=_Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
 
     def stop() -> None:
-        server.shutdown()
-        server.server_close()
+        server.stop()
         thread.join(timeout=5)
 
     return stop

@@ -526,3 +526,16 @@ async def test_default_send_posts_what_compose_measured(robots: NotificationRece
     for url in ("dingtalk://SECRET@tok", "feishu://SECRET@hook"):
         assert (await default_send(url, title, body, route, True)).ok
         assert robots.messages[-1]["_bytes"] == counted_bytes(url, title, body)
+
+
+def test_messages_link_to_the_alerts_page_when_its_address_is_set() -> None:
+    cfg = notify()
+    one = breach(cfg, "", 1).due(T0)[0]
+    two = breach(cfg, "", 2).due(T0)[0]
+    _, body = render(one, cfg.routes[0], ZONES, console_url="https://plant.example/telemetry/")
+    [alert] = one.firing
+    assert body.endswith(f"确认或屏蔽 https://plant.example/telemetry/ui/alerts/{alert.id}")
+    _, body = render(two, cfg.routes[0], ZONES, console_url="https://plant.example/telemetry")
+    assert body.endswith("确认或屏蔽 https://plant.example/telemetry/ui")  # several alerts: the list
+    _, body = render(one, cfg.routes[0], ZONES)
+    assert "/ui" not in body

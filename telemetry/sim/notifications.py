@@ -15,13 +15,13 @@ than 2,048 bytes of UTF-8 (errcode 40058), a request to Feishu's path of more th
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+
+from telemetry.http import ClosingThreads
 
 # path prefix -> (what is measured, bytes allowed, the refusal), as the services document and answer
 ROBOT_LIMITS: dict[str, tuple[str, int, dict[str, Any]]] = {
@@ -46,37 +46,9 @@ def robot_refusal(path: str, raw: bytes, body: dict[str, Any]) -> dict[str, Any]
     return None
 
 
-class StoppableHTTPServer(ThreadingHTTPServer):
+class StoppableHTTPServer(ClosingThreads, HTTPServer):
     """A threading HTTP server whose ``stop`` ends every open connection and joins every
-    handler thread: with daemon threads, a keep-alive connection or a request still being
-    answered outlives the server and its test."""
-
-    daemon_threads = False
-    block_on_close = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def stop(self) -> None:
-        """Stop accepting, wake handlers blocked reading from a client, and wait for them."""
-        self.shutdown()
-        with self._open_lock:
-            for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        self.server_close()
+    handler thread (``telemetry.http.ClosingThreads``)."""
 
 
 class NotificationReceiver:
