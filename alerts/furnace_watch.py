@@ -4,8 +4,10 @@ Built-in for every configured furnace (``furnaces:``), whatever the rules say
 (DOMAIN-incinerator.md A2 cases 1-3, rules 5-7):
 - ``furnace_mark`` (info): a mark was set (firing) or ended (resolved), so the supervisors
   and the Grafana annotations (the ``alerts`` measurement) see every declaration;
-- ``furnace_feed_below_850`` (critical): waste fed (``feeding``) while the furnace
-  temperature is below ``min_temperature``, whatever the mark says (the message names it);
+- ``furnace_feed_below_850`` (critical): waste fed (``feeding``) while the furnace is below
+  ``min_temperature`` and either the feeding began below it or a not-normal mark (drying,
+  start-up ...) is set: whatever the mark says, the message names it. A dip below 850 while
+  feeding in normal operation, after the furnace had reached it, is the 5-minute rule's;
 - ``furnace_episode_too_long``: a mark longer than its ``max_episode_hours`` (fault,
   accident: critical; start-up not stable within 4 h: warning), resolved when it ends;
 - ``furnace_exempt_budget``: ``budget_warn`` of the year's exempt hours used (warning), all
@@ -53,6 +55,7 @@ class FurnaceWatch:
                 self._by_point.setdefault(f.point, []).append(f)
         self._temp: dict[str, Reading] = {}  # furnace -> newest furnace temperature
         self._feeding: dict[str, Reading] = {}  # furnace -> newest feeding signal
+        self._fed_hot: set[str] = set()  # furnaces being fed since they were at or above 850
         self._hour_temp: dict[str, dict[int, float]] = {}  # furnace -> hour start -> mean temperature
         self._suspect: dict[tuple[str, int], list[Aggregate]] = {}  # (furnace, hour) -> hours above the limit
         self._firing: dict[str, AlertEvent] = {}
@@ -101,16 +104,24 @@ class FurnaceWatch:
         fresh = abs(feed.ts - temp.ts) <= 2 * furnace.max_age * NS
         feeding = feed.flag is Flag.N and feed.value > furnace.feeding.above
         cold = fresh and temp.flag is Flag.N and temp.value < furnace.min_temperature
+        if not feeding:
+            self._fed_hot.discard(furnace.id)
+        elif fresh and temp.flag is Flag.N and not cold:
+            self._fed_hot.add(furnace.id)
+        mark = self.marks.at(furnace.id, ts)
+        # Feeding that began below 850, or goes on below it while the furnace is marked out of normal
+        # operation (the MEE cases: "drying" marked while waste went in). A dip while feeding in normal
+        # operation, once the furnace had reached 850, is the 5-minute rule's to count.
+        unmarked_dip = furnace.id in self._fed_hot and (mark is None or mark.kind not in furnace.not_normal)
         key = f"feed/{furnace.id}"
-        if feeding and cold and key not in self._firing:
-            mark = self.marks.at(furnace.id, ts)
+        if feeding and cold and not unmarked_dip and key not in self._firing:
             marked = f" while marked {mark.label()}" if mark is not None else ""
             text = (
                 f"furnace {furnace.id}: waste fed at {temp.value:.1f} {temp.unit}, below {furnace.min_temperature:g}"
                 f"{marked}"
             )
             return [self._fire(key, furnace, "furnace_feed_below_850", "critical", ts, text, temp.value)]
-        if key in self._firing and not (feeding and cold):
+        if key in self._firing and not (feeding and cold and not unmarked_dip):
             return [self._resolve(key, ts, f"furnace {furnace.id}: no waste fed below {furnace.min_temperature:g}")]
         return []
 
@@ -185,7 +196,8 @@ class FurnaceWatch:
         assert mark.end is not None
         events = self._episode(furnace, mark, mark.end)  # a mark entered afterwards may have been too long
         hours = (mark.end - mark.start) / HOUR_NS
-        text = f"furnace {furnace.id}: mark {mark.label()} ended after {hours:.1f} h"
+        lasted = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+        text = f"furnace {furnace.id}: mark {mark.label()} ended after {lasted}"
         for prefix in ("mark/", "episode/", "false/"):
             if prefix + mark.id in self._firing:
                 events.append(self._resolve(prefix + mark.id, mark.end, text))
@@ -259,9 +271,11 @@ class FurnaceWatch:
             "firing": {k: e.to_dict() for k, e in self._firing.items()},
             "temp": {k: r.to_dict() for k, r in self._temp.items()},
             "feeding": {k: r.to_dict() for k, r in self._feeding.items()},
+            "fed_hot": sorted(self._fed_hot),
         }
 
     def load(self, data: Mapping[str, Any]) -> None:
         self._firing = {k: AlertEvent.from_dict(e) for k, e in data.get("firing", {}).items()}
         self._temp = {k: Reading.from_dict(r) for k, r in data.get("temp", {}).items()}
         self._feeding = {k: Reading.from_dict(r) for k, r in data.get("feeding", {}).items()}
+        self._fed_hot = set(data.get("fed_hot", []))
