@@ -3,12 +3,13 @@
 At ``reports.daily.at`` on a site's local day D, the report of D-1 is due for each configured
 route. It is built from the outbox (the windows, the alert log, the HJ 212 acknowledgements),
 rendered as Markdown for the chat robots (cut to what the robot takes, with the command that
-prints the rest) and as HTML for e-mail, and sent to every URL of the route from a task of
-its own (a slow mail server never holds the daemon's ticks). A route's report counts as
-delivered once every URL took it; that is saved with the alert state, so a restart sends
-again only what was not delivered, and a failure is tried again after ``retry``. After an
-outage of days, only the latest due day is sent (the others: ``telemetry report daily``); a day
-before the daemon first ran at a site (its local day then, minus one) is never sent.
+prints the rest) and as HTML for e-mail, and sent to every URL of the route (of the site, where
+the route names sites) from a task of its own (a slow mail server never holds the daemon's
+ticks). Each URL that took it is recorded and saved with the alert state: a restart or a retry
+(after ``retry``) sends only where it was not delivered. A report waits until the day's last
+windows have closed (the aggregation's grace after midnight). After an outage of days, only
+the latest due day is sent (the others: ``telemetry report daily``); the day before the daemon
+first ran at a site is sent only if something was stored for it.
 """
 
 from __future__ import annotations
@@ -74,14 +75,16 @@ class DailyReports:
         setups: Mapping[str, report.SiteSetup],
         routes: Mapping[str, Route],
         send: SendReport = send_report,
+        grace_s: float = 120.0,
     ) -> None:
         self.cfg = cfg
         self.setups = {s: setup for s, setup in setups.items() if not cfg.sites or s in cfg.sites}
         self.routes = {name: routes[name] for name in cfg.routes if name in routes}
+        self.grace_ns = int((grace_s + 60) * NS)  # the day's own windows close this long after midnight
         self.send = send
         hour, minute = (int(x) for x in cfg.at.split(":"))
         self._at = time(hour, minute)
-        self.delivered: dict[str, str] = {}  # "site/route" -> the last day delivered (ISO)
+        self.delivered: dict[str, str] = {}  # "site/route#url" -> the last day delivered there (ISO)
         self.first_day: dict[str, str] = {}  # site -> its local day when reports were first looked at
         self._retry_at: dict[str, int] = {}
         self._running: dict[str, asyncio.Task[bool]] = {}
@@ -96,9 +99,15 @@ class DailyReports:
             first = self.first_day.setdefault(site, local.date().isoformat())
             if day < date.fromisoformat(first) - timedelta(days=1):
                 continue  # before the daemon first ran here: not sent (``telemetry report daily`` prints it)
-            for route in self.routes:
-                if self.delivered.get(f"{site}/{route}", "") < day.isoformat():
-                    out.append((site, route, day))
+            if now < report.day_bounds(setup.zone, day)[1] + self.grace_ns:
+                continue  # its last windows have not closed yet (an ``at`` just after midnight)
+            for name, route in self.routes.items():
+                if route.sites and site not in route.sites:
+                    continue  # a route for other sites: one plant's report never reaches another's group
+                if any(
+                    self.delivered.get(self._key(site, name, i), "") < day.isoformat() for i in range(len(route.urls))
+                ):
+                    out.append((site, name, day))
         return out
 
     async def tick(self, now: int, db: Db, outbox: Any) -> None:
@@ -111,16 +120,19 @@ class DailyReports:
             self._running[key] = task
             task.add_done_callback(functools.partial(self._done, key, day, now))
 
+    @staticmethod
+    def _key(site: str, route: str, index: int) -> str:
+        return f"{site}/{route}#{index}"
+
     def _done(self, key: str, day: date, started: int, task: asyncio.Task[bool]) -> None:
         del self._running[key]
         failure = None if task.cancelled() else task.exception()
         ok = not task.cancelled() and failure is None and task.result()
         if failure is not None:
             log.error("daily report %s of %s could not be built: %r", key, day, failure)
+        self.on_change()  # each URL that took it is recorded, whatever the others did
         if ok:
-            self.delivered[key] = day.isoformat()
             self._retry_at.pop(key, None)
-            self.on_change()
         else:
             self._retry_at[key] = started + int(self.cfg.retry * NS)
 
@@ -133,11 +145,18 @@ class DailyReports:
         setup = self.setups[site]
         built = await build_stored(setup, day, db, outbox, started)
         route = self.routes[route_name]
+        if day < date.fromisoformat(self.first_day[site]) and not built.has_data():
+            for index in range(len(route.urls)):  # the day before the daemon first ran, and empty: not sent
+                self.delivered[self._key(site, route_name, index)] = day.isoformat()
+            log.info("daily report of %s for %s: no data before the daemon first ran; not sent", site, built.day)
+            return True
         lang = route.language
         title = report_render.title(built, lang)
         markdown, page = report_render.markdown(built, lang), report_render.page(built, lang)
         ok = True
-        for secret in route.urls:
+        for index, secret in enumerate(route.urls):
+            if self.delivered.get(self._key(site, route_name, index), "") >= day.isoformat():
+                continue  # this URL took it already (a retry goes only where it failed)
             url = secret.get_secret_value()
             body = fit_markdown(url, title, markdown, built.day, site) if is_robot(url) else markdown
             result = await self.send(url, title, body, page, route)
@@ -148,6 +167,8 @@ class DailyReports:
                 log.warning(
                     "daily report of %s for %s not delivered to %s: %s", site, built.day, route_name, result.detail
                 )
+            if result.ok:
+                self.delivered[self._key(site, route_name, index)] = day.isoformat()
             ok = ok and result.ok
         return ok
 

@@ -70,7 +70,8 @@ def alert_desk(dep: config.Deployment, metrics: Metrics) -> AlertDesk:
     reports = None
     if daily.routes:
         routes = {r.name: r for r in cfg.notify.routes}
-        reports = DailyReports(daily, {s.id: report_setup(dep, s.id) for s in cfg.sites}, routes)
+        setups = {s.id: report_setup(dep, s.id) for s in cfg.sites}
+        reports = DailyReports(daily, setups, routes, grace_s=cfg.aggregation.grace)
     notifier = Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url)
     notifier.console_url = cfg.notify.console_url
     return AlertDesk(

@@ -179,6 +179,15 @@ class DailyReport:
     uplinks: list[UplinkDay] | None = None  # None: not known (a replay)
     thresholds: Thresholds = Thresholds()
 
+    def has_data(self) -> bool:
+        """Whether anything was stored for the day (a regulated reading, a capacity figure, an alert)."""
+        return (
+            any(q.received or q.hours for q in self.quantities)
+            or any(c.hours_with_data for c in self.capacities)
+            or any(s.last is not None for s in self.stocks)
+            or bool(self.alerts)
+        )
+
     def summary(self) -> dict[str, int]:
         verdicts = [q.verdict for q in self.quantities]
         return {

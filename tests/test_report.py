@@ -19,15 +19,19 @@ from aiosmtpd.controller import Controller
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from alerts.config import DailyReport, Route
+from alerts.daily import DailyReports, fit_markdown
+from alerts.robots import Result, counted_bytes
 from telemetry import app
 from telemetry.cli import main
 from telemetry.cli_report import replayed
-from telemetry.model import Flag, Reading
-from telemetry.outbox import add_command
-from telemetry.report import DailyReport
+from telemetry.model import Aggregate, Flag, Reading
+from telemetry.outbox import Outbox, add_command
+from telemetry.report import DailyReport as Report
+from telemetry.report import Limits, SiteSetup
 from telemetry.sim.notifications import NotificationReceiver
 from telemetry.sim.platform import Receiver
-from tests.daemon import start_daemon
+from tests.daemon import direct_db, start_daemon
 from tests.services import free_port
 
 NS = 1_000_000_000
@@ -77,7 +81,7 @@ def oracle(cod: list[Minute]) -> dict[str, Any]:
     }
 
 
-def check_against(report: DailyReport, cod: list[Minute]) -> None:
+def check_against(report: Report, cod: list[Minute]) -> None:
     want = oracle(cod)
     [q] = [q for q in report.quantities if q.quantity == "cod"]
     assert (q.expected, q.received, q.valid) == (1440, want["received"], want["valid"])
@@ -262,10 +266,58 @@ outbox: {{path: "{tmp_path}/outbox.sqlite"}}
         await asyncio.wait_for(again.pipeline.started.wait(), 10)
         desk = again.desk()
         assert desk.reports is not None
-        assert desk.reports.delivered == {"s/supervisors": yesterday.isoformat()}
+        assert desk.reports.delivered == {
+            "s/supervisors#0": yesterday.isoformat(),
+            "s/supervisors#1": yesterday.isoformat(),
+        }
         await desk.tick(clock[0] + 600 * NS)
         await desk.reports.settled()
     finally:
         await again.close()
     assert len(reports(receiver.messages)) == 1
     assert sum("日报" in subject(email.message_from_bytes(e.content)) for e in mails) == 1
+
+
+async def test_a_failed_url_is_retried_alone_and_robots_get_what_they_take(tmp_path: Path) -> None:
+    outbox = Outbox(str(tmp_path / "outbox.sqlite"))
+    today = datetime.now(BJ).date()
+    yesterday = today - timedelta(days=1)
+    start = int(datetime(yesterday.year, yesterday.month, yesterday.day, tzinfo=BJ).timestamp()) * NS
+    hours = [
+        Aggregate(
+            start + h * 3600 * NS, "1h", "s", "eff", "cod", "mg/L", 48.0, 48.0, 48.0, 60, 60, True, point="outlet"
+        )
+        for h in range(24)
+    ]
+    outbox.append(hours)
+    setup = SiteSetup("s", "钓鱼山站", "Asia/Shanghai", {("outlet", "cod"): Limits(daily_above=100, hourly_above=100)})
+    route = Route(name="r", urls=["wecombot://key", "mailto://127.0.0.1:9?to=a@example.com"])
+    sent: list[tuple[str, str]] = []
+    mail_down = [True]
+
+    async def send(url: str, title: str, markdown: str, page: str, route: Route) -> Result:
+        sent.append((url.split("://", maxsplit=1)[0], markdown))
+        return Result(not (url.startswith("mailto") and mail_down[0]), "")
+
+    reports = DailyReports(DailyReport(at="08:00", routes=["r"], retry=60), {"s": setup}, {"r": route}, send=send)
+    at = int(datetime(today.year, today.month, today.day, 8, 30, tzinfo=BJ).timestamp()) * NS
+    try:
+        for step, mail_ok in ((0, False), (30, False), (61, True), (122, True)):
+            mail_down[0] = not mail_ok
+            await reports.tick(at + step * NS, direct_db, outbox)
+            await reports.settled()
+    finally:
+        outbox.close()
+    # 08:30 both; 08:30:30 nothing (retry after 60 s); 08:31:01 the mail alone, which now goes; then nothing.
+    assert [scheme for scheme, _ in sent] == ["wecombot", "mailto", "mailto"]
+    robot = sent[0][1]
+    assert counted_bytes("wecombot://key", f"【日报】 钓鱼山站 {yesterday.isoformat()}", robot) <= 2048
+
+
+def test_a_report_too_long_for_a_robot_is_cut_at_a_line_and_says_how_to_get_the_rest() -> None:
+    body = "\n".join(f"- 化学需氧量 cod 监测点 {i} 日均 48 mg/L（限值 100） 达标" for i in range(200))
+    cut = fit_markdown("wecombot://key", "【日报】 站 2026-11-30", body, "2026-11-30", "s")
+    assert counted_bytes("wecombot://key", "【日报】 站 2026-11-30", cut) <= 2048
+    assert cut.endswith("telemetry report daily --site s --date 2026-11-30）")
+    assert cut.split("\n……")[0] in body  # whole lines, none cut in the middle
+    assert fit_markdown("json://127.0.0.1/x", "t", body, "2026-11-30", "s") == body  # no limit: unchanged
