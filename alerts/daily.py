@@ -188,4 +188,6 @@ async def build_stored(setup: report.SiteSetup, day: date, db: Db, outbox: Any, 
         windows += await db(outbox.windows, setup.site, size, start, end)
     log_rows = await db(outbox.alert_log, setup.site, start - LOOK_BACK_S * NS, max(end, now + 1))
     acked = {p.name: await db(outbox.hj212_acked_counts, p.name, start, end) for p in setup.platforms}
-    return report.build(setup, day, windows, log_rows, event_id, acked)
+    before = await db(outbox.windows, setup.site, "1h", start - 2 * 86400 * NS, start)
+    recent = {(w.point, w.device, w.quantity) for w in before}  # reported before: expected that day too
+    return report.build(setup, day, windows, log_rows, event_id, acked, recent)

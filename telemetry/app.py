@@ -7,6 +7,7 @@ The only module that imports concrete drivers, sinks and alert stages together;
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -196,18 +197,7 @@ def report_setup(dep: config.Deployment, site: str) -> report.SiteSetup:
     """What the configuration says one site's report covers: its points' limits, capacity rules,
     platforms."""
     points = [p.id for p in dep.points.of_site(site)]
-    limits: dict[tuple[str, str], dict[str, float]] = {}
-    for rule in dep.rules:
-        if not isinstance(rule, LimitRule) or rule.window not in ("1h", "1d") or rule.site not in (None, site):
-            continue
-        for point in [rule.point] if rule.point else points:
-            if point not in points:
-                continue
-            into = limits.setdefault((point, rule.quantity), {})
-            prefix = "daily" if rule.window == "1d" else "hourly"
-            for side in ("above", "below"):
-                if getattr(rule, side) is not None:
-                    into[f"{prefix}_{side}"] = float(getattr(rule, side))
+    limits = _report_limits(dep, site, points)
     mine = [r for r in dep.rules if getattr(r, "site", None) in (None, site)]
     platforms = []
     for p in dep.config.hj212:
@@ -227,12 +217,50 @@ def report_setup(dep: config.Deployment, site: str) -> report.SiteSetup:
         cfg.name,
         cfg.timezone,
         {key: report.Limits(**values) for key, values in limits.items()},
-        [report.Capacity(r.name, r.quantity, r.design, r.source) for r in mine if isinstance(r, CapacityRule)],
-        [report.Stock(r.name, r.quantity, r.capacity, r.above_fraction) for r in mine if isinstance(r, StockRule)],
+        [
+            report.Capacity(r.name, r.quantity, r.design, r.source, r.device)
+            for r in mine
+            if isinstance(r, CapacityRule)
+        ],
+        [
+            report.Stock(r.name, r.quantity, r.capacity, r.above_fraction, r.device)
+            for r in mine
+            if isinstance(r, StockRule)
+        ],
         platforms,
         report.Thresholds(daily.transmission, daily.validity, daily.effective),
         frozenset(expected),
+        functools.partial(_cycle_of, aggregator(dep), site),
     )
+
+
+def _report_limits(dep: config.Deployment, site: str, points: list[str]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per point, quantity and bound: the limit of the most severe rule (a warning at 80 is an
+    early warning, the critical 100 the standard's), the loosest of equals. Rules of one device
+    are left out: the report judges a point's series, not one analyzer's alarm settings."""
+    rank = {"info": 0, "warning": 1, "critical": 2}
+    chosen: dict[tuple[str, str, str], tuple[int, float]] = {}
+    for rule in dep.rules:
+        if not isinstance(rule, LimitRule) or rule.window not in ("1h", "1d") or rule.site not in (None, site):
+            continue
+        targets = [rule.point] if rule.point else points
+        for point in [p for p in targets if p in points and rule.device is None]:
+            prefix = "daily" if rule.window == "1d" else "hourly"
+            for side, value in (("above", rule.above), ("below", rule.below)):
+                if value is None:
+                    continue
+                key = (point, rule.quantity, f"{prefix}_{side}")
+                loose = value if side == "above" else -value
+                if key not in chosen or (rank[rule.severity], loose) > chosen[key]:
+                    chosen[key] = (rank[rule.severity], loose)
+    limits: dict[tuple[str, str], dict[str, float]] = {}
+    for (point, quantity, bound), (_, loose) in chosen.items():
+        limits.setdefault((point, quantity), {})[bound] = loose if bound.endswith("above") else -loose
+    return limits
+
+
+def _cycle_of(agg: Aggregator, site: str, device: str, quantity: str) -> float:
+    return agg.cycle_of((site, device, quantity))[0]
 
 
 def schema() -> dict[str, Any]:

@@ -28,10 +28,18 @@ def stored(dep: Deployment, setup_: report.SiteSetup, day: date) -> report.Daily
     """The report from the outbox the daemon writes (read-only: safe while it runs)."""
     path = dep.config.outbox.path
     start, end = report.day_bounds(setup_.zone, day)
+    kept = app.retention(dep.config).windows
+    if start < time.time_ns() - int(kept * NS):
+        raise ValueError(
+            f"--date {day}: the outbox keeps windows {kept / 86400:g} days (outbox.retention.windows);"
+            " replay recorded readings with --input for an older day"
+        )
     windows = [w for size in ("1m", "1h", "1d") for w in read_windows(path, setup_.site, size, start, end)]
+    before = read_windows(path, setup_.site, "1h", start - 2 * 86400 * NS, start)
+    recent = {(w.point, w.device, w.quantity) for w in before}  # reported before: expected that day too
     log = read_alert_log(path, setup_.site, start - LOOK_BACK_S * NS, max(end, time.time_ns()))
     acked = {p.name: read_hj212_acked(path, p.name, start, end) for p in setup_.platforms}
-    return report.build(setup_, day, windows, log, event_id, acked)
+    return report.build(setup_, day, windows, log, event_id, acked, recent)
 
 
 def replayed(dep: Deployment, setup_: report.SiteSetup, day: date, csv_path: str) -> report.DailyReport:

@@ -4,13 +4,17 @@ silences, from a phone's browser, without a terminal.
 - ``GET /ui``: firing alerts (told, or waiting for their group to go out), the day's history
   (the alert log), the silences; ``GET /ui/alerts/ID``: one alert's values, limit, rule,
   labels, who was told and the failed deliveries. Reading needs no login from loopback (the
-  default listener); from elsewhere it needs the login below.
+  default listener), unless the request came through a proxy (it says so with
+  X-Forwarded-For, Forwarded or X-Real-IP: configure the proxy to send one); from elsewhere it
+  needs the login below.
 - Changes (acknowledge, add a silence, expire one) need ``metrics.ack_token``: ``/ui/login``
-  takes it once and keeps a session cookie derived from it (HMAC, not the token itself),
-  ``HttpOnly`` and ``SameSite=Strict``; each form carries a CSRF token derived from the
-  session, checked on every POST. Why a login form rather than the token in the notification's
-  link: links are copied into chat groups and browser histories, and a token there is a token
-  for anyone who scrolls back. Without a configured token every change is refused (403).
+  takes it once and starts a session (a random id in a cookie, ``HttpOnly``,
+  ``SameSite=Strict``, ``Secure`` over https, 12 hours, ended by ``/ui/logout``, held in memory:
+  a restart logs everyone out); each form carries a CSRF token bound to the session, checked on
+  every POST; five wrong tokens from one client in five minutes make it wait. Why a login form
+  rather than the token in the notification's link: links are copied into chat groups and
+  browser histories, and a token there is a token for anyone who scrolls back. Without a
+  configured token every change is refused (403).
 - Chinese by default, ``?lang=en`` for English (kept in a cookie). No scripts from elsewhere,
   no external assets: one small inline stylesheet.
 
@@ -24,11 +28,12 @@ import hashlib
 import hmac
 import html
 import ipaddress
+import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
@@ -38,6 +43,9 @@ from telemetry.outbox import add_command, read_alert_log, read_deliveries, read_
 
 MAX_FORM = 16 * 1024
 SESSION = "telemetry_session"
+SESSION_NS = 12 * 3600 * 10**9  # a login lasts a shift
+LOGIN_TRIES = 5  # failed logins per client within LOGIN_WINDOW_NS before it must wait
+LOGIN_WINDOW_NS = 300 * 10**9
 Reply = tuple[str, list[tuple[str, str]], bytes]  # status, headers, body
 
 TEXT = {
@@ -123,18 +131,22 @@ class Console:
         self.token = token
         self.zones = dict(zones or {})
         self.now: Callable[[], int] = time.time_ns
+        self._local = threading.local()  # per request thread: its session and whether to say "queued"
+        self._lock = threading.Lock()
+        self._sessions: dict[str, int] = {}  # session id -> expiry (ns); in memory: a restart logs out
+        self._failures: dict[str, list[int]] = {}  # client -> times of its failed logins
 
     # -- requests ------------------------------------------------------------------------------
 
     def __call__(self, environ: Mapping[str, Any], path: str, method: str) -> Reply:
         lang = self._lang(environ)
         session = self._session(environ)
-        self._note = "done=1" in str(environ.get("QUERY_STRING", ""))
+        self._local.note = "done=1" in str(environ.get("QUERY_STRING", ""))
         if path == "/ui/login":
             return self._login(environ, method, lang)
         if method == "POST":
             return self._change(environ, path, lang, session)
-        if not (session or _loopback(str(environ.get("REMOTE_ADDR", "")))):
+        if not (session or _direct_loopback(environ)):
             return self._redirect("/ui/login")
         body = None
         if path in ("/ui", "/ui/"):
@@ -149,19 +161,27 @@ class Console:
         asked = parse_qs(str(environ.get("QUERY_STRING", ""))).get("lang", [""])[0]
         if asked in TEXT:
             return asked
-        cookie = SimpleCookie(str(environ.get("HTTP_COOKIE", "")))
-        saved = cookie["telemetry_lang"].value if "telemetry_lang" in cookie else ""
+        saved = _cookies(environ).get("telemetry_lang", "")
         return saved if saved in TEXT else "zh"
 
     def _session(self, environ: Mapping[str, Any]) -> bool:
+        """Whether the request carries a live session (set per request thread for the forms)."""
+        self._local.sid = ""
         if not self.token:
             return False
-        cookie = SimpleCookie(str(environ.get("HTTP_COOKIE", "")))
-        given = cookie[SESSION].value if SESSION in cookie else ""
-        return hmac.compare_digest(given.encode(), _sign(self.token, "session").encode())
+        given = _cookies(environ).get(SESSION, "")
+        now = self.now()
+        with self._lock:
+            for sid in [s for s, expires in self._sessions.items() if expires <= now]:
+                del self._sessions[sid]
+            live = bool(given) and given in self._sessions
+        if live:
+            self._local.sid = given
+        return live
 
     def _csrf(self) -> str:
-        return _sign(self.token, "csrf")
+        """Bound to the session: a page of another session, or none, cannot post."""
+        return _sign(self.token, "csrf:" + str(getattr(self._local, "sid", "")))
 
     def _form(self, environ: Mapping[str, Any]) -> dict[str, str] | None:
         try:
@@ -179,10 +199,28 @@ class Console:
             return self._page("<p>metrics.ack_token is not set: changes are off</p>", lang, status="403 Forbidden")
         message = ""
         if method == "POST":
+            client = f"{environ.get('REMOTE_ADDR', '')}|{environ.get('HTTP_X_FORWARDED_FOR', '')}"[:200]
+            now = self.now()
+            with self._lock:
+                recent = [t for t in self._failures.get(client, []) if t > now - LOGIN_WINDOW_NS]
+                self._failures[client] = recent
+                if len(self._failures) > 10_000:  # clients are not trusted to be few
+                    self._failures = {client: recent}
+            if len(recent) >= LOGIN_TRIES:
+                return self._page(f"<p class='critical'>{w['bad_token']}</p>", lang, status="429 Too Many Requests")
             form = self._form(environ) or {}
             if hmac.compare_digest(form.get("token", "").encode(), self.token.encode()):
-                cookie = f"{SESSION}={_sign(self.token, 'session')}; Path=/ui; HttpOnly; SameSite=Strict"
+                sid = secrets.token_urlsafe(24)
+                with self._lock:
+                    self._sessions[sid] = now + SESSION_NS
+                    if len(self._sessions) > 1000:  # the oldest go first
+                        for old in sorted(self._sessions, key=self._sessions.__getitem__)[:-1000]:
+                            del self._sessions[old]
+                secure = "; Secure" if _https(environ) else ""
+                cookie = f"{SESSION}={sid}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={SESSION_NS // 10**9}{secure}"
                 return "303 See Other", [("Location", "/ui"), ("Set-Cookie", cookie)], b""
+            with self._lock:
+                self._failures.setdefault(client, []).append(now)
             message = f"<p class='critical'>{w['bad_token']}</p>"
         body = (
             f"{message}<form method='post' action='/ui/login'><label>{w['token']} "
@@ -196,6 +234,8 @@ class Console:
         if not self.token:
             return self._page("<p>metrics.ack_token is not set: changes are off</p>", lang, status="403 Forbidden")
         if path == "/ui/logout":
+            with self._lock:
+                self._sessions.pop(str(getattr(self._local, "sid", "")), None)
             cookie = f"{SESSION}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"
             return "303 See Other", [("Location", "/ui"), ("Set-Cookie", cookie)], b""
         form = self._form(environ)
@@ -307,6 +347,7 @@ class Console:
         return (
             f"<form class='inline' method='post' action='/ui/alerts/{quote(alert_id)}/ack'>"
             f"<input type='hidden' name='csrf' value='{self._csrf()}'>"
+            f"<input name='by' size='8' placeholder='{TEXT[lang]['by']}' aria-label='{TEXT[lang]['by']}'> "
             f"<button type='submit' name='ack' value='1'>{TEXT[lang]['ack']}</button></form>"
         )
 
@@ -343,7 +384,7 @@ class Console:
     def _page(self, body: str, lang: str, status: str = "200 OK") -> Reply:
         w = TEXT[lang]
         other = "en" if lang == "zh" else "zh"
-        done = f"<p class='note'>{w['queued']}</p>" if getattr(self, "_note", False) else ""
+        done = f"<p class='note'>{w['queued']}</p>" if getattr(self._local, "note", False) else ""
         page = (
             f"<!DOCTYPE html><html lang='{'zh-CN' if lang == 'zh' else 'en'}'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{w['title']}</title>"
@@ -360,8 +401,27 @@ class Console:
         return "303 See Other", [("Location", where)], b""
 
 
-def _loopback(address: str) -> bool:
+def _direct_loopback(environ: Mapping[str, Any]) -> bool:
+    """A client on this machine itself. A reverse proxy on this machine makes every request come
+    from loopback: one that says it forwards (X-Forwarded-For, Forwarded, X-Real-IP) is not."""
+    if any(environ.get(h) for h in ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")):
+        return False
     try:
-        return ipaddress.ip_address(address).is_loopback
+        return ipaddress.ip_address(str(environ.get("REMOTE_ADDR", ""))).is_loopback
     except ValueError:
         return False
+
+
+def _https(environ: Mapping[str, Any]) -> bool:
+    return environ.get("wsgi.url_scheme") == "https" or environ.get("HTTP_X_FORWARDED_PROTO") == "https"
+
+
+def _cookies(environ: Mapping[str, Any]) -> dict[str, str]:
+    """Cookies by name; one malformed cookie of another application does not hide the others
+    (``http.cookies`` drops them all)."""
+    out: dict[str, str] = {}
+    for part in str(environ.get("HTTP_COOKIE", "")).split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in out:
+            out[name] = value.strip().strip('"')
+    return out

@@ -53,6 +53,7 @@ class ClosingThreads(socketserver.ThreadingMixIn):
 
     daemon_threads = False
     block_on_close = True
+    max_connections = 32  # beyond this many open at once, a new one is closed at once
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._open: set[socket.socket] = set()
@@ -61,7 +62,12 @@ class ClosingThreads(socketserver.ThreadingMixIn):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
-            self._open.add(request)
+            full = len(self._open) >= self.max_connections
+            if not full:
+                self._open.add(request)
+        if full:
+            self.shutdown_request(request)
+            return
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:

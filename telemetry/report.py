@@ -20,6 +20,8 @@ who acknowledged them, and per HJ 212 platform the periods it acknowledged again
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -56,6 +58,7 @@ class Capacity:
     quantity: str
     design: float  # per day, in the rate's unit without /h (t/h -> t)
     source: str = "rate"  # or "totalizer"
+    device: str | None = None  # the rule's device filter
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Stock:
     quantity: str
     capacity: float
     above_fraction: float
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class SiteSetup:
     thresholds: Thresholds = Thresholds()
     # (point, device, quantity) the configuration declares: reported even with no data at all
     expected: frozenset[tuple[str, str, str]] = frozenset()
+    cycle_of: Callable[[str, str], float] = lambda device, quantity: 0.0  # an analyzer's measuring cycle (s)
 
 
 @dataclass
@@ -124,6 +129,7 @@ class QuantityDay:
 @dataclass
 class CapacityDay:
     name: str
+    device: str
     quantity: str
     unit: str
     total: float | None
@@ -135,6 +141,7 @@ class CapacityDay:
 @dataclass
 class StockDay:
     name: str
+    device: str
     quantity: str
     unit: str
     last: float | None
@@ -216,6 +223,7 @@ def build(
     alert_log: AlertLog,
     alert_id: Callable[[Mapping[str, Any]], str],
     uplink_acked: Mapping[str, Mapping[str, int]] | None = None,
+    recent: Iterable[tuple[str, str, str]] = (),
 ) -> DailyReport:
     """The report of ``setup.site`` for the local ``day``. ``windows``: the site's closed 1m, 1h
     and 1d windows of the day; ``alert_log``: its alert transitions up to the day's end (those
@@ -227,16 +235,20 @@ def build(
     by_series: dict[tuple[str, str, str], dict[str, list[Aggregate]]] = {}
     for w in mine:
         by_series.setdefault((w.point, w.device, w.quantity), {}).setdefault(w.window, []).append(w)
-    for series in setup.expected:
-        by_series.setdefault(series, {})  # a regulated analyzer silent all day is reported as such
+    for series in {*setup.expected, *recent}:  # a regulated analyzer silent all day is reported as such
+        if (series[0], series[2]) in setup.limits:
+            by_series.setdefault(series, {})
     for (point, device, quantity), sizes in sorted(by_series.items()):
         limits = setup.limits.get((point, quantity))
         if limits is not None:
-            report.quantities.append(_quantity(point, device, quantity, sizes, limits, start, end, setup.thresholds))
+            cycle = setup.cycle_of(device, quantity)
+            report.quantities.append(
+                _quantity(point, device, quantity, sizes, limits, start, end, setup.thresholds, cycle)
+            )
     for capacity in setup.capacities:
-        report.capacities.append(_capacity(capacity, mine, start, end))
+        report.capacities += _capacity(capacity, mine, end)
     for stock in setup.stocks:
-        report.stocks.append(_stock(stock, mine))
+        report.stocks += _stock(stock, mine)
     report.alerts = _alerts(alert_log, alert_id, start, end)
     if uplink_acked is not None:
         report.uplinks = [
@@ -254,6 +266,7 @@ def _quantity(
     start: int,
     end: int,
     thresholds: Thresholds,
+    cycle_s: float = 0.0,
 ) -> QuantityDay:
     hours = sorted(sizes.get("1h", []), key=lambda w: w.ts)
     days = sizes.get("1d", [])
@@ -270,11 +283,12 @@ def _quantity(
         if limits.daily_above is not None and limits.daily_below is not None:
             bound = limits.daily_above if mean > limits.daily_below else limits.daily_below
     above = sum(1 for h in hours if h.valid and h.avg is not None and limits.breaks(h.avg, "1h"))
-    cyclic = any(h.method in ("cycles", "carried") for h in hours)
-    if cyclic:  # one result per measuring cycle: the hours are what is expected
-        expected = round((end - start) / HOUR_NS)
-        received = sum(1 for h in hours if h.count > 0)
-        valid = sum(1 for h in hours if h.valid)
+    cyclic = cycle_s > 0
+    if cyclic:  # one result per measuring cycle; a carried hour holds no new one
+        expected = math.ceil((end - start) / (cycle_s * NS))
+        measured = [h for h in hours if h.method == "cycles"]
+        received = sum(h.count for h in measured)
+        valid = sum(h.valid_count for h in measured)
     else:
         minutes = sizes.get("1m", [])
         expected = round((end - start) / MINUTE_NS)
@@ -307,46 +321,56 @@ def _quantity(
     )
 
 
-def _capacity(capacity: Capacity, windows: Sequence[Aggregate], start: int, end: int) -> CapacityDay:
-    hours = sorted((w for w in windows if w.window == "1h" and w.quantity == capacity.quantity), key=lambda w: w.ts)
-    with_data = [h for h in hours if h.avg is not None]
-    unit = next((h.unit for h in hours if h.unit), "")
-    total: float | None
-    if capacity.source == "totalizer":
-        highs = [h.max for h in with_data if h.max is not None]
-        lows = [h.min for h in with_data if h.min is not None]
-        total = max(highs) - min(lows) if highs and lows else None
-    else:  # a rate per hour: each hour's mean over the hour
-        total = (
-            sum((h.avg or 0.0) * (min(end, h.ts + HOUR_NS) - h.ts) / HOUR_NS for h in with_data) if with_data else None
+def _capacity(capacity: Capacity, windows: Sequence[Aggregate], end: int) -> list[CapacityDay]:
+    """Per device the rule watches (its ``device``, or each one measuring the quantity): a rate's
+    hourly means over their hours; a totalizer's rises from hour to hour (a fall, a reset or a
+    replaced meter, adds nothing: the rule's own rollover handling is not repeated here)."""
+    by_device: dict[str, list[Aggregate]] = {}
+    for w in windows:
+        if w.window == "1h" and w.quantity == capacity.quantity and capacity.device in (None, w.device):
+            by_device.setdefault(w.device, []).append(w)
+    out = []
+    for device, hours in sorted(by_device.items()):
+        hours.sort(key=lambda w: w.ts)
+        with_data = [h for h in hours if h.avg is not None]
+        unit = next((h.unit for h in hours if h.unit), "").removesuffix("/h")
+        total: float | None = None
+        if capacity.source == "totalizer":
+            highs = [(h.min, h.max) for h in with_data if h.min is not None and h.max is not None]
+            if highs:
+                total = highs[0][1] - highs[0][0]
+                total += sum(max(0.0, b[1] - a[1]) for a, b in itertools.pairwise(highs))
+        elif with_data:
+            total = sum((h.avg or 0.0) * (min(end, h.ts + HOUR_NS) - h.ts) / HOUR_NS for h in with_data)
+        use = total / capacity.design if total is not None else None
+        out.append(
+            CapacityDay(capacity.name, device, capacity.quantity, unit, total, capacity.design, use, len(with_data))
         )
-    unit = unit.removesuffix("/h")
-    return CapacityDay(
-        capacity.name,
-        capacity.quantity,
-        unit,
-        total,
-        capacity.design,
-        total / capacity.design if total is not None else None,
-        len(with_data),
-    )
+    return out
 
 
-def _stock(stock: Stock, windows: Sequence[Aggregate]) -> StockDay:
-    hours = sorted(
-        (w for w in windows if w.window == "1h" and w.quantity == stock.quantity and w.avg is not None),
-        key=lambda w: w.ts,
-    )
-    last = hours[-1].avg if hours else None
-    return StockDay(
-        stock.name,
-        stock.quantity,
-        hours[-1].unit if hours else "",
-        last,
-        stock.capacity,
-        last / stock.capacity if last is not None else None,
-        stock.above_fraction,
-    )
+def _stock(stock: Stock, windows: Sequence[Aggregate]) -> list[StockDay]:
+    by_device: dict[str, list[Aggregate]] = {}
+    for w in windows:
+        if w.window == "1h" and w.quantity == stock.quantity and w.avg is not None and stock.device in (None, w.device):
+            by_device.setdefault(w.device, []).append(w)
+    out = []
+    for device, hours in sorted(by_device.items()):
+        last = max(hours, key=lambda w: w.ts)
+        value = last.avg
+        out.append(
+            StockDay(
+                stock.name,
+                device,
+                stock.quantity,
+                last.unit,
+                value,
+                stock.capacity,
+                value / stock.capacity if value is not None else None,
+                stock.above_fraction,
+            )
+        )
+    return out
 
 
 def _alerts(log: AlertLog, alert_id: Callable[[Mapping[str, Any]], str], start: int, end: int) -> list[AlertDay]:

@@ -86,6 +86,11 @@ def _num(value: float | None, unit: str = "") -> str:
     return f"{value:.4g}" + (f" {unit}" if unit else "")
 
 
+def _esc(value: float | None, unit: str = "") -> str:
+    """A number and its unit for HTML: the unit comes from payloads others control."""
+    return html.escape(_num(value, unit))
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
@@ -128,10 +133,11 @@ def markdown(report: DailyReport, lang: str = "zh") -> str:
     if report.capacities or report.stocks:
         out += ["", f"**{w['capacity']}**"]
         out += [
-            f"- {c.name}: {_num(c.total, c.unit)} / {_num(c.design, c.unit)} = {_pct(c.use)}" for c in report.capacities
+            f"- {c.name} {c.device}: {_num(c.total, c.unit)} / {_num(c.design, c.unit)} = {_pct(c.use)}"
+            for c in report.capacities
         ]
         out += [
-            f"- {s.name}: {_num(s.last, s.unit)} / {_num(s.capacity, s.unit)} = {_pct(s.fraction)}"
+            f"- {s.name} {s.device}: {_num(s.last, s.unit)} / {_num(s.capacity, s.unit)} = {_pct(s.fraction)}"
             f"（{w['limit']} {_pct(s.cap_fraction)}）"
             for s in report.stocks
         ]
@@ -169,7 +175,7 @@ def chart(q: QuantityDay, zone: str, width: int = 640, height: int = 200) -> str
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img"'
         f' aria-label="{html.escape(q.quantity)} hourly means">',
         f'<line x1="{pad_l}" y1="{y(0):.1f}" x2="{width - 6}" y2="{y(0):.1f}" stroke="#888"/>',
-        f'<text x="4" y="{pad_t + 8}" font-size="11">{_num(top / 1.15)}</text>',
+        f'<text x="4" y="{pad_t + 8}" font-size="11">{_esc(top / 1.15)}</text>',
         f'<text x="4" y="{y(0):.1f}" font-size="11">0</text>',
     ]
     for i, (ts, value, valid) in enumerate(q.hours):
@@ -180,7 +186,7 @@ def chart(q: QuantityDay, zone: str, width: int = 640, height: int = 200) -> str
             top_y = y(max(value, 0))
             parts.append(
                 f'<rect x="{x:.1f}" y="{top_y:.1f}" width="{bar - 2:.1f}" height="{y(0) - top_y:.1f}"'
-                f' fill="{fill}" stroke="#4a90d9"><title>{_time(ts, zone)} {_num(value, q.unit)}</title></rect>'
+                f' fill="{fill}" stroke="#4a90d9"><title>{_time(ts, zone)} {_esc(value, q.unit)}</title></rect>'
             )
         if i % 6 == 0:
             parts.append(f'<text x="{x:.1f}" y="{height - 6}" font-size="11">{_time(ts, zone)}</text>')
@@ -202,7 +208,7 @@ def page(report: DailyReport, lang: str = "zh") -> str:
     for q in report.quantities:
         rows.append(
             f"<tr class='{q.verdict}'><td>{e(q.point)}</td><td>{e(_name(q.quantity, lang))}</td>"
-            f"<td>{_num(q.mean, q.unit)}</td><td>{_num(q.limit)}</td><td>{e(VERDICT[lang][q.verdict])}</td>"
+            f"<td>{_esc(q.mean, q.unit)}</td><td>{_esc(q.limit)}</td><td>{e(VERDICT[lang][q.verdict])}</td>"
             f"<td>{q.hours_above}</td><td>{_pct(q.transmission)}</td><td>{_pct(q.validity)}</td>"
             f"<td{' class=low' if q.below_threshold else ''}>{_pct(q.effective)}</td></tr>"
         )
@@ -224,10 +230,10 @@ def page(report: DailyReport, lang: str = "zh") -> str:
         or f"<li>{e(w['none'])}</li>"
     )
     capacity = "".join(
-        f"<li>{e(c.name)}: {_num(c.total, c.unit)} / {_num(c.design, c.unit)} = {_pct(c.use)}</li>"
+        f"<li>{e(c.name)} {e(c.device)}: {_esc(c.total, c.unit)} / {_esc(c.design, c.unit)} = {_pct(c.use)}</li>"
         for c in report.capacities
     ) + "".join(
-        f"<li>{e(s.name)}: {_num(s.last, s.unit)} / {_num(s.capacity, s.unit)} = {_pct(s.fraction)}</li>"
+        f"<li>{e(s.name)} {e(s.device)}: {_esc(s.last, s.unit)} / {_esc(s.capacity, s.unit)} = {_pct(s.fraction)}</li>"
         for s in report.stocks
     )
     uplinks = ""

@@ -183,3 +183,45 @@ async def test_reading_from_elsewhere_needs_the_login_and_unknown_alerts_are_404
     assert Console(str(tmp_path / "outbox.sqlite"), "")({"REMOTE_ADDR": "127.0.0.1"}, "/ui/login", "GET")[0] == (
         "403 Forbidden"
     )
+
+
+def test_sessions_proxies_csrf_and_login_attempts(tmp_path: Path) -> None:
+    import io  # noqa: PLC0415 - only here
+
+    from telemetry.console import Console  # noqa: PLC0415
+    from telemetry.outbox import Outbox  # noqa: PLC0415
+
+    Outbox(str(tmp_path / "outbox.sqlite")).close()
+    console = Console(str(tmp_path / "outbox.sqlite"), TOKEN)
+
+    def post(path: str, body: str, cookie: str = "", addr: str = "192.0.2.7") -> tuple[str, dict[str, str]]:
+        data = body.encode()
+        environ = {
+            "REMOTE_ADDR": addr,
+            "CONTENT_LENGTH": str(len(data)),
+            "wsgi.input": io.BytesIO(data),
+            "HTTP_COOKIE": cookie,
+        }
+        status, headers, _ = console(environ, path, "POST")
+        return status, dict(headers)
+
+    # A proxy on this machine: loopback, but it says it forwards: the login is needed to read.
+    proxied = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.9"}
+    assert console(proxied, "/ui", "GET")[0] == "303 See Other"
+    # Without a session a POST changes nothing, CSRF token or not.
+    assert post("/ui/silences", "site=s&duration=1h")[0] == "403 Forbidden"
+    # Five wrong tokens, then even the right one waits.
+    for _ in range(5):
+        assert post("/ui/login", "token=nope")[0] == "200 OK"
+    assert post("/ui/login", f"token={TOKEN}")[0] == "429 Too Many Requests"
+    status, headers = post("/ui/login", f"token={TOKEN}", addr="192.0.2.8")  # another client
+    assert status == "303 See Other"
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert "HttpOnly" in headers["Set-Cookie"]
+    assert TOKEN not in headers["Set-Cookie"]
+    # A malformed cookie of another application beside ours does not hide it.
+    page = console({"REMOTE_ADDR": "192.0.2.8", "HTTP_COOKIE": f'other="{{"a": 1}}; {cookie}'}, "/ui", "GET")
+    assert page[0] == "200 OK"
+    # Logged out: the same cookie is dead.
+    assert post("/ui/logout", "", cookie=cookie, addr="192.0.2.8")[0] == "303 See Other"
+    assert console({"REMOTE_ADDR": "192.0.2.8", "HTTP_COOKIE": cookie}, "/ui", "GET")[0] == "303 See Other"

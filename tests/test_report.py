@@ -27,8 +27,10 @@ from telemetry.cli import main
 from telemetry.cli_report import replayed
 from telemetry.model import Aggregate, Flag, Reading
 from telemetry.outbox import Outbox, add_command
+from telemetry.report import Capacity, Limits, SiteSetup
 from telemetry.report import DailyReport as Report
-from telemetry.report import Limits, SiteSetup
+from telemetry.report import build as report_build
+from telemetry.report_render import page
 from telemetry.sim.notifications import NotificationReceiver
 from telemetry.sim.platform import Receiver
 from tests.daemon import direct_db, start_daemon
@@ -321,3 +323,73 @@ def test_a_report_too_long_for_a_robot_is_cut_at_a_line_and_says_how_to_get_the_
     assert cut.endswith("telemetry report daily --site s --date 2026-11-30）")
     assert cut.split("\n……")[0] in body  # whole lines, none cut in the middle
     assert fit_markdown("json://127.0.0.1/x", "t", body, "2026-11-30", "s") == body  # no limit: unchanged
+
+
+# -- what the review found ------------------------------------------------------------------------
+
+
+def hour(h: int, quantity: str, avg: float | None, device: str = "eff", **kw: Any) -> Aggregate:
+    start = int(datetime(2026, 11, 30, tzinfo=BJ).timestamp()) * NS
+    fields: dict[str, Any] = {"count": 60, "valid_count": 60, "valid": avg is not None, "point": "outlet"}
+    fields.update(kw)
+    return Aggregate(
+        start + h * 3600 * NS,
+        "1h",
+        "s",
+        device,
+        quantity,
+        kw.pop("unit", "mg/L"),
+        avg,
+        avg,
+        avg,
+        **{k: v for k, v in fields.items() if k != "unit"},
+    )
+
+
+def test_the_report_judges_against_the_most_severe_rule_and_a_cycle_analyzers_own_rates(tmp_path: Path) -> None:
+    (tmp_path / "site.yaml").write_text(
+        SITE
+        + "  - {kind: limit, name: cod_early, point: outlet, quantity: cod, window: 1d, above: 80, severity: warning}\n"
+        + "aggregation: {overrides: [{quantity: tp, cycle: 2h}]}\n"
+    )
+    dep = app.load(str(tmp_path / "site.yaml"))
+    setup = app.report_setup(dep, "s")
+    assert setup.limits[("outlet", "cod")].daily_above == 100  # the standard's critical 100, not the early 80
+    start = int(datetime(2026, 11, 30, tzinfo=BJ).timestamp()) * NS
+    day = Aggregate(start, "1d", "s", "eff", "cod", "mg/L", 90.0, 90.0, 90.0, 24, 24, True, point="outlet")
+    tp = [hour(h, "tp", 0.8, count=1, valid_count=1, method="cycles") for h in range(0, 24, 2)]
+    tp += [hour(h, "tp", 0.8, count=0, valid_count=0, method="carried") for h in range(1, 24, 2)]
+    built = report_build(setup, DAY, [day, *tp], [], lambda body: "x")
+    by = {q.quantity: q for q in built.quantities}
+    assert by["cod"].verdict == "pass"  # 90 under 100 (it is above the warning's 80)
+    # A 2-hour cycle: 12 measurements expected, 12 received (carried hours hold none), all valid.
+    assert (by["tp"].expected, by["tp"].received, by["tp"].valid) == (12, 12, 12)
+    assert (by["tp"].transmission, by["tp"].validity, by["tp"].below_threshold) == (1.0, 1.0, False)
+
+
+def test_capacity_is_per_device_and_a_silent_series_is_listed_and_units_are_escaped(tmp_path: Path) -> None:
+    setup = SiteSetup(
+        "s",
+        "站",
+        "Asia/Shanghai",
+        {("outlet", "cod"): Limits(daily_above=100), ("outlet", "nh3n"): Limits(daily_above=25)},
+        [Capacity("burned", "throughput_total", 600.0, "totalizer")],
+    )
+    # Two weighbridges' totalizers (tonnes since commissioning), one reset to zero at 12:00.
+    start = int(datetime(2026, 11, 30, tzinfo=BJ).timestamp()) * NS
+
+    def total(device: str, h: int, low: float, high: float) -> Aggregate:
+        ts = start + h * 3600 * NS
+        return Aggregate(ts, "1h", "s", device, "throughput_total", "t", low, high, high, 60, 60, True, point="s")
+
+    a = [total("scale-a", h, 100000 + 10 * h, 100000 + 10 * h + 10) for h in range(24)]
+    b = [total("scale-b", h, 5 * (h % 12), 5 * (h % 12) + 5) for h in range(24)]
+    evil = hour(3, "cod", 48.0, unit="<img src=x onerror=alert(1)>")
+    built = report_build(setup, DAY, [*a, *b, evil], [], lambda body: "x", None, [("outlet", "eff", "nh3n")])
+    totals = {c.device: c.total for c in built.capacities}
+    assert totals == {"scale-a": 240.0, "scale-b": 115.0}  # 24 x 10; 2 x 12 x 5 minus nothing for the reset
+    [silent] = [q for q in built.quantities if q.quantity == "nh3n"]
+    assert (silent.verdict, silent.received) == ("insufficient", 0)  # reported before, silent today
+    page_html = page(built)
+    assert "<img" not in page_html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page_html
