@@ -11,8 +11,10 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from telemetry.sim.notifications import NotificationReceiver
 from telemetry.sim.platform import Receiver
@@ -53,6 +55,22 @@ def receiver() -> Iterator[NotificationReceiver]:
     server = NotificationReceiver().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[int, list[Any]]]:
+    """A real SMTP server (aiosmtpd) on a free port: its port and the envelopes it received."""
+    received: list[Any] = []
+
+    class Handler:
+        async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
+            received.append(envelope)
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=services.free_port())
+    controller.start()
+    yield controller.port, received
+    controller.stop()
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import email
 import re
-import socket
 from collections.abc import Iterator
 from email.header import decode_header, make_header
 from typing import Any
 
 import orjson
 import pytest
-from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
 
@@ -383,24 +381,6 @@ async def test_thirty_alerts_reach_each_robot_within_its_size(
         assert len(texts) > 1  # it had to be split
     if rounds > 1:  # more than 3 parts' worth: the rest was announced and came next
         assert any("另有" in text and "telemetry alerts list" in text for text in texts)
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[int, list[Any]]]:
-    received: list[Any] = []
-
-    class Handler:
-        async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
-            received.append(envelope)
-            return "250 OK"
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, received
-    controller.stop()
 
 
 def mail_text(envelope: Any) -> tuple[str, str]:

@@ -8,14 +8,12 @@ import asyncio
 import email
 import email.header
 import email.message
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from aiosmtpd.controller import Controller
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +32,6 @@ from telemetry.report_render import page
 from telemetry.sim.notifications import NotificationReceiver
 from telemetry.sim.platform import Receiver
 from tests.daemon import direct_db, start_daemon
-from tests.services import free_port
 
 NS = 1_000_000_000
 BJ = ZoneInfo("Asia/Shanghai")
@@ -172,22 +169,6 @@ def subject(message: email.message.Message) -> str:
 
 
 # -- from the outbox of a running daemon, delivered at 08:00 on a fake clock -------------------
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[int, list[Any]]]:
-    received: list[Any] = []
-
-    class Handler:
-        async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
-            received.append(envelope)
-            return "250 OK"
-
-    port = free_port()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, received
-    controller.stop()
 
 
 async def test_stored_report_is_delivered_at_its_time_once_even_across_a_restart(
