@@ -177,6 +177,8 @@ def _title(message: Message, zh: bool, part: int, parts: int) -> str:
             if zh
             else f"[FIRING {len(firing)}, RESOLVED {len(resolved)}]"
         )
+    elif firing and all(a.severity == "info" for a in firing):
+        head = "【通知】" if zh else "[NOTICE]"  # an operator's mark, a note: not an alarm
     elif firing:
         head = "【告警】" if zh else "[FIRING]"
     else:

@@ -519,3 +519,15 @@ def test_messages_link_to_the_alerts_page_when_its_address_is_set() -> None:
     assert body.endswith("确认或屏蔽 https://plant.example/telemetry/ui")  # several alerts: the list
     _, body = render(one, cfg.routes[0], ZONES)
     assert "/ui" not in body
+
+
+def test_info_only_messages_are_notices_not_alarms() -> None:
+    cfg = notify()
+    manager = AlertManager(cfg)
+    engine = RulesEngine([rule(kind="limit", name="cod_note", quantity="cod", above=100, severity="info")], ZONES)
+    manager.ingest(engine.feed([Reading(T0, "s", "an", "cod", 150.0, "mg/L")]))
+    [message] = manager.due(T0)
+    title, _ = render(message, cfg.routes[0], ZONES)
+    assert title.startswith("【通知】")
+    title, _ = render(message, routes("en"), ZONES)
+    assert title.startswith("[NOTICE]")
