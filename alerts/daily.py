@@ -89,6 +89,7 @@ class DailyReports:
         self._retry_at: dict[str, int] = {}
         self._running: dict[str, asyncio.Task[bool]] = {}
         self.on_change: Callable[[], None] = lambda: None  # the desk saves the state
+        self.exempt_hour: Callable[[str, int, int], bool] | None = None  # the rules' (furnace marks)
 
     def due(self, now: int) -> list[tuple[str, str, date]]:
         """(site, route, day) whose report is due and not delivered."""
@@ -143,7 +144,7 @@ class DailyReports:
 
     async def _deliver(self, site: str, route_name: str, day: date, started: int, db: Db, outbox: Any) -> bool:
         setup = self.setups[site]
-        built = await build_stored(setup, day, db, outbox, started)
+        built = await build_stored(setup, day, db, outbox, started, self.exempt_hour)
         route = self.routes[route_name]
         if day < date.fromisoformat(self.first_day[site]) and not built.has_data():
             for index in range(len(route.urls)):  # the day before the daemon first ran, and empty: not sent
@@ -180,7 +181,14 @@ class DailyReports:
         self.first_day = {str(k): str(v) for k, v in data.get("first_day", {}).items()}
 
 
-async def build_stored(setup: report.SiteSetup, day: date, db: Db, outbox: Any, now: int) -> report.DailyReport:
+async def build_stored(
+    setup: report.SiteSetup,
+    day: date,
+    db: Db,
+    outbox: Any,
+    now: int,
+    exempt_hour: Callable[[str, int, int], bool] | None = None,
+) -> report.DailyReport:
     """The report from the daemon's own outbox, read on its thread (acknowledgements until ``now``)."""
     start, end = report.day_bounds(setup.zone, day)
     windows = []
@@ -190,4 +198,4 @@ async def build_stored(setup: report.SiteSetup, day: date, db: Db, outbox: Any, 
     acked = {p.name: await db(outbox.hj212_acked_counts, p.name, start, end) for p in setup.platforms}
     before = await db(outbox.windows, setup.site, "1h", start - 2 * 86400 * NS, start)
     recent = {(w.point, w.device, w.quantity) for w in before}  # reported before: expected that day too
-    return report.build(setup, day, windows, log_rows, event_id, acked, recent)
+    return report.build(setup, day, windows, log_rows, event_id, acked, recent, exempt_hour)

@@ -23,7 +23,7 @@ from telemetry.calendar import HOUR_NS, NS
 from telemetry.derive import measured_of
 from telemetry.furnaces import FurnaceConfig
 from telemetry.marks import STATE_KEY as FURNACES
-from telemetry.marks import Marks
+from telemetry.marks import Marks, exempt_hour
 from telemetry.model import Aggregate, AlertEvent, Reading
 from telemetry.points import Points
 
@@ -50,9 +50,6 @@ class RulesEngine:
         self._entries = [_Entry(rule, KINDS[rule.kind](rule, zones)) for rule in rules]
         # Furnaces: their marks (set by commands and status registers) and what is audited of them.
         self.marks = Marks(furnaces, zones)
-        self._furnaces_of: dict[str, list[FurnaceConfig]] = {}
-        for furnace in self.marks.furnaces.values():
-            self._furnaces_of.setdefault(furnace.point or "", []).append(furnace)
         hourly = {
             (r.point, r.quantity): r.above
             for r in (e.rule for e in self._entries)
@@ -60,6 +57,8 @@ class RulesEngine:
             if measured_of(r.quantity)
         }
         self.watch = FurnaceWatch(self.marks, hourly, zones) if self.marks else None
+        # An hour of a stack its furnace's marks exempt from the daily judgement (within budget).
+        self.exempt_hour = exempt_hour(self.marks)
         self._status_at = 0
         self._by_quantity: dict[str | None, list[_Entry]] = {}
         for entry in self._entries:
@@ -68,7 +67,7 @@ class RulesEngine:
             if isinstance(entry.state, FurnaceState) and self.marks:
                 entry.state.exempt = self._not_normal
             if isinstance(entry.state, LimitState) and self.marks:
-                entry.state.exempt_hour = self._exempt_hour
+                entry.state.exempt_hour = self.exempt_hour
                 entry.state.day_min_valid_hours = day_min_valid_hours
             self._by_quantity.setdefault(getattr(entry.rule, "quantity", None), []).append(entry)
         self.evaluations = 0
@@ -82,10 +81,6 @@ class RulesEngine:
             for f in self.marks.furnaces.values()
             if (f.site, f.device) == (site, device)
         )
-
-    def _exempt_hour(self, point: str, start: int, end: int) -> bool:
-        """An hour of a stack that its furnace's marks exempt from the daily judgement (within budget)."""
-        return any(self.marks.exempt(f.id, start, end, end) for f in self._furnaces_of.get(point, ()))
 
     def _count_error(self, stage: str, error_type: str) -> None:
         self.on_error(stage, error_type)

@@ -67,18 +67,20 @@ def alert_desk(dep: config.Deployment, metrics: Metrics) -> AlertDesk:
     """The alert path: rules, the alerts' lifecycle, their notification."""
     cfg = dep.config
     zones = {s.id: s.timezone for s in cfg.sites}
+    engine = RulesEngine(dep.rules, zones, dep.points, cfg.furnaces, cfg.aggregation.day_min_valid_hours)
     daily = cfg.reports.daily
     reports = None
     if daily.routes:
         routes = {r.name: r for r in cfg.notify.routes}
         setups = {s.id: report_setup(dep, s.id) for s in cfg.sites}
         reports = DailyReports(daily, setups, routes, grace_s=cfg.aggregation.grace)
+        reports.exempt_hour = engine.exempt_hour
     notifier = Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url)
     notifier.console_url = cfg.notify.console_url
     return AlertDesk(
         AlertManager(cfg.notify, parse_time=parse_timestamp),
         notifier,
-        RulesEngine(dep.rules, zones, dep.points, cfg.furnaces, cfg.aggregation.day_min_valid_hours),
+        engine,
         metrics,
         reports=reports,
     )
@@ -231,6 +233,7 @@ def report_setup(dep: config.Deployment, site: str) -> report.SiteSetup:
         report.Thresholds(daily.transmission, daily.validity, daily.effective),
         frozenset(expected),
         functools.partial(_cycle_of, aggregator(dep), site),
+        dep.config.aggregation.day_min_valid_hours,
     )
 
 

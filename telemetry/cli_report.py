@@ -17,8 +17,9 @@ from telemetry import app, report, report_render
 from telemetry.calendar import NS, calendar
 from telemetry.config import Deployment
 from telemetry.errors import OutboxError
+from telemetry.marks import STATE_KEY, Marks, exempt_hour
 from telemetry.model import AlertState
-from telemetry.outbox import read_alert_log, read_hj212_acked, read_windows
+from telemetry.outbox import read_alert_log, read_hj212_acked, read_state, read_windows
 from telemetry.times import parse_timestamp
 
 LOOK_BACK_S = 7 * 86400  # alerts that started up to a week before the day and were still firing
@@ -39,7 +40,9 @@ def stored(dep: Deployment, setup_: report.SiteSetup, day: date) -> report.Daily
     recent = {(w.point, w.device, w.quantity) for w in before}  # reported before: expected that day too
     log = read_alert_log(path, setup_.site, start - LOOK_BACK_S * NS, max(end, time.time_ns()))
     acked = {p.name: read_hj212_acked(path, p.name, start, end) for p in setup_.platforms}
-    return report.build(setup_, day, windows, log, event_id, acked, recent)
+    marks = Marks(dep.config.furnaces, {s.id: s.timezone for s in dep.config.sites})
+    marks.load(((read_state(path, "rules") or {}).get(STATE_KEY) or {}).get("marks", {}))
+    return report.build(setup_, day, windows, log, event_id, acked, recent, exempt_hour(marks))
 
 
 def replayed(dep: Deployment, setup_: report.SiteSetup, day: date, csv_path: str) -> report.DailyReport:
@@ -56,7 +59,7 @@ def replayed(dep: Deployment, setup_: report.SiteSetup, day: date, csv_path: str
         for e in events
         if e.site == setup_.site and e.state is not AlertState.INSUFFICIENT
     ]
-    return report.build(setup_, day, windows, log, event_id, None)
+    return report.build(setup_, day, windows, log, event_id, None, (), engine.exempt_hour)
 
 
 def command(dep: Deployment, args: argparse.Namespace) -> int:

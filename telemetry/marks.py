@@ -27,7 +27,7 @@ Marks are declarations by the plant, which the regulator audits against process 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -219,6 +219,19 @@ class Marks:
         for furnace, marks in data.items():
             if furnace in self._marks:  # a furnace no longer configured: its marks go
                 self._marks[furnace] = [Mark(**m) for m in marks]
+
+
+def exempt_hour(marks: Marks) -> Callable[[str, int, int], bool]:
+    """Whether [start, end) of a point (a stack) is exempt from its daily judgement: any of its
+    furnaces' marks cover it within their budget (``Marks.exempt``)."""
+    by_point: dict[str, list[str]] = {}
+    for furnace in marks.furnaces.values():
+        by_point.setdefault(furnace.point or "", []).append(furnace.id)
+
+    def exempt(point: str, start: int, end: int) -> bool:
+        return any(marks.exempt(f, start, end, end) for f in by_point.get(point, ()))
+
+    return exempt
 
 
 def _union(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

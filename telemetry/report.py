@@ -102,6 +102,7 @@ class SiteSetup:
     # (point, device, quantity) the configuration declares: reported even with no data at all
     expected: frozenset[tuple[str, str, str]] = frozenset()
     cycle_of: Callable[[str, str], float] = lambda device, quantity: 0.0  # an analyzer's measuring cycle (s)
+    day_min_valid_hours: int = 20  # the aggregation's: the share of the hours a judged day must keep
 
 
 @dataclass
@@ -124,6 +125,7 @@ class QuantityDay:
     validity: float
     effective: float
     below_threshold: bool
+    exempt_hours: int = 0  # hours a furnace's marks exempt from the daily mean (within its budget)
 
 
 @dataclass
@@ -224,11 +226,14 @@ def build(
     alert_id: Callable[[Mapping[str, Any]], str],
     uplink_acked: Mapping[str, Mapping[str, int]] | None = None,
     recent: Iterable[tuple[str, str, str]] = (),
+    exempt_hour: Callable[[str, int, int], bool] | None = None,
 ) -> DailyReport:
     """The report of ``setup.site`` for the local ``day``. ``windows``: the site's closed 1m, 1h
     and 1d windows of the day; ``alert_log``: its alert transitions up to the day's end (those
     before it say which alerts were already firing); ``alert_id``: an event's alert id;
-    ``uplink_acked``: per platform, the periods acknowledged per CN (None: unknown)."""
+    ``uplink_acked``: per platform, the periods acknowledged per CN (None: unknown);
+    ``exempt_hour``: whether an hour of a point is exempt (a furnace's marks within budget): the
+    day is then judged without those hours, as the rule judges it."""
     start, end = day_bounds(setup.zone, day)
     report = DailyReport(setup.site, setup.name, day.isoformat(), setup.zone, start, end, thresholds=setup.thresholds)
     mine = [w for w in windows if w.site == setup.site and start <= w.ts < end]
@@ -242,9 +247,10 @@ def build(
         limits = setup.limits.get((point, quantity))
         if limits is not None:
             cycle = setup.cycle_of(device, quantity)
-            report.quantities.append(
-                _quantity(point, device, quantity, sizes, limits, start, end, setup.thresholds, cycle)
-            )
+            q = _quantity(point, device, quantity, sizes, limits, start, end, setup.thresholds, cycle)
+            if exempt_hour is not None and limits.has("1d"):
+                _without_exempt(q, sizes, limits, exempt_hour, end, setup.day_min_valid_hours)
+            report.quantities.append(q)
     for capacity in setup.capacities:
         report.capacities += _capacity(capacity, mine, end)
     for stock in setup.stocks:
@@ -319,6 +325,32 @@ def _quantity(
         effective,
         low,
     )
+
+
+def _without_exempt(
+    q: QuantityDay,
+    sizes: Mapping[str, list[Aggregate]],
+    limits: Limits,
+    exempt_hour: Callable[[str, int, int], bool],
+    end: int,
+    day_min_valid_hours: int,
+) -> None:
+    """The day as ``alerts.kinds.limits`` judges it with a furnace's exempt hours: the mean of the
+    other valid hours, valid when they keep the share of valid hours a whole day needs."""
+    hours = sizes.get("1h", [])
+    exempt = [h for h in hours if exempt_hour(q.point, h.ts, h.ts + HOUR_NS)]
+    days = sizes.get("1d", [])
+    if not exempt or not days:
+        return
+    kept = [h.avg for h in hours if h.valid and h.avg is not None and h not in exempt]
+    day_hours = round((end - days[0].ts) / HOUR_NS)
+    needed = math.ceil(day_min_valid_hours * (day_hours - len(exempt)) / day_hours)
+    q.exempt_hours = len(exempt)
+    q.mean = sum(kept) / len(kept) if kept else None
+    if not days[0].valid or q.mean is None or len(kept) < needed:
+        q.verdict = "insufficient"
+    else:
+        q.verdict = "exceeded" if limits.breaks(q.mean, "1d") else "pass"
 
 
 def _capacity(capacity: Capacity, windows: Sequence[Aggregate], end: int) -> list[CapacityDay]:

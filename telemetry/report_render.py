@@ -127,6 +127,8 @@ def markdown(report: DailyReport, lang: str = "zh") -> str:
         )
         if q.hourly_limit is not None:
             line += f"；{w['hours_above']} {q.hours_above} {w['hours']}"
+        if q.exempt_hours:
+            line += f"（{q.exempt_hours} 小时工况豁免）" if lang == "zh" else f" ({q.exempt_hours} marked hours exempt)"
         rates = w["completeness"].format(t=_pct(q.transmission), v=_pct(q.validity), e=_pct(q.effective))
         low = w["low"].format(x=_pct(report.thresholds.effective)) if q.below_threshold else ""
         out += [line, f"  {rates}{low}"]

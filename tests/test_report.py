@@ -28,7 +28,7 @@ from telemetry.outbox import Outbox, add_command
 from telemetry.report import Capacity, Limits, SiteSetup
 from telemetry.report import DailyReport as Report
 from telemetry.report import build as report_build
-from telemetry.report_render import page
+from telemetry.report_render import markdown, page
 from telemetry.sim.notifications import NotificationReceiver
 from telemetry.sim.platform import Receiver
 from tests.daemon import direct_db, start_daemon
@@ -374,3 +374,27 @@ def test_capacity_is_per_device_and_a_silent_series_is_listed_and_units_are_esca
     page_html = page(built)
     assert "<img" not in page_html
     assert "&lt;img src=x onerror=alert(1)&gt;" in page_html
+
+
+def test_a_furnaces_exempt_hours_leave_the_day_as_the_rule_judges_it() -> None:
+    setup = SiteSetup("s", "站", "Asia/Shanghai", {("outlet", "so2_zs"): Limits(daily_above=80, hourly_above=100)})
+    start = int(datetime(2026, 11, 30, tzinfo=BJ).timestamp()) * NS
+    hours = [hour(h, "so2_zs", 400.0 if h < 6 else 40.0) for h in range(24)]
+    day = Aggregate(start, "1d", "s", "eff", "so2_zs", "mg/m3", 40.0, 130.0, 400.0, 24, 24, True, point="outlet")
+
+    def marked(point: str, begin: int, end: int) -> bool:  # 00:00-06:00 marked, within the budget
+        return point == "outlet" and begin < start + 6 * 3600 * NS
+
+    plain = report_build(setup, DAY, [*hours, day], [], lambda body: "x")
+    judged = report_build(setup, DAY, [*hours, day], [], lambda body: "x", None, (), marked)
+    assert (plain.quantities[0].verdict, plain.quantities[0].mean) == ("exceeded", 130.0)
+    q = judged.quantities[0]
+    assert (q.verdict, q.mean, q.exempt_hours) == ("pass", 40.0, 6)
+    assert "（6 小时工况豁免）" in markdown(judged)
+    # Of the 18 hours left only 10 valid: a day needs 20 of 24, so 15 of 18: not judged.
+    thin = [
+        hour(h, "so2_zs", 400.0 if h < 6 else 40.0) if h < 6 or h >= 14 else hour(h, "so2_zs", None) for h in range(24)
+    ]
+    assert report_build(setup, DAY, [*thin, day], [], lambda b: "x", None, (), marked).quantities[0].verdict == (
+        "insufficient"
+    )
