@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from telemetry.hj212.codec import Packet
-from telemetry.model import Reading
+from telemetry.model import AlertEvent, Reading
 from telemetry.sim.plant import RegisterServer
 from telemetry.sim.platform import Receiver
 from tests.daemon import RunningDaemon, start_daemon
@@ -79,10 +79,19 @@ def codes(packets: list[Packet]) -> list[tuple[str, str]]:
     return [(p.cn, p.get("QnRtn") or p.get("ExeRtn") or "") for p in packets if p.cn in ("9011", "9012")]
 
 
-async def connected(path: Path, hj212_platform: Receiver, history: list[Reading] | None = None) -> RunningDaemon:
+async def connected(
+    path: Path, hj212_platform: Receiver, history: list[Reading] | None = None, polled: asyncio.Event | None = None
+) -> RunningDaemon:
     """The daemon, connected to the platform; ``history`` committed and aggregated first (before
-    the first tick closes the past: later, readings of closed windows are late)."""
-    daemon = await start_daemon(path)
+    the first tick closes the past: later, readings of closed windows are late); ``polled`` is set
+    once a reading of today (a poll of the device) is committed."""
+    today = time.time_ns() - 60 * NS
+
+    def observe(readings: Sequence[Reading], _events: Sequence[AlertEvent]) -> None:
+        if polled is not None and any(r.ts >= today for r in readings):
+            polled.set()
+
+    daemon = await start_daemon(path, observe)
     if history:
         await daemon.pipeline.emit(history)
         daemon.pipeline.tick(time.time_ns())
@@ -100,9 +109,11 @@ async def test_time_status_running_time_restart_and_remote_control_commands(
     t0 = int(yesterday.timestamp()) * NS
     hours = [Reading(t0 + m * 60 * NS, "s", "an", "pump", 1.0) for m in range(60)]  # ran the whole hour
     hours += [Reading(t0 + (60 + m) * 60 * NS, "s", "an", "pump", float(m < 30)) for m in range(60)]  # half
-    daemon = await connected(config(tmp_path, hj212_platform.port, analyzers.port), hj212_platform, hours)
+    polled = asyncio.Event()
+    daemon = await connected(config(tmp_path, hj212_platform.port, analyzers.port), hj212_platform, hours, polled)
     platform = Platform(hj212_platform)
     try:
+        await asyncio.wait_for(polled.wait(), 10)  # the pump's status as polled now, not yesterday's last
         [restart] = [p for p in hj212_platform.packets if p.cn == "2081"]
         calibrate = await platform.ask("1013")
         asked_restart = await platform.ask("2081")

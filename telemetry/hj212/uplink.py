@@ -125,7 +125,9 @@ class Uplink(DuePeriods, PlatformCommands):
         equipment = self._equipment
         for r in readings:
             if equipment and r.site == self.point.site and (r.device, r.quantity) in equipment:
-                self._status[(r.device, r.quantity)] = r
+                held = self._status.get((r.device, r.quantity))
+                if held is None or r.ts >= held.ts:  # a back-filled reading is not the current status
+                    self._status[(r.device, r.quantity)] = r
             if not self.encoder.holds(r.site, r.device, r.quantity):
                 continue
             cycle = self.encoder.cycle_of((r.site, r.device, r.quantity))[0]
