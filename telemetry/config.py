@@ -288,6 +288,9 @@ def resolve_point(points: Points, point: str | None, site: str | None) -> Point:
     return candidates[0]
 
 
+MAX_FILE_CHARS = 4 << 20  # a configuration file, however many sites: a few hundred KiB at most
+
+
 def load(
     file: str,
     drivers: Mapping[str, type[DeviceConfig]],
@@ -296,9 +299,17 @@ def load(
     """Read and validate ``file``; raise ConfigError listing every problem."""
     try:
         with open(file, encoding="utf-8") as handle:
-            text = handle.read()
+            text = handle.read(MAX_FILE_CHARS + 1)
     except OSError as err:
         raise ConfigError([f"{file}: cannot read: {err.strerror}"]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            [f"{file}: expected UTF-8 text, found a byte {err.object[err.start]:#04x} it cannot be"]
+        ) from None
+    if len(text) > MAX_FILE_CHARS:
+        raise ConfigError(
+            [f"{file}:1: (size): expected a configuration of at most {MAX_FILE_CHARS:,} characters, found more"]
+        )
     return parse(file, text, drivers, environ)
 
 

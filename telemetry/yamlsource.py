@@ -32,6 +32,7 @@ class Source:
     from_env: set[Path] = field(default_factory=set)
     unset: set[Path] = field(default_factory=set)  # values that name an unset variable (reported once, here)
     problems: list[str] = field(default_factory=list)
+    built: int = 0  # values built so far (aliases expand: a 359-byte file can stand for billions)
 
     def at(self, path: Path, message: str) -> str:
         """A problem as ``FILE:LINE: dotted.path: message``."""
@@ -68,6 +69,9 @@ class Source:
         return tuple(path)
 
 
+MAX_VALUES = 200_000  # a plant's configuration holds thousands; a billion-laughs file, billions
+
+
 def dotted(path: Path) -> str:
     out = ""
     for part in path:
@@ -95,6 +99,12 @@ def load_yaml(file: str, text: str, environ: Mapping[str, str] | None = None) ->
     constructor = yaml.SafeLoader("")
     try:
         source.data = _build(root, (), source, constructor, env)
+    except _TooLarge:
+        source.problems.append(
+            f"{file}:1: (size): expected a configuration of at most {MAX_VALUES:,} values, found more"
+            " (YAML aliases repeating a collection?): refused"
+        )
+        source.data = None
     except yaml.YAMLError as err:  # a tag or value PyYAML cannot construct (e.g. a bare '=')
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -103,11 +113,22 @@ def load_yaml(file: str, text: str, environ: Mapping[str, str] | None = None) ->
     return source
 
 
+class _TooLarge(Exception):
+    """The document expands beyond ``MAX_VALUES``."""
+
+
 def _build(node: yaml.Node, path: Path, src: Source, loader: yaml.SafeLoader, env: Mapping[str, str]) -> Any:
+    src.built += 1
+    if src.built > MAX_VALUES:
+        raise _TooLarge
     src.lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):  # never built: an alias key can be huge
+                where = f"{src.file}:{key_node.start_mark.line + 1}: {dotted(path)}"
+                src.problems.append(f"{where}: expected a text key, found a collection")
+                continue
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int):
                 src.problems.append(

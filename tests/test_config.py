@@ -337,3 +337,24 @@ def test_check_refuses_a_message_typo(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert f"{bad}:21: rules[0].message: expected only the fields a limit rule offers" in res.stderr
     assert "found {valu}" in res.stderr
+
+
+def test_an_alias_bomb_and_an_oversized_file_are_refused_with_one_line(tmp_path: Path) -> None:
+    levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for name, prev in zip("bcdefghi", "abcdefgh", strict=True):
+        levels.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\nsites: [{id: s}]\n")  # 9^9 values from a few hundred bytes
+    with pytest.raises(ConfigError) as err:
+        app.load(str(bomb), {})
+    assert err.value.problems == [
+        f"{bomb}:1: (size): expected a configuration of at most 200,000 values, found more"
+        " (YAML aliases repeating a collection?): refused"
+    ]
+    big = tmp_path / "big.yaml"
+    big.write_text("sites: [{id: s}]\n" + "# padding\n" * 500_000)
+    with pytest.raises(ConfigError) as err:
+        app.load(str(big), {})
+    assert err.value.problems == [
+        f"{big}:1: (size): expected a configuration of at most 4,194,304 characters, found more"
+    ]
