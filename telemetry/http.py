@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import socket
 import socketserver
 import threading
@@ -43,6 +44,7 @@ from telemetry.metrics import Metrics
 from telemetry.outbox import add_command, read_state
 from telemetry.times import TimeError, parse_timestamp
 
+log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 
 
@@ -127,11 +129,18 @@ class _Desk:
             return refused
         by = str(body.get("by", "http"))[:64]
         if ack:
-            add_command(self.outbox_path, "ack", {"id": parts[1], "by": by})
-            return "202 Accepted", {"queued": True, "id": parts[1]}
+            return self._ack(parts[1], by)
         if parts[1] not in self.furnaces:
             return "404 Not Found", {"error": f"no furnace {parts[1][:64]!r}"}
         return self._mark(parts[1], parts[3:] == ["end"], body, by)
+
+    def _ack(self, alert_id: str, by: str) -> Reply:
+        """An alert the daemon holds is acknowledged; any other id is 404, never "queued"."""
+        alerts = {a.get("id") for a in (read_state(self.outbox_path, "alerts") or {}).get("alerts", [])}
+        if alert_id not in alerts:
+            return "404 Not Found", {"error": f"no alert {alert_id[:64]!r}"}
+        add_command(self.outbox_path, "ack", {"id": alert_id, "by": by})
+        return "202 Accepted", {"queued": True, "id": alert_id}
 
     def _read(self, path: str) -> Any:
         if path == "/alerts":
@@ -144,12 +153,14 @@ class _Desk:
         if not self.token:
             off = "changes over HTTP are off: set metrics.ack_token, or use the `telemetry` command"
             return ("403 Forbidden", {"error": off}), {}
-        given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            return ("401 Unauthorized", {"error": "bearer token required"}), {}
-        size = int(environ.get("CONTENT_LENGTH") or 0)
-        if not 0 <= size <= MAX_BODY:
-            return ("400 Bad Request", {"error": f"expected a body of at most {MAX_BODY} bytes"}), {}
+        header = str(environ.get("HTTP_AUTHORIZATION", ""))
+        given = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
+            return ("401 Unauthorized", {"error": "expected Authorization: Bearer TOKEN"}), {}
+        length = str(environ.get("CONTENT_LENGTH", "")).strip()
+        if not length.isdigit() or int(length) > MAX_BODY:  # required, a count, bounded: nothing else is read
+            return ("400 Bad Request", {"error": f"expected a Content-Length of 0 to {MAX_BODY} bytes"}), {}
+        size = int(length)
         try:
             body = json.loads(environ["wsgi.input"].read(size) or b"{}") if size else {}
         except ValueError:
@@ -202,8 +213,9 @@ def app(
         if path == "/ui" or path.startswith("/ui/"):
             try:
                 status, headers, page = console(environ, path, method)
-            except (OutboxError, ValueError) as err:
-                return reply(start, "503 Service Unavailable", {"error": str(err)[:300]})
+            except OutboxError as err:
+                log.error("http %s %s: %s", method, path[:100], err)
+                return reply(start, "503 Service Unavailable", {"error": "the daemon's state cannot be read now"})
             start(status, [*headers, ("Content-Length", str(len(page)))])
             return [page]
         body: Any
@@ -215,8 +227,9 @@ def app(
         else:
             try:
                 status, body = desk(environ, path, method)
-            except (OutboxError, ValueError) as err:
-                status, body = "503 Service Unavailable", {"error": str(err)}
+            except OutboxError as err:
+                log.error("http %s %s: %s", method, path[:100], err)
+                status, body = "503 Service Unavailable", {"error": "the daemon's state cannot be read now"}
         return reply(start, status, body)
 
     return handle
