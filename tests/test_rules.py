@@ -352,3 +352,23 @@ def test_rules_filter_by_site_and_device(kind: str) -> None:
     extra = extras[kind]
     engine = RulesEngine([rule(kind=kind, quantity="cod", device="other", **extra)])
     assert engine.feed([r(0, 1), r(10, 100), r(20, 100), r(30, 1000)]) == []
+
+
+def test_nodata_is_not_fooled_by_a_device_clock_ahead_or_behind() -> None:
+    from alerts.rule_config import NodataRule  # noqa: PLC0415 - only here
+
+    rule = NodataRule.model_validate({"kind": "nodata", "name": "silent", "quantity": "nh3n", "for": "10m"})
+    engine = RulesEngine([rule], {"s": "UTC"})
+    t0 = 1_800_000_000 * NS
+    engine.tick(t0)
+    assert engine.feed([Reading(t0, "s", "an", "nh3n", 5.0, "mg/L")]) == []
+    # One reading stamped 23.9 h ahead, then the analyzer falls silent: it counts as seen 5 minutes
+    # ahead at most, so the silence is noticed 10 minutes after that, not a day later.
+    engine.feed([Reading(t0 + int(23.9 * 3600) * NS, "s", "an", "nh3n", 5.0, "mg/L")])
+    fired = [(m, e.state.value) for m in range(1, 21) for e in engine.tick(t0 + m * 60 * NS)]
+    assert fired == [(16, "firing")]
+    # A reading stamped in the year 2000 does not move "last seen" back (nor resolve it).
+    assert engine.feed([Reading(946_771_200 * NS, "s", "an", "nh3n", 5.0, "mg/L")]) == []
+    assert [e.state.value for e in engine.feed([Reading(t0 + 21 * 60 * NS, "s", "an", "nh3n", 5.0, "mg/L")])] == [
+        "resolved"
+    ]

@@ -11,6 +11,8 @@ from alerts.rule_config import FlatlineRule, MaintenanceRule, NodataRule, RateRu
 from telemetry.calendar import NS
 from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Measure, Reading
 
+AHEAD_NS = 300 * NS  # how far ahead of the clock a reading's stamp is believed
+
 
 class NodataState(RuleState):
     rule: NodataRule
@@ -19,17 +21,25 @@ class NodataState(RuleState):
         super().__init__(rule, zones)
         self._last = self.keep("last", readings())  # the last valid reading of each series
         self._expected = rule.site is not None and rule.device is not None and rule.quantity is not None
+        self._now = 0  # the latest tick: a reading stamped ahead of it counts as seen now, no later
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
         if r.flag is not Flag.N:
             return []
         key = self._series(r)
         previous = self._last.get(key)
-        self._last[key] = (r.ts, r)
-        silent = r.ts - previous[0] if previous is not None else 0  # a resolve says how long it lasted
-        return self._judge(key, False, r.ts, 0, lambda s: self._silence_event(s, r.ts, r, silent))
+        # Device clocks are not trusted: a reading stamped ahead of the last tick counts as seen at
+        # most 5 minutes after it (the skew the aggregator tolerates), and one stamped earlier than
+        # the last never moves "last seen" back.
+        seen = min(r.ts, self._now + AHEAD_NS) if self._now else r.ts
+        if previous is not None and seen < previous[0]:
+            return []
+        self._last[key] = (seen, r)
+        silent = seen - previous[0] if previous is not None else 0  # a resolve says how long it lasted
+        return self._judge(key, False, seen, 0, lambda s: self._silence_event(s, seen, r, silent))
 
     def on_tick(self, now_ns: int) -> list[AlertEvent]:
+        self._now = max(self._now, now_ns)
         if self._expected and not self._last:
             rule = self.rule
             placeholder = Reading(now_ns, rule.site or "", rule.device or "", rule.quantity or "", 0.0)
