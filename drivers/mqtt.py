@@ -241,6 +241,8 @@ class MqttDriver:
         self._routes: dict[str, tuple[Subscription, dict[str, str]] | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.hj212 = Hj212Payloads(cfg, metrics, shared)
+        # The configured sites (from the composition root): a {site} level must name one of them.
+        self._sites: frozenset[str] | None = (shared or {}).get("sites")
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
         self._lost = asyncio.Event()
         self._down_reason: str | None = None
@@ -437,6 +439,10 @@ class MqttDriver:
         if sub.format == "hj212":
             bad = partial(self._bad, sub, msg.topic, now)
             return self.hj212.decode(payload, sub.lenient, now, self.cfg.max_payload_bytes, bad)
+        if self._sites is not None and sub.site is None and tags["site"] not in self._sites:
+            # Anyone who can publish could otherwise create sites, series and alerts at will.
+            detail = f"site {tags['site'][:64]!r} is not configured"
+            return [], [self._bad(sub, msg.topic, now, payload, "unknown_site", detail)]
         try:
             result = decode(payload, now, sub.format, sub.paths, self.cfg.max_payload_bytes)
             site, device, quantity = tags["site"], tags["device"], tags.get("quantity") or ""
@@ -446,10 +452,9 @@ class MqttDriver:
                 ).check()
                 for d in result.readings
             ]
-        except PayloadError as err:
-            return [], [self._bad(sub, msg.topic, now, payload, err.reason, str(err))]
-        except InvalidReading as err:
-            return [], [self._bad(sub, msg.topic, now, payload, "invalid_reading", str(err))]
+        except (PayloadError, InvalidReading) as err:
+            reason = err.reason if isinstance(err, PayloadError) else "invalid_reading"
+            return [], [self._bad(sub, msg.topic, now, payload, reason, str(err))]
         if result.errors:
             first = result.errors[0]
             detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"

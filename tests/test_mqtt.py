@@ -402,3 +402,25 @@ async def test_calibration_flag_travels_from_the_payload(mosquitto: Mosquitto, u
         lambda: publish(mosquitto, [(f"{unique}/s/d/cod", b'{"value": 3, "flag": "C"}')]),
     )
     assert [r.flag for r in emit.readings] == [Flag.C]
+
+
+async def test_a_topic_naming_an_unconfigured_site_is_refused_and_counted_by_subscription(
+    mosquitto: Mosquitto, unique: str
+) -> None:
+    metrics = Metrics(CollectorRegistry())
+    cfg = make(mosquitto, unique).cfg
+    driver = MqttDriver(cfg, metrics, {"sites": frozenset({"diaoyushan", "pond"})})
+    emit = Collector(want=1, want_rejected=3)
+    msgs = [(f"{unique}/spoof-{i}/dev/cod", b"41.5") for i in range(3)]
+    msgs.append((f"{unique}/diaoyushan/an-1/cod", b"41.5"))
+    await run_until(driver, emit, lambda: publish(mosquitto, msgs))
+    assert [(r.site, r.device) for r in emit.readings] == [("diaoyushan", "an-1")]
+    assert sorted(r.reason for r in emit.rejected) == ["unknown_site"] * 3
+    assert "site 'spoof-0' is not configured" in {r.detail for r in emit.rejected}
+    # Counted on the subscription as configured: never a label a publisher chose.
+    labels = {
+        "device": "broker",
+        "subscription": f"{unique}/{{site}}/{{device}}/{{quantity}}",
+        "error_type": "unknown_site",
+    }
+    assert metrics.registry.get_sample_value("telemetry_mqtt_rejected_total", labels) == 3
