@@ -111,6 +111,7 @@ class Pipeline:
             )
         self._dropped_seen = 0
         self._derive_failed = False
+        self._failed_parts: set[str] = set()  # parts whose failure was logged at ERROR once
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
         self.commit_error: str | None = None  # the last commit's failure, cleared by a successful one
@@ -301,21 +302,37 @@ class Pipeline:
         for (site, device), n in Counter((r.site, r.device) for r in readings).items():
             self.metrics.readings.labels(site, device).inc(n)
         if self.aggregator is not None:
-            self.aggregator.add(readings, self.now())
+            self._contained("aggregator", self.aggregator.add, readings, self.now())
         # A source's own windows (an HJ 212 station's periods) are judged as the aggregator's are,
         # and may complete periods an uplink relays.
         own = [r for item in items if item.future is not None for r in item.records if isinstance(r, Aggregate)]
         for uplink in self.uplinks:
-            uplink.observe(readings)
+            self._contained(f"hj212 {uplink.name}", uplink.observe, readings)
             if own:
                 uplink.wake.set()
         self._watch_clock()
-        events = self.alerts.feed(self.clock.align(readings)) + (self.alerts.on_windows(own) if own else [])
+        events: list[AlertEvent] = self._contained("rules", self.alerts.feed, self.clock.align(readings)) or []
+        if own:
+            events += self._contained("rules", self.alerts.on_windows, own) or []
         for event in events:
             self._record_event(event)
         if self.observer is not None:
-            self.observer(readings, events)
+            self._contained("observer", self.observer, readings, events)
         await self._watch_budget()
+
+    def _contained(self, part: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """What the committed readings go on to (the aggregator, the uplinks, the rules, an observer):
+        an exception there costs that part this batch, never the commit loop (the readings are
+        committed, the sinks have them). Counted, logged with its traceback once per part, then
+        at DEBUG; None is returned."""
+        try:
+            return fn(*args)
+        except Exception as err:  # contained: one part's bug must not stop every other
+            self.metrics.errors.labels("pipeline", part.split(maxsplit=1)[0], "exception").inc()
+            level = logging.DEBUG if part in self._failed_parts else logging.ERROR
+            self._failed_parts.add(part)
+            log.log(level, "%s failed on committed readings (the readings are kept): %r", part, err, exc_info=err)
+            return None
 
     def _derived(self, records: list[Record]) -> list[Reading]:
         """Derived readings (``telemetry.derive``); a failure there costs the derived readings
