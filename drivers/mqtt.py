@@ -164,6 +164,10 @@ class MqttConfig(StationTable):
     share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
     insecure: bool = False  # required for a plain connection off this machine, or TLS without verification
     max_payload_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = MAX_PAYLOAD
+    # What topics and payloads may create: at most this many devices, and quantities per device
+    # (a batch's keys, a {quantity} level); beyond, new names are refused and counted.
+    max_devices: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    max_series_per_device: Annotated[int, Field(ge=1, le=10_000)] = 300
     subscriptions: Annotated[list[Subscription], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -243,6 +247,7 @@ class MqttDriver:
         self.hj212 = Hj212Payloads(cfg, metrics, shared)
         # The configured sites (from the composition root): a {site} level must name one of them.
         self._sites: frozenset[str] | None = (shared or {}).get("sites")
+        self._series: dict[tuple[str, str], set[str]] = {}  # (site, device) -> its quantities (capped)
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
         self._lost = asyncio.Event()
         self._down_reason: str | None = None
@@ -455,11 +460,34 @@ class MqttDriver:
         except (PayloadError, InvalidReading) as err:
             reason = err.reason if isinstance(err, PayloadError) else "invalid_reading"
             return [], [self._bad(sub, msg.topic, now, payload, reason, str(err))]
+        readings, refused = self._within_caps(readings)
+        problems: list[Rejected] = []
+        if refused:
+            detail = f"{refused} readings of devices or quantities beyond the caps refused, {len(readings)} kept"
+            problems.append(self._bad(sub, msg.topic, now, payload, "series_cap", detail))
         if result.errors:
             first = result.errors[0]
             detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"
-            return readings, [self._bad(sub, msg.topic, now, payload, first.reason, detail)]
-        return readings, []
+            problems.append(self._bad(sub, msg.topic, now, payload, first.reason, detail))
+        return readings, problems
+
+    def _within_caps(self, readings: list[Reading | Aggregate]) -> tuple[list[Reading | Aggregate], int]:
+        """The readings of series already known or within the caps (``max_devices``,
+        ``max_series_per_device``), and how many were refused: topics and payloads are others'
+        to write, the daemon's memory and series are not theirs to grow."""
+        kept: list[Reading | Aggregate] = []
+        for r in readings:
+            quantities = self._series.get((r.site, r.device))
+            if quantities is None:
+                if len(self._series) >= self.cfg.max_devices:
+                    continue
+                quantities = self._series[(r.site, r.device)] = set()
+            if r.quantity not in quantities:
+                if len(quantities) >= self.cfg.max_series_per_device:
+                    continue
+                quantities.add(r.quantity)
+            kept.append(r)
+        return kept, len(readings) - len(kept)
 
     def _bad(self, sub: Subscription, topic: str, now: int, payload: bytes, reason: str, detail: str) -> Rejected:
         self._metrics.rejected.labels(self.cfg.id, reason).inc()

@@ -424,3 +424,27 @@ async def test_a_topic_naming_an_unconfigured_site_is_refused_and_counted_by_sub
         "error_type": "unknown_site",
     }
     assert metrics.registry.get_sample_value("telemetry_mqtt_rejected_total", labels) == 3
+
+
+async def test_a_batch_of_invented_keys_and_invented_devices_stop_at_the_caps(
+    mosquitto: Mosquitto, unique: str
+) -> None:
+    metrics = Metrics(CollectorRegistry())
+    cfg = make(mosquitto, unique, max_devices=3, max_series_per_device=5).cfg
+    driver = MqttDriver(cfg, metrics)
+    keys = {f"k{i}": float(i) for i in range(1000)}  # a batch: each key becomes a quantity
+    msgs = [(f"{unique}/s/dev-0/batch", json.dumps(keys).encode())]
+    msgs += [(f"{unique}/s/dev-{i}/cod", b"41.5") for i in range(1, 6)]  # five more devices: two too many
+    emit = Collector(want=7, want_rejected=4)
+    await run_until(driver, emit, lambda: publish(mosquitto, msgs))
+    per_device: dict[str, set[str]] = {}
+    for r in emit.readings:
+        per_device.setdefault(r.device, set()).add(r.quantity)
+    assert {d: len(q) for d, q in per_device.items()} == {"dev-0": 5, "dev-1": 1, "dev-2": 1}
+    assert [r.reason for r in emit.rejected] == ["series_cap"] * 4  # the batch's message, and dev-3 to dev-5
+    assert emit.rejected[0].detail == "995 readings of devices or quantities beyond the caps refused, 5 kept"
+    counted = metrics.registry.get_sample_value(
+        "telemetry_mqtt_rejected_total",
+        {"device": "broker", "subscription": f"{unique}/{{site}}/{{device}}/{{quantity}}", "error_type": "series_cap"},
+    )
+    assert counted == 4
