@@ -168,6 +168,10 @@ class MqttConfig(StationTable):
     # (a batch's keys, a {quantity} level); beyond, new names are refused and counted.
     max_devices: Annotated[int, Field(ge=1, le=100_000)] = 1000
     max_series_per_device: Annotated[int, Field(ge=1, le=10_000)] = 300
+    # A payload's timestamp ahead of its arrival by more than this: refused (``refuse``), or taken
+    # as arriving now and flagged nothing (``restamp``). Device clocks are not trusted.
+    max_clock_skew: Annotated[Duration, Field(ge=0, le=86400)] = 300.0
+    clock_ahead: Literal["refuse", "restamp"] = "refuse"
     subscriptions: Annotated[list[Subscription], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -460,8 +464,12 @@ class MqttDriver:
         except (PayloadError, InvalidReading) as err:
             reason = err.reason if isinstance(err, PayloadError) else "invalid_reading"
             return [], [self._bad(sub, msg.topic, now, payload, reason, str(err))]
+        readings, ahead = self._not_ahead(readings, now)
         readings, refused = self._within_caps(readings)
         problems: list[Rejected] = []
+        if ahead:
+            detail = f"{ahead} readings stamped more than {self.cfg.max_clock_skew:g}s ahead of their arrival refused"
+            problems.append(self._bad(sub, msg.topic, now, payload, "clock_ahead", detail))
         if refused:
             detail = f"{refused} readings of devices or quantities beyond the caps refused, {len(readings)} kept"
             problems.append(self._bad(sub, msg.topic, now, payload, "series_cap", detail))
@@ -470,6 +478,18 @@ class MqttDriver:
             detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"
             problems.append(self._bad(sub, msg.topic, now, payload, first.reason, detail))
         return readings, problems
+
+    def _not_ahead(self, readings: list[Reading | Aggregate], now: int) -> tuple[list[Reading | Aggregate], int]:
+        """Readings stamped at most ``max_clock_skew`` ahead of their arrival; the others refused
+        (counted) or, with ``clock_ahead: restamp``, taken as arriving now. One reading stamped a
+        day ahead would otherwise satisfy a limit's ``for`` at once and hold nodata quiet."""
+        latest = now + int(self.cfg.max_clock_skew * 1e9)
+        if all(r.ts <= latest for r in readings):
+            return readings, 0
+        if self.cfg.clock_ahead == "restamp":
+            return [r._replace(ts=now) if r.ts > latest else r for r in readings], 0  # type: ignore[union-attr]
+        kept = [r for r in readings if r.ts <= latest]
+        return kept, len(readings) - len(kept)
 
     def _within_caps(self, readings: list[Reading | Aggregate]) -> tuple[list[Reading | Aggregate], int]:
         """The readings of series already known or within the caps (``max_devices``,

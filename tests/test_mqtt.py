@@ -448,3 +448,32 @@ async def test_a_batch_of_invented_keys_and_invented_devices_stop_at_the_caps(
         {"device": "broker", "subscription": f"{unique}/{{site}}/{{device}}/{{quantity}}", "error_type": "series_cap"},
     )
     assert counted == 4
+
+
+@pytest.mark.parametrize("mode", ["refuse", "restamp"])
+async def test_a_payload_stamped_ahead_of_its_arrival_is_refused_or_restamped(
+    mosquitto: Mosquitto, unique: str, mode: str
+) -> None:
+    import time  # noqa: PLC0415 - only here
+
+    metrics = Metrics(CollectorRegistry())
+    driver = MqttDriver(make(mosquitto, f"{unique}-{mode}", clock_ahead=mode).cfg, metrics)
+    now_ms = int(time.time() * 1000)
+    ahead = int(23.9 * 3600 * 1000)
+    msgs = [
+        (
+            f"{unique}-{mode}/s/an/cod",
+            json.dumps({"value": 41.5, "ts": now_ms + ahead}).encode(),
+        ),  # a clock a day ahead
+        (f"{unique}-{mode}/s/an/nh3n", json.dumps({"value": 5.0, "ts": now_ms + 60_000}).encode()),  # a minute: fine
+    ]
+    emit = Collector(want=1 if mode == "refuse" else 2, want_rejected=1 if mode == "refuse" else 0)
+    await run_until(driver, emit, lambda: publish(mosquitto, msgs))
+    by = {r.quantity: r for r in emit.readings}
+    assert by["nh3n"].ts == (now_ms + 60_000) * 1_000_000
+    if mode == "refuse":
+        assert "cod" not in by
+        assert [r.reason for r in emit.rejected] == ["clock_ahead"]
+    else:
+        assert by["cod"].ts < (now_ms + 300_000) * 1_000_000  # taken as arriving now, not a day ahead
+        assert emit.rejected == []
