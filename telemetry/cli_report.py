@@ -4,13 +4,15 @@ from a replay of recorded readings (the format ``rules test`` takes)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from alerts.daily import event_id
+from alerts.daily import build_stored, event_id
 from alerts.replay import read_csv, replay
 from alerts.rules import RulesEngine
 from telemetry import app, report, report_render
@@ -19,30 +21,29 @@ from telemetry.config import Deployment
 from telemetry.errors import OutboxError
 from telemetry.marks import STATE_KEY, Marks, exempt_hour
 from telemetry.model import AlertState
-from telemetry.outbox import read_alert_log, read_hj212_acked, read_state, read_windows
+from telemetry.outbox import read_state
+from telemetry.outbox.readonly import ReadOnlyOutbox
 from telemetry.times import parse_timestamp
-
-LOOK_BACK_S = 7 * 86400  # alerts that started up to a week before the day and were still firing
 
 
 def stored(dep: Deployment, setup_: report.SiteSetup, day: date) -> report.DailyReport:
     """The report from the outbox the daemon writes (read-only: safe while it runs)."""
     path = dep.config.outbox.path
-    start, end = report.day_bounds(setup_.zone, day)
+    start, _ = report.day_bounds(setup_.zone, day)
     kept = app.retention(dep.config).windows
     if start < time.time_ns() - int(kept * NS):
         raise ValueError(
             f"--date {day}: the outbox keeps windows {kept / 86400:g} days (outbox.retention.windows);"
             " replay recorded readings with --input for an older day"
         )
-    windows = [w for size in ("1m", "1h", "1d") for w in read_windows(path, setup_.site, size, start, end)]
-    before = read_windows(path, setup_.site, "1h", start - 2 * 86400 * NS, start)
-    recent = {(w.point, w.device, w.quantity) for w in before}  # reported before: expected that day too
-    log = read_alert_log(path, setup_.site, start - LOOK_BACK_S * NS, max(end, time.time_ns()))
-    acked = {p.name: read_hj212_acked(path, p.name, start, end) for p in setup_.platforms}
     marks = Marks(dep.config.furnaces, {s.id: s.timezone for s in dep.config.sites})
     marks.load(((read_state(path, "rules") or {}).get(STATE_KEY) or {}).get("marks", {}))
-    return report.build(setup_, day, windows, log, event_id, acked, recent, exempt_hour(marks))
+    gathered = build_stored(setup_, day, _direct, ReadOnlyOutbox(path), time.time_ns(), exempt_hour(marks))
+    return asyncio.run(gathered)  # the daemon's own gathering, on read-only connections
+
+
+async def _direct(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 def replayed(dep: Deployment, setup_: report.SiteSetup, day: date, csv_path: str) -> report.DailyReport:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -15,7 +16,7 @@ from telemetry.errors import OutboxError
 from telemetry.model import Aggregate, Record, Rejected
 from telemetry.outbox.records import decode
 from telemetry.outbox.schema import SCHEMA
-from telemetry.outbox.side import alert_log, dead_letters, hj212_acked_counts, side_rows
+from telemetry.outbox.side import alert_log, dead_letters, hj212_acked_counts, side_rows, windows
 
 
 def read_dead_letters(path: str, limit: int = 50) -> list[Rejected]:
@@ -27,6 +28,9 @@ def read_dead_letters(path: str, limit: int = 50) -> list[Rejected]:
         raise OutboxError(f"cannot read dead letters from {path}: {err}") from err
     finally:
         db.close()
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -131,43 +135,48 @@ def read_state(path: str, name: str) -> Any:
     return orjson.loads(row[0]) if row else None
 
 
+def _read(path: str, what: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(db, *args)`` on a read-only connection, an SQLite error as an OutboxError naming ``what``."""
+    db = _read_only(path)
+    try:
+        return fn(db, *args)
+    except sqlite3.Error as err:
+        raise OutboxError(f"cannot read {what} of {path}: {err}") from err
+    finally:
+        db.close()
+
+
 def read_alert_log(path: str, site: str, start_ns: int, end_ns: int) -> list[tuple[int, str, dict[str, Any]]]:
     """A site's alert transitions and acknowledgements in [start_ns, end_ns), oldest first, as
     (time, kind, body): what the daily report lists (read-only, safe while the daemon runs)."""
-    db = _read_only(path)
-    try:
-        return alert_log(db, site, start_ns, end_ns)
-    except sqlite3.Error as err:
-        raise OutboxError(f"cannot read the alert log of {path}: {err}") from err
-    finally:
-        db.close()
+    return _read(path, "the alert log", alert_log, site, start_ns, end_ns)
 
 
 def read_windows(path: str, site: str, window: str, start_ns: int, end_ns: int) -> list[Aggregate]:
     """A site's closed windows of one size starting in [start_ns, end_ns) (read-only)."""
-    db = _read_only(path)
-    try:
-        rows = db.execute(
-            "SELECT body FROM windows WHERE site = ? AND window = ? AND start_ns >= ? AND start_ns < ?"
-            " ORDER BY start_ns, device, quantity",
-            (site, window, start_ns, end_ns),
-        ).fetchall()
-        return [Aggregate.from_dict(orjson.loads(body)) for (body,) in rows]
-    except sqlite3.Error as err:
-        raise OutboxError(f"cannot read the windows of {path}: {err}") from err
-    finally:
-        db.close()
+    return _read(path, "the windows", windows, site, window, start_ns, end_ns)
 
 
 def read_hj212_acked(path: str, platform: str, start_ns: int, end_ns: int) -> dict[str, int]:
     """Periods of each CN a platform acknowledged that start in [start_ns, end_ns) (read-only)."""
-    db = _read_only(path)
-    try:
-        return hj212_acked_counts(db, platform, start_ns, end_ns)
-    except sqlite3.Error as err:
-        raise OutboxError(f"cannot read the acknowledgements of {path}: {err}") from err
-    finally:
-        db.close()
+    return _read(path, "the acknowledgements", hj212_acked_counts, platform, start_ns, end_ns)
+
+
+class ReadOnlyOutbox:
+    """The outbox's side tables the daily report reads, as the daemon's ``Outbox`` offers them,
+    each call on a read-only connection (``telemetry report daily`` while the daemon runs)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def windows(self, site: str, window: str, start_ns: int, end_ns: int) -> list[Aggregate]:
+        return read_windows(self.path, site, window, start_ns, end_ns)
+
+    def alert_log(self, site: str, start_ns: int, end_ns: int) -> list[tuple[int, str, dict[str, Any]]]:
+        return read_alert_log(self.path, site, start_ns, end_ns)
+
+    def hj212_acked_counts(self, platform: str, start_ns: int, end_ns: int) -> dict[str, int]:
+        return read_hj212_acked(self.path, platform, start_ns, end_ns)
 
 
 def read_deliveries(path: str, limit: int = 50) -> list[tuple[int, str, str, bool, str]]:

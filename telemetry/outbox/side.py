@@ -126,12 +126,7 @@ class SideStores:
         self, site: str, window: str, start_ns: int, end_ns: int, points: Sequence[str] | None = None
     ) -> list[Aggregate]:
         """Closed windows of a site (of these monitoring points) starting in [start_ns, end_ns), oldest first."""
-        rows = self._db.execute(
-            "SELECT body FROM windows WHERE site = ? AND window = ? AND start_ns >= ? AND start_ns < ?"  # noqa: S608
-            f" AND {_POINTS} ORDER BY start_ns, device, quantity",  # a constant clause: no input in the text
-            (site, window, start_ns, end_ns, *_points(points)),
-        ).fetchall()
-        return [Aggregate.from_dict(orjson.loads(body)) for (body,) in rows]
+        return windows(self._db, site, window, start_ns, end_ns, points)
 
     def window_starts(self, site: str, window: str, since_ns: int, points: Sequence[str] | None = None) -> list[int]:
         rows = self._db.execute(
@@ -206,6 +201,18 @@ class SideStores:
     def dead_letters(self, limit: int = 50) -> list[Rejected]:
         """The newest dead letters, newest first."""
         return dead_letters(self._db, limit)
+
+
+def windows(
+    db: sqlite3.Connection, site: str, window: str, start_ns: int, end_ns: int, points: Sequence[str] | None = None
+) -> list[Aggregate]:
+    """Closed windows of a site (of these monitoring points) starting in [start_ns, end_ns), oldest first."""
+    rows = db.execute(
+        "SELECT body FROM windows WHERE site = ? AND window = ? AND start_ns >= ? AND start_ns < ?"  # noqa: S608
+        f" AND {_POINTS} ORDER BY start_ns, device, quantity",  # a constant clause: no input in the text
+        (site, window, start_ns, end_ns, *_points(points)),
+    ).fetchall()
+    return [Aggregate.from_dict(orjson.loads(body)) for (body,) in rows]
 
 
 def alert_log(db: sqlite3.Connection, site: str, start_ns: int, end_ns: int) -> list[tuple[int, str, dict[str, Any]]]:
