@@ -73,7 +73,8 @@ def alert_desk(dep: config.Deployment, metrics: Metrics) -> AlertDesk:
     reports = None
     if daily.routes:
         routes = {r.name: r for r in cfg.notify.routes}
-        setups = {s.id: report_setup(dep, s.id) for s in cfg.sites}
+        cycles = aggregator(dep)  # one, for every site's measuring cycles
+        setups = {s.id: report_setup(dep, s.id, cycles) for s in cfg.sites}
         reports = DailyReports(daily, setups, routes, grace_s=cfg.aggregation.grace)
         reports.exempt_hour = engine.exempt_hour
     notifier = Notifier(cfg.notify.routes, metrics, zones, cfg.notify.grafana_url)
@@ -196,7 +197,7 @@ async def serve(
             stop_http()
 
 
-def report_setup(dep: config.Deployment, site: str) -> report.SiteSetup:
+def report_setup(dep: config.Deployment, site: str, cycles: Aggregator | None = None) -> report.SiteSetup:
     """What the configuration says one site's report covers: its points' limits, capacity rules,
     platforms."""
     points = [p.id for p in dep.points.of_site(site)]
@@ -233,7 +234,7 @@ def report_setup(dep: config.Deployment, site: str) -> report.SiteSetup:
         platforms,
         report.Thresholds(daily.transmission, daily.validity, daily.effective),
         frozenset(expected),
-        functools.partial(_cycle_of, aggregator(dep), site),
+        functools.partial(_cycle_of, cycles or aggregator(dep), site),
         dep.config.aggregation.day_min_valid_hours,
     )
 

@@ -26,6 +26,7 @@ Marks are declarations by the plant, which the regulator audits against process 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -219,6 +220,22 @@ class Marks:
         for furnace, marks in data.items():
             if furnace in self._marks:  # a furnace no longer configured: its marks go
                 self._marks[furnace] = [Mark(**m) for m in marks]
+
+
+def judged_day(
+    hours: Iterable[tuple[float | None, bool, bool]], day_hours: int, day_min_valid_hours: int
+) -> tuple[float | None, bool, int, int]:
+    """A day judged without the hours a furnace's marks exempt, from each hour's (mean, valid,
+    exempt): (the mean of the other valid hours, whether they keep the share of valid hours a
+    whole day needs - 20 of 24: 15 of 18 -, how many were kept, how many exempt). How exempt
+    hours enter the daily mean is [U] (DOMAIN-incinerator.md A2): this is the documented reading.
+    The rule (``alerts.kinds.limits``) and the daily report (``telemetry.report``) both judge so."""
+    listed = list(hours)
+    exempt = sum(1 for _, _, is_exempt in listed if is_exempt)
+    kept = [mean for mean, valid, is_exempt in listed if valid and mean is not None and not is_exempt]
+    mean = sum(kept) / len(kept) if kept else None
+    needed = math.ceil(day_min_valid_hours * (day_hours - exempt) / day_hours)
+    return mean, mean is not None and len(kept) >= needed, len(kept), exempt
 
 
 def exempt_hour(marks: Marks) -> Callable[[str, int, int], bool]:

@@ -110,7 +110,6 @@ class Pipeline:
                 Delivery(sink, outbox, self.db, metrics, wake, progress=self._progress, commits=self.commits)
             )
         self._dropped_seen = 0
-        self._derive_failed = False
         self._failed_parts: set[str] = set()  # parts whose failure was logged at ERROR once
         self._budget_alert: AlertEvent | None = None
         self.started = asyncio.Event()
@@ -283,7 +282,8 @@ class Pipeline:
         records = [r for item in items for r in item.records]
         rejected = [r for item in items for r in item.rejected]
         if self.derive is not None:
-            records += self._derived(records)
+            measured = [r for r in records if isinstance(r, Reading)]
+            records += self._contained("derive", self.derive, measured, component="derive") or []
         try:
             await self._append(records, rejected)
         except OutboxError as err:
@@ -320,32 +320,19 @@ class Pipeline:
             self._contained("observer", self.observer, readings, events)
         await self._watch_budget()
 
-    def _contained(self, part: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """What the committed readings go on to (the aggregator, the uplinks, the rules, an observer):
-        an exception there costs that part this batch, never the commit loop (the readings are
-        committed, the sinks have them). Counted, logged with its traceback once per part, then
-        at DEBUG; None is returned."""
+    def _contained(self, part: str, fn: Callable[..., Any], *args: Any, component: str = "pipeline") -> Any:
+        """What a commit's readings go to besides the outbox (the deriver, the aggregator, the
+        uplinks, the rules, an observer): an exception there costs that part this batch, never
+        the commit or the commit loop (the readings are committed, the sinks have them). Counted,
+        logged with its traceback once per part, then at DEBUG; None is returned."""
         try:
             return fn(*args)
         except Exception as err:  # contained: one part's bug must not stop every other
-            self.metrics.errors.labels("pipeline", part.split(maxsplit=1)[0], "exception").inc()
+            self.metrics.errors.labels(component, part.split(maxsplit=1)[0], "exception").inc()
             level = logging.DEBUG if part in self._failed_parts else logging.ERROR
             self._failed_parts.add(part)
-            log.log(level, "%s failed on committed readings (the readings are kept): %r", part, err, exc_info=err)
+            log.log(level, "%s failed (the readings are committed all the same): %r", part, err, exc_info=err)
             return None
-
-    def _derived(self, records: list[Record]) -> list[Reading]:
-        """Derived readings (``telemetry.derive``); a failure there costs the derived readings
-        of this commit, never the commit: counted and logged once, the source readings go on."""
-        assert self.derive is not None
-        try:
-            return self.derive([r for r in records if isinstance(r, Reading)])
-        except Exception as err:  # contained: the readings must still be committed
-            self.metrics.errors.labels("derive", "derive", "exception").inc()
-            level = logging.DEBUG if self._derive_failed else logging.ERROR
-            self._derive_failed = True
-            log.log(level, "deriving readings failed (the measured ones are committed): %r", err, exc_info=err)
-            return []
 
     def _committed(self, items: list[_Item]) -> None:
         """The emits return; windows a tick closed are published to the uplinks."""

@@ -28,6 +28,7 @@ from datetime import date, datetime, time
 from typing import Any
 
 from telemetry.calendar import HOUR_NS, MINUTE_NS, NS, calendar
+from telemetry.marks import judged_day
 from telemetry.model import Aggregate
 
 
@@ -335,19 +336,15 @@ def _without_exempt(
     end: int,
     day_min_valid_hours: int,
 ) -> None:
-    """The day as ``alerts.kinds.limits`` judges it with a furnace's exempt hours: the mean of the
-    other valid hours, valid when they keep the share of valid hours a whole day needs."""
-    hours = sizes.get("1h", [])
-    exempt = [h for h in hours if exempt_hour(q.point, h.ts, h.ts + HOUR_NS)]
+    """The day as ``alerts.kinds.limits`` judges it with a furnace's exempt hours
+    (``telemetry.marks.judged_day``)."""
     days = sizes.get("1d", [])
-    if not exempt or not days:
+    marked = [(h.avg, h.valid, exempt_hour(q.point, h.ts, h.ts + HOUR_NS)) for h in sizes.get("1h", [])]
+    if not days or not any(is_exempt for _, _, is_exempt in marked):
         return
-    kept = [h.avg for h in hours if h.valid and h.avg is not None and h not in exempt]
     day_hours = round((end - days[0].ts) / HOUR_NS)
-    needed = math.ceil(day_min_valid_hours * (day_hours - len(exempt)) / day_hours)
-    q.exempt_hours = len(exempt)
-    q.mean = sum(kept) / len(kept) if kept else None
-    if not days[0].valid or q.mean is None or len(kept) < needed:
+    q.mean, enough, _, q.exempt_hours = judged_day(marked, day_hours, day_min_valid_hours)
+    if not days[0].valid or not enough or q.mean is None:
         q.verdict = "insufficient"
     else:
         q.verdict = "exceeded" if limits.breaks(q.mean, "1d") else "pass"

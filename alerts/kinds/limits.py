@@ -3,7 +3,6 @@ standards expand into these)."""
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -12,6 +11,7 @@ from typing import Any
 from alerts.kinds.state import RuleState, key_of, unit_of
 from alerts.rule_config import LimitRule
 from telemetry.calendar import HOUR_NS, NS
+from telemetry.marks import judged_day
 from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Measure, Reading
 
 WINDOW_WORDS = {"1m": "minute mean", "1h": "hourly mean", "1d": "daily mean"}
@@ -83,7 +83,7 @@ class LimitState(RuleState):
         return self._verdict(key_of(r), mean, r.ts, r, f"{self.rule.window} mean ")
 
     def on_window(self, w: Aggregate) -> list[AlertEvent]:
-        if w.window == "1h" and self.rule.window == "1d" and self.exempt_hour is not None:
+        if w.window == "1h" and self.rule.window == "1d" and self.rule.each_window and self.exempt_hour is not None:
             hours = self._hours.setdefault(key_of(w), [])
             hours.append([w.ts, w.ts + HOUR_NS, w.avg, w.valid and w.avg is not None])
             hours[:] = [h for h in hours if h[0] >= w.ts - 2 * 86400 * NS]
@@ -104,25 +104,18 @@ class LimitState(RuleState):
         return self._event(AlertState.INSUFFICIENT, w.ts, w, w.avg or 0.0, bound, text, Measure.READING)
 
     def _without_exempt_hours(self, day: Aggregate) -> tuple[Aggregate, int]:
-        """The day as judged: without the hours a furnace's marks exempt (within its yearly
-        budget), the mean of its other valid hours (a stack's day is their arithmetic mean);
-        valid when the hours kept hold the share of valid hours a whole day needs. How exempt
-        hours enter the daily mean is [U] (DOMAIN-incinerator.md A2): this is the documented
-        reading."""
+        """The day as judged without the hours a furnace's marks exempt within its yearly budget
+        (``telemetry.marks.judged_day``); a stack's day is the arithmetic mean of its hours."""
         if self.exempt_hour is None or day.window != "1d":
             return day, 0
         end = self.calendar(day.site).end("1d", day.ts)
         hours = [h for h in self._hours.get(key_of(day), []) if day.ts <= h[0] < end]
-        exempt = [h for h in hours if self.exempt_hour(day.point, h[0], h[1])]
-        if not exempt:
+        marked = [(h[2], h[3], self.exempt_hour(day.point, h[0], h[1])) for h in hours]
+        if not any(is_exempt for _, _, is_exempt in marked):
             return day, 0
-        kept = [h[2] for h in hours if h[3] and h not in exempt]
-        mean = sum(kept) / len(kept) if kept else None
-        # Valid with the same share of the hours left as a whole day needs (20 of 24: 15 of 18).
         day_hours = round((end - day.ts) / HOUR_NS)
-        needed = math.ceil(self.day_min_valid_hours * (day_hours - len(exempt)) / day_hours)
-        valid = day.valid and mean is not None and len(kept) >= needed
-        return replace(day, avg=mean, valid=valid, valid_count=len(kept)), len(exempt)
+        mean, enough, kept, exempt = judged_day(marked, day_hours, self.day_min_valid_hours)
+        return replace(day, avg=mean, valid=day.valid and enough, valid_count=kept), exempt
 
     def _each_window(self, w: Aggregate) -> list[AlertEvent]:
         """A breach of this window is its own alert, keyed and labelled by the window's local

@@ -8,10 +8,9 @@ from functools import partial
 
 from alerts.kinds.state import RuleState, key_of, readings, unit_of, values
 from alerts.rule_config import FlatlineRule, MaintenanceRule, NodataRule, RateRule
+from telemetry.aggregate import MAX_AHEAD_NS
 from telemetry.calendar import NS
 from telemetry.model import Aggregate, AlertEvent, AlertState, Flag, Measure, Reading
-
-AHEAD_NS = 300 * NS  # how far ahead of the clock a reading's stamp is believed
 
 
 class NodataState(RuleState):
@@ -31,7 +30,7 @@ class NodataState(RuleState):
         # Device clocks are not trusted: a reading stamped ahead of the last tick counts as seen at
         # most 5 minutes after it (the skew the aggregator tolerates), and one stamped earlier than
         # the last never moves "last seen" back.
-        seen = min(r.ts, self._now + AHEAD_NS) if self._now else r.ts
+        seen = min(r.ts, self._now + MAX_AHEAD_NS) if self._now else r.ts
         if previous is not None and seen < previous[0]:
             return []
         self._last[key] = (seen, r)
