@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -56,7 +57,9 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 async def loaded(browser: webdriver.Chrome, condition: Callable[[webdriver.Chrome], T]) -> T:
     """Until the browser shows what a submitted form leads to (Selenium's wait on the page)."""
-    result: T = await asyncio.to_thread(WebDriverWait(browser, 15).until, condition)
+    # While the next page loads, an element of the old one is stale: look again, as for a missing one.
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    result: T = await asyncio.to_thread(wait.until, condition)
     return result
 
 
