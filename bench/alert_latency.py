@@ -47,7 +47,7 @@ devices:
     host: {broker.host}
     port: {broker.port}
     client_id: latency-daemon
-    subscriptions: [{{topic: "lat/{{site}}/{{device}}/{{quantity}}", format: json}}]
+    subscriptions: [{{topic: "lat/{{site}}/{{device}}/{{quantity}}", format: json, devices: ["*"]}}]
 rules:
   - {{kind: limit, name: cod_limit, quantity: cod, above: 100}}
 notify:

@@ -58,7 +58,7 @@ devices:
     host: {broker.host}
     port: {broker.port}
     client_id: {name}-daemon
-    subscriptions: [{{topic: "{name}/{{site}}/{{device}}/{{quantity}}", qos: 1}}]
+    subscriptions: [{{topic: "{name}/{{site}}/{{device}}/{{quantity}}", qos: 1, devices: ["*"]}}]
 influxdb:
   - {{name: local, api: v1, url: "{influx.url}", database: bench, create_database: true}}
 metrics: {{enabled: false}}

@@ -110,7 +110,7 @@ devices:
     port: {broker.port}
     client_id: {prefix}-daemon
     protocol: "{PROTOCOL}"
-    subscriptions: [{{topic: "{topic}", format: {fmt}}}]
+    subscriptions: [{{topic: "{topic}", format: {fmt}, devices: ["*"]}}]
 influxdb:
   - {sink}
 metrics: {{enabled: false}}

@@ -124,7 +124,7 @@ devices:
     port: {broker.port}
     client_id: {prefix}-daemon
     protocol: "{PROTOCOL}"
-    subscriptions: [{{topic: "{prefix}/{{site}}/{{device}}/{{quantity}}", format: json}}]
+    subscriptions: [{{topic: "{prefix}/{{site}}/{{device}}/{{quantity}}", format: json, devices: ["*"]}}]
 metrics: {{enabled: false}}
 outbox: {{path: "{tmp}/{prefix}.sqlite"}}
 log_level: ERROR

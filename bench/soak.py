@@ -49,7 +49,7 @@ devices:
     host: {broker.host}
     port: {broker.port}
     client_id: soak-daemon
-    subscriptions: [{{topic: "soak/{{site}}/{{device}}/batch", format: batch}}]
+    subscriptions: [{{topic: "soak/{{site}}/{{device}}/batch", format: batch, devices: ["gw*"]}}]
 rules:
   - {{kind: limit, name: q0_limit, quantity: q0, above: 1000}}
   - {{kind: nodata, name: q1_silent, quantity: q1, for: 5m}}

@@ -6,7 +6,7 @@ on a persistent session (clean_session false / clean_start false with a
 session expiry), so a kill before the commit means the broker redelivers; a
 redelivery after the commit is harmless because InfluxDB writes are idempotent.
 Acks go out in the order the messages arrived. A bad payload is counted per
-subscription, logged at most once a minute per topic with a sample, written to
+subscription, logged at most once a minute per subscription with a sample, written to
 the dead-letter table, and acked so it does not loop forever. At shutdown the
 driver waits until the broker confirms it has processed the acks (``_shutdown``),
 so a restart is not sent again what was already committed.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fnmatch
 import logging
 import ssl
 import threading
@@ -65,6 +66,12 @@ MAX_BATCH_READINGS = 1000  # a commit takes messages until it holds this many re
 _ACKS_CONFIRMED_S = 10.0  # at shutdown, how long to wait for the broker to confirm it processed the acks
 _ROUTE_CACHE_MAX = 100_000  # topics remembered with their subscription and tags
 Inbound = Message | paho.MQTTMessage  # the lean client's message, or paho's off its fast path
+_REFUSED = {"unknown_site": "site", "unknown_device": "device", "unknown_quantity": "quantity"}  # the tag refused
+_REFUSALS = {
+    "series_cap": "of devices or quantities beyond the caps",
+    "unknown_quantity": "of quantities not in the subscription's list",
+    "clock_behind": "stamped before their series' latest by more than the back-fill window",
+}
 
 
 @dataclass
@@ -75,6 +82,13 @@ class _Pending:
     batch: list[Inbound]
     readings: list[Reading | Aggregate]
     rejected: list[Rejected]
+
+
+NamePattern = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.*?\[\]!-]{1,64}$")]
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 class Subscription(Model):
@@ -93,6 +107,12 @@ class Subscription(Model):
     unit_path: str = "unit"
     quantity_path: str = "quantity"
     lenient: bool = False  # format hj212: accept what an HJ 212 listener's lenient accepts
+    # What a {device} level may take: names or shell patterns ("wb-*"); required with such a
+    # level, ["*"] takes any (still capped by max_devices). Publishers do not invent devices.
+    devices: list[NamePattern] = []
+    # What a {quantity} level or a batch's keys may take; empty: any, capped per device by
+    # max_series_per_device.
+    quantities: list[NamePattern] = []
 
     @model_validator(mode="after")
     def _template(self) -> Subscription:
@@ -100,10 +120,21 @@ class Subscription(Model):
         for i, part in enumerate(parts):
             if "#" in part and (part != "#" or i != len(parts) - 1):
                 raise PydanticCustomError("topic", "expected '#' only as the last level of the topic")
-            if part.startswith("{") and part.strip("{}") not in _FIELDS:
+            if ("{" in part or "}" in part) and (
+                not (part.startswith("{") and part.endswith("}")) or part[1:-1] not in _FIELDS
+            ):
                 raise PydanticCustomError(
-                    "topic", "expected placeholders {names}", {"names": "{site}, {device} or {quantity}"}
+                    "topic",
+                    "expected a whole topic level {names}, found '{part}'",
+                    {"names": "{site}, {device} or {quantity}", "part": part},
                 )
+        if "{device}" in parts and not self.devices:
+            raise PydanticCustomError(
+                "devices",
+                "expected devices: the names or patterns ('wb-*') the {level} level may take, "
+                "or ['*'] for any (capped by max_devices)",
+                {"level": "{device}"},
+            )
         needed: tuple[str, ...] = _FIELDS if self.format not in ("batch", "auto") else ("site", "device")
         if self.format == "hj212":
             needed = ()  # the station table says whose data a frame is
@@ -123,6 +154,15 @@ class Subscription(Model):
     @property
     def paths(self) -> Paths:
         return Paths(self.value_path, self.ts_path, self.flag_path, self.unit_path, self.quantity_path)
+
+    def admits(self, tags: dict[str, str]) -> str | None:
+        """Why a topic's captured device or quantity is refused, or None when the lists admit it."""
+        if self.device is None and not _matches(tags["device"], self.devices):
+            return "unknown_device"
+        quantity = tags.get("quantity")
+        if self.quantity is None and quantity is not None and not _matches(quantity, self.quantities or ["*"]):
+            return "unknown_quantity"
+        return None
 
     def tags(self, topic: str) -> dict[str, str]:
         """site/device/quantity for a topic this subscription matched."""
@@ -172,6 +212,11 @@ class MqttConfig(StationTable):
     # as arriving now and flagged nothing (``restamp``). Device clocks are not trusted.
     max_clock_skew: Annotated[Duration, Field(ge=0, le=86400)] = 300.0
     clock_ahead: Literal["refuse", "restamp"] = "refuse"
+    # A reading stamped more than this before its series' latest is refused (``clock_behind``):
+    # one stamp from 2000 would otherwise reopen closed hours. ``backfill: true`` takes any age
+    # (a gateway that replays its own store after an outage, out of order).
+    backfill_window: Annotated[Duration, Field(ge=0)] = 3600.0
+    backfill: bool = False
     subscriptions: Annotated[list[Subscription], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -246,12 +291,13 @@ class MqttDriver:
         self._inbox: collections.deque[Inbound] = collections.deque()
         self._wake = asyncio.Event()
         self._wake_pending = False
-        self._routes: dict[str, tuple[Subscription, dict[str, str]] | None] = {}
+        self._routes: dict[str, tuple[Subscription, dict[str, str], None]] = {}  # admitted topics only
         self._loop: asyncio.AbstractEventLoop | None = None
         self.hj212 = Hj212Payloads(cfg, metrics, shared)
         # The configured sites (from the composition root): a {site} level must name one of them.
         self._sites: frozenset[str] | None = (shared or {}).get("sites")
-        self._series: dict[tuple[str, str], set[str]] = {}  # (site, device) -> its quantities (capped)
+        # (site, device) -> its quantities (capped), each with its latest stamp (the back-fill window)
+        self._series: dict[tuple[str, str], dict[str, int]] = {}
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
         self._lost = asyncio.Event()
         self._down_reason: str | None = None
@@ -424,34 +470,45 @@ class MqttDriver:
         if attempt == 1:
             log.error("%s: could not commit %d messages (%s); retrying", self.where, len(item.batch), err)
 
-    def _route(self, topic: str) -> tuple[Subscription, dict[str, str]] | None:
-        """The subscription a topic matched and the tags it yields, remembered per topic:
-        matching filters is most of the cost of a small message."""
+    def _route(self, topic: str) -> tuple[Subscription, dict[str, str], str | None] | None:
+        """The subscription a topic matched, the tags it yields and why they are refused (None:
+        admitted), remembered per admitted topic: matching filters is most of the cost of a small
+        message, and nothing is remembered of names the configuration does not admit."""
         try:
             return self._routes[topic]
         except KeyError:
             pass
         sub = next((s for s in self.cfg.subscriptions if paho.topic_matches_sub(s.filter, topic)), None)
-        route = (sub, sub.tags(topic)) if sub is not None else None
+        if sub is None:
+            return None
+        tags = sub.tags(topic)
+        why = None
+        if sub.format != "hj212":
+            if self._sites is not None and sub.site is None and tags["site"] not in self._sites:
+                why = "unknown_site"  # anyone who can publish could otherwise create sites and alerts
+            else:
+                why = sub.admits(tags)
+        if why is not None:
+            return sub, tags, why
         if len(self._routes) >= _ROUTE_CACHE_MAX:
             self._routes.clear()
-        self._routes[topic] = route
+        self._routes[topic] = route = (sub, tags, None)
         return route
 
     def _decode(self, msg: Inbound) -> tuple[list[Reading | Aggregate], list[Rejected]]:
         route = self._route(msg.topic)
         if route is None:
             return [], []
-        sub, tags = route
+        sub, tags, why = route
         now = time.time_ns()
         payload = bytes(msg.payload)
         if sub.format == "hj212":
             bad = partial(self._bad, sub, msg.topic, now)
             return self.hj212.decode(payload, sub.lenient, now, self.cfg.max_payload_bytes, bad)
-        if self._sites is not None and sub.site is None and tags["site"] not in self._sites:
-            # Anyone who can publish could otherwise create sites, series and alerts at will.
-            detail = f"site {tags['site'][:64]!r} is not configured"
-            return [], [self._bad(sub, msg.topic, now, payload, "unknown_site", detail)]
+        if why is not None:
+            name = _REFUSED[why]
+            detail = f"{name} {tags[name][:64]!r} is not in the configuration"
+            return [], [self._bad(sub, msg.topic, now, payload, why, detail)]
         try:
             result = decode(payload, now, sub.format, sub.paths, self.cfg.max_payload_bytes)
             site, device, quantity = tags["site"], tags["device"], tags.get("quantity") or ""
@@ -465,14 +522,14 @@ class MqttDriver:
             reason = err.reason if isinstance(err, PayloadError) else "invalid_reading"
             return [], [self._bad(sub, msg.topic, now, payload, reason, str(err))]
         readings, ahead = self._not_ahead(readings, now)
-        readings, refused = self._within_caps(readings)
+        readings, refused = self._within_caps(sub, readings)
         problems: list[Rejected] = []
         if ahead:
             detail = f"{ahead} readings stamped more than {self.cfg.max_clock_skew:g}s ahead of their arrival refused"
             problems.append(self._bad(sub, msg.topic, now, payload, "clock_ahead", detail))
-        if refused:
-            detail = f"{refused} readings of devices or quantities beyond the caps refused, {len(readings)} kept"
-            problems.append(self._bad(sub, msg.topic, now, payload, "series_cap", detail))
+        for reason, n in refused.items():
+            detail = f"{n} readings {_REFUSALS[reason]} refused, {len(readings)} kept"
+            problems.append(self._bad(sub, msg.topic, now, payload, reason, detail))
         if result.errors:
             first = result.errors[0]
             detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"
@@ -491,32 +548,48 @@ class MqttDriver:
         kept = [r for r in readings if r.ts <= latest]
         return kept, len(readings) - len(kept)
 
-    def _within_caps(self, readings: list[Reading | Aggregate]) -> tuple[list[Reading | Aggregate], int]:
-        """The readings of series already known or within the caps (``max_devices``,
-        ``max_series_per_device``), and how many were refused: topics and payloads are others'
-        to write, the daemon's memory and series are not theirs to grow."""
+    def _within_caps(
+        self, sub: Subscription, readings: list[Reading | Aggregate]
+    ) -> tuple[list[Reading | Aggregate], collections.Counter[str]]:
+        """The readings of series already known or admitted (a batch key in ``quantities``,
+        within ``max_devices`` and ``max_series_per_device``) and not older than their series'
+        latest by more than the back-fill window; how many were refused, by reason. Topics and
+        payloads are others' to write: the daemon's memory and series are not theirs to grow,
+        and one stamp from 2000 does not reopen the past."""
         kept: list[Reading | Aggregate] = []
+        refused: collections.Counter[str] = collections.Counter()
+        window = None if self.cfg.backfill else int(self.cfg.backfill_window * 1e9)
         for r in readings:
-            quantities = self._series.get((r.site, r.device))
-            if quantities is None:
+            latest = self._series.get((r.site, r.device))
+            if latest is None:
                 if len(self._series) >= self.cfg.max_devices:
+                    refused["series_cap"] += 1
                     continue
-                quantities = self._series[(r.site, r.device)] = set()
-            if r.quantity not in quantities:
-                if len(quantities) >= self.cfg.max_series_per_device:
+                latest = self._series[(r.site, r.device)] = {}
+            last = latest.get(r.quantity)
+            if last is None:
+                if sub.quantity is None and sub.quantities and not _matches(r.quantity, sub.quantities):
+                    refused["unknown_quantity"] += 1
                     continue
-                quantities.add(r.quantity)
+                if len(latest) >= self.cfg.max_series_per_device:
+                    refused["series_cap"] += 1
+                    continue
+                latest[r.quantity] = r.ts
+            elif window is not None and r.ts < last - window:
+                refused["clock_behind"] += 1
+                continue
+            elif r.ts > last:
+                latest[r.quantity] = r.ts
             kept.append(r)
-        return kept, len(readings) - len(kept)
+        return kept, refused
 
     def _bad(self, sub: Subscription, topic: str, now: int, payload: bytes, reason: str, detail: str) -> Rejected:
         self._metrics.rejected.labels(self.cfg.id, reason).inc()
         self._metrics.mqtt_rejected.labels(self.cfg.id, sub.topic, reason).inc()
         seen = time.monotonic()
-        if seen - self._last_logged.get(topic, -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            if len(self._last_logged) > 10_000:
-                self._last_logged.clear()
-            self._last_logged[topic] = seen
+        # Keyed by what the config names: refused topics leave nothing behind.
+        if seen - self._last_logged.get(sub.topic, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            self._last_logged[sub.topic] = seen
             sample = payload[:80].decode("utf-8", errors="replace")
             log.warning("%s: rejected payload on %r: %s (sample: %r)", self.where, topic, detail, sample)
         return Rejected(now, self.cfg.id, topic, reason, detail, payload)

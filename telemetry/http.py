@@ -51,30 +51,48 @@ StartResponse = Callable[..., Any]
 class ClosingThreads(socketserver.ThreadingMixIn):
     """A thread per connection, and a ``stop`` that ends every open connection and joins every
     handler thread: one slow or idle client never holds the others (a scrape, a probe), and a
-    keep-alive connection neither outlives the server nor holds its shutdown."""
+    keep-alive connection neither outlives the server nor holds its shutdown.
+
+    A connection (one request: wsgiref closes after each) has ``deadline`` seconds to send its
+    request and be answered, however slowly it trickles bytes in; at ``max_connections`` open,
+    a new one ends the oldest rather than being turned away, so clients that hang connections
+    open cannot keep a scrape or a probe out."""
 
     daemon_threads = False
     block_on_close = True
-    max_connections = 32  # beyond this many open at once, a new one is closed at once
+    max_connections = 32
+    deadline = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._open: set[socket.socket] = set()
+        self._open: dict[socket.socket, float] = {}  # connection -> when it was accepted (monotonic)
         self._open_lock = threading.Lock()
+        self.evicted = 0  # connections ended for the cap or the deadline
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
-            full = len(self._open) >= self.max_connections
-            if not full:
-                self._open.add(request)
-        if full:
-            self.shutdown_request(request)
-            return
+            if len(self._open) >= self.max_connections:
+                self._end(min(self._open, key=self._open.__getitem__))
+            self._open[request] = time.monotonic()
         super().process_request(request, client_address)
+
+    def service_actions(self) -> None:
+        """Between accepts (every poll of ``serve_forever``): end connections past their deadline."""
+        late = time.monotonic() - self.deadline
+        with self._open_lock:
+            for sock in [s for s, at in self._open.items() if at < late]:
+                self._end(sock)
+
+    def _end(self, sock: socket.socket) -> None:
+        """Wake the handler blocked on this connection; it closes it and is forgotten then."""
+        del self._open[sock]
+        self.evicted += 1
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def shutdown_request(self, request: Any) -> None:
         with self._open_lock:
-            self._open.discard(request)
+            self._open.pop(request, None)
         super().shutdown_request(request)  # type: ignore[misc]
 
     def stop(self) -> None:
@@ -92,7 +110,7 @@ class _Server(ClosingThreads, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    timeout = 30.0  # a connection that sends nothing for this long is closed
+    timeout = 10.0  # a connection that sends nothing for this long is closed (and see ``deadline``)
 
     def log_message(self, format: str, *args: Any) -> None:
         return

@@ -311,7 +311,8 @@ class Pipeline:
             if own:
                 uplink.wake.set()
         self._watch_clock()
-        events: list[AlertEvent] = self._contained("rules", self.alerts.feed, self.clock.align(readings)) or []
+        judged = self._not_ahead(self.clock.align(readings))
+        events: list[AlertEvent] = self._contained("rules", self.alerts.feed, judged) or []
         if own:
             events += self._contained("rules", self.alerts.on_windows, own) or []
         for event in events:
@@ -319,6 +320,15 @@ class Pipeline:
         if self.observer is not None:
             self._contained("observer", self.observer, readings, events)
         await self._watch_budget()
+
+    def _not_ahead(self, readings: Sequence[Reading]) -> Sequence[Reading]:
+        """Readings as the rules judge them: none later than the daemon's clock. A device clock a
+        few minutes ahead (within a source's allowed skew) would otherwise meet a limit's ``for``
+        faster than real time passes; stored readings keep their own stamps."""
+        now = self.now()
+        if all(r.ts <= now for r in readings):
+            return readings
+        return [r._replace(ts=now) if r.ts > now else r for r in readings]
 
     def _contained(self, part: str, fn: Callable[..., Any], *args: Any, component: str = "pipeline") -> Any:
         """What a commit's readings go to besides the outbox (the deriver, the aggregator, the

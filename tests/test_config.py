@@ -218,7 +218,7 @@ MQTT = VALID.replace(
     """  - id: broker
     kind: mqtt
     host: HOST
-    subscriptions: [{topic: "plant/{site}/{device}/{quantity}"}]EXTRA
+    subscriptions: [{topic: "plant/{site}/{device}/{quantity}", devices: ["*"]}]EXTRA
 influxdb:""",
 )
 
@@ -245,6 +245,24 @@ def test_plain_or_unverified_mqtt_off_this_machine_needs_insecure_true(
     else:
         [problem] = problems(tmp_path, text)
         assert expected in problem
+
+
+@pytest.mark.parametrize(
+    ("subscription", "expected"),
+    [
+        ('{topic: "plant/{site}/{device}/{quantity}"}', "expected devices: the names or patterns"),
+        ('{topic: "plant/outlet/{device", site: s1, devices: [a]}', "expected a whole topic level"),
+        ('{topic: "plant/{site}/{station}", devices: [a]}', "found '{station}'"),
+    ],
+)
+def test_topic_levels_and_the_devices_they_may_name_are_checked(
+    tmp_path: Path, subscription: str, expected: str
+) -> None:
+    text = MQTT.replace("HOST", "127.0.0.1").replace("EXTRA", "")
+    text = text.replace('[{topic: "plant/{site}/{device}/{quantity}", devices: ["*"]}]', f"[{subscription}]")
+    [problem] = problems(tmp_path, text)
+    assert ":16: devices[1].subscriptions[0]" in problem
+    assert expected in problem
 
 
 def test_share_group_cannot_change_the_subscribed_topic(tmp_path: Path) -> None:

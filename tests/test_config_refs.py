@@ -135,7 +135,7 @@ MQTT = """\
   - id: broker
     kind: mqtt
     host: 127.0.0.1
-    subscriptions: [{topic: "plant/s1/{device}/{quantity}", site: s1}]
+    subscriptions: [{topic: "plant/s1/{device}/{quantity}", site: s1, devices: ["*"]}]
 """
 
 
@@ -403,5 +403,5 @@ rules:
     assert any("stations[0].pw" in p and "NOPE" in p for p in found), found
     assert any(p.startswith(":7: rules[0].device") and "'an2'" in p for p in found), found
     assert not any("rules[1]" in p for p in found), found  # the listener's station may produce it
-    topic = text.replace("device: dau-out}]}", 'device: dau-out}], topic: "x/{device}"}')
+    topic = text.replace("device: dau-out}]}", 'device: dau-out}], topic: "x/{device}", devices: ["*"]}')
     assert not any("rules[0].device" in p for p in problems(tmp_path, topic))  # could be any name

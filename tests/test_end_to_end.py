@@ -85,6 +85,7 @@ devices:
     client_id: {site}-daemon
     subscriptions:
       - topic: plants/{{site}}/{{device}}/{{quantity}}
+        devices: ["*"]
 influxdb:
   - name: influx1
     api: v1

@@ -161,7 +161,7 @@ async def test_every_health_panel_returns_data_from_a_scraped_daemon(
 sites: [{{id: plant}}]
 devices:
   - {{id: broker, kind: mqtt, host: {mosquitto.host}, port: {mosquitto.port},
-     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}
+     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}", devices: ["*"]}}]}}
 influxdb:
   - {{name: local, api: v1, url: "{influx1.url}", database: {unique}, create_database: true, flush_interval: 100ms}}
   - {{name: away, api: v1, url: "http://127.0.0.1:{free_port()}", database: plant, flush_interval: 100ms}}

@@ -36,7 +36,7 @@ def make(broker: Mosquitto, client_id: str, metrics: Metrics | None = None, **kw
             "subscriptions": kw.pop(
                 "subscriptions",
                 [
-                    {"topic": f"{client_id}/{{site}}/{{device}}/{{quantity}}"},
+                    {"topic": f"{client_id}/{{site}}/{{device}}/{{quantity}}", "devices": ["*"]},
                     {
                         "topic": f"{client_id}/fixed/level",
                         "site": "pond",
@@ -133,9 +133,10 @@ async def test_topic_template_and_fixed_mapping(mosquitto: Mosquitto, unique: st
 
 async def test_formats_paths_and_a_batch_message(mosquitto: Mosquitto, unique: str) -> None:
     subs = [
-        {"topic": f"{unique}/{{site}}/{{device}}/batch", "format": "batch"},
+        {"topic": f"{unique}/{{site}}/{{device}}/batch", "format": "batch", "devices": ["*"]},
         {
             "topic": f"{unique}/{{site}}/{{device}}/{{quantity}}",
+            "devices": ["*"],
             "format": "json",
             "value_path": "d.v",
             "ts_path": "d.t",
@@ -287,7 +288,7 @@ async def test_a_stopped_driver_leaves_only_once_a_busy_broker_has_processed_its
 
 
 async def test_shared_subscription_splits_one_stream_between_two_daemons(mosquitto: Mosquitto, unique: str) -> None:
-    subs = [{"topic": f"{unique}/{{site}}/{{device}}/{{quantity}}"}]
+    subs = [{"topic": f"{unique}/{{site}}/{{device}}/{{quantity}}", "devices": ["*"]}]
     a = make(mosquitto, f"{unique}-a", subscriptions=subs, share_group="plant")
     b = make(mosquitto, f"{unique}-b", subscriptions=subs, share_group="plant")
     changed = asyncio.Condition()
@@ -416,7 +417,7 @@ async def test_a_topic_naming_an_unconfigured_site_is_refused_and_counted_by_sub
     await run_until(driver, emit, lambda: publish(mosquitto, msgs))
     assert [(r.site, r.device) for r in emit.readings] == [("diaoyushan", "an-1")]
     assert sorted(r.reason for r in emit.rejected) == ["unknown_site"] * 3
-    assert "site 'spoof-0' is not configured" in {r.detail for r in emit.rejected}
+    assert "site 'spoof-0' is not in the configuration" in {r.detail for r in emit.rejected}
     # Counted on the subscription as configured: never a label a publisher chose.
     labels = {
         "device": "broker",
@@ -477,3 +478,22 @@ async def test_a_payload_stamped_ahead_of_its_arrival_is_refused_or_restamped(
     else:
         assert by["cod"].ts < (now_ms + 300_000) * 1_000_000  # taken as arriving now, not a day ahead
         assert emit.rejected == []
+
+
+@pytest.mark.parametrize("backfill", [False, True])
+async def test_a_reading_older_than_its_series_by_more_than_the_window_needs_backfill(
+    mosquitto: Mosquitto, unique: str, backfill: bool
+) -> None:
+    import time  # noqa: PLC0415 - only here
+
+    name = f"{unique}-{backfill}"
+    driver = MqttDriver(
+        make(mosquitto, name, backfill_window="10m", backfill=backfill).cfg, Metrics(CollectorRegistry())
+    )
+    now_ms = int(time.time() * 1000)
+    stamps = [now_ms, now_ms - 599_000, now_ms - 3_600_000, 946_771_200_000]  # now, 10 min less 1 s, 1 h, 2000
+    msgs = [(f"{name}/s/an/cod", json.dumps({"value": i, "ts": ts}).encode()) for i, ts in enumerate(stamps)]
+    emit = Collector(want=4 if backfill else 2, want_rejected=0 if backfill else 2)
+    await run_until(driver, emit, lambda: publish(mosquitto, msgs))
+    assert [r.value for r in emit.readings] == ([0, 1, 2, 3] if backfill else [0, 1])
+    assert [r.reason for r in emit.rejected] == ([] if backfill else ["clock_behind", "clock_behind"])

@@ -41,6 +41,7 @@ devices:
     client_id: {unique}-daemon
     subscriptions:
       - topic: {unique}/{{site}}/{{device}}/{{quantity}}
+        devices: ["*"]
 influxdb:
   - {{name: local, api: v1, url: "{influx.url}", database: {unique}, create_database: true, flush_interval: 100ms}}
 metrics: {{enabled: false}}

@@ -75,7 +75,7 @@ async def test_receive_maximum_is_what_the_broker_keeps_to(stock: Mosquitto, uni
             await asyncio.wait_for(emit.changed.wait_for(lambda: emit.handed >= 50), 20)
         # The broker sends the 51st only after an ack: one more message through the same
         # broker to a second subscriber marks that it has dealt with everything published before.
-        mark = [{"topic": f"{unique}/mark/{{device}}/{{quantity}}", "site": "m"}]
+        mark = [{"topic": f"{unique}/mark/{{device}}/{{quantity}}", "site": "m", "devices": ["x"]}]
         marked = HeldCommits()
         async with running(make(stock, f"{unique}-probe", subscriptions=mark), marked):
             await asyncio.to_thread(publish, stock, [(f"{unique}/mark/x/q", b"1")])

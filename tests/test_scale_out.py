@@ -29,6 +29,7 @@ devices:
     share_group: {unique}
     subscriptions:
       - topic: {unique}/{{site}}/{{device}}/{{quantity}}
+        devices: ["*"]
 influxdb:
   - {{name: local, api: v1, url: "{influx.url}", database: {unique}, create_database: true, flush_interval: 100ms}}
 metrics: {{listen: "127.0.0.1:{port}"}}

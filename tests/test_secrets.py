@@ -38,9 +38,9 @@ def config(tmp: Path, broker: services.Mosquitto, victoria: Victoria, hook: int,
 sites: [{{id: plant}}]
 devices:
   - {{id: broker, kind: mqtt, host: {broker.host}, port: {broker.port}, username: plant, password: "${{MQTT_PW}}",
-     subscriptions: [{{topic: "plant/{{site}}/{{device}}/{{quantity}}"}}]}}
+     subscriptions: [{{topic: "plant/{{site}}/{{device}}/{{quantity}}", devices: ["*"]}}]}}
   - {{id: refused, kind: mqtt, host: {broker.host}, port: {broker.port}, username: plant,
-     password: "${{MQTT_WRONG_PW}}", subscriptions: [{{topic: "other/{{site}}/{{device}}/{{quantity}}"}}]}}
+     password: "${{MQTT_WRONG_PW}}", subscriptions: [{{topic: "other/{{site}}/{{device}}/{{quantity}}", devices: ["*"]}}]}}
 influxdb:
   - {{name: vm, api: v2, url: "{victoria.url}", bucket: plant, org: plant, token: "${{INFLUX_TOKEN}}"}}
   - {{name: gone, api: v2, url: "http://127.0.0.1:{free_port()}", bucket: plant, token: "${{INFLUX_TOKEN}}"}}

@@ -425,7 +425,7 @@ def test_kill_9_at_random_moments_during_ingest_and_drain(
 sites: [{{id: s}}]
 devices:
   - {{id: broker, kind: mqtt, host: {mosquitto.host}, port: {mosquitto.port}, client_id: {unique},
-     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}, {{topic: "{unique}/{{site}}/{{device}}", format: batch}}]}}
+     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}", devices: ["*"]}}, {{topic: "{unique}/{{site}}/{{device}}", format: batch, devices: ["*"]}}]}}
 influxdb:
   - {{name: local, api: v1, url: "{influx.url}", database: plant, create_database: true, batch_size: 500, flush_interval: 50ms}}
 metrics: {{enabled: false}}

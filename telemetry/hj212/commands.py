@@ -22,7 +22,8 @@ station's current PW QnRtn 3, whatever it asks. What is answered, and how:
 - 2081 restart time: ``RestartTime``, when the daemon started (also sent once unasked
   after the first connection);
 - 2031/2051/2061 with BeginTime/EndTime: history, each period acknowledged, then ExeRtn
-  1 (100 when none is stored);
+  1 (100 when none is stored); the range is bounded by what the outbox keeps, and one
+  history request (or 2041) is answered at a time: another meanwhile gets QnRtn 2;
 - 3011-3021 (calibration, sampling, cleaning, sample intervals, meter information):
   ExeRtn 3, "the request's conditions are not met": the station takes no remote control
   of its analyzers, unless ``controls`` maps that CN to one fixed Modbus register write
@@ -49,6 +50,7 @@ from telemetry.hj212.codec import Packet, flag_value
 from telemetry.hj212.config import PW_CHARS, Control, Platform
 from telemetry.hj212.periods import CN_KIND, PointEncoder
 from telemetry.hj212.session import NotAcked, answer
+from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, Reading
 from telemetry.outbox import Outbox
 from telemetry.points import Point
@@ -101,6 +103,7 @@ class PlatformCommands:
     _overtime: float
     _recount: int
     _tasks: set[asyncio.Future[None]]
+    _metrics: Metrics
 
     def _packet(self, cn: str, cp: list[dict[str, str]], qn: str = "", st: str = "", ack: bool | None = None) -> Packet:
         raise NotImplementedError
@@ -131,10 +134,15 @@ class PlatformCommands:
         refused = self._unauthorized(p)
         if refused:
             await self._reply(p, refused)
-        elif p.cn in CN_KIND and p.get("BeginTime"):
-            self._background(self._history(p))
-        elif p.cn == "2041":
-            self._background(self._running_time(p))
+        elif (p.cn in CN_KIND and p.get("BeginTime")) or p.cn == "2041":
+            if self._tasks:
+                # One history answer at a time: what a platform can make the station send (and
+                # read from disk) grows with its requests only one after another.
+                self._metrics.errors.labels("hj212", "command", "history_busy").inc()
+                log.warning("hj212 %s: history request %s refused (QnRtn 2): one is being answered", self.name, p.qn)
+                await self._reply(p, "2")
+            else:
+                self._background(self._history(p) if p.cn != "2041" else self._running_time(p))
         elif (handler := self._handlers().get(p.cn)) is None:
             await self._reply(p, "8")
         else:

@@ -53,10 +53,10 @@ class Receiver:
             await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.packets)), timeout)
             return list(self.packets)
 
-    async def send(self, packet: Packet) -> None:
-        """Send a command to every connected station."""
+    async def send(self, *packets: Packet) -> None:
+        """Send commands to every connected station, in one write (one TCP segment as a rule)."""
         for writer in self._writers:
-            writer.write(encode(packet))
+            writer.write(b"".join(encode(p) for p in packets))
             await writer.drain()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -40,7 +40,7 @@ def mqtt_device(unique: str, broker: Mosquitto, extra: str = "") -> str:
     """The scenarios' MQTT device: one reading per message on ``UNIQUE/{site}/{device}/{quantity}``."""
     return (
         f"{{id: broker, kind: mqtt, host: {broker.host}, port: {broker.port}, client_id: {unique}{extra},\n"
-        f'     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}"}}]}}'
+        f'     subscriptions: [{{topic: "{unique}/{{site}}/{{device}}/{{quantity}}", devices: ["*"]}}]}}'
     )
 
 
