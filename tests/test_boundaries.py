@@ -197,8 +197,8 @@ async def test_platform_values_out_of_range_are_refused_and_the_daemon_goes_on(
         await asyncio.wait_for(seen.arrived.wait(), 20)
         assert not daemon.task.done()
         # History: one request is answered at a time; a second sent with it gets QnRtn 2.
-        cp = [{"BeginTime": "20260101000000", "EndTime": "20261231235959"}]
-        one, two = (Packet(f"2026010100000{n}999", "32", "2061", "123456", MN, 5, None, None, cp) for n in (1, 2))
+        history = [{"BeginTime": "20260101000000", "EndTime": "20261231235959"}]
+        one, two = (Packet(f"2026010100000{n}999", "32", "2061", "123456", MN, 5, None, None, history) for n in (1, 2))
         await hj212_platform.send(one, two)
         packets = await hj212_platform.wait_for(
             lambda ps: (
