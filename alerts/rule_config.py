@@ -225,6 +225,9 @@ class NodataRule(RuleBase):
     kind: Literal["nodata"]
     quantity: Name | None = None
     for_: Annotated[Duration, Field(gt=0)] = Field(alias="for")
+    # Readings flagged these (maintenance, calibration) count as present: an analyzer being
+    # serviced is not silent, ``maintenance_too_long`` judges how long. ``[]``: fire anyway.
+    hold_flags: list[Flag] = [Flag.M, Flag.C]
 
 
 class FlatlineRule(RuleBase):

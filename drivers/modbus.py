@@ -56,6 +56,7 @@ class ModbusDriver:
         self._down: str | None = None
         self._comm_lost = False
         self._bad: set[int] = set()
+        self._unmapped: set[tuple[int | str, int]] = set()  # (status register, value) logged once
         self._flag_for = _status_targets(cfg)
         self._sample_keys = cfg.sample_time_keys()
         # point -> ((sample-time registers, value registers), stamp, sample time believed)
@@ -149,7 +150,10 @@ class ModbusDriver:
         for i, status in enumerate(self.cfg.status):
             words = raw.get(len(self.cfg.points) + i)
             if words is not None:
-                statuses[i] = status.flag(int(decode(words, status.type, status.byte_order or order)))
+                value = int(decode(words, status.type, status.byte_order or order))
+                statuses[i] = status.flag(value)
+                if status.unmapped(value):
+                    self._unmapped_status(status, value)
         comm_flag = Flag.B if self._comm_lost else Flag.N
         out = []
         for key, point in enumerate(self.cfg.points):
@@ -229,6 +233,20 @@ class ModbusDriver:
             return
         self._bad.add(key)
         log.error("%s: %s %s", self.where, name, why)
+
+    def _unmapped_status(self, status: StatusRegister, value: int) -> None:
+        """Counted every poll; logged once per register and value (a few dozen at most)."""
+        self._metrics.errors.labels("modbus", "status", "unmapped").inc()
+        seen = (status.address, value)
+        if seen not in self._unmapped and len(self._unmapped) < 64:
+            self._unmapped.add(seen)
+            log.warning(
+                "%s: status register %s reads %d, which its values do not map; readings it applies to "
+                "are flagged D (fault) until it does. Add it to values (or normal) if it means something else",
+                self.where,
+                status.address,
+                value,
+            )
 
     def _count(self, error_type: str) -> None:
         self._metrics.errors.labels("modbus", "read", error_type).inc()

@@ -83,6 +83,8 @@ class StatusRegister(Model):
 
     The first matching entry in the order written wins, so list the most severe
     first. ``applies_to`` names the quantities it flags (default: all of the device).
+    With ``values``, a value neither listed nor ``normal`` is an analyzer state nobody mapped:
+    its readings are flagged ``D`` (fault), never passed as valid data.
     """
 
     address: int | str
@@ -92,6 +94,7 @@ class StatusRegister(Model):
     values: dict[int, Flag] = {}
     bits: dict[Annotated[int, Field(ge=0, le=31)], Flag] = {}
     applies_to: list[Name] = []
+    normal: list[int] = [0]  # with ``values``: the values that mean normal operation (flag N)
 
     @model_validator(mode="after")
     def _has_mapping(self) -> StatusRegister:
@@ -106,7 +109,11 @@ class StatusRegister(Model):
         for bit, flag in self.bits.items():
             if raw >> bit & 1:
                 return flag
-        return Flag.N
+        return Flag.D if self.unmapped(raw) else Flag.N
+
+    def unmapped(self, raw: int) -> bool:
+        """A value the map does not know (``values`` only: bits may carry information)."""
+        return bool(self.values) and raw not in self.values and raw not in self.normal
 
 
 class ModbusConfig(DeviceConfig):

@@ -292,6 +292,38 @@ async def test_status_register_maps_to_flags(server: RegisterServer) -> None:
         drv.close()
 
 
+async def test_a_status_value_outside_the_map_is_a_fault_counted_and_logged_once(
+    rtu_server: RegisterServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over RTU framing on a serial link (pyserial's socket:// URL standing in for the port)."""
+    rtu_server.set(1, "holding", 0, wire(41.5, "f", "CDAB"))
+    cfg = device(
+        502,
+        [{"quantity": "cod", "address": 0}],
+        transport="rtu",
+        serial_port=f"socket://127.0.0.1:{rtu_server.port}",
+        byte_order="CDAB",
+        status=[{"address": 20, "values": {1: "M", 2: "C"}}],
+    )
+    drv, metrics = driver(cfg)
+    try:
+        flags = []
+        with caplog.at_level(logging.WARNING, logger="drivers.modbus"):
+            for status in (0, 1, 4, 4, 4, 2, 7, 0):
+                rtu_server.set(1, "holding", 20, [status])
+                flags += [r.flag.value for r in await drv.poll()]
+    finally:
+        drv.close()
+    assert flags == ["N", "M", "D", "D", "D", "C", "D", "N"]  # 4 and 7: nobody mapped them
+    unmapped = metrics.registry.get_sample_value(
+        "telemetry_errors_total", {"component": "modbus", "stage": "status", "error_type": "unmapped"}
+    )
+    assert unmapped == 4
+    logged = [m for m in caplog.messages if "values do not map" in m]
+    assert len(logged) == 2  # once for 4, once for 7
+    assert "reads 4" in logged[0]
+
+
 async def test_comm_loss_gives_no_reading_then_flag_b_then_normal(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
     cfg = device(port, [{"quantity": "cod", "address": 0}])

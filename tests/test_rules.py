@@ -299,13 +299,28 @@ def test_stock_above_a_third_of_the_pond() -> None:
 
 
 def test_nodata_fires_on_the_tick_and_resolves_on_the_next_valid_reading() -> None:
-    engine = RulesEngine([rule(kind="nodata", quantity="cod", **{"for": "10m"})])
+    engine = RulesEngine([rule(kind="nodata", quantity="cod", hold_flags=[], **{"for": "10m"})])
     engine.feed([r(0, 50)])
     assert engine.tick(600 * NS) == []  # exactly 10 min: not yet longer than allowed
     assert states(engine.tick(601 * NS)) == [("firing", 601)]
     assert engine.tick(900 * NS) == []
-    assert engine.feed([r(950, 50, Flag.C)]) == []  # a calibration value is not valid data
+    assert engine.feed([r(950, 50, Flag.C)]) == []  # hold_flags []: a calibration value is not data
+    assert engine.feed([r(960, 50, Flag.D)]) == []  # nor, ever, a faulted analyzer's
     assert states(engine.feed([r(1000, 50)])) == [("resolved", 1000)]
+
+
+def test_an_analyzer_in_maintenance_is_not_silent_and_maintenance_too_long_takes_over() -> None:
+    nodata = rule(kind="nodata", name="silent", quantity="cod", **{"for": "20s"})
+    long = rule(kind="maintenance_too_long", name="long", quantity="cod", **{"for": "2h"})
+    engine = RulesEngine([nodata, long])
+    engine.feed([r(0, 50)])
+    fired: list[tuple[str, str]] = []
+    for t in range(10, 3 * 3600, 10):  # three hours of maintenance, a reading every 10 s
+        events = engine.feed([r(t, 50, Flag.M)]) + engine.tick(t * NS + 1)
+        fired += [(e.rule, e.state.value) for e in events]
+    assert fired == [("long", "firing")]  # nodata stayed quiet; the long maintenance is told
+    # The analyzer falls silent while in maintenance: that is noticed.
+    assert [(e.rule, e.state.value) for e in engine.tick((3 * 3600 + 30) * NS)] == [("silent", "firing")]
 
 
 def test_nodata_for_an_expected_series_that_never_reported() -> None:

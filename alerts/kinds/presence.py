@@ -18,12 +18,12 @@ class NodataState(RuleState):
 
     def __init__(self, rule: NodataRule, zones: Mapping[str, str]) -> None:
         super().__init__(rule, zones)
-        self._last = self.keep("last", readings())  # the last valid reading of each series
+        self._last = self.keep("last", readings())  # the last valid (or held: maintenance) reading
         self._expected = rule.site is not None and rule.device is not None and rule.quantity is not None
         self._now = 0  # the latest tick: a reading stamped ahead of it counts as seen now, no later
 
     def on_reading(self, r: Reading) -> list[AlertEvent]:
-        if r.flag is not Flag.N:
+        if r.flag is not Flag.N and r.flag not in self.rule.hold_flags:
             return []
         key = self._series(r)
         previous = self._last.get(key)
