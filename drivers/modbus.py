@@ -150,10 +150,10 @@ class ModbusDriver:
         for i, status in enumerate(self.cfg.status):
             words = raw.get(len(self.cfg.points) + i)
             if words is not None:
-                value = int(decode(words, status.type, status.byte_order or order))
-                statuses[i] = status.flag(value)
-                if status.unmapped(value):
-                    self._unmapped_status(status, value)
+                word = int(decode(words, status.type, status.byte_order or order))
+                statuses[i] = status.flag(word)
+                if status.unmapped(word):
+                    self._unmapped_status(status, word)
         comm_flag = Flag.B if self._comm_lost else Flag.N
         out = []
         for key, point in enumerate(self.cfg.points):

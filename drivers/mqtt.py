@@ -35,6 +35,7 @@ import logging
 import ssl
 import threading
 import time
+import zoneinfo
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -51,7 +52,7 @@ from drivers.mqtt_client import Client, Message
 from drivers.mqtt_decode import MAX_PAYLOAD, FormatName, Paths, PayloadError, decode
 from drivers.mqtt_hj212 import Hj212Payloads, StationTable
 from telemetry.config import Duration, KnownSeries, Model, Name
-from telemetry.config_base import loopback
+from telemetry.config_base import TimeZone, loopback
 from telemetry.hj212.stations import station_series
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, InvalidReading, Reading, Rejected
@@ -113,6 +114,11 @@ class Subscription(Model):
     # What a {quantity} level or a batch's keys may take; empty: any, capped per device by
     # max_series_per_device.
     quantities: list[NamePattern] = []
+    # A timestamp without a zone (``2026-12-01 08:00:00`` from a gateway) is local time here;
+    # default: the site's zone.
+    timezone: TimeZone | None = None
+    units: dict[Name, str] = {}  # a batch field's unit, where the payload gives none
+    ignore: list[str] = []  # batch fields that are not readings (a gateway's status text, its id)
 
     @model_validator(mode="after")
     def _template(self) -> Subscription:
@@ -151,9 +157,19 @@ class Subscription(Model):
     def filter(self) -> str:
         return "/".join("+" if p.startswith("{") else p for p in self.topic.split("/"))
 
-    @property
-    def paths(self) -> Paths:
-        return Paths(self.value_path, self.ts_path, self.flag_path, self.unit_path, self.quantity_path)
+    def paths(self, site_zone: str | None) -> Paths:
+        """Where the payload keeps each part, and the zone of its zone-less timestamps."""
+        zone = self.timezone or site_zone
+        return Paths(
+            self.value_path,
+            self.ts_path,
+            self.flag_path,
+            self.unit_path,
+            self.quantity_path,
+            zoneinfo.ZoneInfo(zone) if zone else None,
+            dict(self.units),
+            frozenset(self.ignore),
+        )
 
     def admits(self, tags: dict[str, str]) -> str | None:
         """Why a topic's captured device or quantity is refused, or None when the lists admit it."""
@@ -296,6 +312,8 @@ class MqttDriver:
         self.hj212 = Hj212Payloads(cfg, metrics, shared)
         # The configured sites (from the composition root): a {site} level must name one of them.
         self._sites: frozenset[str] | None = (shared or {}).get("sites")
+        self._zones: dict[str, str] = (shared or {}).get("zones", {})  # site -> its zone
+        self._paths: dict[tuple[str, str], Paths] = {}
         # (site, device) -> its quantities (capped), each with its latest stamp (the back-fill window)
         self._series: dict[tuple[str, str], dict[str, int]] = {}
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
@@ -510,7 +528,7 @@ class MqttDriver:
             detail = f"{name} {tags[name][:64]!r} is not in the configuration"
             return [], [self._bad(sub, msg.topic, now, payload, why, detail)]
         try:
-            result = decode(payload, now, sub.format, sub.paths, self.cfg.max_payload_bytes)
+            result = decode(payload, now, sub.format, self._paths_of(sub, tags["site"]), self.cfg.max_payload_bytes)
             site, device, quantity = tags["site"], tags["device"], tags.get("quantity") or ""
             readings: list[Reading | Aggregate] = [  # positional: keywords double the cost of a named tuple
                 Reading(
@@ -535,6 +553,14 @@ class MqttDriver:
             detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"
             problems.append(self._bad(sub, msg.topic, now, payload, first.reason, detail))
         return readings, problems
+
+    def _paths_of(self, sub: Subscription, site: str) -> Paths:
+        """One Paths per subscription and configured site (only admitted sites get here)."""
+        key = (sub.topic, site)
+        paths = self._paths.get(key)
+        if paths is None:
+            paths = self._paths[key] = sub.paths(self._zones.get(site))
+        return paths
 
     def _not_ahead(self, readings: list[Reading | Aggregate], now: int) -> tuple[list[Reading | Aggregate], int]:
         """Readings stamped at most ``max_clock_skew`` ahead of their arrival; the others refused

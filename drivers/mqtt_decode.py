@@ -15,7 +15,10 @@ Formats (``format`` of a subscription):
   listener does (``telemetry.hj212.inbound``), not here.
 
 Timestamps: epoch seconds, milliseconds, microseconds or nanoseconds (told apart
-by magnitude) or ISO 8601 with a zone. Anything wrong raises PayloadError with a
+by magnitude), ISO 8601 (``T`` or a space) or ``YYYYMMDDHHMMSS`` (text or number); a time
+without a zone is local time in ``Paths.zone`` (the site's, or the subscription's
+``timezone``). In a batch, ``Paths.units`` gives a field its unit and ``Paths.ignore`` names
+fields that are not readings (a gateway's status text). Anything wrong raises PayloadError with a
 bounded ``reason`` for metrics and a message that says what was wrong; in a
 batch, the good entries are kept and the bad ones reported.
 """
@@ -23,15 +26,16 @@ batch, the good entries are kept and the bad ones reported.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Literal, NamedTuple
 
 import orjson
 
 from telemetry.hj212.codec import FrameReader
 from telemetry.model import Flag
-from telemetry.times import EARLIEST_NS, TimeError, epoch_ns, iso_ns
+from telemetry.times import EARLIEST_NS, TimeError, compact_ns, epoch_ns, parse_timestamp
 
 _MAX_AHEAD_NS = 86_400 * 10**9
 MAX_PAYLOAD = 256 * 1024
@@ -62,6 +66,9 @@ class Paths:
     flag: str = "flag"
     unit: str = "unit"
     quantity: str = "quantity"
+    zone: tzinfo | None = None  # of a timestamp without one; None: such a timestamp is refused
+    units: Mapping[str, str] = field(default_factory=dict)  # a batch field's unit, where it sends none
+    ignore: frozenset[str] = frozenset()  # batch fields that are not readings
 
 
 @dataclass
@@ -174,10 +181,11 @@ def _by_name(
     except PayloadError:
         common = None  # each entry reports the problem, as below
     for key, item in data.items():
-        if key in shared:
+        if key in shared or key in paths.ignore:
             continue
         if common is not None and type(item) in (int, float) and math.isfinite(item):
-            out.append(Decoded(float(item), common.ts, common.flag, common.unit, str(key)))
+            unit = common.unit if common.unit is not None else paths.units.get(key)
+            out.append(Decoded(float(item), common.ts, common.flag, unit, str(key)))
             continue
         try:
             entry = dict(shared) | (item if isinstance(item, dict) else {paths.value: item})
@@ -193,7 +201,7 @@ def _entry(data: dict[str, Any], received_ns: int, paths: Paths, quantity: str |
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PayloadError("bad_value", f"'{paths.value}' must be a number, found {_kind(value)}")
     raw_ts = _get(data, paths.ts)
-    ts = received_ns if raw_ts is _MISSING or raw_ts is None else _timestamp(raw_ts, received_ns)
+    ts = received_ns if raw_ts is _MISSING or raw_ts is None else _timestamp(raw_ts, received_ns, paths.zone)
     flag = Flag.N
     raw_flag = _get(data, paths.flag)
     if raw_flag is not _MISSING:
@@ -203,7 +211,7 @@ def _entry(data: dict[str, Any], received_ns: int, paths: Paths, quantity: str |
             raise PayloadError("bad_flag", f"'{paths.flag}' must be one of {''.join(Flag)}") from None
     unit = _get(data, paths.unit)
     if unit is _MISSING:
-        unit = None
+        unit = paths.units.get(quantity) if quantity is not None and paths.units else None
     elif not isinstance(unit, str):
         raise PayloadError("bad_unit", f"'{paths.unit}' must be text")
     return Decoded(_finite(float(value)), ts, flag, unit, quantity)
@@ -244,11 +252,16 @@ def _finite(value: float) -> float:
     return value
 
 
-def _timestamp(raw: Any, received_ns: int) -> int:
+def _timestamp(raw: Any, received_ns: int, zone: tzinfo | None) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-        raise PayloadError("bad_ts", "timestamp must be epoch seconds/ms/ns or ISO 8601")
+        raise PayloadError("bad_ts", "timestamp must be epoch seconds/ms/ns, ISO 8601 or YYYYMMDDHHMMSS")
     try:
-        ns = iso_ns(raw) if isinstance(raw, str) else epoch_ns(raw)
+        if isinstance(raw, str):
+            ns = parse_timestamp(raw, zone)
+        elif isinstance(raw, int) and 10**13 <= raw < 10**14:  # as ms it would be past 2286
+            ns = compact_ns(str(raw), zone)
+        else:
+            ns = epoch_ns(raw)
     except TimeError as err:
         raise PayloadError(err.reason, str(err)) from None
     if ns < EARLIEST_NS or ns > received_ns + _MAX_AHEAD_NS:

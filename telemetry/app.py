@@ -44,7 +44,11 @@ def build(dep: config.Deployment, metrics: Metrics, observer: Observer | None = 
     cfg = dep.config
     extras = Extras()  # SampleTime/EFlag of relayed HJ 212 values: from the input drivers to the uplinks
     # What drivers share: relayed HJ 212 extras; the configured sites (a topic level names only these).
-    shared: dict[str, Any] = {"hj212.extras": extras, "sites": frozenset(s.id for s in cfg.sites)}
+    shared: dict[str, Any] = {
+        "hj212.extras": extras,
+        "sites": frozenset(s.id for s in cfg.sites),
+        "zones": {s.id: s.timezone for s in cfg.sites},  # of a gateway's zone-less timestamps
+    }
     drivers = [DRIVERS[d.kind].build(d, metrics, shared) for d in dep.devices]
     uplinks = [uplink(dep, platform, metrics, extras) for platform in cfg.hj212]
     for link in uplinks:

@@ -2,14 +2,16 @@
 CSV replays and silences.
 
 Epoch seconds, milliseconds, microseconds or nanoseconds are told apart by magnitude; ISO 8601
-must carry its zone here (a zone-less local time is ``telemetry.calendar.Calendar.moment``'s
-job, which knows the site's zone).
+(``2026-12-01T08:00:00+08:00``, ``2026-12-01 08:00:00``) and the compact ``20261201080000`` of
+Chinese gateways and HJ 212 are read too. A time without a zone needs ``zone`` (a gateway's
+local time: its site's zone); without one it is refused. A local time in a DST fold is read
+as its first occurrence.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: older stamps are broken device clocks
 
@@ -22,17 +24,29 @@ class TimeError(ValueError):
         super().__init__(message)
 
 
-def parse_timestamp(raw: str) -> int:
-    """UTC ns from text: epoch s/ms/us/ns or ISO 8601 with a zone."""
+def parse_timestamp(raw: str, zone: tzinfo | None = None) -> int:
+    """UTC ns from text: epoch s/ms/us/ns, ISO 8601 or ``YYYYMMDDHHMMSS`` (local in ``zone``
+    when the text has no zone)."""
     text = raw.strip()
+    if len(text) == 14 and text.isdigit():
+        return compact_ns(text, zone)
     try:
         number: float = int(text)
     except ValueError:
         try:
             number = float(text)
         except ValueError:
-            return iso_ns(text)
+            return iso_ns(text, zone)
     return epoch_ns(number)
+
+
+def compact_ns(text: str, zone: tzinfo | None) -> int:
+    """``YYYYMMDDHHMMSS``: local time in ``zone``."""
+    try:
+        stamp = datetime.strptime(text, "%Y%m%d%H%M%S")
+    except ValueError:
+        raise TimeError("bad_ts", f"{text[:20]!r} is not a YYYYMMDDHHMMSS time") from None
+    return _zoned(stamp, zone)
 
 
 def epoch_ns(raw: float) -> int:
@@ -54,11 +68,17 @@ def epoch_ns(raw: float) -> int:
     return whole * factor + round((raw - whole) * factor)
 
 
-def iso_ns(raw: str) -> int:
+def iso_ns(raw: str, zone: tzinfo | None = None) -> int:
     try:
         stamp = datetime.fromisoformat(raw)
     except ValueError:
         raise TimeError("bad_ts", "timestamp is not ISO 8601") from None
+    return _zoned(stamp, zone)
+
+
+def _zoned(stamp: datetime, zone: tzinfo | None) -> int:
     if stamp.tzinfo is None:
-        raise TimeError("bad_ts", "timestamp has no time zone (add Z or +08:00)")
+        if zone is None:
+            raise TimeError("bad_ts", "timestamp has no time zone (add Z or +08:00)")
+        stamp = stamp.replace(tzinfo=zone)
     return int(stamp.timestamp()) * 10**9 + stamp.microsecond * 1000

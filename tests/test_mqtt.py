@@ -497,3 +497,24 @@ async def test_a_reading_older_than_its_series_by_more_than_the_window_needs_bac
     await run_until(driver, emit, lambda: publish(mosquitto, msgs))
     assert [r.value for r in emit.readings] == ([0, 1, 2, 3] if backfill else [0, 1])
     assert [r.reason for r in emit.rejected] == ([] if backfill else ["clock_behind", "clock_behind"])
+
+
+async def test_a_gateways_zone_less_local_time_is_read_in_its_sites_zone(mosquitto: Mosquitto, unique: str) -> None:
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415 - only here
+
+    zones = {"s": "Asia/Shanghai", "u": "UTC"}
+    driver = MqttDriver(
+        make(mosquitto, unique).cfg, Metrics(CollectorRegistry()), {"sites": frozenset(zones), "zones": zones}
+    )
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    beijing = (now + timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")  # what the gateway's clock shows
+    msgs = [
+        (f"{unique}/s/gw/cod", json.dumps({"value": 1, "ts": beijing}).encode()),
+        (f"{unique}/u/gw/cod", json.dumps({"value": 2, "ts": now.strftime("%Y%m%d%H%M%S")}).encode()),
+    ]
+    emit = Collector(want=2)
+    await run_until(driver, emit, lambda: publish(mosquitto, msgs))
+    assert {r.site: r.ts for r in emit.readings} == {
+        "s": int(now.timestamp()) * 10**9,
+        "u": int(now.timestamp()) * 10**9,
+    }

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import calendar
+import json
+import zoneinfo
+from datetime import datetime
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.mqtt_decode import DEFAULT_PATHS, Paths, PayloadError, decode
 from telemetry.model import Flag
@@ -104,3 +111,44 @@ def test_rejected_with_a_reason(payload: bytes, fmt: str, reason: str) -> None:
         decode(payload, NOW, fmt)  # type: ignore[arg-type]
     assert info.value.reason == reason
     assert str(info.value)
+
+
+SHANGHAI = Paths(zone=zoneinfo.ZoneInfo("Asia/Shanghai"))
+
+
+@given(st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2025, 11, 20)))
+def test_gateway_local_times_in_every_form_are_read_in_the_site_zone(local: datetime) -> None:
+    local = local.replace(microsecond=0)
+    # The oracle: Beijing time is UTC+8 all year (no DST since 1991).
+    expected = (calendar.timegm(local.timetuple()) - 8 * 3600) * 10**9
+    forms: list[object] = [
+        local.strftime("%Y-%m-%d %H:%M:%S"),
+        local.strftime("%Y-%m-%dT%H:%M:%S"),
+        local.strftime("%Y%m%d%H%M%S"),
+        int(local.strftime("%Y%m%d%H%M%S")),
+    ]
+    for form in forms:
+        payload = json.dumps({"value": 1.5, "ts": form}).encode()
+        assert one(payload, paths=SHANGHAI)[1] == expected, form
+    # A zone in the text wins over the site's.
+    utc = json.dumps({"value": 1.5, "ts": local.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
+    assert one(utc, paths=SHANGHAI)[1] == calendar.timegm(local.timetuple()) * 10**9
+
+
+def test_a_zone_less_time_without_a_zone_to_read_it_in_is_refused() -> None:
+    with pytest.raises(PayloadError, match="no time zone"):
+        decode(b'{"value": 1, "ts": "2025-11-20 08:00:00"}', NOW)
+
+
+def test_a_batch_gives_fields_their_units_and_ignores_what_is_not_a_reading() -> None:
+    paths = Paths(units={"cod": "mg/L", "flow": "m3/h"}, ignore=frozenset({"status", "sn"}))
+    payload = (
+        b'{"ts": 1763999990, "cod": 41.5, "flow": {"value": 12, "unit": "L/s"}, "ph": 7.1, "status": "ok", "sn": "A1"}'
+    )
+    result = decode(payload, NOW, "batch", paths)
+    assert result.errors == []
+    got = {d.quantity: (d.value, d.unit) for d in result.readings}
+    assert got == {"cod": (41.5, "mg/L"), "flow": (12.0, "L/s"), "ph": (7.1, None)}  # the payload's own unit wins
+    # Without the ignore list the status text is a bad entry (the rest kept).
+    result = decode(payload, NOW, "batch", Paths(units=paths.units))
+    assert [e.reason for e in result.errors] == ["bad_value", "bad_value"]
