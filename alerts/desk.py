@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -70,6 +70,9 @@ class AlertDesk:
 
     def on_windows(self, windows: Sequence[Aggregate]) -> list[AlertEvent]:
         return self.rules.on_windows(windows)
+
+    def use_clock(self, now: Callable[[], int]) -> None:
+        self.rules.use_clock(now)
 
     def tick_rules(self, now_ns: int) -> list[AlertEvent]:
         return self.rules.tick(now_ns)

@@ -146,6 +146,11 @@ class RulesEngine:
                     out.append(Reading(now_ns, site, device, "furnace_events", float(n), ""))
         return out
 
+    def use_clock(self, now: Callable[[], int]) -> None:
+        """Live: rules measure ``for`` and presence on the daemon's clock too (``RuleState.now``)."""
+        for entry in self._entries:
+            entry.state.now = now
+
     def clock_stepped(self, delta_ns: int) -> None:
         """The host clock stepped (``telemetry.clock``): every rule moves its timers with it."""
         for entry in self._entries:

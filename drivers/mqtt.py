@@ -65,6 +65,7 @@ _FIELDS = ("site", "device", "quantity")
 _LOG_EVERY_S = 60.0
 MAX_BATCH_READINGS = 1000  # a commit takes messages until it holds this many readings
 _ACKS_CONFIRMED_S = 10.0  # at shutdown, how long to wait for the broker to confirm it processed the acks
+SILENCE_CHECK_S = 5.0  # how often subscriptions are checked for silence
 _ROUTE_CACHE_MAX = 100_000  # topics remembered with their subscription and tags
 Inbound = Message | paho.MQTTMessage  # the lean client's message, or paho's off its fast path
 _REFUSED = {"unknown_site": "site", "unknown_device": "device", "unknown_quantity": "quantity"}  # the tag refused
@@ -119,6 +120,7 @@ class Subscription(Model):
     timezone: TimeZone | None = None
     units: dict[Name, str] = {}  # a batch field's unit, where the payload gives none
     ignore: list[str] = []  # batch fields that are not readings (a gateway's status text, its id)
+    silent_after: Duration | None = None  # default: the device's
 
     @model_validator(mode="after")
     def _template(self) -> Subscription:
@@ -228,6 +230,9 @@ class MqttConfig(StationTable):
     # as arriving now and flagged nothing (``restamp``). Device clocks are not trusted.
     max_clock_skew: Annotated[Duration, Field(ge=0, le=86400)] = 300.0
     clock_ahead: Literal["refuse", "restamp"] = "refuse"
+    # A subscription that receives nothing for this long (from the subscribe on) is warned of and
+    # flagged on telemetry_mqtt_subscription_silent, with no rule needed: a typo'd topic is silent.
+    silent_after: Annotated[Duration, Field(ge=0)] = 600.0
     # A reading stamped more than this before its series' latest is refused (``clock_behind``):
     # one stamp from 2000 would otherwise reopen closed hours. ``backfill: true`` takes any age
     # (a gateway that replays its own store after an outage, out of order).
@@ -314,6 +319,10 @@ class MqttDriver:
         self._sites: frozenset[str] | None = (shared or {}).get("sites")
         self._zones: dict[str, str] = (shared or {}).get("zones", {})  # site -> its zone
         self._paths: dict[tuple[str, str], Paths] = {}
+        self.heard: dict[str, int] = {}  # subscription -> when it last received a message (ns)
+        self.silent: set[str] = set()  # subscriptions warned of as silent
+        self.silence_changed = asyncio.Event()  # set when a subscription falls silent or hears again
+        self._listening_since: int | None = None  # when the subscriptions were first confirmed
         # (site, device) -> its quantities (capped), each with its latest stamp (the back-fill window)
         self._series: dict[tuple[str, str], dict[str, int]] = {}
         self.subscribed = asyncio.Event()  # set when the broker confirmed the subscriptions
@@ -372,6 +381,7 @@ class MqttDriver:
         pending: asyncio.Queue[_Pending] = asyncio.Queue()
         acker = asyncio.create_task(self._ack_in_order(pending, emit, stop))
         connection = asyncio.create_task(self._keep_connected(stop))
+        watch = asyncio.create_task(self._watch_silence(stop))
         stopping = asyncio.create_task(stop.wait())
         inbox = self._inbox
         try:
@@ -404,6 +414,7 @@ class MqttDriver:
                 if left is not None:
                     left.add_done_callback(_retrieved)
             await connection
+            await watch
             await asyncio.to_thread(self._shutdown)
 
     async def _keep_connected(self, stop: asyncio.Event) -> None:
@@ -506,12 +517,14 @@ class MqttDriver:
                 why = "unknown_site"  # anyone who can publish could otherwise create sites and alerts
             else:
                 why = sub.admits(tags)
-        if why is not None:
-            return sub, tags, why
+        return sub, tags, why
+
+    def _remember(self, topic: str, sub: Subscription, tags: dict[str, str]) -> None:
+        """Cache a topic's route once it gave readings that were kept: the topics remembered are
+        at most the series admitted (within the caps), never a refused publisher's inventions."""
         if len(self._routes) >= _ROUTE_CACHE_MAX:
             self._routes.clear()
-        self._routes[topic] = route = (sub, tags, None)
-        return route
+        self._routes[topic] = (sub, tags, None)
 
     def _decode(self, msg: Inbound) -> tuple[list[Reading | Aggregate], list[Rejected]]:
         route = self._route(msg.topic)
@@ -519,6 +532,9 @@ class MqttDriver:
             return [], []
         sub, tags, why = route
         now = time.time_ns()
+        self.heard[sub.topic] = now
+        if sub.topic in self.silent:
+            self._heard_again(sub)
         payload = bytes(msg.payload)
         if sub.format == "hj212":
             bad = partial(self._bad, sub, msg.topic, now)
@@ -541,6 +557,8 @@ class MqttDriver:
             return [], [self._bad(sub, msg.topic, now, payload, reason, str(err))]
         readings, ahead = self._not_ahead(readings, now)
         readings, refused = self._within_caps(sub, readings)
+        if readings and msg.topic not in self._routes:
+            self._remember(msg.topic, sub, tags)
         problems: list[Rejected] = []
         if ahead:
             detail = f"{ahead} readings stamped more than {self.cfg.max_clock_skew:g}s ahead of their arrival refused"
@@ -553,6 +571,43 @@ class MqttDriver:
             detail = f"{len(result.errors)} bad entries, {len(readings)} kept; first: {first}"
             problems.append(self._bad(sub, msg.topic, now, payload, first.reason, detail))
         return readings, problems
+
+    async def _watch_silence(self, stop: asyncio.Event) -> None:
+        """Every ``SILENCE_CHECK_S`` (or a quarter of the shortest ``silent_after``): a subscription
+        silent for its ``silent_after`` (counted from the first confirmed subscribe) is warned of
+        once, and its gauges are brought up to date."""
+        afters = [self.cfg.silent_after if s.silent_after is None else s.silent_after for s in self.cfg.subscriptions]
+        every = max(0.1, min([SILENCE_CHECK_S] + [a / 4 for a in afters if a]))
+        while not await wait_event(stop, every):
+            if self._listening_since is None:
+                if not self.subscribed.is_set():
+                    continue
+                self._listening_since = time.time_ns()
+            now = time.time_ns()
+            for sub in self.cfg.subscriptions:
+                heard = self.heard.get(sub.topic)
+                self._metrics.mqtt_last_message.labels(self.cfg.id, sub.topic).set((heard or 0) / 1e9)
+                after = sub.silent_after if sub.silent_after is not None else self.cfg.silent_after
+                since = heard if heard is not None else self._listening_since
+                if after and sub.topic not in self.silent and now - since > after * 1e9:
+                    self.silent.add(sub.topic)
+                    self.silence_changed.set()
+                    self._metrics.mqtt_silent.labels(self.cfg.id, sub.topic).set(1)
+                    what = "no message since" if heard is not None else "no message at all since subscribing"
+                    log.warning(
+                        "%s: subscription %r: %s %.0f min ago; check the topic against what the publisher sends "
+                        "(mosquitto_sub -v -t '#') and that it is running",
+                        self.where,
+                        sub.topic,
+                        what,
+                        (now - since) / 60e9,
+                    )
+
+    def _heard_again(self, sub: Subscription) -> None:
+        self.silent.discard(sub.topic)
+        self.silence_changed.set()
+        self._metrics.mqtt_silent.labels(self.cfg.id, sub.topic).set(0)
+        log.info("%s: subscription %r receives messages again", self.where, sub.topic)
 
     def _paths_of(self, sub: Subscription, site: str) -> Paths:
         """One Paths per subscription and configured site (only admitted sites get here)."""
@@ -570,6 +625,8 @@ class MqttDriver:
         if all(r.ts <= latest for r in readings):
             return readings, 0
         if self.cfg.clock_ahead == "restamp":
+            restamped = sum(r.ts > latest for r in readings)
+            self._metrics.errors.labels("mqtt", "clock", "restamped").inc(restamped)
             return [r._replace(ts=now) if r.ts > latest else r for r in readings], 0  # type: ignore[union-attr]
         kept = [r for r in readings if r.ts <= latest]
         return kept, len(readings) - len(kept)
@@ -587,16 +644,16 @@ class MqttDriver:
         window = None if self.cfg.backfill else int(self.cfg.backfill_window * 1e9)
         for r in readings:
             latest = self._series.get((r.site, r.device))
-            if latest is None:
-                if len(self._series) >= self.cfg.max_devices:
-                    refused["series_cap"] += 1
-                    continue
-                latest = self._series[(r.site, r.device)] = {}
-            last = latest.get(r.quantity)
+            last = latest.get(r.quantity) if latest is not None else None
             if last is None:
-                if sub.quantity is None and sub.quantities and not _matches(r.quantity, sub.quantities):
+                if sub.quantities and r.quantity != sub.quantity and not _matches(r.quantity, sub.quantities):
                     refused["unknown_quantity"] += 1
                     continue
+                if latest is None:
+                    if len(self._series) >= self.cfg.max_devices:
+                        refused["series_cap"] += 1
+                        continue
+                    latest = self._series[(r.site, r.device)] = {}  # only for a reading that is kept
                 if len(latest) >= self.cfg.max_series_per_device:
                     refused["series_cap"] += 1
                     continue
@@ -605,7 +662,7 @@ class MqttDriver:
                 refused["clock_behind"] += 1
                 continue
             elif r.ts > last:
-                latest[r.quantity] = r.ts
+                self._series[(r.site, r.device)][r.quantity] = r.ts
             kept.append(r)
         return kept, refused
 

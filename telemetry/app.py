@@ -187,7 +187,14 @@ async def serve(
         furnaces = [f.id for f in dep.config.furnaces]
         zones = {s.id: s.timezone for s in dep.config.sites}
         stop_http = http.serve(
-            metrics, dep.config.metrics.listen, dep.config.outbox.path, ack_token, readiness, furnaces, zones
+            metrics,
+            dep.config.metrics.listen,
+            dep.config.outbox.path,
+            ack_token,
+            readiness,
+            furnaces,
+            zones,
+            status=lambda: current[0].status() if current else None,
         )
         log.info("metrics on http://%s/metrics", dep.config.metrics.listen)
     try:

@@ -176,7 +176,8 @@ class _Desk:
         if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
             return ("401 Unauthorized", {"error": "expected Authorization: Bearer TOKEN"}), {}
         length = str(environ.get("CONTENT_LENGTH", "")).strip()
-        if not length.isdigit() or int(length) > MAX_BODY:  # required, a count, bounded: nothing else is read
+        # Required, a count in ASCII digits, bounded: nothing else is read.
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
             return ("400 Bad Request", {"error": f"expected a Content-Length of 0 to {MAX_BODY} bytes"}), {}
         size = int(length)
         try:
@@ -214,8 +215,10 @@ def app(
     readiness: Readiness | None = None,
     furnaces: Iterable[str] = (),
     zones: Mapping[str, str] | None = None,
+    status: Callable[[], dict[str, Any] | None] | None = None,
 ) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     prometheus = make_wsgi_app(metrics.registry)
+    current = status
     desk = _Desk(outbox_path, ack_token, furnaces)
     console = Console(outbox_path, ack_token, zones)
 
@@ -242,6 +245,9 @@ def app(
         elif path == "/readyz":
             ready, detail = readiness() if readiness is not None else (False, {"pipeline": "starting"})
             status, body = ("200 OK" if ready else "503 Service Unavailable"), {"ready": ready, **detail}
+        elif path == "/status" and method == "GET":
+            body = current() if current is not None else None
+            status, body = ("200 OK", body) if body is not None else ("503 Service Unavailable", {"error": "starting"})
         else:
             try:
                 status, body = desk(environ, path, method)
@@ -261,10 +267,11 @@ def serve(
     readiness: Readiness | None = None,
     furnaces: Iterable[str] = (),
     zones: Mapping[str, str] | None = None,
+    status: Callable[[], dict[str, Any] | None] | None = None,
 ) -> Callable[[], None]:
     """Start the endpoint in a thread; returns a function that stops it."""
     host, port = host_port(listen)
-    handler = app(metrics, outbox_path, ack_token, readiness, furnaces, zones)
+    handler = app(metrics, outbox_path, ack_token, readiness, furnaces, zones, status)
     server = make_server(host, port, handler, server_class=_Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()

@@ -39,6 +39,18 @@ class Metrics:
             ["device", "subscription", "error_type"],
             registry=registry,
         )
+        self.mqtt_last_message = Gauge(
+            "telemetry_mqtt_last_message_timestamp_seconds",
+            "When a subscription last received a message (Unix time; 0: never since start)",
+            ["device", "subscription"],
+            registry=registry,
+        )
+        self.mqtt_silent = Gauge(
+            "telemetry_mqtt_subscription_silent",
+            "1 while a subscription has received nothing for its silent_after (a typo'd topic, a dead publisher)",
+            ["device", "subscription"],
+            registry=registry,
+        )
         self.errors = Counter(
             "telemetry_errors_total",
             "Errors by component, stage and bounded error type",

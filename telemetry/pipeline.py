@@ -36,6 +36,8 @@ from telemetry.model import Aggregate, AlertEvent, AlertState, Measure, Reading,
 from telemetry.outbox import Outbox
 from telemetry.protocols import AlertPath, Consumer, Driver
 from telemetry.sinks import Sink
+from telemetry.status import Latest
+from telemetry.status import body as status_body
 from telemetry.timing import wait_event
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class Pipeline:
         self.drivers = list(drivers)
         self.alerts = alerts
         alerts.attach(self.db, outbox)
+        alerts.use_clock(clock)
         for driver in self.drivers:
             if hasattr(driver, "on_alert"):  # a driver that raises alerts (refused HJ 212 stations)
                 driver.on_alert = self._record_event
@@ -118,11 +121,16 @@ class Pipeline:
         self.sink_checks: list[asyncio.Task[bool]] = []  # start-up health checks, in the background
         self._committer: asyncio.Task[None] | None = None
         self._closed_through: dict[str, int] = {}  # per window size: closed and committed up to here
+        self.latest = Latest()  # each series' newest reading: ``telemetry status``
 
     def closed_through(self, window: str) -> int:
         """Every window of this size ending at or before this time has closed and is committed:
         the HJ 212 uplink reads a period from the outbox only once all of it is there."""
         return self._closed_through.get(window, 0)
+
+    def status(self) -> dict[str, Any]:
+        """For ``GET /status`` and ``telemetry status`` (``telemetry.status``)."""
+        return status_body(self.latest, self.drivers, self.metrics, self.now())
 
     def readiness(self, max_sink_age_s: float) -> tuple[bool, dict[str, Any]]:
         """For /readyz: drivers started, the outbox taking commits, sinks not stuck. A sink is
@@ -299,6 +307,7 @@ class Pipeline:
         for wake in self._wakes:
             wake.set()
         readings = [r for r in records if isinstance(r, Reading)]
+        self.latest.update(readings)
         for (site, device), n in Counter((r.site, r.device) for r in readings).items():
             self.metrics.readings.labels(site, device).inc(n)
         if self.aggregator is not None:
@@ -469,19 +478,26 @@ class Pipeline:
         """Close due windows (committed, judged by window rules) and run the time-based rules."""
         closed: list[Aggregate] = []
         if self.aggregator is not None and close_windows:
-            closed = self.aggregator.advance(now_ns)
-            self.aggregator.prune(now_ns - 3 * 86400 * 1_000_000_000)
-            through = {w: self.aggregator.closed_through(w) for w in ("1m", "1h", "1d")}
-            self._queue.put_nowait(_Item(closed, None, closed_through=through))
-        events = self.alerts.on_windows(closed) + self.alerts.tick_rules(now_ns)
+            # Contained like the commit's parts: a failure costs this tick's closing (tried again
+            # at the next), never the ticker and with it the daemon.
+            closed = self._contained("aggregator", self._close_windows, self.aggregator, now_ns) or []
+        events: list[AlertEvent] = self._contained("rules", self.alerts.on_windows, closed) or []
+        events += self._contained("rules", self.alerts.tick_rules, now_ns) or []
         for event in events:
             self._record_event(event)
-        status = self.alerts.status_readings(now_ns)
+        status = self._contained("rules", self.alerts.status_readings, now_ns)
         if status:
             self._queue.put_nowait(_Item(status, None))
         if self.observer is not None and events:
-            self.observer([], events)
+            self._contained("observer", self.observer, [], events)
         return events
+
+    def _close_windows(self, aggregator: Aggregator, now_ns: int) -> list[Aggregate]:
+        closed = aggregator.advance(now_ns)
+        aggregator.prune(now_ns - 3 * 86400 * 1_000_000_000)
+        through = {w: aggregator.closed_through(w) for w in ("1m", "1h", "1d")}
+        self._queue.put_nowait(_Item(closed, None, closed_through=through))
+        return closed
 
     async def drained(self) -> None:
         """Until every sink has taken everything committed so far."""
@@ -498,6 +514,7 @@ class Pipeline:
             body = self.aggregator.snapshot()
             await self.db(self.outbox.save_state, "aggregator", body)
         await self.alerts.save_rules()
+        await self.db(self.outbox.save_state, "status", orjson.dumps(self.status()))
 
     async def prune(self) -> None:
         """The outbox's retention (``telemetry.outbox.side``): old windows, acknowledgements,

@@ -33,6 +33,7 @@ class Source:
     unset: set[Path] = field(default_factory=set)  # values that name an unset variable (reported once, here)
     problems: list[str] = field(default_factory=list)
     built: int = 0  # values built so far (aliases expand: a 359-byte file can stand for billions)
+    chars: int = 0  # characters of the text values built so far (``MAX_CHARS``)
 
     def at(self, path: Path, message: str) -> str:
         """A problem as ``FILE:LINE: dotted.path: message``."""
@@ -70,6 +71,8 @@ class Source:
 
 
 MAX_VALUES = 200_000  # a plant's configuration holds thousands; a billion-laughs file, billions
+MAX_CHARS = 32 << 20  # text in all built values, ${VAR}s expanded: aliases of a long string add up
+MAX_DEPTH = 32  # nesting: a configuration needs a handful of levels
 
 
 def dotted(path: Path) -> str:
@@ -87,6 +90,9 @@ def load_yaml(file: str, text: str, environ: Mapping[str, str] | None = None) ->
     source = Source(file=file, data=None)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:  # PyYAML composes nested collections recursively
+        source.problems.append(f"{file}:1: (size): expected at most {MAX_DEPTH} nested levels, found far more")
+        return source
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -99,11 +105,8 @@ def load_yaml(file: str, text: str, environ: Mapping[str, str] | None = None) ->
     constructor = yaml.SafeLoader("")
     try:
         source.data = _build(root, (), source, constructor, env)
-    except _TooLarge:
-        source.problems.append(
-            f"{file}:1: (size): expected a configuration of at most {MAX_VALUES:,} values, found more"
-            " (YAML aliases repeating a collection?): refused"
-        )
+    except _TooLarge as err:
+        source.problems.append(f"{file}:1: (size): expected {err}: refused")
         source.data = None
     except yaml.YAMLError as err:  # a tag or value PyYAML cannot construct (e.g. a bare '=')
         mark = getattr(err, "problem_mark", None)
@@ -114,13 +117,17 @@ def load_yaml(file: str, text: str, environ: Mapping[str, str] | None = None) ->
 
 
 class _TooLarge(Exception):
-    """The document expands beyond ``MAX_VALUES``."""
+    """The document expands beyond ``MAX_VALUES``, ``MAX_CHARS`` or ``MAX_DEPTH``."""
 
 
 def _build(node: yaml.Node, path: Path, src: Source, loader: yaml.SafeLoader, env: Mapping[str, str]) -> Any:
     src.built += 1
     if src.built > MAX_VALUES:
-        raise _TooLarge
+        raise _TooLarge(
+            f"a configuration of at most {MAX_VALUES:,} values, found more (YAML aliases repeating a collection?)"
+        )
+    if len(path) > MAX_DEPTH:
+        raise _TooLarge(f"at most {MAX_DEPTH} nested levels, found more at line {node.start_mark.line + 1}")
     src.lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -150,9 +157,13 @@ def _build(node: yaml.Node, path: Path, src: Source, loader: yaml.SafeLoader, en
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, i), src, loader, env) for i, item in enumerate(node.value)]
     value = loader.construct_object(node, deep=True)
-    if isinstance(value, str) and "${" in value:
-        src.from_env.add(path)
-        return _expand(value, path, src, env)
+    if isinstance(value, str):
+        if "${" in value:
+            src.from_env.add(path)
+            value = _expand(value, path, src, env)
+        src.chars += len(value)
+        if src.chars > MAX_CHARS:
+            raise _TooLarge(f"at most {MAX_CHARS:,} characters of values, found more (aliases of a long text?)")
     return value
 
 

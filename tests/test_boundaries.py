@@ -32,7 +32,7 @@ NS = 1_000_000_000
 TOKEN = "boundary-token-7f3a"
 
 
-def config(tmp: Path, unique: str, broker: Mosquitto, http_port: int = 0, platform: int = 0) -> Path:
+def config(tmp: Path, unique: str, broker: Mosquitto, http_port: int = 0, platform: int = 0, rules: str = "") -> Path:
     metrics = f'{{listen: "127.0.0.1:{http_port}", ack_token: {TOKEN}}}' if http_port else "{enabled: false}"
     hj212 = (
         f"""hj212:
@@ -59,7 +59,7 @@ devices:
 rules:
   - {{kind: nodata, name: silent, for: 1h}}
   - {{kind: limit, name: cod_high, quantity: cod, above: 100, for: 4m}}
-{hj212}"""
+{rules}{hj212}"""
     )
     return path
 
@@ -106,14 +106,16 @@ async def test_publishers_create_no_sites_devices_or_quantities(
     tmp_path: Path, mosquitto: Mosquitto, unique: str
 ) -> None:
     seen = Seen(marker=7.25)
-    daemon = await running(config(tmp_path, unique, mosquitto), seen)
+    # A limit that any spoofed reading (41.5) would fire, on every site: none may reach it.
+    any_site = "  - {kind: limit, name: any_cod, quantity: cod, above: 10}\n"
+    daemon = await running(config(tmp_path, unique, mosquitto, rules=any_site), seen)
     try:
-        await asyncio.to_thread(publish, mosquitto, [(f"{unique}/diaoyushan/an-1/cod", b"41.5")])
+        await asyncio.to_thread(publish, mosquitto, [(f"{unique}/diaoyushan/an-1/cod", b"5")])
         before = len(generate_latest(daemon.registry))
         spoofed = [(f"{unique}/spoof-{i}/dev/cod", b"41.5") for i in range(1000)]  # sites nobody configured
         spoofed += [(f"{unique}/diaoyushan/dev-{i}/cod", b"41.5") for i in range(1000)]  # a real site's name
-        spoofed += [(f"{unique}/diaoyushan/an-1/k{i}", b"1") for i in range(200)]  # {quantity}: any, capped
-        keys = {f"k{i}": float(i) for i in range(1000)} | {"cod": 40.0}  # a batch: only listed keys
+        spoofed += [(f"{unique}/diaoyushan/an-1/k{i}", b"1") for i in range(400)]  # {quantity}: any, capped
+        keys = {f"k{i}": float(i) for i in range(1000)} | {"cod": 4.0}  # a batch: only listed keys
         spoofed.append((f"{unique}/diaoyushan/gw", json.dumps(keys).encode()))
         spoofed.append((f"{unique}/diaoyushan/an-1/cod", b"7.25"))  # the marker: everything before is done
         await asyncio.to_thread(publish, mosquitto, spoofed)
@@ -124,6 +126,8 @@ async def test_publishers_create_no_sites_devices_or_quantities(
         stored = {(r.site, r.device, r.quantity) for r in seen.readings}
         assert {(s, d) for s, d, _ in stored} == {("diaoyushan", "an-1"), ("diaoyushan", "gw")}
         assert {q for s, d, q in stored if d == "gw"} == {"cod"}
+        assert len({q for s, d, q in stored if d == "an-1"}) == 300  # cod and 299 of the 400: the cap
+        assert rejected(daemon, f"{unique}/{{site}}/{{device}}/{{quantity}}", "series_cap") == 101
         sub = f"{unique}/{{site}}/{{device}}/{{quantity}}"
         assert rejected(daemon, sub, "unknown_site") == 1000
         assert rejected(daemon, sub, "unknown_device") == 1000
@@ -303,3 +307,28 @@ def test_a_yaml_bomb_is_answered_with_exit_2_and_one_line(tmp_path: Path, comman
     assert "expected a configuration of at most" in lines[0]
     assert lines[1] == f"1 problem(s) in {path}"
     assert "Traceback" not in done.stderr
+
+
+NESTED = "sites: " + "[" * 600 + "]" * 600 + "\n"
+LONG_ALIASES = "x: &x '" + "y" * 1_000_000 + "'\nsites: [" + ", ".join(["*x"] * 60) + "]\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [(NESTED, "nested levels"), (LONG_ALIASES, "characters of values")])
+def test_deep_nesting_and_aliased_long_texts_are_refused_with_one_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetry.cli", "check", "-c", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 2, done
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{path}:1: (size): expected")
+    assert expected in lines[0]

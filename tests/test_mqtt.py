@@ -518,3 +518,37 @@ async def test_a_gateways_zone_less_local_time_is_read_in_its_sites_zone(mosquit
         "s": int(now.timestamp()) * 10**9,
         "u": int(now.timestamp()) * 10**9,
     }
+
+
+async def test_a_subscription_that_hears_nothing_is_warned_of_once_and_flagged(
+    mosquitto: Mosquitto, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics(CollectorRegistry())
+    typo = f"{unique}/typo/{{device}}/{{quantity}}"  # nobody publishes here
+    subs: list[dict[str, Any]] = [
+        {"topic": typo, "site": "s", "devices": ["*"]},
+        {"topic": f"{unique}/s/{{device}}/{{quantity}}", "site": "s", "devices": ["*"], "silent_after": "1h"},
+    ]
+    driver = make(mosquitto, unique, metrics, subscriptions=subs, silent_after="1s")
+    labels = {"device": "broker", "subscription": typo}
+    stop = asyncio.Event()
+    emit = Collector(want=1)
+    with caplog.at_level(logging.INFO, logger="drivers.mqtt"):
+        task = asyncio.create_task(driver.run(emit, stop))
+        await asyncio.wait_for(driver.subscribed.wait(), 10)
+        await asyncio.to_thread(publish, mosquitto, [(f"{unique}/s/an/cod", b"1")])
+        await asyncio.wait_for(driver.silence_changed.wait(), 10)
+        driver.silence_changed.clear()
+        assert driver.silent == {typo}  # the busy one is not silent
+        assert metrics.registry.get_sample_value("telemetry_mqtt_subscription_silent", labels) == 1
+        await asyncio.to_thread(publish, mosquitto, [(f"{unique}/typo/an/cod", b"2")])
+        await asyncio.wait_for(driver.silence_changed.wait(), 10)
+        assert driver.silent == set()
+        assert metrics.registry.get_sample_value("telemetry_mqtt_subscription_silent", labels) == 0
+        stop.set()
+        await task
+    warned = [m for m in caplog.messages if "no message at all since subscribing" in m]
+    assert len(warned) == 1
+    assert typo in warned[0]
+    assert any("receives messages again" in m for m in caplog.messages)
+    assert metrics.registry.get_sample_value("telemetry_mqtt_last_message_timestamp_seconds", labels) is not None

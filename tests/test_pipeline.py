@@ -89,3 +89,35 @@ hj212:
         assert observer_errors == 3
     finally:
         await daemon.close()
+
+
+async def test_a_failing_rule_tick_or_window_close_costs_that_tick_never_the_ticker(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        f"""
+sites: [{{id: s}}]
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+rules: [{{kind: nodata, name: silent, quantity: cod, for: 1m}}]
+"""
+    )
+
+    def broken(*_args: object) -> None:
+        raise ZeroDivisionError("a rule's bug")
+
+    daemon = await start_daemon(path)
+    try:
+        aggregator = daemon.pipeline.aggregator
+        assert aggregator is not None
+        aggregator.advance = broken  # type: ignore[method-assign,assignment]
+        daemon.desk().rules.tick = broken  # type: ignore[method-assign,assignment]
+        now = time.time_ns()
+        assert daemon.pipeline.tick(now) == []  # neither raises out of the tick
+        assert daemon.pipeline.tick(now + 10**9) == []
+        await daemon.pipeline.emit([Reading(now, "s", "an", "cod", 40.0, "mg/L")])  # the daemon goes on
+        assert not daemon.task.done()
+        for stage in ("aggregator", "rules"):
+            labels = {"component": "pipeline", "stage": stage, "error_type": "exception"}
+            assert daemon.sample("telemetry_errors_total", labels) == 2, stage
+    finally:
+        await daemon.close()

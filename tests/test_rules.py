@@ -387,3 +387,42 @@ def test_nodata_is_not_fooled_by_a_device_clock_ahead_or_behind() -> None:
     assert [e.state.value for e in engine.feed([Reading(t0 + 21 * 60 * NS, "s", "an", "nh3n", 5.0, "mg/L")])] == [
         "resolved"
     ]
+
+
+class _Clock:
+    """The daemon's wall clock, moved by the test (seconds)."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        return int(self.t * NS)
+
+
+def test_live_nodata_judges_arrival_so_a_clock_50_min_behind_does_not_flap() -> None:
+    engine = RulesEngine([rule(kind="nodata", name="silent", quantity="cod", **{"for": "30m"})])
+    clock = _Clock(10_000.0)
+    engine.use_clock(clock)
+    events: list[AlertEvent] = []
+    for minute in range(60):  # a reading every minute, stamped 50 minutes behind
+        clock.t = 10_000.0 + minute * 60
+        events += engine.feed([r(clock.t - 3000, 41.0)]) + engine.tick(clock())
+    assert events == []
+    clock.t += 31 * 60  # then silence: noticed by the daemon's clock
+    assert [e.state.value for e in engine.tick(clock())] == ["firing"]
+
+
+def test_live_for_needs_real_time_whatever_the_stamps_say() -> None:
+    engine = RulesEngine([rule(kind="limit", name="high", quantity="cod", above=100, **{"for": "4m"})])
+    clock = _Clock(10_000.0)
+    engine.use_clock(clock)
+    assert engine.feed([r(clock.t - 600, 150.0)]) == []  # stamped 10 min ago: its own time says pending since
+    assert engine.feed([r(clock.t, 150.0)]) == []  # 10 min of stamps, seconds of real time: not yet
+    clock.t += 239
+    assert engine.feed([r(clock.t, 150.0)]) == []
+    clock.t += 1
+    assert [e.state.value for e in engine.feed([r(clock.t, 150.0)])] == ["firing"]  # 4 min of real time
+    # A replay (no clock) judges by the stamps alone, as recorded data should be.
+    replay = RulesEngine([rule(kind="limit", name="high", quantity="cod", above=100, **{"for": "4m"})])
+    assert replay.feed([r(0, 150.0)]) == []
+    assert [e.state.value for e in replay.feed([r(600, 150.0)])] == ["firing"]

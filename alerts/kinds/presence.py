@@ -27,10 +27,11 @@ class NodataState(RuleState):
             return []
         key = self._series(r)
         previous = self._last.get(key)
-        # Device clocks are not trusted: a reading stamped ahead of the last tick counts as seen at
-        # most 5 minutes after it (the skew the aggregator tolerates), and one stamped earlier than
-        # the last never moves "last seen" back.
-        seen = min(r.ts, self._now + MAX_AHEAD_NS) if self._now else r.ts
+        # Device clocks are not trusted: live, a reading is seen when it arrives (the daemon's
+        # clock). In a replay, one stamped ahead of the last tick counts as seen at most 5 minutes
+        # after it (the skew the aggregator tolerates). Neither ever moves "last seen" back.
+        replayed = min(r.ts, self._now + MAX_AHEAD_NS) if self._now else r.ts
+        seen = self.now() if self.now is not None else replayed
         if previous is not None and seen < previous[0]:
             return []
         self._last[key] = (seen, r)

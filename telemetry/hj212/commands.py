@@ -104,6 +104,7 @@ class PlatformCommands:
     _recount: int
     _tasks: set[asyncio.Future[None]]
     _metrics: Metrics
+    _refused_cns: set[str]  # commands whose refusal was logged at WARNING once
 
     def _packet(self, cn: str, cp: list[dict[str, str]], qn: str = "", st: str = "", ack: bool | None = None) -> Packet:
         raise NotImplementedError
@@ -196,6 +197,12 @@ class PlatformCommands:
         await self._result(request, "1")
 
     async def _result(self, request: Packet, exe_rtn: str) -> None:
+        if exe_rtn == "3":  # what was refused, by name only: values may be a password (1072)
+            keys = ", ".join(sorted({k[:32] for item in request.cp for k in item})[:8])
+            first = request.cn not in self._refused_cns
+            self._refused_cns.add(request.cn)  # CNs the station answers: a bounded set
+            level = logging.WARNING if first else logging.DEBUG
+            log.log(level, "hj212 %s: platform command %s refused (ExeRtn 3): %s", self.name, request.cn, keys)
         await self._write_packet(self._answer(request, "9012", [{"ExeRtn": exe_rtn}]))
 
     async def _history(self, p: Packet) -> None:
@@ -258,7 +265,7 @@ class PlatformCommands:
 
     async def _set_min(self, p: Packet) -> None:
         text = p.get("MinInterval") or ""
-        minutes = int(text) if text.isdigit() else 0
+        minutes = int(text) if text.isascii() and text.isdigit() and len(text) < 4 else 0
         ok = 1 <= minutes <= 60 and 60 % minutes == 0
         if ok:
             self.encoder.min_minutes = minutes

@@ -100,6 +100,7 @@ class Uplink(DuePeriods, PlatformCommands):
         self.connected = asyncio.Event()
         self._closed_errors = 0
         self._tasks: set[asyncio.Future[None]] = set()
+        self._refused_cns: set[str] = set()
 
     @property
     def reader_errors(self) -> int:
