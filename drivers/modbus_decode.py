@@ -10,6 +10,7 @@ apply to four words; for 16-bit values only the byte swap matters.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -72,7 +73,22 @@ def decode(registers: list[int], type_name: str, order: ByteOrder = "ABCD", bit:
         return float((word >> (bit or 0)) & 1) if bit is not None else float(word != 0)
     if not spec.fmt:
         raise ValueError(f"type {type_name} is not numeric")
-    value = struct.unpack(">" + spec.fmt, order_bytes(registers[: spec.registers], order))[0]
+    data = order_bytes(registers[: spec.registers], order)
+    value = struct.unpack(">" + spec.fmt, data)[0]
+    return shortest_float32(data) if spec.fmt == "f" else float(value)
+
+
+def shortest_float32(data: bytes) -> float:
+    """A float32 as the shortest decimal that reads back as the same float32: 0.42, not
+    0.41999998688697815 (what the analyzer sent is 0.42 to its precision; the rest is noise of
+    the widening to a double)."""
+    value = struct.unpack(">f", data)[0]
+    if not math.isfinite(value) or value == int(value):
+        return float(value)  # a whole number (a totalizer) is exact as it is
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        shorter = float(f"{value:.{digits}g}")
+        if struct.pack(">f", shorter) == data:
+            return shorter
     return float(value)
 
 

@@ -25,7 +25,7 @@ from alerts.rules import RulesEngine
 from drivers import modbus_probe
 from drivers.modbus_decode import NUMERIC_TYPES
 from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
-from telemetry import __version__, app, cli_marks, cli_parser, cli_report
+from telemetry import __version__, app, cli_marks, cli_parser, cli_report, cli_status
 from telemetry.aggregate import Aggregator
 from telemetry.calendar import calendar
 from telemetry.config import Deployment, KnownSeries
@@ -439,6 +439,7 @@ def _silence(dep: Deployment, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "check": _check,
+    "status": cli_status.command,
     "mark": cli_marks.command,
     "report": cli_report.command,
     "run": _run,

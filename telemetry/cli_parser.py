@@ -40,6 +40,12 @@ def parser() -> argparse.ArgumentParser:
     )
     _config(_command(sub, "check", "validate a configuration: a summary, or every problem with its line"))
     _command(sub, "schema", "print the JSON Schema of the configuration (for editors' completion and checks)")
+    status = _command(sub, "status", "what the running daemon reads now: values, ages, links, MQTT subscriptions")
+    _config(status)
+    status.add_argument("--json", action="store_true", help="one JSON object per series (site, device, quantity, ...)")
+    status.add_argument(
+        "--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS", help="refresh (default every 2 s)"
+    )
     _probe(sub)
     _alerting(sub)
     _marking(sub)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from drivers.modbus import ModbusDriver
 from drivers.modbus_config import ModbusConfig
-from drivers.modbus_decode import BYTE_ORDERS, TYPES
+from drivers.modbus_decode import BYTE_ORDERS, TYPES, decode
 from drivers.modbus_link import LinkPool
 from telemetry.errors import OutboxError
 from telemetry.metrics import Metrics
@@ -121,8 +121,10 @@ def test_every_type_and_byte_order_decodes_what_the_server_holds(cases: list[tup
     got = {r.quantity: r.value for r in readings}
     for i, (type_name, _, value) in enumerate(cases):
         expected = float(value)
-        if TYPES[type_name].fmt == "f":
-            expected = struct.unpack(">f", struct.pack(">f", value))[0]
+        if TYPES[type_name].fmt == "f":  # the same float32, at its own precision (see below)
+            same = struct.pack(">f", got[f"q{i}"]) == struct.pack(">f", value)
+            assert same or got[f"q{i}"] == value == 0, (type_name, value)  # -0.0 + offset 0 is 0.0
+            continue
         assert got[f"q{i}"] == expected or math.isclose(got[f"q{i}"], expected, rel_tol=1e-15), (
             type_name,
             value,
@@ -643,3 +645,25 @@ async def test_an_unbelievable_sample_time_stamps_each_new_result_with_its_first
         "telemetry_device_errors_total", {"device": "an-1", "error_type": "sample_time"}
     )
     assert errors == 5
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_a_float32_is_kept_at_its_own_precision(bits: int) -> None:
+    data = bits.to_bytes(4, "big")
+    value = struct.unpack(">f", data)[0]
+    got = decode([bits >> 16, bits & 0xFFFF], "float32")
+    if not math.isfinite(value):
+        assert math.isnan(got) if math.isnan(value) else got == value
+        return
+    assert struct.pack(">f", got) == data  # the same float32
+    if value == int(value):
+        assert got == value  # a whole number stays exact (a totalizer's 61050152, not 61050150)
+        return
+    # and the shortest decimal that is: no fewer significant digits would do (straight search)
+    fewer = next((d for d in range(1, 10) if struct.pack(">f", float(f"{value:.{d}g}")) == data), None)
+    assert fewer is not None
+    assert got == float(f"{value:.{fewer}g}")
+
+
+def test_a_float32_of_0_42_reads_as_0_42() -> None:
+    assert decode(wire(0.42, "f", "CDAB"), "float32", "CDAB") == 0.42

@@ -1,0 +1,141 @@
+"""``telemetry status`` against the running daemon: a Modbus analyzer over RTU framing, an
+MQTT flow meter, one subscription nobody publishes to; from HTTP, and from the outbox's
+snapshot when the listener is off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from telemetry.model import AlertEvent, Reading
+from telemetry.sim.plant import RegisterServer
+from tests.daemon import start_daemon
+from tests.services import Mosquitto, free_port
+from tests.test_modbus import wire
+
+pytestmark = pytest.mark.service
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def analyzer() -> Iterator[RegisterServer]:
+    server = RegisterServer(units=(1,), framer="rtu").start()
+    server.set(1, "holding", 0, wire(0.42, "f", "CDAB"))
+    server.set(1, "holding", 20, [0])
+    yield server
+    server.stop()
+
+
+def config(tmp: Path, unique: str, broker: Mosquitto, analyzer: RegisterServer, listen: str | None) -> Path:
+    metrics = f'{{listen: "{listen}"}}' if listen else "{enabled: false}"
+    path = tmp / "site.yaml"
+    path.write_text(
+        f"""
+sites: [{{id: outlet, timezone: Asia/Shanghai}}]
+metrics: {metrics}
+outbox: {{path: "{tmp}/outbox.sqlite", snapshot_interval: 1s}}
+devices:
+  - {{id: cod-an, kind: modbus, site: outlet, transport: rtu, serial_port: "socket://127.0.0.1:{analyzer.port}",
+     unit_id: 1, byte_order: CDAB, interval: 1s, timeout: 400ms,
+     points: [{{quantity: cod, address: 0, type: float32, unit: mg/L}}],
+     status: [{{address: 20, values: {{1: M, 2: C}}}}]}}
+  - id: broker
+    kind: mqtt
+    host: {broker.host}
+    port: {broker.port}
+    client_id: {unique}
+    subscriptions:
+      - {{topic: "{unique}/flow", site: outlet, device: fm, quantity: flow, unit: m3/h}}
+      - {{topic: "{unique}/typo", site: outlet, device: fm, quantity: level}}
+"""
+    )
+    return path
+
+
+def status(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "telemetry.cli", "status", "-c", str(path), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+class Both:
+    """Set once a commit held the analyzer's COD and the flow meter's reading."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.event = asyncio.Event()
+
+    def __call__(self, readings: Sequence[Reading], _events: Sequence[AlertEvent]) -> None:
+        self.seen |= {r.quantity for r in readings}
+        if {"cod", "flow"} <= self.seen:
+            self.event.set()
+
+
+def publish(broker: Mosquitto, topic: str, body: bytes) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.publish(topic, body, qos=1).wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+@pytest.mark.parametrize("http", [True, False])
+async def test_status_shows_each_series_link_and_subscription(
+    tmp_path: Path, mosquitto: Mosquitto, unique: str, analyzer: RegisterServer, http: bool
+) -> None:
+    path = config(tmp_path, unique, mosquitto, analyzer, f"127.0.0.1:{free_port()}" if http else None)
+    both = Both()
+    daemon = await start_daemon(path, both)
+    try:
+        await asyncio.wait_for(daemon.pipeline.drivers[1].subscribed.wait(), 10)  # type: ignore[attr-defined]
+        await asyncio.to_thread(publish, mosquitto, f"{unique}/flow", b"12.5")
+        await asyncio.wait_for(both.event.wait(), 20)
+        if not http:  # the status reaches the outbox with the next snapshot
+            await daemon.pipeline._snapshot()
+        done = await asyncio.to_thread(status, path, "--json")
+        assert done.returncode == 0, done.stderr
+        rows: list[dict[str, Any]] = json.loads(done.stdout)
+        by = {(r["device"], r["quantity"]): r for r in rows}
+        assert set(by) == {("cod-an", "cod"), ("fm", "flow")}
+        cod = by[("cod-an", "cod")]
+        assert {k: cod[k] for k in ("site", "value", "unit", "flag")} == {
+            "site": "outlet",
+            "value": 0.42,  # a float32 at its own precision, not 0.41999998688697815
+            "unit": "mg/L",
+            "flag": "N",
+        }
+        assert 0 <= cod["age_s"] < 30
+        assert cod["link_up"] is True
+        assert by[("fm", "flow")]["value"] == 12.5
+        text = await asyncio.to_thread(status, path)
+        assert text.returncode == 0, text.stderr
+        assert ("/status" in text.stdout) is http
+        assert "outbox's last snapshot" in text.stdout or http
+        assert "cod-an  link up" in text.stdout
+        assert f"{unique}/typo  last message never since start" in text.stdout
+        assert "+08:00" in text.stdout  # the site's local time, with its offset
+    finally:
+        await daemon.close()
+
+
+def test_status_without_a_daemon_says_so(tmp_path: Path, mosquitto: Mosquitto, analyzer: RegisterServer) -> None:
+    path = config(tmp_path, "nobody", mosquitto, analyzer, f"127.0.0.1:{free_port()}")
+    done = status(path)
+    assert done.returncode == 1
+    assert "not reachable" in done.stderr
+    assert "Traceback" not in done.stderr
