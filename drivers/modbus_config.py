@@ -229,8 +229,56 @@ class ModbusConfig(DeviceConfig):
         ]
 
     def warnings(self) -> list[str]:
-        """A value and its sample time read in different requests can tear: a new sample time
-        beside the old value (the planner joins them when they are at most ``max_gap`` apart)."""
+        """Wiring mistakes ``check`` can see: Modicon register numbers under PDU addressing,
+        registers read for two things, and a value and its sample time read in different
+        requests (they can tear: a new sample time beside the old value)."""
+        return self._modicon_looking() + self._overlaps() + self._torn_sample_times()
+
+    def _named(self) -> list[tuple[str, int | str, int]]:
+        """(what, configured address, span key) of every register range this device reads."""
+        out: list[tuple[str, int | str, int]] = [
+            (f"points[{i}] ({p.quantity})", p.address, i) for i, p in enumerate(self.points)
+        ]
+        out += [(f"status[{i}]", s.address, len(self.points) + i) for i, s in enumerate(self.status)]
+        for index, key in self.sample_time_keys().items():
+            sample = self.points[index].sample_time
+            assert sample is not None
+            out.append((f"points[{index}].sample_time", sample.address, key))
+        return out
+
+    def _modicon_looking(self) -> list[str]:
+        if self.addressing == "modicon":
+            return []
+        return [
+            f"device {self.id}: {what} address {address} looks like a Modicon register number"
+            f" ({'input' if address < 40000 else 'holding'} register {address % 10000}); under addressing:"
+            f" {self.addressing} it is read as register {address}, which an analyzer answers with exception 2."
+            " Did you mean addressing: modicon?"
+            for what, address, _ in self._named()
+            if isinstance(address, int) and (30001 <= address <= 39999 or 40001 <= address <= 49999)
+        ]
+
+    def _overlaps(self) -> list[str]:
+        spans = {span.key: span for span in self.spans()}
+        named = [(what, spans[key]) for what, _, key in self._named()]
+        bits = {i for i, p in enumerate(self.points) if p.type == "bool" and p.bit is not None}
+        out = []
+        for n, (what, span) in enumerate(named):
+            for other, second in named[:n]:
+                if span.key in bits and second.key in bits:
+                    continue  # bits of one register: read once, meant to share it
+                if (
+                    span.table == second.table
+                    and span.address < second.address + second.count
+                    and (second.address < span.address + span.count)
+                ):
+                    out.append(
+                        f"device {self.id}: {what} and {other} read the same {span.table} register(s)"
+                        f" {max(span.address, second.address)}: one of the addresses is likely wrong"
+                    )
+        return out
+
+    def _torn_sample_times(self) -> list[str]:
         spans = {span.key: block for block in self.blocks() for span in block.spans}
         return [
             f"device {self.id}: {self.points[point].quantity} and its sample time are read in separate"

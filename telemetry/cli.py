@@ -23,6 +23,7 @@ from datetime import datetime
 from alerts.replay import read_csv, replay
 from alerts.rules import RulesEngine
 from drivers import modbus_probe
+from drivers.modbus_config import ModbusConfig
 from drivers.modbus_decode import NUMERIC_TYPES
 from drivers.modbus_link import DeviceException, DeviceTimeout, LinkDown, LinkSpec, Transport
 from telemetry import __version__, app, cli_marks, cli_parser, cli_report, cli_status
@@ -499,6 +500,7 @@ def likely_mistakes(dep: Deployment) -> list[str]:
                 " means the 850 degC rule judges"
             )
     notes += [note for device in dep.devices for note in device.warnings()]
+    notes += _bus_budgets(dep)
     watched = {(r.site, getattr(r, "quantity", None)) for r in dep.rules}
     watched |= {(site, source) for (site, source), derived in used.items() if (None, derived[1]) in watched}
     watched |= {(f.site, q) for f in dep.config.furnaces for q in _furnace_inputs(f)}  # audited by the furnace watch
@@ -508,6 +510,33 @@ def likely_mistakes(dep: Deployment) -> list[str]:
             (site in (None, device.site)) and (q is None or q in quantities) for site, q in watched
         ):
             notes.append(f"device {device.id}: no rule watches its {', '.join(sorted(quantities))}")
+    return notes
+
+
+def _bus_budgets(dep: Deployment) -> list[str]:
+    """Devices sharing one link (a serial bus, a gateway) are polled one request at a time: when
+    every request times out and is retried, a round takes the sum of theirs, and a device whose
+    interval is shorter than that falls behind (and its neighbours with it)."""
+    buses: dict[tuple[str, str, int], list[ModbusConfig]] = {}
+    for device in dep.devices:
+        if isinstance(device, ModbusConfig):
+            link = device.link()
+            buses.setdefault((link.transport, link.host, link.port if link.transport != "rtu" else 0), []).append(
+                device
+            )
+    notes = []
+    for (_, where, _), devices in buses.items():
+        if len(devices) < 2:
+            continue
+        worst = sum(len(d.blocks()) * (d.timeout * (d.retries + 1) + d.pause) for d in devices)
+        short = [d for d in devices if d.interval < worst]
+        if short:
+            names = ", ".join(f"{d.id} every {d.interval:g}s" for d in short)
+            notes.append(
+                f"bus {where}: {len(devices)} devices take up to {worst:g}s a round when none answers"
+                f" (requests x timeout x (retries + 1)); longer than the interval of {names}: lengthen the"
+                " interval or shorten timeout/retries"
+            )
     return notes
 
 

@@ -15,6 +15,8 @@ the single place where types, defaults and legal values are declared.
 from __future__ import annotations
 
 import pathlib
+import re
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -380,6 +382,8 @@ def secret_warnings(src: Source) -> list[str]:
             return
         if not _may_be_secret(path, _SECRET_KEYS):
             return
+        if isinstance(value, str) and "urls" in path and not url_holds_secret(value):
+            return  # json://127.0.0.1:18080/alerts: nothing in it to keep from others
         if str(path[-1]).lower().endswith("_file"):
             if value:
                 warnings.extend(_world_readable(str(value), f"{src.file}:{src.line_of(path)}: {dotted(path)}"))
@@ -394,6 +398,28 @@ def secret_warnings(src: Source) -> list[str]:
     if literal:
         warnings += _world_readable(src.file, f"{src.file} (holds secrets)")
     return warnings
+
+
+# Notification schemes whose URL is the credential itself (a robot's token or key).
+_TOKEN_SCHEMES = frozenset(
+    {"dingtalk", "wecombot", "feishu", "lark", "tgram", "discord", "slack", "msteams", "pushover", "ntfys", "ntfy"}
+)
+_SECRET_QUERY = re.compile(r"(token|key|secret|sign|pass|auth)", re.IGNORECASE)
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_-]{20,}")
+
+
+def url_holds_secret(url: str) -> bool:
+    """A notification URL with credentials in it: a user and password, a robot token scheme,
+    a query key that names a secret, or a path segment that looks like a token."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return True  # unreadable: treated as secret, never shown
+    if parts.scheme.lower() in _TOKEN_SCHEMES or parts.password or (parts.username and "@" in parts.netloc):
+        return True
+    if any(_SECRET_QUERY.search(key) for key, _ in urllib.parse.parse_qsl(parts.query)):
+        return True
+    return any(_TOKEN_LIKE.fullmatch(segment) for segment in parts.path.split("/"))
 
 
 def _may_be_secret(path: Path, words: tuple[str, ...] = _SECRET_WORDS) -> bool:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args, get_o
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from alerts.config import Route
 from alerts.rule_config import EvaluatedRule, LimitRule, StandardRule
 from telemetry.aggregate import WINDOW_NS
 from telemetry.calendar import DEFAULT_ZONE, NS, calendar
@@ -371,6 +372,26 @@ class References:
             if self.rules_complete:
                 for j, name in enumerate(route.rules):
                     self.route_filter((*at, "rules", j), name)
+        if routes and self.rules_complete:
+            self.unsent(routes)
+
+    def unsent(self, routes: Sequence[Route]) -> None:
+        """A rule whose alerts no route's filters pass is recorded but never told (a warning:
+        ``telemetry alerts list`` still shows them)."""
+        standard_of = {limit: name for name, limits in self.standards.items() for limit in limits}
+        raw = raw_names(self.src, ("rules",), "name")
+        for rule in self.rules:
+            names = {rule.name, standard_of.get(rule.name, rule.name)}
+            if not any(
+                (not r.sites or rule.site is None or rule.site in r.sites)
+                and (not r.severities or rule.severity in r.severities)
+                and (not r.rules or names & set(r.rules))
+                for r in routes
+            ):
+                top = standard_of.get(rule.name, rule.name)
+                index = raw.index(top) if top in raw else None
+                where: Path = ("rules", index) if index is not None else ("notify", "routes")
+                self.warn(where, f"no route sends rule {rule.name} ({rule.severity}): its alerts are only recorded")
 
     def route_filter(self, path: Path, name: str) -> None:
         """A route's ``rules`` entry: a rule's name, or a standard's (all the limits it expands into)."""

@@ -132,3 +132,43 @@ def test_compose_stack_refers_to_what_exists() -> None:
     assert set(scrape["rule_files"]) <= mounted
     assert services["grafana"]["environment"]["PROMETHEUS_URL"] == "http://prometheus:9090"
     assert "COPY config /opt/telemetry/config" in (ROOT / "Dockerfile").read_text()
+
+
+def test_check_names_every_wiring_mistake_of_a_first_day(capsys: pytest.CaptureFixture[str]) -> None:
+    case = ROOT / "tests" / "cases" / "wiring-mistakes.yaml"
+    assert main(["check", "-c", str(case)]) == 0  # warnings: the daemon would run
+    out = capsys.readouterr().out
+    warnings = out[out.index("warnings (") :].splitlines()[1:]
+    assert len(warnings) == 4, warnings
+    expected = [
+        "rules[1]: no route sends rule nh3n_silent (info)",
+        "device cod-an: points[0] (cod) address 40001 looks like a Modicon register number",
+        "Did you mean addressing: modicon?",
+        "device nh3n-an: status[0] and points[0] (nh3n) read the same holding register(s) 0",
+        "bus /dev/ttyUSB0: 2 devices take up to 2s a round when none answers",
+        "cod-an every 1.5s, nh3n-an every 1.5s",
+    ]
+    for text in expected:
+        assert any(text in w for w in warnings), text
+    # json://127.0.0.1:18080/alerts carries no credentials: nothing to warn of
+    assert "secret" not in out
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("json://127.0.0.1:18080/alerts", False),
+        ("mailto://ops.example.com?to=a@example.com", False),
+        ("dingtalk://0123456789abcdef", True),
+        ("mailto://user:hunter2@smtp.example.com", True),
+        ("json://hooks.example.com/alert?token=abc", True),
+        ("jsons://hooks.example.com/services/T00000000B00000000XXXXXXXX", True),
+    ],
+)
+def test_a_notification_url_is_a_secret_only_when_it_carries_one(tmp_path: Path, url: str, secret: bool) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(f'sites: [{{id: s}}]\nnotify: {{routes: [{{name: ops, urls: ["{url}"]}}]}}\n')
+    path.chmod(0o644)
+    warnings = app.load(str(path), {}).warnings
+    assert any("a secret written into the config file" in w for w in warnings) is secret
+    assert any("readable by every user" in w for w in warnings) is secret
