@@ -12,10 +12,12 @@ A "busy" exception (code 6) is retried in place once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import serial
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -28,12 +30,27 @@ ILLEGAL_ADDRESS = 2
 BUSY = 6
 
 
+# What each Modbus exception code means, as an integrator needs to read it.
+EXCEPTION_NAMES = {
+    1: "illegal function: the device does not serve this table or function",
+    2: "illegal data address: no such register at this address (addressing? table?)",
+    3: "illegal data value: count or value out of range",
+    4: "server device failure",
+    5: "acknowledge: the device is working on it",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond: wrong unit id, or the device behind it is off",
+}
+
+
 class DeviceException(Exception):
     """The device answered with a Modbus exception code."""
 
     def __init__(self, code: int) -> None:
         self.code = code
-        super().__init__(f"Modbus exception {code}")
+        name = EXCEPTION_NAMES.get(code)
+        super().__init__(f"Modbus exception {code}" + (f" ({name})" if name else ""))
 
 
 class DeviceTimeout(Exception):
@@ -169,7 +186,8 @@ class Link:
             ok = False
             reason = f"{type(err).__name__}: {err}"
         else:
-            reason = "connection refused or timed out"
+            found = serial_problem(self.spec.host) if self.spec.transport == "rtu" else None
+            reason = found or "connection refused or timed out"
         if not ok:
             self._lost()
             raise LinkDown(reason)
@@ -181,6 +199,26 @@ class Link:
 
     def close(self) -> None:
         self._client.close()
+
+
+def serial_problem(port: str) -> str | None:
+    """Why a serial port cannot be opened, in words (pymodbus only logs it): held by another
+    process, missing, or not permitted. None when it opens (or is not a local device)."""
+    if "://" in port:
+        return None
+    try:
+        handle = serial.Serial(port, exclusive=True)
+    except serial.SerialException as err:
+        text = str(err)
+        if "lock" in text or "busy" in text.lower() or getattr(err, "errno", None) == errno.EBUSY:
+            return f"serial port {port} is held by another process (the running daemon? stop it, or probe with -c)"
+        if getattr(err, "errno", None) == errno.ENOENT or "No such file" in text:
+            return f"no serial port {port} (is the adapter plugged in? ls /dev/ttyUSB* /dev/ttyS*)"
+        if getattr(err, "errno", None) == errno.EACCES or "Permission denied" in text:
+            return f"no permission to open {port} (add the user to the dialout group)"
+        return f"cannot open {port}: {text}"
+    handle.close()
+    return None
 
 
 class LinkPool:

@@ -107,17 +107,36 @@ def _probe_address(args: argparse.Namespace) -> int:
     if unknown or not 1 <= args.count <= 125:
         print(f"expected --type among {', '.join(NUMERIC_TYPES)} and --count 1..125", file=sys.stderr)
         return 2
+    if args.expect is not None:
+        try:
+            float(args.expect)
+        except ValueError:
+            print(f"expected --expect to be a number as the analyzer shows it, found {args.expect!r}", file=sys.stderr)
+            return 2
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)  # its log lines would bury the answer
     transport: Transport = "rtu" if args.rtu else "rtu_over_tcp" if args.rtu_over_tcp else "tcp"
     host, port = (args.target, 0) if args.rtu else modbus_probe.parse_target(args.target)
-    spec = LinkSpec(transport, host, port, baudrate=args.baudrate, parity=args.parity, timeout=args.timeout, retries=0)
+    spec = LinkSpec(
+        transport,
+        host,
+        port,
+        baudrate=args.baudrate,
+        bytesize=args.bytesize,
+        parity=args.parity,
+        stopbits=args.stopbits,
+        timeout=args.timeout,
+        retries=0,
+    )
     last = args.address + args.count - 1
     print(f"{spec.describe()} unit {args.unit}, {args.table} registers {args.address}..{last}")
     try:
-        words = asyncio.run(modbus_probe.read_once(spec, args.unit, args.table, args.address, args.count))
+        words, hint = asyncio.run(modbus_probe.read_or_hint(spec, args.unit, args.table, args.address, args.count))
     except (LinkDown, DeviceTimeout, DeviceException) as err:
         print(f"cannot read: {err}", file=sys.stderr)
         return 1
-    print(modbus_probe.render(words, args.address, args.types))
+    if hint:
+        print(hint)
+    print(modbus_probe.render(words, args.address, args.types, args.expect))
     return 0
 
 

@@ -109,6 +109,11 @@ def _probe(sub: Any) -> None:
     modbus.add_argument(
         "--parity", choices=["N", "E", "O"], default="N", help="serial parity with --rtu (default: %(default)s)"
     )
+    modbus.add_argument("--bytesize", type=int, choices=[7, 8], default=8, help="data bits with --rtu (default: 8)")
+    modbus.add_argument("--stopbits", type=int, choices=[1, 2], default=1, help="stop bits with --rtu (default: 1)")
+    modbus.add_argument(
+        "--expect", metavar="VALUE", help="the value the analyzer's display shows: the decodings that match are starred"
+    )
     modbus.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default: 3)")
 
 

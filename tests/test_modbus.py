@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -667,3 +671,55 @@ def test_a_float32_is_kept_at_its_own_precision(bits: int) -> None:
 
 def test_a_float32_of_0_42_reads_as_0_42() -> None:
     assert decode(wire(0.42, "f", "CDAB"), "float32", "CDAB") == 0.42
+
+
+def _probe(*args: str) -> subprocess.CompletedProcess[str]:
+    """The probe as an integrator runs it: its own process, its own stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "telemetry.cli", "probe", "modbus", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
+def test_probe_names_a_framing_mismatch_and_stars_the_expected_value(rtu_server: RegisterServer) -> None:
+    rtu_server.set(1, "holding", 0, wire(41.5, "f", "CDAB"))
+    done = _probe(f"127.0.0.1:{rtu_server.port}", "--count", "4", "--timeout", "0.5", "--expect", "41.5")
+    assert done.returncode == 0, done.stderr
+    assert (
+        "framing mismatch: no answer with Modbus TCP (MBAP) framing, but RTU-over-TCP framing answered" in done.stdout
+    )
+    assert "use --rtu-over-tcp" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("float32") and " CDAB " in line)
+    assert "*@0=41.5" in row
+    assert row.endswith("<== 41.5")
+    summary = next(line for line in done.stdout.splitlines() if line.startswith("reads as 41.5: "))
+    assert "float32 CDAB at address 0 = 41.5" in summary  # (and ABCD one register on: the alignment)
+    assert done.stderr == ""  # no library lines
+
+
+def test_probe_names_the_exception_code(rtu_server: RegisterServer) -> None:
+    done = _probe(f"127.0.0.1:{rtu_server.port}", "--rtu-over-tcp", "--address", "60000", "--count", "2")
+    assert done.returncode == 1
+    assert "Modbus exception 2 (illegal data address: no such register" in done.stderr
+
+
+def test_probe_names_a_serial_port_held_by_another_process() -> None:
+    import serial  # noqa: PLC0415 - only here
+
+    controller, port_fd = os.openpty()
+    path = os.ttyname(port_fd)
+    held = serial.Serial(path, exclusive=True)  # as the running daemon holds its bus
+    try:
+        done = _probe(path, "--rtu", "--bytesize", "7", "--parity", "E", "--stopbits", "1", "--timeout", "0.3")
+    finally:
+        held.close()
+        os.close(controller)
+        os.close(port_fd)
+    assert done.returncode == 1
+    assert f"rtu {path} 9600 7E1" in done.stdout  # every serial setting is the probe's to set
+    assert f"serial port {path} is held by another process" in done.stderr
+    assert "pymodbus" not in done.stderr
