@@ -285,7 +285,10 @@ def schema() -> dict[str, Any]:
     kinds = [d.config.model_json_schema(by_alias=True, ref_template="#/$defs/{model}") for d in DRIVERS.values()]
     defs = root.setdefault("$defs", {})
     for kind in kinds:
-        defs.update(kind.pop("$defs", {}))
+        for name, definition in kind.pop("$defs", {}).items():
+            # One name, one model: a clash would validate one section against another's rules.
+            if defs.setdefault(name, definition) != definition:
+                raise TypeError(f"two models named {name} in the configuration schema")
     root["properties"]["devices"]["items"] = {"oneOf": kinds}
     root["title"] = "plant telemetry deployment"
     return root

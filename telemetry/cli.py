@@ -57,6 +57,19 @@ log = logging.getLogger("telemetry")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; output piped into ``head`` that closes early ends it quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader has gone (``telemetry alerts list | head -3``): what it wanted it has. Python
+        # would flush stdout again at exit and print a traceback; point it at /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = cli_parser.parser().parse_args(argv)
 
     if args.command == "demo":

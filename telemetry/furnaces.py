@@ -39,7 +39,7 @@ class Thermocouple(Model):
 MarkName = Literal["drying", "startup", "shutdown", "out_of_service", "fault", "accident"]
 
 
-class StatusRegister(Model):
+class FurnaceStatus(Model):
     """A series (a Modbus register) whose value is the furnace's mark: ``values`` maps each
     value to a mark; any other value ends a mark the register set."""
 
@@ -71,7 +71,7 @@ class FurnaceConfig(Model):
     max_age: Annotated[Duration, Field(gt=0)] = 60.0  # a thermocouple older than this at a sample is left out
     min_temperature: float = 850.0  # no waste may be fed below this
     feeding: Feeding | None = None
-    status: StatusRegister | None = None
+    status: FurnaceStatus | None = None
     budget_hours: Annotated[float, Field(gt=0, le=8784)] = 60.0  # exempt hours per local calendar year
     budget_warn: Annotated[float, Field(gt=0, le=1)] = 0.8  # warn once this share of the budget is used
     budget_marks: list[MarkName] = ["startup", "shutdown", "fault", "accident"]

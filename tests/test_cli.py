@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -324,3 +325,25 @@ async def test_help_is_readable() -> None:
     out, _ = await proc.communicate()
     assert "--port PORT           TCP port to listen on (default: any free port)" in out.decode()
     assert "--cn" not in out.decode()
+
+
+def test_output_piped_into_head_ends_without_a_traceback(tmp_path: Path) -> None:
+    pipeline = subprocess.run(  # noqa: S602 - the shell pipe is what is tested
+        f"{sys.executable} -m telemetry.cli schema | head -3",
+        shell=True,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert len(pipeline.stdout.splitlines()) == 3
+    assert pipeline.stderr == ""  # no BrokenPipeError traceback
+
+
+def test_the_systemd_unit_runs_what_the_readme_installs() -> None:
+    unit = (ROOT / "config" / "systemd" / "telemetry.service").read_text()
+    starts = [line.split("=", 1)[1].split()[0] for line in unit.splitlines() if line.startswith("ExecStart")]
+    assert starts == ["/opt/telemetry/bin/telemetry"] * 2
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 -m venv /opt/telemetry && /opt/telemetry/bin/pip install ." in readme

@@ -97,7 +97,7 @@ def test_dockerfile_and_systemd_unit_refer_to_what_exists() -> None:
         for name in copied.split():
             assert (ROOT / name).exists(), name
     unit = (ROOT / "config" / "systemd" / "telemetry.service").read_text()
-    assert "ExecStart=/usr/local/bin/telemetry run -c /etc/telemetry/telemetry.yaml" in unit
+    assert "ExecStart=/opt/telemetry/bin/telemetry run -c /etc/telemetry/telemetry.yaml" in unit
     assert "NoNewPrivileges=yes" in unit
     assert "ProtectSystem=strict" in unit
 
@@ -172,3 +172,14 @@ def test_a_notification_url_is_a_secret_only_when_it_carries_one(tmp_path: Path,
     warnings = app.load(str(path), {}).warnings
     assert any("a secret written into the config file" in w for w in warnings) is secret
     assert any("readable by every user" in w for w in warnings) is secret
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_passes_check_without_warnings(example: Path) -> None:
+    as_json = json.loads(json.dumps(yaml.safe_load(example.read_text())))  # keys as an editor sees them: text
+    jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(as_json)
+    env = ENV | {"CITY_PW": "2", "PROVINCE_PW": "3", "DAU_PW": "4", "TELEMETRY_ACK_TOKEN": "t"}
+    dep = app.load(str(example), env)
+    assert dep.warnings == []
+    notes = [n for n in likely_mistakes(dep) if "bus " in n or "Modicon" in n or "same" in n or "no route" in n]
+    assert notes == []
