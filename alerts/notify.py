@@ -236,7 +236,11 @@ def _line(a: Alert, zh: bool, zone: zoneinfo.ZoneInfo, resolved: bool, text_char
 
 
 def _local(ns: int, zone: zoneinfo.ZoneInfo) -> str:
-    return datetime.fromtimestamp(ns / NS, zone).strftime("%Y-%m-%d %H:%M")
+    """The site's local time with its offset: a supervisor elsewhere, or a CLI in UTC, reads
+    the same moment."""
+    stamp = datetime.fromtimestamp(ns / NS, zone)
+    offset = stamp.strftime("%z")
+    return stamp.strftime("%Y-%m-%d %H:%M") + f" {offset[:3]}:{offset[3:]}"
 
 
 _PHRASES: dict[str, tuple[str, str]] = {  # measure (or capacity condition) -> Chinese, English

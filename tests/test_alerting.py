@@ -430,7 +430,7 @@ async def test_email_arrives_with_the_chinese_template_intact() -> None:
     assert isinstance(payload, bytes)
     text = payload.decode(parts[0].get_content_charset() or "utf-8")
     assert subject == "【告警】 s · cod_limit"
-    assert "化学需氧量：数值 123.4 mg/L，限值 100 mg/L，自 1970-01-01 08:00 起" in text
+    assert "化学需氧量：数值 123.4 mg/L，限值 100 mg/L，自 1970-01-01 08:00 +08:00 起" in text
     assert envelope.rcpt_tos == ["supervisor@example.com"]
 
 

@@ -76,12 +76,12 @@ def test_nodata_reads_as_minutes_without_data_and_its_resolve_says_how_long() ->
     aid = alert_id(fired)
     assert lines(events + fired, T0 + 10 * MIN, "zh") == (
         "【告警】 s · cod_nodata\n"
-        "• cod_nodata（严重）s/an 化学需氧量：无有效数据 10 min，限值 5 min，自 2025-12-01 08:10 起\n"
+        "• cod_nodata（严重）s/an 化学需氧量：无有效数据 10 min，限值 5 min，自 2025-12-01 08:10 +08:00 起\n"
         f"  编号 {aid}"
     )
     assert lines(fired, T0 + 10 * MIN, "en") == (
         "[FIRING] s · cod_nodata\n"
-        "• cod_nodata [critical] s/an cod: no valid data for 10 min against limit 5 min, since 2025-12-01 08:10\n"
+        "• cod_nodata [critical] s/an cod: no valid data for 10 min against limit 5 min, since 2025-12-01 08:10 +08:00\n"
         "  no valid cod from s/an for 10 min\n"
         f"  id {aid}"
     )
@@ -92,12 +92,12 @@ def test_nodata_reads_as_minutes_without_data_and_its_resolve_says_how_long() ->
     [message] = manager.due(T0 + 12 * MIN)
     assert render(message, routes("zh"), ZONES)[1] == (
         "• cod_nodata（严重）s/an 化学需氧量：无有效数据 12 min，限值 5 min，"
-        "2025-12-01 08:12 已恢复（自 2025-12-01 08:10 起）\n"
+        "2025-12-01 08:12 +08:00 已恢复（自 2025-12-01 08:10 +08:00 起）\n"
         f"  编号 {aid}"
     )
     assert render(message, routes("en"), ZONES)[1] == (
         "• cod_nodata [critical] s/an cod: no valid data for 12 min against limit 5 min,"
-        " resolved 2025-12-01 08:12 (since 2025-12-01 08:10)\n"
+        " resolved 2025-12-01 08:12 +08:00 (since 2025-12-01 08:10 +08:00)\n"
         "  cod from s/an reporting again\n"
         f"  id {aid}"
     )
@@ -109,11 +109,11 @@ def test_stock_reads_as_a_percentage_of_capacity() -> None:
     assert [(e.measure, e.value) for e in fired] == [("fraction", 0.35)]
     aid = alert_id(fired)
     assert lines(fired, T0, "zh") == (
-        f"【告警】 s · pond\n• pond（严重）s/pond 库容：达容量 35 %，限值 33 %，自 2025-12-01 08:00 起\n  编号 {aid}"
+        f"【告警】 s · pond\n• pond（严重）s/pond 库容：达容量 35 %，限值 33 %，自 2025-12-01 08:00 +08:00 起\n  编号 {aid}"
     )
     assert lines(fired, T0, "en") == (
         "[FIRING] s · pond\n"
-        "• pond [critical] s/pond volume: 35 % of capacity against limit 33 %, since 2025-12-01 08:00\n"
+        "• pond [critical] s/pond volume: 35 % of capacity against limit 33 %, since 2025-12-01 08:00 +08:00\n"
         "  volume at s: 1050 m3 is 35% of 3000, above 33%\n"
         f"  id {aid}"
     )
@@ -128,13 +128,13 @@ def test_capacity_reads_as_the_days_tonnage() -> None:
     aid = alert_id(fired)
     assert lines(fired, T0, "zh") == (
         "【告警】 s · plant_750t\n"
-        "• plant_750t（严重）s/scale 处理量：预计今日 960 t，限值 750 t，自 2025-12-01 04:00 起\n"
+        "• plant_750t（严重）s/scale 处理量：预计今日 960 t，限值 750 t，自 2025-12-01 04:00 +08:00 起\n"
         f"  编号 {aid}"
     )
     assert lines(fired, T0, "en") == (
         "[FIRING] s · plant_750t\n"
         "• plant_750t [critical] s/scale throughput: projected day total 960 t against limit 750 t,"
-        " since 2025-12-01 04:00\n"
+        " since 2025-12-01 04:00 +08:00\n"
         "  s/scale: at this rate today ends at 960 t of 750 t (160 t so far)\n"
         f"  id {aid}"
     )
@@ -148,12 +148,12 @@ def test_a_limit_reads_in_the_readings_unit_and_a_rules_own_message_is_kept_in_c
     aid = alert_id(fired)
     assert lines(fired, T0, "zh") == (
         "【告警】 s · cod_limit\n"
-        "• cod_limit（严重）s/an 化学需氧量：数值 123.4 mg/L，限值 100 mg/L，自 2025-12-01 08:00 起\n"
+        "• cod_limit（严重）s/an 化学需氧量：数值 123.4 mg/L，限值 100 mg/L，自 2025-12-01 08:00 +08:00 起\n"
         f"  编号 {aid}"
     )
     assert lines(fired, T0, "en") == (
         "[FIRING] s · cod_limit\n"
-        "• cod_limit [critical] s/an cod: 123.4 mg/L against limit 100 mg/L, since 2025-12-01 08:00\n"
+        "• cod_limit [critical] s/an cod: 123.4 mg/L against limit 100 mg/L, since 2025-12-01 08:00 +08:00\n"
         "  cod 123.4 mg/L above limit 100 mg/L at s/an\n"
         f"  id {aid}"
     )
@@ -183,15 +183,15 @@ def test_maintenance_rate_and_flatline_read_in_their_units() -> None:
     ]
     zh = [lines([e], e.ts, "zh").splitlines()[1] for e in events if e.state is AlertState.FIRING]
     assert zh == [
-        "• cod_maint（严重）s/an 化学需氧量：维护/校准状态 4.0 h，限值 4.0 h，自 2025-12-01 12:00 起",
-        "• level_rate（严重）s/lv 液位：变化 0.5 m/min，限值 0.1 m/min，自 2025-12-01 08:01 起",
-        "• ph_stuck（严重）s/ph pH：数值 7，保持 7 不变，自 2025-12-01 09:02 起",
+        "• cod_maint（严重）s/an 化学需氧量：维护/校准状态 4.0 h，限值 4.0 h，自 2025-12-01 12:00 +08:00 起",
+        "• level_rate（严重）s/lv 液位：变化 0.5 m/min，限值 0.1 m/min，自 2025-12-01 08:01 +08:00 起",
+        "• ph_stuck（严重）s/ph pH：数值 7，保持 7 不变，自 2025-12-01 09:02 +08:00 起",
     ]
     en = [lines([e], e.ts, "en").splitlines()[1] for e in events if e.state is AlertState.FIRING]
     assert en == [
-        "• cod_maint [critical] s/an cod: flagged for 4.0 h against limit 4.0 h, since 2025-12-01 12:00",
-        "• level_rate [critical] s/lv level: changing 0.5 m/min against limit 0.1 m/min, since 2025-12-01 08:01",
-        "• ph_stuck [critical] s/ph ph: 7, held at 7, since 2025-12-01 09:02",
+        "• cod_maint [critical] s/an cod: flagged for 4.0 h against limit 4.0 h, since 2025-12-01 12:00 +08:00",
+        "• level_rate [critical] s/lv level: changing 0.5 m/min against limit 0.1 m/min, since 2025-12-01 08:01 +08:00",
+        "• ph_stuck [critical] s/ph ph: 7, held at 7, since 2025-12-01 09:02 +08:00",
     ]
 
 
@@ -296,7 +296,7 @@ def test_state_saved_by_an_earlier_version_still_loads_and_reads_as_before() -> 
     restored.restore(snapshot)
     [message] = restored.due(T0)
     assert render(message, routes("zh"), ZONES)[1].splitlines()[:2] == [
-        "• cod_limit（严重）s/an 化学需氧量：数值 150 mg/L，限值 100 mg/L，自 2025-12-01 08:00 起",
+        "• cod_limit（严重）s/an 化学需氧量：数值 150 mg/L，限值 100 mg/L，自 2025-12-01 08:00 +08:00 起",
         "  cod 150 mg/L above limit 100 mg/L at s/an",  # no measure: the text is all it has
     ]
     assert Measure("day_total") is Measure.DAY_TOTAL
