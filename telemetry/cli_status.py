@@ -78,13 +78,14 @@ def render(dep: Deployment, body: dict[str, Any], source: str, now_s: float) -> 
                     f"    {row['quantity']:<18} {value:>12} {unit:<8} {row['flag']}  {_age(row['age_s']):>8} ago"
                     f"  ({_at(dep, site, row['ts'])})"
                 )
-    silent_links = [d for d in body.get("devices", []) if d["device"] not in {r["device"] for r in rows}]
-    if silent_links:
-        out.append("\ndevices with no reading yet")
-        for d in silent_links:
-            state = "link up" if d.get("up") else "LINK DOWN" if d.get("up") is False else "link unknown"
-            error = f"  last error: {d['last_error']}" if d.get("last_error") else ""
-            out.append(f"  {d['device']}  {state}{error}")
+    # Every configured source, with its link: an MQTT broker's or a listener's readings are
+    # under the devices its topics and stations name, and a device that never read shows here.
+    out.append("\nlinks")
+    for d in body.get("devices", []):
+        state = "up" if d.get("up") else "DOWN" if d.get("up") is False else "unknown"
+        error = f"  last error: {d['last_error']}" if d.get("last_error") else ""
+        kind = f" ({d['kind']})" if d.get("kind") else ""
+        out.append(f"  {d['device']}{kind}  {state}{error}")
     subs = body.get("subscriptions", [])
     if subs:
         out.append("\nMQTT subscriptions")
