@@ -149,11 +149,15 @@ class ModbusDriver:
         statuses = {}
         for i, status in enumerate(self.cfg.status):
             words = raw.get(len(self.cfg.points) + i)
-            if words is not None:
-                word = int(decode(words, status.type, status.byte_order or order))
-                statuses[i] = status.flag(word)
-                if status.unmapped(word):
-                    self._unmapped_status(status, word)
+            if words is None:
+                # Unread (its request failed: logged as the status register's failure): the
+                # analyzer's state is unknown, and a value of unknown state is not valid data.
+                statuses[i] = Flag.D
+                continue
+            word = int(decode(words, status.type, status.byte_order or order))
+            statuses[i] = status.flag(word)
+            if status.unmapped(word):
+                self._unmapped_status(status, word)
         comm_flag = Flag.B if self._comm_lost else Flag.N
         out = []
         for key, point in enumerate(self.cfg.points):
@@ -218,7 +222,11 @@ class ModbusDriver:
             raw = float(words[0])
         else:
             raw = decode(words, point.type, point.byte_order or self.cfg.byte_order, point.bit)
-        return raw * point.scale + point.offset
+        if point.scale == 1 and point.offset == 0:
+            return raw
+        # 57 x 0.01 is 0.5700000000000001 in binary: kept to 12 significant digits, what a register
+        # and its scale can say.
+        return float(f"{raw * point.scale + point.offset:.12g}")
 
     def _point_failed(self, key: int, why: str) -> None:
         sampled = {k: p for p, k in self._sample_keys.items()}

@@ -211,7 +211,10 @@ def serial_problem(port: str) -> str | None:
     except serial.SerialException as err:
         text = str(err)
         if "lock" in text or "busy" in text.lower() or getattr(err, "errno", None) == errno.EBUSY:
-            return f"serial port {port} is held by another process (the running daemon? stop it, or probe with -c)"
+            return (
+                f"serial port {port} is held by another process (the running daemon? `telemetry status`"
+                " shows what it reads; stop it to probe the bus)"
+            )
         if getattr(err, "errno", None) == errno.ENOENT or "No such file" in text:
             return f"no serial port {port} (is the adapter plugged in? ls /dev/ttyUSB* /dev/ttyS*)"
         if getattr(err, "errno", None) == errno.EACCES or "Permission denied" in text:

@@ -157,6 +157,8 @@ def _batch_of(data: Any, received_ns: int, paths: Paths) -> Result:
                 quantity = _get(item, paths.quantity)
                 if not isinstance(quantity, str) or not quantity:
                     raise PayloadError("no_quantity", f"no '{paths.quantity}' text")
+                if quantity in paths.ignore:
+                    continue
                 out.append(_entry(item, received_ns, paths, quantity))
             except PayloadError as err:
                 errors.append(PayloadError(err.reason, f"entry {i}: {err}"))

@@ -17,8 +17,9 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from alerts.replay import read_csv, replay
 from alerts.rules import RulesEngine
@@ -84,13 +85,31 @@ def _main(argv: Sequence[str] | None) -> int:
         print(json.dumps(app.schema(), indent=2, ensure_ascii=False))
         return 0
     try:
-        dep = app.load(args.config)
+        dep = app.load(args.config, _StandIns() if args.command == "status" else None)
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         print(f"{len(err.problems)} problem(s) in {args.config}", file=sys.stderr)
         return 2
     return COMMANDS[args.command](dep, args)
+
+
+class _StandIns(Mapping[str, str]):
+    """The environment, with a stand-in for each variable it lacks: ``telemetry status`` reads
+    what the daemon shows and needs none of the secrets (HJ212_PW, a robot's URL) that only
+    the daemon's own environment file holds."""
+
+    def __getitem__(self, name: str) -> str:
+        return os.environ.get(name, "1")
+
+    def get(self, name: str, default: Any = None) -> str:
+        return self[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
 
 
 def _check(dep: Deployment, _args: argparse.Namespace) -> int:
@@ -106,6 +125,7 @@ def _run(dep: Deployment, args: argparse.Namespace) -> int:
 
 
 def _probe_config(dep: Deployment, _args: argparse.Namespace) -> int:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)  # its log lines would bury the answers
     return asyncio.run(app.probe(dep, print))
 
 
@@ -553,9 +573,9 @@ def _bus_budgets(dep: Deployment) -> list[str]:
     for device in dep.devices:
         if isinstance(device, ModbusConfig):
             link = device.link()
-            buses.setdefault((link.transport, link.host, link.port if link.transport != "rtu" else 0), []).append(
-                device
-            )
+            # /dev/serial/by-id/... and /dev/ttyUSB0 may be one bus
+            where = os.path.realpath(link.host) if link.transport == "rtu" and "://" not in link.host else link.host
+            buses.setdefault((link.transport, where, link.port if link.transport != "rtu" else 0), []).append(device)
     notes = []
     for (_, where, _), devices in buses.items():
         if len(devices) < 2:

@@ -72,7 +72,7 @@ def render(dep: Deployment, body: dict[str, Any], source: str, now_s: float) -> 
             error = f"  last error: {link['last_error']}" if link and link.get("last_error") else ""
             out.append(f"  {device}{state}{error}")
             for row in series:
-                value = f"{row['value']:.6g}"
+                value = f"{row['value']:.10g}"
                 unit = row["unit"] or ""
                 out.append(
                     f"    {row['quantity']:<18} {value:>12} {unit:<8} {row['flag']}  {_age(row['age_s']):>8} ago"

@@ -400,22 +400,23 @@ def secret_warnings(src: Source) -> list[str]:
     return warnings
 
 
-# Notification schemes whose URL is the credential itself (a robot's token or key).
-_TOKEN_SCHEMES = frozenset(
-    {"dingtalk", "wecombot", "feishu", "lark", "tgram", "discord", "slack", "msteams", "pushover", "ntfys", "ntfy"}
-)
-_SECRET_QUERY = re.compile(r"(token|key|secret|sign|pass|auth)", re.IGNORECASE)
-_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_-]{20,}")
+# Notification schemes whose host is a host: their URL holds a secret only in a user and
+# password, a query, or a path. Every other scheme (dingtalk://TOKEN, pushplus://TOKEN, ...)
+# may carry its token anywhere and counts as a secret.
+_PLAIN_SCHEMES = frozenset({"json", "jsons", "xml", "xmls", "form", "forms", "mailto", "mailtos", "http", "https"})
+_SECRET_QUERY = re.compile(r"(token|key|secret|sign|pass|auth|sendkey|code)", re.IGNORECASE)
+_TOKEN_LIKE = re.compile(r"(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9_-]{12,}")  # letters and digits, 12 or more
 
 
 def url_holds_secret(url: str) -> bool:
-    """A notification URL with credentials in it: a user and password, a robot token scheme,
-    a query key that names a secret, or a path segment that looks like a token."""
+    """A notification URL with credentials in it. Only a URL of a plain scheme (a webhook, an
+    e-mail server) with no user, no secret-looking query key and no token-like path segment
+    is known to hold none; anything else is treated as a secret."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return True  # unreadable: treated as secret, never shown
-    if parts.scheme.lower() in _TOKEN_SCHEMES or parts.password or (parts.username and "@" in parts.netloc):
+    if parts.scheme.lower() not in _PLAIN_SCHEMES or "@" in parts.netloc:
         return True
     if any(_SECRET_QUERY.search(key) for key, _ in urllib.parse.parse_qsl(parts.query)):
         return True

@@ -723,3 +723,22 @@ def test_probe_names_a_serial_port_held_by_another_process() -> None:
     assert f"rtu {path} 9600 7E1" in done.stdout  # every serial setting is the probe's to set
     assert f"serial port {path} is held by another process" in done.stderr
     assert "pymodbus" not in done.stderr
+
+
+async def test_a_status_register_that_cannot_be_read_leaves_its_values_of_unknown_state(
+    rtu_server: RegisterServer,
+) -> None:
+    rtu_server.set(1, "holding", 0, wire(41.5, "f", "ABCD"))
+    rtu_server.set(1, "holding", 2, [57])
+    cfg = device(
+        rtu_server.port,
+        [{"quantity": "cod", "address": 0}, {"quantity": "nh3n", "address": 2, "type": "uint16", "scale": 0.01}],
+        transport="rtu_over_tcp",
+        status=[{"address": 60000, "values": {1: "M"}, "applies_to": ["cod"]}],  # answers exception 2
+    )
+    drv, _ = driver(cfg)
+    try:
+        got = {r.quantity: (r.value, r.flag.value) for r in await drv.poll()}
+    finally:
+        drv.close()
+    assert got == {"cod": (41.5, "D"), "nh3n": (0.57, "N")}  # and 0.57, not 0.5700000000000001

@@ -135,7 +135,51 @@ async def test_status_shows_each_series_link_and_subscription(
 
 def test_status_without_a_daemon_says_so(tmp_path: Path, mosquitto: Mosquitto, analyzer: RegisterServer) -> None:
     path = config(tmp_path, "nobody", mosquitto, analyzer, f"127.0.0.1:{free_port()}")
+    # A secret only the daemon's environment file holds: status needs none to read what it shows.
+    path.write_text(path.read_text() + 'notify: {routes: [{name: ops, urls: ["${STATUS_TEST_ROBOT_URL}"]}]}\n')
     done = status(path)
     assert done.returncode == 1
     assert "not reachable" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class Fired:
+    """Alert events as the daemon's observer sees them; an event when ``rule`` fires."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        self.events: list[AlertEvent] = []
+        self.fired = asyncio.Event()
+
+    def __call__(self, _readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
+        self.events += events
+        if any(e.rule == self.rule for e in events):
+            self.fired.set()
+
+
+async def test_an_analyzer_in_maintenance_does_not_page_as_silent(tmp_path: Path, analyzer: RegisterServer) -> None:
+    analyzer.set(1, "holding", 20, [1])  # the status word: maintenance
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        f"""
+sites: [{{id: outlet}}]
+metrics: {{enabled: false}}
+outbox: {{path: "{tmp_path}/outbox.sqlite"}}
+devices:
+  - {{id: cod-an, kind: modbus, site: outlet, transport: rtu, serial_port: "socket://127.0.0.1:{analyzer.port}",
+     unit_id: 1, byte_order: CDAB, interval: 200ms, timeout: 150ms, retries: 0,
+     points: [{{quantity: cod, address: 0, type: float32, unit: mg/L}}],
+     status: [{{address: 20, values: {{1: M, 2: C}}}}]}}
+rules:
+  - {{kind: nodata, name: quiet_in_maintenance, site: outlet, device: cod-an, quantity: cod, for: 1s}}
+  - {{kind: nodata, name: fires_anyway, site: outlet, device: cod-an, quantity: cod, for: 1s, hold_flags: []}}
+"""
+    )
+    fired = Fired("fires_anyway")
+    daemon = await start_daemon(path, fired)
+    try:
+        await asyncio.wait_for(fired.fired.wait(), 20)  # M-flagged readings are no valid data...
+    finally:
+        await daemon.close()
+    # ...but they are the analyzer being serviced, not silence: the default rule stays quiet.
+    assert [e.rule for e in fired.events] == ["fires_anyway"]
