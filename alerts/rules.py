@@ -147,7 +147,7 @@ class RulesEngine:
         return out
 
     def use_clock(self, now: Callable[[], int]) -> None:
-        """Live: rules measure ``for`` and presence on the daemon's clock too (``RuleState.now``)."""
+        """Live: presence is judged on the daemon's clock (``RuleState.now``)."""
         for entry in self._entries:
             entry.state.now = now
 

@@ -48,7 +48,7 @@ class AlertPath(Protocol):
     def on_windows(self, windows: Sequence[Aggregate]) -> list[AlertEvent]: ...
 
     def use_clock(self, now: Callable[[], int]) -> None:
-        """The daemon's clock: ``for`` needs real time too, presence is judged by arrival."""
+        """The daemon's clock: presence (``nodata``) is judged by arrival."""
 
     def tick_rules(self, now_ns: int) -> list[AlertEvent]:
         """Transitions of rules about time passing (silence, the end of a plant day)."""

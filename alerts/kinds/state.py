@@ -78,9 +78,8 @@ class RuleState:
         self._firing: dict[str, AlertEvent] = {}
         self._since = self.keep("since", Times())  # breached since (``for``)
         self._clear_since = self.keep("clear_since", Times())  # clear since (``keep_firing_for``)
-        self._arrived = self.keep("arrived", Times())  # breached since, on the daemon's clock (live)
-        # Live: the daemon's clock, so that ``for`` also needs that much real time (device clocks
-        # are not trusted) and presence is judged by arrival. None (a replay): the readings' time.
+        # Live: the daemon's clock, so that presence (``nodata``) is judged by arrival, whatever a
+        # device's clock says. None (a replay): the readings' time.
         self.now: Callable[[], int] | None = None
         self.point_of: Callable[[Reading | Aggregate], str] = _no_point  # the engine knows the points
         self.count_error: Callable[[str, str], None] = _no_count  # (stage, error_type): the engine's metrics
@@ -117,16 +116,11 @@ class RuleState:
         if breached:
             self._clear_since.pop(key, None)
             since = self._since.setdefault(key, ts)
-            met = ts - since >= for_s * NS
-            if for_s and self.now is not None:
-                now = self.now()
-                met = met and now - self._arrived.setdefault(key, now) >= for_s * NS
-            if key not in self._firing and met:
+            if key not in self._firing and ts - since >= for_s * NS:
                 self._firing[key] = fired = event(AlertState.FIRING)
                 return [fired]
             return []
         self._since.pop(key, None)
-        self._arrived.pop(key, None)
         if key in self._firing:
             clear_since = self._clear_since.setdefault(key, ts)
             if ts - clear_since < self.rule.keep_firing_for * NS:
