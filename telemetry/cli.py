@@ -17,9 +17,8 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from alerts.replay import read_csv, replay
 from alerts.rules import RulesEngine
@@ -53,6 +52,7 @@ from telemetry.outbox import (
 from telemetry.points import Point
 from telemetry.sim.platform import Receiver
 from telemetry.times import TimeError, parse_timestamp
+from telemetry.yamlsource import StandIns
 
 log = logging.getLogger("telemetry")
 
@@ -85,31 +85,13 @@ def _main(argv: Sequence[str] | None) -> int:
         print(json.dumps(app.schema(), indent=2, ensure_ascii=False))
         return 0
     try:
-        dep = app.load(args.config, _StandIns() if args.command == "status" else None)
+        dep = app.load(args.config, StandIns(os.environ) if args.command == "status" else None)
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         print(f"{len(err.problems)} problem(s) in {args.config}", file=sys.stderr)
         return 2
     return COMMANDS[args.command](dep, args)
-
-
-class _StandIns(Mapping[str, str]):
-    """The environment, with a stand-in for each variable it lacks: ``telemetry status`` reads
-    what the daemon shows and needs none of the secrets (HJ212_PW, a robot's URL) that only
-    the daemon's own environment file holds."""
-
-    def __getitem__(self, name: str) -> str:
-        return os.environ.get(name, "1")
-
-    def get(self, name: str, default: Any = None) -> str:
-        return self[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(os.environ)
-
-    def __len__(self) -> int:
-        return len(os.environ)
 
 
 def _check(dep: Deployment, _args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ def config(tmp: Path, unique: str, broker: Mosquitto, analyzer: RegisterServer, 
     path = tmp / "site.yaml"
     path.write_text(
         f"""
-sites: [{{id: outlet, timezone: Asia/Shanghai}}]
+sites: [{{id: outlet, timezone: "${{STATUS_TEST_ZONE:-Asia/Shanghai}}"}}]
 metrics: {metrics}
 outbox: {{path: "{tmp}/outbox.sqlite", snapshot_interval: 1s}}
 devices:
