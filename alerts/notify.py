@@ -35,6 +35,7 @@ from alerts.config import Route
 from alerts.robots import LIMITS, Limit, Result, counted_bytes, is_robot, send_robot
 from telemetry.metrics import Metrics
 from telemetry.model import Measure
+from telemetry.times import spoken
 from telemetry.timing import Backoff, wait_event
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ def _formatted(a: Alert) -> tuple[str, str]:
     unit = a.labels.get("unit", "")
     u = f" {unit}" if unit else ""
     if a.measure in (Measure.SILENCE, Measure.FLAGGED):
-        return _duration(a.value), _duration(a.limit)
+        return spoken(a.value), spoken(a.limit)
     if a.measure == Measure.FRACTION:
         return _percent(a.value), _percent(a.limit)
     if a.measure == Measure.DAY_TOTAL:
@@ -309,14 +310,6 @@ def _formatted(a: Alert) -> tuple[str, str]:
     if a.measure == Measure.PER_MINUTE:
         return f"{a.value:.3g}{u}/min", f"{a.limit:g}{u}/min"
     return f"{a.value:g}{u}", f"{a.limit:g}{u}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _percent(fraction: float) -> str:

@@ -20,6 +20,7 @@ from telemetry.config import Deployment
 from telemetry.config_base import host_port
 from telemetry.errors import OutboxError
 from telemetry.outbox import read_state
+from telemetry.times import spoken
 
 SERIES_KEYS = ("site", "device", "quantity", "value", "unit", "flag", "age_s")
 
@@ -75,7 +76,7 @@ def render(dep: Deployment, body: dict[str, Any], source: str, now_s: float) -> 
                 value = f"{row['value']:.10g}"
                 unit = row["unit"] or ""
                 out.append(
-                    f"    {row['quantity']:<18} {value:>12} {unit:<8} {row['flag']}  {_age(row['age_s']):>8} ago"
+                    f"    {row['quantity']:<18} {value:>12} {unit:<8} {row['flag']}  {spoken(row['age_s']):>8} ago"
                     f"  ({_at(dep, site, row['ts'])})"
                 )
     # Every configured source, with its link: an MQTT broker's or a listener's readings are
@@ -91,7 +92,7 @@ def render(dep: Deployment, body: dict[str, Any], source: str, now_s: float) -> 
         out.append("\nMQTT subscriptions")
         for s in subs:
             heard = s.get("last_message_ts")
-            when = "never since start" if heard is None else f"{_age(now_s - heard)} ago ({_at(dep, None, heard)})"
+            when = "never since start" if heard is None else f"{spoken(now_s - heard)} ago ({_at(dep, None, heard)})"
             flag = "  SILENT" if s.get("silent") else ""
             out.append(f"  {s['device']}  {s['subscription']}  last message {when}{flag}")
     return "\n".join(out)
@@ -118,14 +119,6 @@ def command(dep: Deployment, args: argparse.Namespace) -> int:
             time.sleep(args.watch)  # the refresh period of a terminal view
         except KeyboardInterrupt:
             return 0
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _at(dep: Deployment, site: str | None, ts_s: float) -> str:

@@ -40,6 +40,15 @@ def parse_timestamp(raw: str, zone: tzinfo | None = None) -> int:
     return epoch_ns(number)
 
 
+def spoken(seconds: float) -> str:
+    """A duration as people read it in a message or a status line: 45 s, 12 min, 3.5 h."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def compact_ns(text: str, zone: tzinfo | None) -> int:
     """``YYYYMMDDHHMMSS``: local time in ``zone``."""
     try:

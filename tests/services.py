@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -28,6 +29,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 T = TypeVar("T")
+
+
+def telemetry_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``telemetry ARGS`` as a user runs it: its own process, its own stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "telemetry.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 def free_port() -> int:

@@ -9,9 +9,7 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +25,7 @@ from telemetry.errors import OutboxError
 from telemetry.metrics import Metrics
 from telemetry.model import Aggregate, Flag, Reading, Rejected
 from telemetry.sim.plant import RegisterServer
-from tests.services import free_port
+from tests.services import free_port, telemetry_cli
 
 
 def wire(value: float, fmt: str, order: str) -> list[int]:
@@ -674,15 +672,7 @@ def test_a_float32_of_0_42_reads_as_0_42() -> None:
 
 
 def _probe(*args: str) -> subprocess.CompletedProcess[str]:
-    """The probe as an integrator runs it: its own process, its own stderr."""
-    return subprocess.run(
-        [sys.executable, "-m", "telemetry.cli", "probe", "modbus", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    return telemetry_cli("probe", "modbus", *args)
 
 
 def test_probe_names_a_framing_mismatch_and_stars_the_expected_value(rtu_server: RegisterServer) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from telemetry.model import AlertEvent, Reading
 from telemetry.sim.plant import RegisterServer
 from tests.daemon import start_daemon
-from tests.services import Mosquitto, free_port
+from tests.services import Mosquitto, free_port, telemetry_cli
 from tests.test_modbus import wire
 
 pytestmark = pytest.mark.service
@@ -62,14 +61,7 @@ devices:
 
 
 def status(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "telemetry.cli", "status", "-c", str(path), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    return telemetry_cli("status", "-c", str(path), *args)
 
 
 class Both:
