@@ -544,7 +544,25 @@ def likely_mistakes(dep: Deployment) -> list[str]:
             (site in (None, device.site)) and (q is None or q in quantities) for site, q in watched
         ):
             notes.append(f"device {device.id}: no rule watches its {', '.join(sorted(quantities))}")
+    notes += _held_unwatched(dep)
     return notes
+
+
+def _held_unwatched(dep: Deployment) -> list[str]:
+    """A ``nodata`` rule stays quiet while an analyzer reports maintenance or calibration; with
+    no ``maintenance_too_long`` rule for those sites, an analyzer left in maintenance is never
+    told of."""
+    holding = [r for r in dep.rules if r.kind == "nodata" and getattr(r, "hold_flags", None)]
+    long_sites = {r.site for r in dep.rules if r.kind == "maintenance_too_long"}
+    if not holding or None in long_sites:
+        return []
+    return [
+        f"rule {r.name}: quiet while an analyzer reports maintenance or calibration, and no"
+        f" maintenance_too_long rule covers {r.site or 'every site'}: an analyzer left in maintenance"
+        " is never told of (add one, or hold_flags: [] to have nodata fire anyway)"
+        for r in holding
+        if r.site is None or r.site not in long_sites
+    ]
 
 
 def _bus_budgets(dep: Deployment) -> list[str]:

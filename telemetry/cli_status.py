@@ -99,6 +99,13 @@ def render(dep: Deployment, body: dict[str, Any], source: str, now_s: float) -> 
 
 
 def command(dep: Deployment, args: argparse.Namespace) -> int:
+    try:
+        return _show(dep, args)
+    except KeyboardInterrupt:  # Ctrl-C ends --watch, whatever it was doing
+        return 0
+
+
+def _show(dep: Deployment, args: argparse.Namespace) -> int:
     while True:
         try:
             body, source = fetch(dep)
@@ -115,10 +122,7 @@ def command(dep: Deployment, args: argparse.Namespace) -> int:
         print(text, flush=True)
         if not args.watch:
             return 0
-        try:
-            time.sleep(args.watch)  # the refresh period of a terminal view
-        except KeyboardInterrupt:
-            return 0
+        time.sleep(args.watch)  # the refresh period of a terminal view
 
 
 def _at(dep: Deployment, site: str | None, ts_s: float) -> str:

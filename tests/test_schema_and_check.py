@@ -139,7 +139,7 @@ def test_check_names_every_wiring_mistake_of_a_first_day(capsys: pytest.CaptureF
     assert main(["check", "-c", str(case)]) == 0  # warnings: the daemon would run
     out = capsys.readouterr().out
     warnings = out[out.index("warnings (") :].splitlines()[1:]
-    assert len(warnings) == 4, warnings
+    assert len(warnings) == 5, warnings
     expected = [
         "rules[1]: no route sends rule nh3n_silent (info)",
         "device cod-an: points[0] (cod) address 40001 looks like a Modicon register number",
@@ -147,6 +147,7 @@ def test_check_names_every_wiring_mistake_of_a_first_day(capsys: pytest.CaptureF
         "device nh3n-an: status[0] and points[0] (nh3n) read the same holding register(s) 0",
         "bus /dev/ttyUSB0: 2 devices take up to 2s a round when none answers",
         "cod-an every 1.5s, nh3n-an every 1.5s",
+        "rule nh3n_silent: quiet while an analyzer reports maintenance or calibration, and no maintenance_too_long",
     ]
     for text in expected:
         assert any(text in w for w in warnings), text

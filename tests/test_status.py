@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,35 @@ rules:
         await daemon.close()
     # ...but they are the analyzer being serviced, not silence: the default rule stays quiet.
     assert [e.rule for e in fired.events] == ["fires_anyway"]
+
+
+async def test_status_watch_refreshes_until_interrupted(
+    tmp_path: Path, mosquitto: Mosquitto, unique: str, analyzer: RegisterServer
+) -> None:
+    path = config(tmp_path, unique, mosquitto, analyzer, f"127.0.0.1:{free_port()}")
+    daemon = await start_daemon(path)
+    try:
+        watch = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "telemetry.cli",
+            "status",
+            "-c",
+            str(path),
+            "--watch",
+            "0.2",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert watch.stdout is not None
+        headers = 0
+        while headers < 3:  # three refreshes, each a full screen that starts with its source
+            line = await asyncio.wait_for(watch.stdout.readline(), 20)
+            headers += b"status from http://" in line
+        watch.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = await asyncio.wait_for(watch.communicate(), 20)
+    finally:
+        await daemon.close()
+    assert watch.returncode == 0
+    assert b"Traceback" not in err
