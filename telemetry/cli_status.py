@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import urllib.error
@@ -99,6 +100,10 @@ def render(dep: Deployment, body: dict[str, Any], source: str, now_s: float) -> 
 
 
 def command(dep: Deployment, args: argparse.Namespace) -> int:
+    if args.watch:
+        # Ctrl-C ends it even where it was started with SIGINT ignored (a background job of a
+        # script inherits that, and Python then never raises KeyboardInterrupt).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _show(dep, args)
     except KeyboardInterrupt:  # Ctrl-C ends --watch, whatever it was doing
