@@ -11,6 +11,7 @@ string like ``"4x0001"`` is accepted in any mode.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -303,7 +304,7 @@ class ModbusConfig(DeviceConfig):
             assert isinstance(device, ModbusConfig)
             spec = device.link()
             other = first.setdefault(spec.key, device)
-            if other is not device and spec != other.link():
+            if other is not device and dataclasses.replace(spec, host=other.link().host) != other.link():
                 problems.append(
                     (
                         device,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -76,8 +77,12 @@ class LinkSpec:
 
     @property
     def key(self) -> tuple[str, str, int]:
-        """Devices with the same key share one connection."""
-        return (self.transport, self.host, self.port if self.transport != "rtu" else 0)
+        """Devices with the same key share one connection. A serial port is one port however it
+        is named (``/dev/serial/by-id/...`` and the ``/dev/ttyUSB0`` it points to); the link
+        still opens the name given, which survives the adapter being plugged in elsewhere."""
+        if self.transport == "rtu":
+            return (self.transport, self.host if "://" in self.host else os.path.realpath(self.host), 0)
+        return (self.transport, self.host, self.port)
 
     def describe(self) -> str:
         if self.transport == "rtu":

@@ -572,10 +572,7 @@ def _bus_budgets(dep: Deployment) -> list[str]:
     buses: dict[tuple[str, str, int], list[ModbusConfig]] = {}
     for device in dep.devices:
         if isinstance(device, ModbusConfig):
-            link = device.link()
-            # /dev/serial/by-id/... and /dev/ttyUSB0 may be one bus
-            where = os.path.realpath(link.host) if link.transport == "rtu" and "://" not in link.host else link.host
-            buses.setdefault((link.transport, where, link.port if link.transport != "rtu" else 0), []).append(device)
+            buses.setdefault(device.link().key, []).append(device)  # as the link pool shares them
     notes = []
     for (_, where, _), devices in buses.items():
         if len(devices) < 2:

@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -487,6 +488,18 @@ def test_probe_reports_an_unreachable_device(capsys: pytest.CaptureFixture[str])
     code = main(["probe", "modbus", f"127.0.0.1:{port}", "--address", "0", "--count", "2", "--timeout", "0.3"])
     assert code == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_serial_port_and_a_link_to_it_are_one_link(tmp_path: Path) -> None:
+    port = tmp_path / "ttyUSB0"
+    port.touch()
+    by_id = tmp_path / "usb-FTDI_RS485-if00-port0"
+    by_id.symlink_to(port)
+    one = device(502, [{"quantity": "a", "address": 0}], transport="rtu", serial_port=str(by_id))
+    two = device(502, [{"quantity": "b", "address": 0}], transport="rtu", serial_port=str(port), unit_id=2)
+    assert one.link().key == two.link().key  # the pool shares one connection
+    assert one.link().host == str(by_id)  # and opens the name given
+    assert ModbusConfig.cross_check([one, two]) == []  # the same settings: no mismatch for the name
 
 
 async def test_link_pool_shares_by_key() -> None:
