@@ -74,8 +74,9 @@ def decode(registers: list[int], type_name: str, order: ByteOrder = "ABCD", bit:
     if not spec.fmt:
         raise ValueError(f"type {type_name} is not numeric")
     data = order_bytes(registers[: spec.registers], order)
-    value = struct.unpack(">" + spec.fmt, data)[0]
-    return shortest_float32(data) if spec.fmt == "f" else float(value)
+    if spec.fmt == "f":
+        return shortest_float32(data)
+    return float(struct.unpack(">" + spec.fmt, data)[0])
 
 
 def shortest_float32(data: bytes) -> float:

@@ -576,8 +576,9 @@ class MqttDriver:
         """Every ``SILENCE_CHECK_S`` (or a quarter of the shortest ``silent_after``): a subscription
         silent for its ``silent_after`` (counted from the first confirmed subscribe) is warned of
         once, and its gauges are brought up to date."""
-        afters = [self.cfg.silent_after if s.silent_after is None else s.silent_after for s in self.cfg.subscriptions]
-        every = max(0.1, min([SILENCE_CHECK_S] + [a / 4 for a in afters if a]))
+        subs = self.cfg.subscriptions
+        afters = {s.topic: self.cfg.silent_after if s.silent_after is None else s.silent_after for s in subs}
+        every = max(0.1, min([SILENCE_CHECK_S] + [a / 4 for a in afters.values() if a]))
         while not await wait_event(stop, every):
             if self._listening_since is None:
                 if not self.subscribed.is_set():
@@ -587,7 +588,7 @@ class MqttDriver:
             for sub in self.cfg.subscriptions:
                 heard = self.heard.get(sub.topic)
                 self._metrics.mqtt_last_message.labels(self.cfg.id, sub.topic).set((heard or 0) / 1e9)
-                after = sub.silent_after if sub.silent_after is not None else self.cfg.silent_after
+                after = afters[sub.topic]
                 since = heard if heard is not None else self._listening_since
                 if after and sub.topic not in self.silent and now - since > after * 1e9:
                     self.silent.add(sub.topic)

@@ -107,8 +107,14 @@ def _run(dep: Deployment, args: argparse.Namespace) -> int:
 
 
 def _probe_config(dep: Deployment, _args: argparse.Namespace) -> int:
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)  # its log lines would bury the answers
+    _quiet_library()
     return asyncio.run(app.probe(dep, print))
+
+
+def _quiet_library() -> None:
+    """pymodbus logs every failed connect and read; a probe says what went wrong itself, and the
+    library's lines would bury its answer."""
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)
 
 
 def _probe_address(args: argparse.Namespace) -> int:
@@ -128,7 +134,7 @@ def _probe_address(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"expected --expect to be a number as the analyzer shows it, found {args.expect!r}", file=sys.stderr)
             return 2
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)  # its log lines would bury the answer
+    _quiet_library()
     transport: Transport = "rtu" if args.rtu else "rtu_over_tcp" if args.rtu_over_tcp else "tcp"
     host, port = (args.target, 0) if args.rtu else modbus_probe.parse_target(args.target)
     spec = LinkSpec(

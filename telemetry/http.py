@@ -66,7 +66,6 @@ class ClosingThreads(socketserver.ThreadingMixIn):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._open: dict[socket.socket, float] = {}  # connection -> when it was accepted (monotonic)
         self._open_lock = threading.Lock()
-        self.evicted = 0  # connections ended for the cap or the deadline
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -86,7 +85,6 @@ class ClosingThreads(socketserver.ThreadingMixIn):
     def _end(self, sock: socket.socket) -> None:
         """Wake the handler blocked on this connection; it closes it and is forgotten then."""
         del self._open[sock]
-        self.evicted += 1
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 

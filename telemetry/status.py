@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from telemetry.calendar import NS
 from telemetry.metrics import Metrics
 from telemetry.model import Reading
 
 MAX_SERIES = 100_000  # beyond this many series, new ones are not shown (the sources cap far lower)
-NS = 1_000_000_000
 
 
 class Latest:
