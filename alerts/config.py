@@ -40,6 +40,15 @@ class Route(Model):
     escalate_to: Name | None = None
     robot_base_url: str = ""
 
+    def passes(self, site: str | None, severity: str, rule: str) -> bool:
+        """An alert of this site (None: any site, for a rule that names none), severity and rule
+        gets past the route's filters."""
+        return (
+            (not self.sites or site is None or site in self.sites)
+            and (not self.severities or severity in self.severities)
+            and (not self.rules or rule in self.rules)
+        )
+
 
 class Matchers(Model):
     """Which alerts a silence or an inhibition side covers; unset keys match anything."""

@@ -82,13 +82,7 @@ class RouteStage:
         ]
 
     def for_alert(self, alert: Alert) -> list[Route]:
-        return [
-            r
-            for r in self.routes
-            if (not r.sites or alert.site in r.sites)
-            and (not r.severities or alert.severity in r.severities)
-            and (not r.rules or alert.rule in r.rules)
-        ]
+        return [r for r in self.routes if r.passes(alert.site, alert.severity, alert.rule)]
 
 
 class DedupStage:

@@ -381,14 +381,8 @@ class References:
         standard_of = {limit: name for name, limits in self.standards.items() for limit in limits}
         raw = raw_names(self.src, ("rules",), "name")
         for rule in self.rules:
-            names = {rule.name, standard_of.get(rule.name, rule.name)}
-            if not any(
-                (not r.sites or rule.site is None or rule.site in r.sites)
-                and (not r.severities or rule.severity in r.severities)
-                and (not r.rules or names & set(r.rules))
-                for r in routes
-            ):
-                top = standard_of.get(rule.name, rule.name)
+            top = standard_of.get(rule.name, rule.name)  # a route may name the standard, not its limit
+            if not any(r.passes(rule.site, rule.severity, name) for r in routes for name in {rule.name, top}):
                 index = raw.index(top) if top in raw else None
                 where: Path = ("rules", index) if index is not None else ("notify", "routes")
                 self.warn(where, f"no route sends rule {rule.name} ({rule.severity}): its alerts are only recorded")
