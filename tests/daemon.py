@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from alerts.desk import AlertDesk
 from telemetry import app
 from telemetry.hj212.uplink import Uplink
+from telemetry.model import AlertEvent, Reading
 from telemetry.pipeline import Observer, Pipeline
 
 
@@ -47,6 +48,23 @@ class RunningDaemon:
         desk = self.pipeline.alerts
         assert isinstance(desk, AlertDesk)
         return desk
+
+
+class Observed:
+    """The daemon's observer in a test: every reading it committed and every alert event, and
+    ``done`` set once ``until(self)`` holds (an event to await, not a sleep)."""
+
+    def __init__(self, until: Callable[[Observed], bool]) -> None:
+        self.readings: list[Reading] = []
+        self.events: list[AlertEvent] = []
+        self.until = until
+        self.done = asyncio.Event()
+
+    def __call__(self, readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
+        self.readings += readings
+        self.events += events
+        if self.until(self):
+            self.done.set()
 
 
 async def start_daemon(config: Path, observer: Observer | None = None) -> RunningDaemon:

@@ -10,16 +10,14 @@ import socket
 import sqlite3
 import time
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
 from telemetry.hj212.codec import Packet
-from telemetry.model import AlertEvent, Reading
 from telemetry.sim.platform import Receiver
-from tests.daemon import RunningDaemon, start_daemon
+from tests.daemon import Observed, RunningDaemon, start_daemon
 from tests.services import Mosquitto, free_port, telemetry_cli
 from tests.test_hj212_commands import MN, Platform, codes
 from tests.test_mqtt import publish
@@ -61,21 +59,12 @@ rules:
     return path
 
 
-class Seen:
-    """What the daemon committed (its observer), and an event when the marker value arrives."""
-
-    def __init__(self, marker: float) -> None:
-        self.readings: list[Reading] = []
-        self.marker = marker
-        self.arrived = asyncio.Event()
-
-    def __call__(self, readings: Sequence[Reading], _events: Sequence[AlertEvent]) -> None:
-        self.readings += readings
-        if any(r.value == self.marker for r in readings):
-            self.arrived.set()
+def carrying(marker: float) -> Observed:
+    """Done once a commit holds the marker value: everything published before it is through."""
+    return Observed(lambda seen: any(r.value == marker for r in seen.readings))
 
 
-async def running(path: Path, seen: Seen) -> RunningDaemon:
+async def running(path: Path, seen: Observed) -> RunningDaemon:
     daemon = await start_daemon(path, seen)
     driver = daemon.pipeline.drivers[0]
     await asyncio.wait_for(driver.subscribed.wait(), 10)  # type: ignore[attr-defined]
@@ -90,7 +79,7 @@ def rejected(daemon: RunningDaemon, subscription: str, reason: str) -> float:
 async def test_publishers_create_no_sites_devices_or_quantities(
     tmp_path: Path, mosquitto: Mosquitto, unique: str
 ) -> None:
-    seen = Seen(marker=7.25)
+    seen = carrying(7.25)
     # A limit that any spoofed reading (41.5) would fire, on every site: none may reach it.
     any_site = "  - {kind: limit, name: any_cod, quantity: cod, above: 10}\n"
     daemon = await running(config(tmp_path, unique, mosquitto, rules=any_site), seen)
@@ -104,7 +93,7 @@ async def test_publishers_create_no_sites_devices_or_quantities(
         spoofed.append((f"{unique}/diaoyushan/gw", json.dumps(keys).encode()))
         spoofed.append((f"{unique}/diaoyushan/an-1/cod", b"7.25"))  # the marker: everything before is done
         await asyncio.to_thread(publish, mosquitto, spoofed)
-        await asyncio.wait_for(seen.arrived.wait(), 60)
+        await asyncio.wait_for(seen.done.wait(), 60)
         await daemon.pipeline.emit([])  # the committer has passed the marker's batch
         after = generate_latest(daemon.registry)
 
@@ -138,7 +127,7 @@ async def test_publishers_create_no_sites_devices_or_quantities(
 async def test_device_clocks_cannot_meet_a_for_early_silence_nodata_or_rewrite_the_past(
     tmp_path: Path, mosquitto: Mosquitto, unique: str
 ) -> None:
-    seen = Seen(marker=150.5)
+    seen = carrying(150.5)
     daemon = await running(config(tmp_path, unique, mosquitto), seen)
     try:
         now_ms = int(time.time() * 1000)
@@ -150,7 +139,7 @@ async def test_device_clocks_cannot_meet_a_for_early_silence_nodata_or_rewrite_t
             (topic, json.dumps({"value": 150.5, "ts": now_ms + 270_000}).encode()),  # 4.5 min ahead: within skew
         ]
         await asyncio.to_thread(publish, mosquitto, messages)
-        await asyncio.wait_for(seen.arrived.wait(), 30)
+        await asyncio.wait_for(seen.done.wait(), 30)
         await daemon.pipeline.emit([])
         sub = f"{unique}/{{site}}/{{device}}/{{quantity}}"
         assert rejected(daemon, sub, "clock_ahead") == 1
@@ -167,7 +156,7 @@ async def test_device_clocks_cannot_meet_a_for_early_silence_nodata_or_rewrite_t
 async def test_platform_values_out_of_range_are_refused_and_the_daemon_goes_on(
     tmp_path: Path, mosquitto: Mosquitto, unique: str, hj212_platform: Receiver
 ) -> None:
-    seen = Seen(marker=3.5)
+    seen = carrying(3.5)
     daemon = await running(config(tmp_path, unique, mosquitto, platform=hj212_platform.port), seen)
     try:
         await asyncio.wait_for(daemon.uplink().connected.wait(), 10)
@@ -183,7 +172,7 @@ async def test_platform_values_out_of_range_are_refused_and_the_daemon_goes_on(
             assert codes(await platform.ask(cn, [cp])) == [("9011", "1"), ("9012", "3")], (cn, cp)
         # The commit loop lives on: a reading after the commands is committed and observed.
         await asyncio.to_thread(publish, mosquitto, [(f"{unique}/diaoyushan/an-1/cod", b"3.5")])
-        await asyncio.wait_for(seen.arrived.wait(), 20)
+        await asyncio.wait_for(seen.done.wait(), 20)
         assert not daemon.task.done()
         # History: one request is answered at a time; a second sent with it gets QnRtn 2.
         history = [{"BeginTime": "20260101000000", "EndTime": "20261231235959"}]
@@ -228,7 +217,7 @@ async def test_hanging_http_clients_do_not_starve_metrics_or_health(
     tmp_path: Path, mosquitto: Mosquitto, unique: str
 ) -> None:
     port = free_port()
-    daemon = await running(config(tmp_path, unique, mosquitto, http_port=port), Seen(marker=0.0))
+    daemon = await running(config(tmp_path, unique, mosquitto, http_port=port), carrying(0.0))
     held: list[socket.socket] = []
     try:
         # 40 idle connections and 40 half-sent requests: more than the listener's cap.

@@ -9,19 +9,17 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from telemetry.model import AlertEvent, Reading
 from telemetry.sim.plant import RegisterServer
-from tests.daemon import start_daemon
+from tests.daemon import Observed, start_daemon
 from tests.services import Mosquitto, free_port, telemetry_cli
 from tests.test_modbus import wire
+from tests.test_mqtt import publish
 
 pytestmark = pytest.mark.service
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,39 +64,17 @@ def status(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return telemetry_cli("status", "-c", str(path), *args)
 
 
-class Both:
-    """Set once a commit held the analyzer's COD and the flow meter's reading."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-        self.event = asyncio.Event()
-
-    def __call__(self, readings: Sequence[Reading], _events: Sequence[AlertEvent]) -> None:
-        self.seen |= {r.quantity for r in readings}
-        if {"cod", "flow"} <= self.seen:
-            self.event.set()
-
-
-def publish(broker: Mosquitto, topic: str, body: bytes) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    client.publish(topic, body, qos=1).wait_for_publish(10)
-    client.disconnect()
-    client.loop_stop()
-
-
 @pytest.mark.parametrize("http", [True, False])
 async def test_status_shows_each_series_link_and_subscription(
     tmp_path: Path, mosquitto: Mosquitto, unique: str, analyzer: RegisterServer, http: bool
 ) -> None:
     path = config(tmp_path, unique, mosquitto, analyzer, f"127.0.0.1:{free_port()}" if http else None)
-    both = Both()
+    both = Observed(lambda seen: {"cod", "flow"} <= {r.quantity for r in seen.readings})
     daemon = await start_daemon(path, both)
     try:
         await asyncio.wait_for(daemon.pipeline.drivers[1].subscribed.wait(), 10)  # type: ignore[attr-defined]
-        await asyncio.to_thread(publish, mosquitto, f"{unique}/flow", b"12.5")
-        await asyncio.wait_for(both.event.wait(), 20)
+        await asyncio.to_thread(publish, mosquitto, [(f"{unique}/flow", b"12.5")])
+        await asyncio.wait_for(both.done.wait(), 20)
         if not http:  # the status reaches the outbox with the next snapshot
             await daemon.pipeline._snapshot()
         done = await asyncio.to_thread(status, path, "--json")
@@ -137,20 +113,6 @@ def test_status_without_a_daemon_says_so(tmp_path: Path, mosquitto: Mosquitto, a
     assert "Traceback" not in done.stderr
 
 
-class Fired:
-    """Alert events as the daemon's observer sees them; an event when ``rule`` fires."""
-
-    def __init__(self, rule: str) -> None:
-        self.rule = rule
-        self.events: list[AlertEvent] = []
-        self.fired = asyncio.Event()
-
-    def __call__(self, _readings: Sequence[Reading], events: Sequence[AlertEvent]) -> None:
-        self.events += events
-        if any(e.rule == self.rule for e in events):
-            self.fired.set()
-
-
 async def test_an_analyzer_in_maintenance_does_not_page_as_silent(tmp_path: Path, analyzer: RegisterServer) -> None:
     analyzer.set(1, "holding", 20, [1])  # the status word: maintenance
     path = tmp_path / "site.yaml"
@@ -169,10 +131,10 @@ rules:
   - {{kind: nodata, name: fires_anyway, site: outlet, device: cod-an, quantity: cod, for: 1s, hold_flags: []}}
 """
     )
-    fired = Fired("fires_anyway")
+    fired = Observed(lambda seen: any(e.rule == "fires_anyway" for e in seen.events))
     daemon = await start_daemon(path, fired)
     try:
-        await asyncio.wait_for(fired.fired.wait(), 20)  # M-flagged readings are no valid data...
+        await asyncio.wait_for(fired.done.wait(), 20)  # M-flagged readings are no valid data...
     finally:
         await daemon.close()
     # ...but they are the analyzer being serviced, not silence: the default rule stays quiet.
