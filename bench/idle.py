@@ -4,7 +4,8 @@
 
 Two analyzers (units 1 and 2) on a simulated RS-485 bus: a pymodbus RTU server behind a pty
 made by socat (the daemon opens /dev/pts/N as a serial port), polled every 5 s; an MQTT
-subscription on a real Mosquitto that nobody publishes to; two rules; the HTTP listener on.
+subscription on a real Mosquitto (stock limits: 20 in flight, 1000 queued) that nobody
+publishes to; two rules; the HTTP listener on.
 After a 10 s settle, prints the daemon's CPU as a percentage of one core over SECONDS, and
 its RSS. Needs socat (Debian package).
 """
@@ -31,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, services.mosquitto(Path(tmp)) as broker:
+    with tempfile.TemporaryDirectory() as tmp, services.mosquitto(Path(tmp), default_limits=True) as broker:
         server = RegisterServer(units=(1, 2), framer="rtu").start()
         tty = Path(tmp) / "ttyRS485"
         bridge = subprocess.Popen(["socat", f"pty,raw,echo=0,link={tty}", f"tcp:127.0.0.1:{server.port}"])
